@@ -33,7 +33,7 @@ import (
 
 // Defaults for locating ZooKeeper as Debian's zookeeper package installs it.
 const (
-	DefaultJava     = "java"
+	DefaultJava      = "java"
 	DefaultClassPath = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
 )
 

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/urfave/cli/v2"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/proxy"
+)
+
+func proxyCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "proxy",
+		Usage: "run the ZooKeeper sidecar proxy in front of an ensemble",
+		Description: `Runs a ZooKeeper-compatible proxy. Point the local Mesos process at it
+(--zk=zk://127.0.0.1:2181/mesos) and give it the real ensemble as --upstream.
+
+Every session keeps its id and password. When the upstream server a session
+is attached to dies, the proxy moves the session to another server of the
+ensemble, replaying its credentials and watches; requests that were in flight
+get CONNECTIONLOSS (the standard "may or may not have happened" answer) and
+the session never expires.
+
+Example:
+
+   zk-migrate proxy --listen 127.0.0.1:2181 \
+       --upstream zk1:2181,zk2:2181,zk3:2181 --metrics-addr 127.0.0.1:9404
+
+Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
+           curl -s 127.0.0.1:9404/metrics | grep zkmigrate_proxy`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:2181", Usage: "address clients connect to", EnvVars: []string{"ZKM_LISTEN"}},
+			&cli.StringFlag{Name: "upstream", Required: true, Usage: "ZooKeeper servers of the ensemble, host:port,host:port,...", EnvVars: []string{"ZKM_UPSTREAM"}},
+			&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9404", Usage: "address of the Prometheus /metrics endpoint (empty: off)", EnvVars: []string{"ZKM_METRICS_ADDR"}},
+			&cli.IntFlag{Name: "jute-maxbuffer", Value: jute.DefaultMaxBuffer, Usage: "largest client request in bytes, as the servers' jute.maxbuffer"},
+			&cli.DurationFlag{Name: "dial-timeout", Value: 3 * time.Second, Usage: "timeout of one connection attempt to an upstream server"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Action: runProxy,
+	}
+}
+
+func parseUpstream(s string) ([]string, error) {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			if !strings.Contains(a, ":") {
+				return nil, fmt.Errorf("--upstream %q: missing port (ZooKeeper's client port is usually 2181: %s:2181)", a, a)
+			}
+			return nil, fmt.Errorf("--upstream %q: %v (want host:port)", a, err)
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("--upstream is empty: give the ensemble as host:port,host:port,...")
+	}
+	return out, nil
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func runProxy(c *cli.Context) error {
+	upstream, err := parseUpstream(c.String("upstream"))
+	if err != nil {
+		return usageError("%v", err)
+	}
+	log, err := newLogger(c.String("log-level"))
+	if err != nil {
+		return usageError("%v", err)
+	}
+	if mb := c.Int("jute-maxbuffer"); mb < 1024 {
+		return usageError("--jute-maxbuffer %d: must be at least 1024 bytes (ZooKeeper's default is %d)", mb, jute.DefaultMaxBuffer)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := proxy.New(proxy.Config{
+		Upstream:    upstream,
+		MaxFrame:    c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
+		DialTimeout: c.Duration("dial-timeout"),
+		Metrics:     proxy.NewMetrics(reg),
+		Logger:      log,
+	})
+	if err != nil {
+		return usageError("%v", err)
+	}
+	ln, err := net.Listen("tcp", c.String("listen"))
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another ZooKeeper or proxy already there? choose another --listen)", c.String("listen"), err)
+	}
+	var metricsSrv *http.Server
+	if addr := c.String("metrics-addr"); addr != "" {
+		mln, err := net.Listen("tcp", addr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("metrics listen on %s: %w (choose another --metrics-addr, or empty to disable)", addr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = metricsSrv.Serve(mln) }()
+		log.Info("metrics listening", "addr", mln.Addr().String())
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("proxy listening", "addr", ln.Addr().String(), "upstream", upstream)
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: client sessions stay alive upstream until their timeout")
+	case err = <-errc:
+	}
+	srv.Close()
+	if metricsSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = metricsSrv.Shutdown(sctx)
+		cancel()
+	}
+	if err != nil && !errors.Is(err, proxy.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

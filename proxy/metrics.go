@@ -1,0 +1,92 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+)
+
+// Metrics are the proxy's Prometheus instruments. Per-opcode children are
+// resolved once at construction so the request path does no label lookups.
+type Metrics struct {
+	requests    *prometheus.CounterVec
+	errors      *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	bytesIn     prometheus.Counter
+	bytesOut    prometheus.Counter
+	conns       prometheus.Gauge
+	sessions    prometheus.Gauge
+	reconnects  *prometheus.CounterVec
+	events      prometheus.Counter
+	badFrames   *prometheus.CounterVec
+	fourLetters *prometheus.CounterVec
+
+	byOp map[jute.Op]*opMetrics
+	// unknown serves opcodes outside ZooKeeper 3.4-3.8.
+	unknown *opMetrics
+}
+
+type opMetrics struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+// NewMetrics creates the instruments and registers them with reg (for
+// example prometheus.NewRegistry()); reg may be nil to keep them private.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	const ns, sub = "zkmigrate", "proxy"
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "requests_total", Help: "Client requests received, by ZooKeeper opcode."}, []string{"op"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "request_errors_total", Help: "Replies carrying a ZooKeeper error, by opcode and error code name."}, []string{"op", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "request_duration_seconds", Help: "Time from a request's arrival at the proxy to its reply leaving it, by opcode.",
+			Buckets: []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 5}}, []string{"op"}),
+		bytesIn: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "client_received_bytes_total", Help: "Bytes received from clients."}),
+		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "client_sent_bytes_total", Help: "Bytes sent to clients."}),
+		conns: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "client_connections", Help: "Open client connections."}),
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "sessions", Help: "Client sessions established through the proxy."}),
+		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "upstream_reconnects_total", Help: "Sessions re-attached to another upstream server, by result (ok, expired, failed)."}, []string{"result"}),
+		events: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "watch_events_total", Help: "Watch notifications relayed to clients."}),
+		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "bad_frames_total", Help: "Client frames rejected, by reason (too_large, malformed, unknown_opcode)."}, []string{"reason"}),
+		fourLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "four_letter_words_total", Help: "Four-letter admin commands answered, by word."}, []string{"word"}),
+		byOp: map[jute.Op]*opMetrics{},
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.errors, m.duration, m.bytesIn, m.bytesOut, m.conns, m.sessions,
+			m.reconnects, m.events, m.badFrames, m.fourLetters)
+	}
+	for _, op := range jute.AllOps() {
+		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}
+	}
+	m.unknown = &opMetrics{requests: m.requests.WithLabelValues("unknown"), duration: m.duration.WithLabelValues("unknown")}
+	for _, r := range []string{"ok", "expired", "failed"} {
+		m.reconnects.WithLabelValues(r)
+	}
+	return m
+}
+
+func (m *Metrics) op(op jute.Op) *opMetrics {
+	if o, ok := m.byOp[op]; ok {
+		return o
+	}
+	return m.unknown
+}
+
+func (m *Metrics) observeReply(op jute.Op, code jute.Code, start time.Time) {
+	m.op(op).duration.Observe(time.Since(start).Seconds())
+	if code != jute.CodeOK {
+		m.errors.WithLabelValues(op.String(), code.String()).Inc()
+	}
+}

@@ -1,0 +1,89 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+)
+
+// pendingKind says what happens to the reply of a queued request.
+type pendingKind uint8
+
+const (
+	// pendingClient: the client sent it; relay the server's reply.
+	pendingClient pendingKind = iota
+	// pendingInternal: the proxy sent it (ping, replayed auth or watches);
+	// consume the reply.
+	pendingInternal
+	// pendingLocal: answered by the proxy itself (a client ping, an unknown
+	// opcode); the prepared reply goes out when every earlier reply has.
+	pendingLocal
+)
+
+// pending is one request awaiting its reply, in the order it was sent.
+type pending struct {
+	xid   int32
+	op    jute.Op
+	kind  pendingKind
+	start time.Time
+	// track says how the reply updates the session's watch or auth state;
+	// arg carries what it needs (a path, a watch list, an auth packet).
+	track trackKind
+	path  string
+	arg   any
+	// local is the complete reply frame (with length) of a pendingLocal.
+	local []byte
+}
+
+// pendingQueue is a FIFO of requests in flight on one session. ZooKeeper
+// answers a session's requests in order, except auth (answered on receipt)
+// and the special xids, so the reply almost always matches the head.
+type pendingQueue struct {
+	items []pending
+	head  int
+}
+
+func (q *pendingQueue) len() int { return len(q.items) - q.head }
+
+func (q *pendingQueue) push(p pending) { q.items = append(q.items, p) }
+
+// peek returns the head, or nil.
+func (q *pendingQueue) peek() *pending {
+	if q.head == len(q.items) {
+		return nil
+	}
+	return &q.items[q.head]
+}
+
+// pop removes the head.
+func (q *pendingQueue) pop() pending {
+	p := q.items[q.head]
+	q.items[q.head] = pending{}
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	} else if q.head > 64 && q.head*2 > len(q.items) {
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
+	}
+	return p
+}
+
+// take removes and returns the first entry, not answered locally, with the
+// given xid. It handles replies that overtake earlier requests (auth).
+func (q *pendingQueue) take(xid int32) (pending, bool) {
+	if h := q.peek(); h != nil && h.xid == xid && h.kind != pendingLocal {
+		return q.pop(), true
+	}
+	for i := q.head; i < len(q.items); i++ {
+		if q.items[i].xid == xid && q.items[i].kind != pendingLocal {
+			p := q.items[i]
+			copy(q.items[i:], q.items[i+1:])
+			q.items[len(q.items)-1] = pending{}
+			q.items = q.items[:len(q.items)-1]
+			return p, true
+		}
+	}
+	return pending{}, false
+}

@@ -1,0 +1,54 @@
+// Package proxytest runs an in-process proxy on a loopback port for tests,
+// the way net/http/httptest runs an HTTP server.
+//
+// Usage:
+//
+//	p, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs()})
+//	defer p.Close()
+//	conn, _, _ := zk.Connect([]string{p.Addr}, 10*time.Second)
+package proxytest
+
+import (
+	"fmt"
+	"net"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/zk-migrate/zk-migrate/proxy"
+)
+
+// Proxy is a running in-process proxy.
+type Proxy struct {
+	*proxy.Server
+	// Addr is the client address, "127.0.0.1:port".
+	Addr string
+	// Registry holds the proxy's metrics.
+	Registry *prometheus.Registry
+	done     chan error
+}
+
+// Start starts a proxy with cfg on 127.0.0.1:0. Metrics go to a fresh
+// registry unless cfg.Metrics is set.
+func Start(cfg proxy.Config) (*Proxy, error) {
+	reg := prometheus.NewRegistry()
+	if cfg.Metrics == nil {
+		cfg.Metrics = proxy.NewMetrics(reg)
+	}
+	srv, err := proxy.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("proxytest: listen: %w", err)
+	}
+	p := &Proxy{Server: srv, Addr: ln.Addr().String(), Registry: reg, done: make(chan error, 1)}
+	go func() { p.done <- srv.Serve(ln) }()
+	return p, nil
+}
+
+// Close stops the proxy and waits for its accept loop to end.
+func (p *Proxy) Close() {
+	p.Server.Close()
+	<-p.done
+}

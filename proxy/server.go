@@ -1,0 +1,320 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+)
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	// Upstream lists the ZooKeeper servers of the ensemble ("host:port").
+	Upstream []string
+	// MaxFrame bounds a client frame (default jute.maxbuffer + extrasize,
+	// 1 MiB + 1 KiB, what a ZooKeeper server accepts).
+	MaxFrame int
+	// MaxReplyFrame bounds a server frame (default 16 MiB: replies such as
+	// a large getChildren may exceed the request limit).
+	MaxReplyFrame int
+	// DialTimeout bounds one connection attempt to an upstream server,
+	// handshake included (default 3 s).
+	DialTimeout time.Duration
+	// Dial opens upstream connections (default net.Dialer.DialContext).
+	// Tests and, later, TLS use it.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Metrics receives the proxy's measurements (default: unregistered).
+	Metrics *Metrics
+	// Logger receives one line per notable event (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// ErrNoUpstream means Config.Upstream is empty.
+var ErrNoUpstream = errors.New("proxy: no upstream servers (set --upstream host:port[,host:port...])")
+
+func (c *Config) setDefaults() error {
+	if len(c.Upstream) == 0 {
+		return ErrNoUpstream
+	}
+	for _, a := range c.Upstream {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("proxy: upstream %q is not host:port: %w", a, err)
+		}
+	}
+	if c.MaxFrame == 0 {
+		c.MaxFrame = jute.DefaultMaxBuffer + jute.DefaultMaxBufferExtra
+	}
+	if c.MaxReplyFrame == 0 {
+		c.MaxReplyFrame = 16 << 20
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 3 * time.Second
+	}
+	if c.Dial == nil {
+		c.Dial = (&net.Dialer{}).DialContext
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(nil)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Server is a ZooKeeper proxy: clients connect to it as to a ZooKeeper
+// server; it decodes every frame and relays the session to one upstream
+// server of the ensemble at a time, moving it to another server when that
+// one fails.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *Metrics
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	sessions  map[int64]*session
+	closed    bool
+	wg        sync.WaitGroup
+}
+
+// New validates cfg and returns a Server that is not yet listening.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg: cfg, log: cfg.Logger, m: cfg.Metrics, ctx: ctx, cancel: cancel,
+		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}, sessions: map[int64]*session{},
+	}, nil
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Serve accepts client connections on ln until Close. It always returns a
+// non-nil error; after Close, ErrServerClosed.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		backoff = 0
+		if !s.track(c) {
+			c.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			s.serveConn(c)
+		}()
+	}
+}
+
+// ListenAndServe listens on addr and serves until Close.
+func (s *Server) ListenAndServe(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("proxy: listen %s: %w", addr, err)
+	}
+	return s.Serve(ln)
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.m.conns.Inc()
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	s.m.conns.Dec()
+	c.Close()
+}
+
+// Close stops accepting, closes every client connection and its upstream
+// connection, and waits for all goroutines to end. Upstream sessions are
+// not closed: like a client that lost its connection, each lives until its
+// timeout, so clients reconnecting to a restarted proxy keep their session.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cancel()
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// SessionCount is the number of sessions currently relayed.
+func (s *Server) SessionCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// registerSession makes sess the owner of its id. A session the client
+// re-opened on a new connection replaces the old relay, which is shut down so
+// it cannot re-attach the session behind the new one's back.
+func (s *Server) registerSession(sess *session) {
+	s.mu.Lock()
+	old := s.sessions[sess.id]
+	s.sessions[sess.id] = sess
+	if old == nil {
+		s.m.sessions.Inc()
+	}
+	s.mu.Unlock()
+	if old != nil {
+		old.shutdown("client reopened the session on a new connection")
+	}
+}
+
+func (s *Server) unregisterSession(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[sess.id] == sess {
+		delete(s.sessions, sess.id)
+		s.m.sessions.Dec()
+	}
+}
+
+// serveConn owns one client connection from accept to close.
+func (s *Server) serveConn(c net.Conn) {
+	cc := newClientConn(s, c)
+	first, err := cc.fr.PeekLength()
+	if err != nil {
+		return // closed before sending anything
+	}
+	if jute.IsFourLetterWord(first) {
+		s.serveFourLetterWord(c, string(first[:]))
+		return
+	}
+	cc.serve()
+}
+
+// pickUpstreams returns the upstream addresses in the order to try them:
+// starting at a random server (spreading sessions like a ZooKeeper client's
+// shuffled host list), or after the given one when re-attaching.
+func (s *Server) pickUpstreams(after string) []string {
+	n := len(s.cfg.Upstream)
+	start := rand.IntN(n)
+	for i, a := range s.cfg.Upstream {
+		if a == after {
+			start = i + 1
+		}
+	}
+	out := make([]string, n)
+	for i := range out {
+		out[i] = s.cfg.Upstream[(start+i)%n]
+	}
+	return out
+}
+
+// serveFourLetterWord answers an admin command: "ruok" is answered by the
+// proxy itself (it is running); the others are relayed to the first upstream
+// server that answers, so monitoring sees the ensemble's figures.
+func (s *Server) serveFourLetterWord(c net.Conn, word string) {
+	s.m.fourLetters.WithLabelValues(word).Inc()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if word == "ruok" {
+		_, _ = io.WriteString(c, "imok")
+		return
+	}
+	var lastErr error
+	for _, addr := range s.pickUpstreams("") {
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+		up, err := s.cfg.Dial(ctx, "tcp", addr)
+		cancel()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		_ = up.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.WriteString(up, word)
+		if err == nil {
+			var b strings.Builder
+			_, err = io.Copy(&b, io.LimitReader(up, 16<<20))
+			if err == nil || b.Len() > 0 {
+				up.Close()
+				_, _ = io.WriteString(c, b.String())
+				return
+			}
+		}
+		up.Close()
+		lastErr = err
+	}
+	s.log.Warn("four-letter word: no upstream server answered", "word", word, "err", lastErr)
+	_, _ = fmt.Fprintf(c, "zk-migrate proxy: no upstream server answered %q: %v\n", word, lastErr)
+}
+
+// SessionUpstream reports the upstream server the session with the given id
+// is attached to, for operators and tests.
+func (s *Server) SessionUpstream(id int64) (string, bool) {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	if sess == nil {
+		return "", false
+	}
+	up := sess.up.Load()
+	if up == nil {
+		return "", false
+	}
+	return up.addr, true
+}

@@ -1,0 +1,346 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+)
+
+var syscallEMFILE = syscall.EMFILE
+
+// clientConn is one accepted client connection before and during its session.
+type clientConn struct {
+	srv  *Server
+	conn net.Conn
+	fr   *jute.FrameReader
+	log  *slog.Logger
+}
+
+func newClientConn(s *Server, c net.Conn) *clientConn {
+	return &clientConn{
+		srv: s, conn: c,
+		fr:  jute.NewFrameReader(bufio.NewReaderSize(countingReader{c, s.m}, 64<<10), s.cfg.MaxFrame),
+		log: s.log.With("client", c.RemoteAddr().String()),
+	}
+}
+
+// countingReader counts bytes received from clients.
+type countingReader struct {
+	r io.Reader
+	m *Metrics
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.m.bytesIn.Add(float64(n))
+	return n, err
+}
+
+// countingWriter counts bytes sent to clients.
+type countingWriter struct {
+	w io.Writer
+	m *Metrics
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.m.bytesOut.Add(float64(n))
+	return n, err
+}
+
+// serve runs the handshake and then the session until either side ends it.
+func (cc *clientConn) serve() {
+	frame, err := cc.fr.Next()
+	if err != nil {
+		cc.badFrame("connect request", err)
+		return
+	}
+	connectFrame := append([]byte(nil), frame...) // the reader reuses frame
+	var req jute.ConnectRequest
+	if err := jute.Unmarshal(connectFrame, &req); err != nil {
+		cc.badFrame("connect request", err)
+		return
+	}
+	sess := newSession(cc, &req)
+	if !sess.open(connectFrame) {
+		return
+	}
+	cc.srv.registerSession(sess)
+	defer cc.srv.unregisterSession(sess)
+	sess.run()
+}
+
+// badFrame logs a client frame the proxy cannot accept and counts it; the
+// caller then closes the connection, as a ZooKeeper server would.
+func (cc *clientConn) badFrame(what string, err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
+		return
+	}
+	reason := "malformed"
+	if errors.Is(err, jute.ErrFrameTooLarge) {
+		reason = "too_large"
+	}
+	cc.srv.m.badFrames.WithLabelValues(reason).Inc()
+	cc.log.Warn("closing client connection: bad "+what, "reason", reason, "err", err)
+}
+
+// session relays one ZooKeeper session between a client connection and an
+// upstream server connection, which it replaces when the server fails.
+//
+// Goroutines: the connection's own goroutine runs readClient; supervise
+// (pings, liveness, re-attach) and one upstream reader per upstream
+// connection are started by run and have ended when run returns.
+//
+// Locks: wmu serializes writes to the upstream connection and re-attach;
+// omu guards the pending queue, the watch set and writes to the client, so
+// replies leave in the order requests were sent. Order: wmu before omu.
+type session struct {
+	cc      *clientConn
+	srv     *Server
+	log     *slog.Logger
+	id      int64
+	passwd  []byte
+	timeout time.Duration
+	connect jute.ConnectRequest // template for re-attaching
+
+	lastZxid atomic.Int64 // highest zxid any reply carried
+	lastSend atomic.Int64 // unix nanos of the last upstream write
+	closing  atomic.Bool  // closeSession sent: upstream EOF ends the session
+	sasl     atomic.Bool  // SASL used: cannot re-attach transparently
+
+	wmu sync.Mutex
+	up  atomic.Pointer[upstream] // current upstream connection; stored under wmu
+
+	omu     sync.Mutex
+	cw      *bufio.Writer
+	queue   pendingQueue
+	watches *watchSet
+	auths   []*jute.AuthPacket
+
+	done     chan struct{}
+	doneOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+func newSession(cc *clientConn, req *jute.ConnectRequest) *session {
+	return &session{
+		cc: cc, srv: cc.srv, log: cc.log, connect: *req,
+		cw:      bufio.NewWriterSize(countingWriter{cc.conn, cc.srv.m}, 64<<10),
+		watches: newWatchSet(),
+		done:    make(chan struct{}),
+	}
+}
+
+// open attaches the new session to an upstream server and relays the
+// server's ConnectResponse, byte for byte, to the client.
+func (s *session) open(connectFrame []byte) bool {
+	s.lastZxid.Store(s.connect.LastZxidSeen)
+	up, resp, raw, err := s.dial(connectFrame, "")
+	if err != nil {
+		s.log.Warn("closing client connection: no upstream server accepted the session",
+			"session", fmt.Sprintf("0x%x", s.connect.SessionID), "err", err)
+		return false
+	}
+	if _, err := s.cw.Write(jute.AppendFrame(nil, raw)); err == nil {
+		err = s.cw.Flush()
+	}
+	if resp.Expired() {
+		up.conn.Close()
+		s.log.Info("session expired upstream; told the client", "session", fmt.Sprintf("0x%x", s.connect.SessionID))
+		return false
+	}
+	s.id, s.passwd = resp.SessionID, resp.Passwd
+	s.timeout = time.Duration(resp.TimeOut) * time.Millisecond
+	s.connect.SessionID, s.connect.Passwd, s.connect.TimeOut = resp.SessionID, resp.Passwd, resp.TimeOut
+	s.log = s.log.With("session", fmt.Sprintf("0x%x", s.id))
+	s.up.Store(up)
+	s.lastSend.Store(time.Now().UnixNano())
+	s.log.Debug("session attached", "upstream", up.addr, "timeout", s.timeout)
+	return true
+}
+
+// run relays the session until the client leaves, the session ends upstream,
+// or the proxy closes.
+func (s *session) run() {
+	s.startReader(s.up.Load())
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.supervise()
+	}()
+	err := s.readClient()
+	if err != nil {
+		s.cc.badFrame("request", err)
+	}
+	s.shutdown("client connection ended")
+	s.wg.Wait()
+}
+
+// shutdown ends the session's relay: it closes the client connection and the
+// upstream connection. The upstream session itself lives on until its
+// timeout, as when a client loses its connection to a server.
+// It never waits for wmu, so it can interrupt a re-attach in progress
+// (which checks done after installing a new connection).
+func (s *session) shutdown(why string) {
+	s.doneOnce.Do(func() {
+		s.log.Debug("session relay ending", "why", why)
+		close(s.done)
+		s.cc.conn.Close()
+		if up := s.up.Load(); up != nil {
+			up.conn.Close()
+		}
+	})
+}
+
+// readClient reads and dispatches client frames until an error.
+func (s *session) readClient() error {
+	for {
+		frame, err := s.cc.fr.Next()
+		if err != nil {
+			return err
+		}
+		if err := s.handleRequest(frame); err != nil {
+			return err
+		}
+	}
+}
+
+// handleRequest validates one request and forwards it, answers it locally
+// (ping, unknown opcode) or rejects the connection (malformed frame).
+func (s *session) handleRequest(frame []byte) error {
+	now := time.Now()
+	req, err := jute.DecodeRequest(frame)
+	op := jute.Op(req.Header.Type)
+	s.srv.m.op(op).requests.Inc()
+	if errors.Is(err, jute.ErrUnknownOpcode) {
+		s.srv.m.badFrames.WithLabelValues("unknown_opcode").Inc()
+		s.log.Warn("unknown opcode: answered UNIMPLEMENTED", "op", int32(op), "xid", req.Header.Xid)
+		s.answerLocally(req.Header.Xid, op, jute.CodeUnimplemented, now)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if op == jute.OpPing {
+		s.answerLocally(jute.XidPing, op, jute.CodeOK, now)
+		return nil
+	}
+	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now}
+	switch b := req.Body.(type) {
+	case *jute.GetDataRequest:
+		if b.Watch {
+			p.track, p.path = trackData, b.Path
+		}
+	case *jute.ExistsRequest:
+		if b.Watch {
+			p.track, p.path = trackExists, b.Path
+		}
+	case *jute.GetChildrenRequest:
+		if b.Watch {
+			p.track, p.path = trackChild, b.Path
+		}
+	case *jute.GetChildren2Request:
+		if b.Watch {
+			p.track, p.path = trackChild, b.Path
+		}
+	case *jute.AddWatchRequest:
+		p.track, p.path, p.arg = trackAddWatch, b.Path, b.Mode
+	case *jute.SetWatches, *jute.SetWatches2:
+		p.track, p.arg = trackSetWatches, req.Body
+	case *jute.RemoveWatchesRequest:
+		p.track, p.path, p.arg = trackRemoveWatches, b.Path, b.Type
+	case *jute.AuthPacket:
+		cp := *b
+		cp.Auth = append([]byte(nil), b.Auth...)
+		p.track, p.arg = trackAuth, &cp
+	case *jute.SASLRequest:
+		p.track = trackSASL
+		s.sasl.Store(true)
+	}
+	if op == jute.OpCloseSession {
+		p.track = trackClose
+		s.closing.Store(true)
+	}
+	return s.forward(p, frame, s.cc.fr.Buffered() == 0)
+}
+
+// forward queues p and writes its frame to the upstream server. It waits
+// while the session is being re-attached. flush is false while more client
+// frames are already buffered, so a pipelining client gets batched writes.
+func (s *session) forward(p pending, frame []byte, flush bool) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	select {
+	case <-s.done:
+		return net.ErrClosed
+	default:
+	}
+	up := s.up.Load()
+	s.omu.Lock()
+	s.queue.push(p)
+	s.omu.Unlock()
+	if err := up.write(frame, flush); err != nil {
+		// The upstream reader sees the failure too and the supervisor
+		// re-attaches; the queued request is answered CONNECTIONLOSS then.
+		return nil
+	}
+	s.lastSend.Store(time.Now().UnixNano())
+	return nil
+}
+
+// answerLocally queues a reply made by the proxy; it leaves as soon as every
+// earlier request has been answered.
+func (s *session) answerLocally(xid int32, op jute.Op, code jute.Code, start time.Time) {
+	var e jute.Encoder
+	off := e.StartFrame()
+	h := jute.ReplyHeader{Xid: xid, Zxid: s.lastZxid.Load(), Err: int32(code)}
+	h.Encode(&e)
+	e.FinishFrame(off)
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	s.queue.push(pending{xid: xid, op: op, kind: pendingLocal, start: start, local: e.Bytes()})
+	s.drainLocalLocked()
+	_ = s.cw.Flush()
+}
+
+// drainLocalLocked sends the prepared replies at the head of the queue.
+func (s *session) drainLocalLocked() {
+	for h := s.queue.peek(); h != nil && h.kind == pendingLocal; h = s.queue.peek() {
+		p := s.queue.pop()
+		_, _ = s.cw.Write(p.local)
+		s.srv.m.observeReply(p.op, jute.CodeOK, p.start)
+	}
+}
+
+// failPendingLocked answers every queued request CONNECTIONLOSS, in order:
+// the upstream connection that would have answered them is gone and whether
+// a write among them was applied is unknown, exactly what ConnectionLoss
+// tells a ZooKeeper client.
+func (s *session) failPendingLocked() {
+	zxid := s.lastZxid.Load()
+	for s.queue.len() > 0 {
+		p := s.queue.pop()
+		switch p.kind {
+		case pendingLocal:
+			_, _ = s.cw.Write(p.local)
+		case pendingClient:
+			var e jute.Encoder
+			off := e.StartFrame()
+			h := jute.ReplyHeader{Xid: p.xid, Zxid: zxid, Err: int32(jute.CodeConnectionLoss)}
+			h.Encode(&e)
+			e.FinishFrame(off)
+			_, _ = s.cw.Write(e.Bytes())
+			s.srv.m.observeReply(p.op, jute.CodeConnectionLoss, p.start)
+		}
+	}
+	_ = s.cw.Flush()
+}

@@ -1,0 +1,346 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+)
+
+// upstream is one connection to one ZooKeeper server carrying a session.
+type upstream struct {
+	addr     string
+	conn     net.Conn
+	fr       *jute.FrameReader
+	w        *bufio.Writer
+	lastRecv atomic.Int64  // unix nanos of the last frame received
+	done     chan struct{} // closed when the reader has ended
+	err      error         // why the reader ended; read after done
+	closeMu  sync.Once
+}
+
+// write sends one request frame (without length prefix). Callers hold the
+// session's wmu.
+func (u *upstream) write(frame []byte, flush bool) error {
+	var hdr [4]byte
+	hdr[0], hdr[1], hdr[2], hdr[3] = byte(len(frame)>>24), byte(len(frame)>>16), byte(len(frame)>>8), byte(len(frame))
+	if _, err := u.w.Write(hdr[:]); err != nil {
+		return err
+	}
+	if _, err := u.w.Write(frame); err != nil {
+		return err
+	}
+	if flush {
+		return u.w.Flush()
+	}
+	return nil
+}
+
+// errRefused means a server closed the connection without answering the
+// ConnectRequest: it has seen fewer transactions than the client (it is
+// behind), or it is not serving (no quorum, read-only refused).
+var errReplayFailed = errors.New("request replayed by the proxy failed")
+
+var errRefused = errors.New("server closed the connection without answering (behind the client's last zxid, or not serving)")
+
+// dial tries each upstream server, starting after the one named, until one
+// answers the ConnectRequest; it returns the decoded and raw response.
+func (s *session) dial(connectFrame []byte, after string) (*upstream, *jute.ConnectResponse, []byte, error) {
+	var errs []error
+	for _, addr := range s.srv.pickUpstreams(after) {
+		select {
+		case <-s.done:
+			return nil, nil, nil, net.ErrClosed
+		default:
+		}
+		up, resp, raw, err := s.dialOne(addr, connectFrame)
+		if err == nil {
+			return up, resp, raw, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	return nil, nil, nil, errors.Join(errs...)
+}
+
+func (s *session) dialOne(addr string, connectFrame []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
+	cfg := &s.srv.cfg
+	ctx, cancel := context.WithTimeout(s.srv.ctx, cfg.DialTimeout)
+	defer cancel()
+	conn, err := cfg.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	up := &upstream{
+		addr: addr, conn: conn,
+		fr:   jute.NewFrameReader(bufio.NewReaderSize(conn, 64<<10), cfg.MaxReplyFrame),
+		w:    bufio.NewWriterSize(conn, 64<<10),
+		done: make(chan struct{}),
+	}
+	_ = conn.SetDeadline(time.Now().Add(cfg.DialTimeout))
+	if err := up.write(connectFrame, true); err != nil {
+		conn.Close()
+		return nil, nil, nil, err
+	}
+	raw, err := up.fr.Next()
+	if err != nil {
+		conn.Close()
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, nil, nil, errRefused
+		}
+		return nil, nil, nil, err
+	}
+	raw = append([]byte(nil), raw...) // the reader reuses its buffer
+	var resp jute.ConnectResponse
+	if err := jute.Unmarshal(raw, &resp); err != nil {
+		conn.Close()
+		return nil, nil, nil, fmt.Errorf("bad ConnectResponse: %w", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	up.lastRecv.Store(time.Now().UnixNano())
+	return up, &resp, raw, nil
+}
+
+// startReader starts the goroutine that reads up's replies. It ends when
+// the connection fails or is closed, closing up.done.
+func (s *session) startReader(up *upstream) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		up.err = s.readUpstream(up)
+		close(up.done)
+	}()
+}
+
+// readUpstream relays replies and watch events from up to the client.
+func (s *session) readUpstream(up *upstream) error {
+	m := s.srv.m
+	var ev jute.WatcherEvent
+	for {
+		frame, err := up.fr.Next()
+		if err != nil {
+			return err
+		}
+		up.lastRecv.Store(time.Now().UnixNano())
+		var h jute.ReplyHeader
+		d := jute.NewDecoder(frame)
+		if err := h.Decode(d); err != nil {
+			return fmt.Errorf("reply from %s: %w", up.addr, err)
+		}
+		if h.Zxid > 0 {
+			for old := s.lastZxid.Load(); h.Zxid > old && !s.lastZxid.CompareAndSwap(old, h.Zxid); old = s.lastZxid.Load() {
+			}
+		}
+		flush := up.fr.Buffered() == 0
+		s.omu.Lock()
+		if h.Xid == jute.XidWatchEvent {
+			if err := ev.Decode(d); err != nil {
+				s.omu.Unlock()
+				return fmt.Errorf("watch event from %s: %w", up.addr, err)
+			}
+			s.watches.fired(&ev)
+			m.events.Inc()
+			s.writeClientLocked(frame, flush)
+			s.omu.Unlock()
+			continue
+		}
+		p, ok := s.queue.take(h.Xid)
+		if !ok {
+			s.omu.Unlock()
+			s.log.Warn("dropping reply that matches no request", "xid", h.Xid, "upstream", up.addr)
+			continue
+		}
+		code := jute.Code(h.Err)
+		s.watches.learn(&p, code)
+		if p.track == trackAuth && code == jute.CodeOK && p.kind == pendingClient {
+			s.auths = append(s.auths, p.arg.(*jute.AuthPacket))
+		}
+		if p.kind == pendingClient {
+			m.observeReply(p.op, code, p.start)
+			s.writeClientLocked(frame, false)
+		} else if code != jute.CodeOK && p.op != jute.OpPing {
+			s.omu.Unlock()
+			return fmt.Errorf("%w: %s on %s: %s", errReplayFailed, p.op, up.addr, code)
+		}
+		s.drainLocalLocked()
+		if flush {
+			_ = s.cw.Flush()
+		}
+		s.omu.Unlock()
+	}
+}
+
+// writeClientLocked relays one frame to the client. A write error means the
+// client is gone; readClient notices and ends the session.
+func (s *session) writeClientLocked(frame []byte, flush bool) {
+	var hdr [4]byte
+	hdr[0], hdr[1], hdr[2], hdr[3] = byte(len(frame)>>24), byte(len(frame)>>16), byte(len(frame)>>8), byte(len(frame))
+	_, _ = s.cw.Write(hdr[:])
+	_, _ = s.cw.Write(frame)
+	if flush {
+		_ = s.cw.Flush()
+	}
+}
+
+// supervise keeps the upstream connection alive with pings, declares it dead
+// when the server stays silent, and re-attaches the session when it dies.
+func (s *session) supervise() {
+	tick := time.NewTicker(max(s.timeout/10, 20*time.Millisecond))
+	defer tick.Stop()
+	for {
+		up := s.up.Load()
+		select {
+		case <-s.done:
+			return
+		case <-up.done:
+			if s.closing.Load() {
+				s.shutdown("session closed by the client")
+				return
+			}
+			if errors.Is(up.err, errReplayFailed) {
+				s.log.Warn("closing client connection: replaying its credentials or watches failed", "err", up.err)
+				s.shutdown("replay failed")
+				return
+			}
+			if !s.reattach(up) {
+				return
+			}
+		case <-tick.C:
+			now := time.Now().UnixNano()
+			if time.Duration(now-up.lastRecv.Load()) > s.timeout*2/3 {
+				s.log.Warn("upstream server silent for 2/3 of the session timeout; moving the session", "upstream", up.addr)
+				up.conn.Close()
+				continue
+			}
+			if time.Duration(now-s.lastSend.Load()) >= s.timeout/3 {
+				s.sendInternal(jute.XidPing, jute.OpPing, &jute.Empty{}, trackNone)
+			}
+		}
+	}
+}
+
+// sendInternal sends a request of the proxy's own on the current upstream
+// connection; its reply is consumed.
+func (s *session) sendInternal(xid int32, op jute.Op, body jute.Record, track trackKind) {
+	var e jute.Encoder
+	h := jute.RequestHeader{Xid: xid, Type: int32(op)}
+	h.Encode(&e)
+	body.Encode(&e)
+	_ = s.forward(pending{xid: xid, op: op, kind: pendingInternal, start: time.Now(), track: track}, e.Bytes(), true)
+}
+
+// reattach moves the session to another upstream server after dead failed.
+// It holds wmu throughout, so client requests wait and then go to the new
+// server. Requests in flight on dead are answered CONNECTIONLOSS; the
+// session's credentials and watches are replayed on the new connection
+// before anything else (SetWatches relative to the last zxid seen, so the
+// server fires every change the client missed). It returns false when the
+// session cannot continue; the relay is then shut down and the client,
+// reconnecting, learns the truth from the server (for example, expiry).
+func (s *session) reattach(dead *upstream) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	dead.conn.Close()
+	s.omu.Lock()
+	s.failPendingLocked()
+	s.omu.Unlock()
+	m := s.srv.m
+	s.log.Info("upstream connection lost; re-attaching session", "upstream", dead.addr, "err", dead.err)
+	if s.sasl.Load() {
+		m.reconnects.WithLabelValues("failed").Inc()
+		s.shutdown("session authenticated with SASL cannot be replayed; client must reconnect")
+		return false
+	}
+	deadline := time.Unix(0, dead.lastRecv.Load()).Add(s.timeout)
+	after := dead.addr
+	var lastErr error
+	for attempt := 0; time.Now().Before(deadline); attempt++ {
+		connect := s.connect
+		connect.LastZxidSeen = s.lastZxid.Load()
+		up, resp, _, err := s.dial(jute.Marshal(&connect), after)
+		if errors.Is(err, net.ErrClosed) {
+			return false
+		}
+		if err == nil && resp.Expired() {
+			up.conn.Close()
+			m.reconnects.WithLabelValues("expired").Inc()
+			s.shutdown("session expired upstream while re-attaching")
+			return false
+		}
+		if err == nil {
+			s.up.Store(up)
+			select {
+			case <-s.done: // shut down meanwhile; shutdown may have missed up
+				up.conn.Close()
+				return false
+			default:
+			}
+			s.startReader(up)
+			s.replayLocked(up)
+			m.reconnects.WithLabelValues("ok").Inc()
+			s.log.Info("session re-attached", "upstream", up.addr, "attempts", attempt+1)
+			return true
+		}
+		lastErr = err
+		select {
+		case <-s.done:
+			return false
+		case <-time.After(min(time.Duration(attempt+1)*50*time.Millisecond, 500*time.Millisecond)):
+		}
+	}
+	m.reconnects.WithLabelValues("failed").Inc()
+	s.log.Warn("could not re-attach session before its timeout", "err", lastErr)
+	s.shutdown("no upstream server accepted the session in time")
+	return false
+}
+
+// replayLocked re-sends the session's credentials and watches on a fresh
+// upstream connection. Callers hold wmu.
+func (s *session) replayLocked(up *upstream) {
+	var reqs []struct {
+		xid  int32
+		op   jute.Op
+		body jute.Record
+	}
+	s.omu.Lock()
+	for _, a := range s.auths {
+		reqs = append(reqs, struct {
+			xid  int32
+			op   jute.Op
+			body jute.Record
+		}{jute.XidAuth, jute.OpAuth, a})
+	}
+	for _, w := range s.watches.replay(s.lastZxid.Load()) {
+		op := jute.OpSetWatches
+		if _, ok := w.(*jute.SetWatches2); ok {
+			op = jute.OpSetWatches2
+		}
+		reqs = append(reqs, struct {
+			xid  int32
+			op   jute.Op
+			body jute.Record
+		}{jute.XidSetWatches, op, w})
+	}
+	for _, r := range reqs {
+		s.queue.push(pending{xid: r.xid, op: r.op, kind: pendingInternal, start: time.Now()})
+	}
+	s.omu.Unlock()
+	for _, r := range reqs {
+		var e jute.Encoder
+		h := jute.RequestHeader{Xid: r.xid, Type: int32(r.op)}
+		h.Encode(&e)
+		r.body.Encode(&e)
+		_ = up.write(e.Bytes(), false)
+	}
+	_ = up.w.Flush()
+	s.lastSend.Store(time.Now().UnixNano())
+}
