@@ -128,6 +128,24 @@ func (d *Decoder) String() string {
 	return v
 }
 
+// OptString reads a jute ustring that may be null (nil).
+func (d *Decoder) OptString() *string {
+	n := d.length("ustring")
+	if n < 0 || d.err != nil {
+		return nil
+	}
+	if n == 0 {
+		s := ""
+		return &s
+	}
+	if !d.need(n, "ustring") {
+		return nil
+	}
+	s := string(d.buf[d.off : d.off+n])
+	d.off += n
+	return &s
+}
+
 // VectorLen reads a vector's element count and checks that minElemSize bytes
 // per element remain, so the caller may allocate count elements. A null
 // vector (-1) reads as 0 and isNull true.
@@ -205,6 +223,15 @@ func (e *Encoder) Buffer(v []byte) {
 func (e *Encoder) String(v string) {
 	e.Int(int32(len(v)))
 	e.buf = append(e.buf, v...)
+}
+
+// OptString appends a ustring that may be null (nil encodes as -1).
+func (e *Encoder) OptString(v *string) {
+	if v == nil {
+		e.Int(-1)
+		return
+	}
+	e.String(*v)
 }
 
 // VectorLen appends a vector's element count; a nil vector encodes as null.

@@ -126,8 +126,12 @@ func NewResponse(op Op) (Record, error) {
 		return &GetAllChildrenNumberResponse{}, nil
 	case OpWhoAmI:
 		return &WhoAmIResponse{}, nil
+	case OpAddWatch:
+		// The server answers addWatch with ErrorResponse{0} (captured
+		// from ZooKeeper 3.8 in testdata/golden/zkcli.txt).
+		return &ErrorResponse{}, nil
 	case OpDelete, OpDeleteContainer, OpPing, OpCheck, OpCheckWatches, OpRemoveWatches,
-		OpAuth, OpSetWatches, OpSetWatches2, OpAddWatch, OpCloseSession:
+		OpAuth, OpSetWatches, OpSetWatches2, OpCloseSession:
 		return &Empty{}, nil
 	}
 	return nil, fmt.Errorf("%w: %d", ErrUnknownOpcode, int32(op))

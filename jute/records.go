@@ -9,7 +9,7 @@ package jute
 // file and `make verify-gen` to check that the generated code is current.
 //
 // Supported field types: int32 (jute int), int64 (long), bool (boolean),
-// string (ustring), []byte (buffer), []string (vector<ustring>), a record
+// string (ustring), *string (nullable ustring), []byte (buffer), []string (vector<ustring>), a record
 // type, or a slice of a record type (vector<record>).
 
 // Id is an authentication identity: a scheme and an id within it.
@@ -139,11 +139,12 @@ type SetDataResponse struct {
 	Stat Stat
 }
 
-// ReconfigRequest changes the ensemble membership (3.5+).
+// ReconfigRequest changes the ensemble membership (3.5+). Clients send the
+// unused lists as null strings, so they are pointers (nil: null).
 type ReconfigRequest struct {
-	JoiningServers string
-	LeavingServers string
-	NewMembers     string
+	JoiningServers *string
+	LeavingServers *string
+	NewMembers     *string
 	CurConfigID    int64
 }
 

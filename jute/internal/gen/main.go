@@ -92,6 +92,11 @@ func fieldKind(t ast.Expr) (kind, elem string, err error) {
 			return t.Name, "", nil
 		}
 		return "record", t.Name, nil
+	case *ast.StarExpr:
+		if id, ok := t.X.(*ast.Ident); ok && id.Name == "string" {
+			return "optstring", "", nil
+		}
+		return "", "", fmt.Errorf("unsupported pointer type")
 	case *ast.ArrayType:
 		id, ok := t.Elt.(*ast.Ident)
 		if !ok || t.Len != nil {
@@ -115,7 +120,7 @@ func minSize(recs map[string]record, name string) int {
 	n := 0
 	for _, f := range recs[name].fields {
 		switch f.kind {
-		case "int32", "string", "bytes", "strings", "records":
+		case "int32", "string", "optstring", "bytes", "strings", "records":
 			n += 4
 		case "int64":
 			n += 8
@@ -147,6 +152,8 @@ func generate(in string, recs []record) ([]byte, error) {
 				fmt.Fprintf(&b, "r.%s = d.Bool()\n", f.name)
 			case "string":
 				fmt.Fprintf(&b, "r.%s = d.String()\n", f.name)
+			case "optstring":
+				fmt.Fprintf(&b, "r.%s = d.OptString()\n", f.name)
 			case "bytes":
 				fmt.Fprintf(&b, "r.%s = d.Buffer()\n", f.name)
 			case "strings":
@@ -170,6 +177,8 @@ func generate(in string, recs []record) ([]byte, error) {
 				fmt.Fprintf(&b, "e.Bool(r.%s)\n", f.name)
 			case "string":
 				fmt.Fprintf(&b, "e.String(r.%s)\n", f.name)
+			case "optstring":
+				fmt.Fprintf(&b, "e.OptString(r.%s)\n", f.name)
 			case "bytes":
 				fmt.Fprintf(&b, "e.Buffer(r.%s)\n", f.name)
 			case "strings":

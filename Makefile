@@ -1,0 +1,55 @@
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -euc
+.DEFAULT_GOAL := build
+
+GO        ?= go
+BIN       := bin/zk-migrate
+PKGS      := ./...
+FUZZTIME  ?= 60s
+
+.PHONY: golden build test test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean
+
+build: ## build bin/zk-migrate
+	$(GO) build -o $(BIN) ./cmd/zk-migrate
+
+deps: ## install Debian packages (ZooKeeper, clients) and Go modules
+	bash scripts/deps.sh
+
+test: ## the whole suite against real ZooKeeper ensembles (what CI runs)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+test-short: ## unit tests only, no JVMs
+	$(GO) test -short -count=1 $(PKGS)
+
+bench: ## proxy vs direct-to-ZooKeeper, printed side by side with ratios
+	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./bench/
+
+soak: ## long mixed load through the proxy with server kills
+	ZKM_SOAK=10m $(GO) test -run TestSoak -v -timeout 30m ./bench/
+
+demo: build ## the local sandbox: real ensemble, proxies, live load, a server killed
+	$(BIN) sandbox
+
+fuzz: ## fuzz every jute decoder for FUZZTIME each
+	bash scripts/fuzz.sh $(FUZZTIME)
+
+lint: verify-fmt verify-gen ## gofmt, go vet, generated code current
+	$(GO) vet $(PKGS)
+
+gen fix-gen: ## regenerate jute record codecs
+	cd jute && $(GO) generate ./...
+
+verify-gen: ## fail if jute/records_gen.go is stale
+	cd jute && $(GO) run ./internal/gen -in records.go -out /tmp/zkm-records_gen.go && diff -u records_gen.go /tmp/zkm-records_gen.go
+
+verify-fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out (run make fix-fmt)"; exit 1; fi
+
+fix-fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin
+
+golden: ## re-record golden frames from real clients and a real server
+	cd jute && $(GO) run ./internal/capture
