@@ -144,3 +144,48 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// killUpstreamOf SIGKILLs the ensemble server that the proxy attached
+// session sid to, restarts it when the test ends, and returns its address.
+func killUpstreamOf(t *testing.T, p *proxytest.Proxy, sid int64) string {
+	t.Helper()
+	addr, ok := p.SessionUpstream(sid)
+	if !ok {
+		t.Fatalf("proxy does not know session 0x%x", sid)
+	}
+	var victim *zktest.Server
+	for _, s := range ens.Servers {
+		if s.Addr() == addr {
+			victim = s
+		}
+	}
+	if victim == nil {
+		t.Fatalf("upstream %s is not an ensemble server", addr)
+	}
+	if err := ens.Kill(victim.ID); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ens.Restart(context.Background(), victim.ID); err != nil {
+			t.Errorf("restart server %d: %v", victim.ID, err)
+		}
+	})
+	return addr
+}
+
+// retryWrite repeats a write until the ensemble accepts it (after a server
+// kill it may be electing a leader).
+func retryWrite(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: ensemble did not accept it within 30s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

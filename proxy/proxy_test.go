@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -162,46 +161,18 @@ func TestSessionSurvivesUpstreamServerDeath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, ok := p.SessionUpstream(sid)
-	if !ok {
-		t.Fatal("proxy does not know the session")
-	}
-	port := addr[strings.LastIndexByte(addr, ':')+1:]
-	var victim *zktest.Server
-	for _, s := range ens.Servers {
-		if s.Addr() == "127.0.0.1:"+port {
-			victim = s
-		}
-	}
-	if victim == nil {
-		t.Fatalf("upstream %s is not an ensemble server", addr)
-	}
-	if err := ens.Kill(victim.ID); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ens.Restart(context.Background(), victim.ID); err != nil {
-			t.Errorf("restart server %d: %v", victim.ID, err)
-		}
-	})
+	addr := killUpstreamOf(t, p, sid)
 
 	// A change made while the session moves must still fire its watch.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	retryWrite(t, "set during move", func() error {
 		_, err := direct.Set(root, []byte("changed-during-move"), -1)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ensemble did not accept writes after losing server %d: %v", victim.ID, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err
+	})
 	if e := waitEvent(t, dataW, 15*time.Second); e.Type != zk.EventNodeDataChanged {
 		t.Fatalf("watch after move: %+v", e)
 	}
 	// The session works, has the same id and still owns its ephemeral.
-	deadline = time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, st, err := c.Get(eph)
 		if err == nil {

@@ -318,3 +318,14 @@ func (s *Server) SessionUpstream(id int64) (string, bool) {
 	}
 	return up.addr, true
 }
+
+// SessionIDs lists the sessions currently relayed.
+func (s *Server) SessionIDs() []int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]int64, 0, len(s.sessions))
+	for id := range s.sessions {
+		ids = append(ids, id)
+	}
+	return ids
+}
