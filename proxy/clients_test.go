@@ -38,11 +38,13 @@ func requireFile(t *testing.T, path, pkg string) {
 // interactive runs a client that prints "READY 0x<session> ..." once set up,
 // then waits for a line on stdin. readyLine returns that line's fields.
 type interactive struct {
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	lines  chan string
-	mu     sync.Mutex
-	output strings.Builder
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when the process has been waited for
+	exitErr error
+	stdin   io.WriteCloser
+	lines   chan string
+	mu      sync.Mutex
+	output  strings.Builder
 }
 
 func startInteractive(t *testing.T, name string, args ...string) *interactive {
@@ -57,7 +59,7 @@ func startInteractive(t *testing.T, name string, args ...string) *interactive {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ic := &interactive{cmd: cmd, stdin: stdin, lines: make(chan string, 1024)}
+	ic := &interactive{cmd: cmd, stdin: stdin, lines: make(chan string, 1024), exited: make(chan struct{})}
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
@@ -75,7 +77,11 @@ func startInteractive(t *testing.T, name string, args ...string) *interactive {
 		_ = cmd.Process.Kill()
 		_ = pw.Close()
 	})
-	go func() { _ = cmd.Wait(); _ = pw.Close() }()
+	go func() {
+		ic.exitErr = cmd.Wait()
+		_ = pw.Close()
+		close(ic.exited)
+	}()
 	return ic
 }
 
@@ -125,24 +131,20 @@ func survivalCheck(t *testing.T, p *proxytest.Proxy, ic *interactive, change fun
 		t.Fatal(err)
 	}
 	result := ic.waitLine(t, "RESULT", 60*time.Second)
-	if err := waitExit(ic.cmd, 30*time.Second); err != nil {
+	if err := ic.waitExit(30 * time.Second); err != nil {
 		t.Fatalf("client failed after its upstream server died: %v\n%s\noutput:\n%s", err, result, ic.out())
 	}
 	t.Log(result)
 }
 
-func waitExit(cmd *exec.Cmd, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for cmd.ProcessState == nil && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if cmd.ProcessState == nil {
+// waitExit waits for the client to end and returns its exit error.
+func (ic *interactive) waitExit(d time.Duration) error {
+	select {
+	case <-ic.exited:
+		return ic.exitErr
+	case <-time.After(d):
 		return fmt.Errorf("still running after %v", d)
 	}
-	if !cmd.ProcessState.Success() {
-		return fmt.Errorf("exit: %v", cmd.ProcessState)
-	}
-	return nil
 }
 
 // TestCClientMesosContenderSurvivesUpstreamDeath compiles a program against
@@ -240,7 +242,7 @@ func TestZkCliPersistentRecursiveWatchSurvivesUpstreamDeath(t *testing.T) {
 	}
 	ic.waitLine(t, "WatchedEvent state:SyncConnected type:NodeDataChanged path:"+root+"/z/new", 30*time.Second)
 	send("ls "+root+"/z", "quit")
-	if err := waitExit(ic.cmd, 30*time.Second); err != nil {
+	if err := ic.waitExit(30 * time.Second); err != nil {
 		t.Fatalf("zkCli: %v\n%s", err, ic.out())
 	}
 	out := ic.out()
