@@ -22,7 +22,7 @@ test-short: ## unit tests only, no JVMs
 	$(GO) test -short -count=1 $(PKGS)
 
 bench: ## proxy vs direct-to-ZooKeeper, printed side by side with ratios
-	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 30m ./bench/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
 
 soak: ## long mixed load through the proxy with server kills
 	ZKM_SOAK=10m $(GO) test -run TestSoak -v -timeout 30m ./bench/

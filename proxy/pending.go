@@ -87,3 +87,8 @@ func (q *pendingQueue) take(xid int32) (pending, bool) {
 	}
 	return pending{}, false
 }
+
+// bufSize is the size of each of a session's four socket buffers (client
+// and upstream, read and write). It holds a burst of pipelined frames; a
+// larger frame bypasses it. 16 KiB keeps 1,000 busy sessions under 100 MB.
+const bufSize = 16 << 10

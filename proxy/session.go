@@ -28,7 +28,7 @@ type clientConn struct {
 func newClientConn(s *Server, c net.Conn) *clientConn {
 	return &clientConn{
 		srv: s, conn: c,
-		fr:  jute.NewFrameReader(bufio.NewReaderSize(countingReader{c, s.m}, 64<<10), s.cfg.MaxFrame),
+		fr:  jute.NewFrameReader(bufio.NewReaderSize(countingReader{c, s.m}, bufSize), s.cfg.MaxFrame),
 		log: s.log.With("client", c.RemoteAddr().String()),
 	}
 }
@@ -134,7 +134,7 @@ type session struct {
 func newSession(cc *clientConn, req *jute.ConnectRequest) *session {
 	return &session{
 		cc: cc, srv: cc.srv, log: cc.log, connect: *req,
-		cw:      bufio.NewWriterSize(countingWriter{cc.conn, cc.srv.m}, 64<<10),
+		cw:      bufio.NewWriterSize(countingWriter{cc.conn, cc.srv.m}, bufSize),
 		watches: newWatchSet(),
 		done:    make(chan struct{}),
 	}

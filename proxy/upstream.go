@@ -82,8 +82,8 @@ func (s *session) dialOne(addr string, connectFrame []byte) (*upstream, *jute.Co
 	}
 	up := &upstream{
 		addr: addr, conn: conn,
-		fr:   jute.NewFrameReader(bufio.NewReaderSize(conn, 64<<10), cfg.MaxReplyFrame),
-		w:    bufio.NewWriterSize(conn, 64<<10),
+		fr:   jute.NewFrameReader(bufio.NewReaderSize(conn, bufSize), cfg.MaxReplyFrame),
+		w:    bufio.NewWriterSize(conn, bufSize),
 		done: make(chan struct{}),
 	}
 	_ = conn.SetDeadline(time.Now().Add(cfg.DialTimeout))
