@@ -54,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "sessions", Help: "Client sessions established through the proxy."}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "upstream_reconnects_total", Help: "Sessions re-attached to another upstream server, by result (ok, expired, failed)."}, []string{"result"}),
+			Name: "upstream_reconnects_total", Help: "Upstream server losses handled, by result: ok (moved, invisible to the client), client_reconnect (a write was in flight: the client reconnects), expired, failed."}, []string{"result"}),
 		events: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "watch_events_total", Help: "Watch notifications relayed to clients."}),
 		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -71,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}
 	}
 	m.unknown = &opMetrics{requests: m.requests.WithLabelValues("unknown"), duration: m.duration.WithLabelValues("unknown")}
-	for _, r := range []string{"ok", "expired", "failed"} {
+	for _, r := range []string{"ok", "client_reconnect", "expired", "failed"} {
 		m.reconnects.WithLabelValues(r)
 	}
 	return m

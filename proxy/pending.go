@@ -33,6 +33,34 @@ type pending struct {
 	arg   any
 	// local is the complete reply frame (with length) of a pendingLocal.
 	local []byte
+	// body is a client request's decoded body, kept to re-send it when the
+	// session moves to another server while it is in flight.
+	body jute.Record
+}
+
+// resendable reports whether a request can be sent again to another server
+// without changing its meaning: reads, and idempotent watch registrations.
+// A write whose reply was lost has an unknown outcome and is never re-sent.
+func resendable(op jute.Op) bool {
+	switch op {
+	case jute.OpExists, jute.OpGetData, jute.OpGetACL, jute.OpGetChildren, jute.OpGetChildren2,
+		jute.OpSync, jute.OpGetAllChildrenNumber, jute.OpGetEphemerals, jute.OpMultiRead,
+		jute.OpWhoAmI, jute.OpCheckWatches, jute.OpAddWatch, jute.OpSetWatches, jute.OpSetWatches2,
+		jute.OpPing:
+		return true
+	}
+	return false
+}
+
+// unsafeInFlight reports whether a client request in the queue cannot be
+// re-sent (see resendable).
+func (q *pendingQueue) unsafeInFlight() bool {
+	for i := q.head; i < len(q.items); i++ {
+		if q.items[i].kind == pendingClient && !resendable(q.items[i].op) {
+			return true
+		}
+	}
+	return false
 }
 
 // pendingQueue is a FIFO of requests in flight on one session. ZooKeeper
@@ -92,3 +120,16 @@ func (q *pendingQueue) take(xid int32) (pending, bool) {
 // and upstream, read and write). It holds a burst of pipelined frames; a
 // larger frame bypasses it. 16 KiB keeps 1,000 busy sessions under 100 MB.
 const bufSize = 16 << 10
+
+// dropInternal removes the proxy's own requests: after their connection is
+// lost no reply will ever come for them.
+func (q *pendingQueue) dropInternal() {
+	kept := q.items[:q.head]
+	for i := q.head; i < len(q.items); i++ {
+		if q.items[i].kind != pendingInternal {
+			kept = append(kept, q.items[i])
+		}
+	}
+	clear(q.items[len(kept):])
+	q.items = kept
+}

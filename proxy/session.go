@@ -234,7 +234,7 @@ func (s *session) handleRequest(frame []byte) error {
 		s.answerLocally(jute.XidPing, op, jute.CodeOK, now)
 		return nil
 	}
-	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now}
+	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now, body: req.Body}
 	switch b := req.Body.(type) {
 	case *jute.GetDataRequest:
 		if b.Watch {
@@ -319,28 +319,4 @@ func (s *session) drainLocalLocked() {
 		_, _ = s.cw.Write(p.local)
 		s.srv.m.observeReply(p.op, jute.CodeOK, p.start)
 	}
-}
-
-// failPendingLocked answers every queued request CONNECTIONLOSS, in order:
-// the upstream connection that would have answered them is gone and whether
-// a write among them was applied is unknown, exactly what ConnectionLoss
-// tells a ZooKeeper client.
-func (s *session) failPendingLocked() {
-	zxid := s.lastZxid.Load()
-	for s.queue.len() > 0 {
-		p := s.queue.pop()
-		switch p.kind {
-		case pendingLocal:
-			_, _ = s.cw.Write(p.local)
-		case pendingClient:
-			var e jute.Encoder
-			off := e.StartFrame()
-			h := jute.ReplyHeader{Xid: p.xid, Zxid: zxid, Err: int32(jute.CodeConnectionLoss)}
-			h.Encode(&e)
-			e.FinishFrame(off)
-			_, _ = s.cw.Write(e.Bytes())
-			s.srv.m.observeReply(p.op, jute.CodeConnectionLoss, p.start)
-		}
-	}
-	_ = s.cw.Flush()
 }

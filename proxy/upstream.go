@@ -240,23 +240,39 @@ func (s *session) sendInternal(xid int32, op jute.Op, body jute.Record, track tr
 
 // reattach moves the session to another upstream server after dead failed.
 // It holds wmu throughout, so client requests wait and then go to the new
-// server. Requests in flight on dead are answered CONNECTIONLOSS; the
-// session's credentials and watches are replayed on the new connection
-// before anything else (SetWatches relative to the last zxid seen, so the
-// server fires every change the client missed). It returns false when the
-// session cannot continue; the relay is then shut down and the client,
-// reconnecting, learns the truth from the server (for example, expiry).
+// server.
+//
+// What the client sees depends on what was in flight on dead:
+//   - nothing, or only reads: nothing. Credentials and watches are replayed
+//     on the new connection (SetWatches relative to the last zxid seen, so
+//     the server fires every change the client missed), then the in-flight
+//     reads are sent again, in order.
+//   - a write: its outcome is unknown, which a ZooKeeper client learns only
+//     from a lost connection. The relay closes the client connection; the
+//     client fails its pending requests with its own ConnectionLoss and
+//     reconnects to the proxy with the same session, re-sending its auth and
+//     watches. The session never expires.
+//
+// It returns false when the relay ends.
 func (s *session) reattach(dead *upstream) bool {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	dead.conn.Close()
-	s.omu.Lock()
-	s.failPendingLocked()
-	s.omu.Unlock()
 	m := s.srv.m
+	s.omu.Lock()
+	unsafe := s.queue.unsafeInFlight()
+	s.queue.dropInternal()
+	s.drainLocalLocked()
+	_ = s.cw.Flush()
+	s.omu.Unlock()
+	if unsafe {
+		m.reconnects.WithLabelValues("client_reconnect").Inc()
+		s.shutdown("a write was in flight on the lost server; the client reconnects to learn of it")
+		return false
+	}
 	s.log.Info("upstream connection lost; re-attaching session", "upstream", dead.addr, "err", dead.err)
 	if s.sasl.Load() {
-		m.reconnects.WithLabelValues("failed").Inc()
+		m.reconnects.WithLabelValues("client_reconnect").Inc()
 		s.shutdown("session authenticated with SASL cannot be replayed; client must reconnect")
 		return false
 	}
@@ -303,35 +319,37 @@ func (s *session) reattach(dead *upstream) bool {
 	return false
 }
 
+// outgoing is a request the proxy (re)sends on its own.
+type outgoing struct {
+	xid  int32
+	op   jute.Op
+	body jute.Record
+}
+
 // replayLocked re-sends the session's credentials and watches on a fresh
 // upstream connection. Callers hold wmu.
 func (s *session) replayLocked(up *upstream) {
-	var reqs []struct {
-		xid  int32
-		op   jute.Op
-		body jute.Record
-	}
+	var reqs []outgoing
 	s.omu.Lock()
 	for _, a := range s.auths {
-		reqs = append(reqs, struct {
-			xid  int32
-			op   jute.Op
-			body jute.Record
-		}{jute.XidAuth, jute.OpAuth, a})
+		reqs = append(reqs, outgoing{jute.XidAuth, jute.OpAuth, a})
 	}
 	for _, w := range s.watches.replay(s.lastZxid.Load()) {
 		op := jute.OpSetWatches
 		if _, ok := w.(*jute.SetWatches2); ok {
 			op = jute.OpSetWatches2
 		}
-		reqs = append(reqs, struct {
-			xid  int32
-			op   jute.Op
-			body jute.Record
-		}{jute.XidSetWatches, op, w})
+		reqs = append(reqs, outgoing{jute.XidSetWatches, op, w})
 	}
 	for _, r := range reqs {
 		s.queue.push(pending{xid: r.xid, op: r.op, kind: pendingInternal, start: time.Now()})
+	}
+	// Reads that were in flight on the lost server go again, in order,
+	// after the replays; their queue entries stay where they are.
+	for i := s.queue.head; i < len(s.queue.items); i++ {
+		if p := &s.queue.items[i]; p.kind == pendingClient {
+			reqs = append(reqs, outgoing{p.xid, p.op, p.body})
+		}
 	}
 	s.omu.Unlock()
 	for _, r := range reqs {

@@ -34,7 +34,7 @@ then put a proxy in front of an ensemble:
    zk-migrate proxy --listen 127.0.0.1:2181 --upstream zk1:2181,zk2:2181,zk3:2181`,
 		Commands: []*cli.Command{
 			proxyCommand(),
-			// sandboxCommand(),
+			sandboxCommand(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {

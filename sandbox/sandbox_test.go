@@ -1,0 +1,36 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSandboxKeepsEveryGuarantee runs the README's sandbox briefly: two
+// ZooKeeper servers are killed under Mesos-shaped load through three
+// proxies, and no session may expire, no leader change, no write be lost.
+func TestSandboxKeepsEveryGuarantee(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a ZooKeeper ensemble")
+	}
+	var out bytes.Buffer
+	rep, err := Run(context.Background(), Config{Duration: 12 * time.Second, Kills: 2}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(out.String())
+	if !rep.OK() {
+		t.Fatalf("sandbox guarantees broken: %+v", rep)
+	}
+	if rep.ServerKills != 2 || rep.Reattaches < 1 {
+		t.Fatalf("faults did not happen as planned: kills=%d re-attaches=%v", rep.ServerKills, rep.Reattaches)
+	}
+	if rep.Expired != 0 || rep.Writes < 100 || rep.Reads < 100 {
+		t.Fatalf("report: %+v", rep)
+	}
+	if !strings.Contains(out.String(), "verdict                    PASS") {
+		t.Fatalf("report does not say PASS:\n%s", out.String())
+	}
+}
