@@ -1,0 +1,18 @@
+// Package proxy is zk-migrate's ZooKeeper sidecar proxy: a server that
+// ZooKeeper clients cannot tell from a ZooKeeper server, relaying each
+// session to an upstream ensemble and moving it to another server of the
+// ensemble when the one it is on fails.
+//
+// Usage:
+//
+//	srv, err := proxy.New(proxy.Config{Upstream: []string{"zk1:2181", "zk2:2181", "zk3:2181"},
+//		Metrics: proxy.NewMetrics(prometheus.DefaultRegisterer)})
+//	if err != nil { ... }
+//	go srv.ListenAndServe("127.0.0.1:2181")
+//	defer srv.Close()
+//
+// Each client connection is owned by one goroutine (reading requests); its
+// session adds a supervisor (pings, liveness, re-attach) and one reader per
+// upstream connection. Session.run waits for all of them, and Server.Close
+// waits for every connection. SPEC.md describes the protocol decisions.
+package proxy
