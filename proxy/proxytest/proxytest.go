@@ -29,7 +29,17 @@ type Proxy struct {
 
 // Start starts a proxy with cfg on 127.0.0.1:0. Metrics go to a fresh
 // registry unless cfg.Metrics is set.
-func Start(cfg proxy.Config) (*Proxy, error) {
+func Start(cfg proxy.Config) (*Proxy, error) { return StartOn("127.0.0.1:0", cfg) }
+
+// Close stops the proxy and waits for its accept loop to end.
+func (p *Proxy) Close() {
+	p.Server.Close()
+	<-p.done
+}
+
+// StartOn is Start on a given address, for restarting a proxy where its
+// clients expect it.
+func StartOn(addr string, cfg proxy.Config) (*Proxy, error) {
 	reg := prometheus.NewRegistry()
 	if cfg.Metrics == nil {
 		cfg.Metrics = proxy.NewMetrics(reg)
@@ -38,17 +48,11 @@ func Start(cfg proxy.Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("proxytest: listen: %w", err)
+		return nil, fmt.Errorf("proxytest: listen %s: %w", addr, err)
 	}
 	p := &Proxy{Server: srv, Addr: ln.Addr().String(), Registry: reg, done: make(chan error, 1)}
 	go func() { p.done <- srv.Serve(ln) }()
 	return p, nil
-}
-
-// Close stops the proxy and waits for its accept loop to end.
-func (p *Proxy) Close() {
-	p.Server.Close()
-	<-p.done
 }
