@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/zk-migrate/zk-migrate/zktest"
+)
+
+// These tests run the built binary as an operator would.
+
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "zkm-cli-")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "zk-migrate")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func run(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), code
+}
+
+// TestBadConfigurationIsAUsageErrorWithAHint checks every rejected flag
+// exits 2 and says what would be valid.
+func TestBadConfigurationIsAUsageErrorWithAHint(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"proxy", "--upstream", "zk1"}, "missing port"},
+		{[]string{"proxy", "--upstream", " , "}, "--upstream is empty"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--log-level", "chatty"}, "want debug, info, warn or error"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--jute-maxbuffer", "10"}, "at least 1024"},
+		{[]string{"sandbox", "--duration", "1s"}, "at least 5s"},
+	} {
+		out, code := run(t, c.args...)
+		if code != exitUsage || !strings.Contains(out, c.want) {
+			t.Errorf("%v: exit %d, output %q; want exit %d mentioning %q", c.args, code, out, exitUsage, c.want)
+		}
+	}
+	if out, code := run(t, "proxy"); code == 0 || !strings.Contains(out, "upstream") {
+		t.Errorf("proxy without --upstream: exit %d, %q", code, out)
+	}
+}
+
+func TestHelpReadsLikeARunbook(t *testing.T) {
+	out, code := run(t, "proxy", "--help")
+	if code != 0 || !strings.Contains(out, "--zk=zk://127.0.0.1:2181/mesos") || !strings.Contains(out, "echo ruok") {
+		t.Fatalf("proxy --help (exit %d):\n%s", code, out)
+	}
+}
+
+// TestProxyBinaryServesClientsAndMetrics runs `zk-migrate proxy` against a
+// real standalone server and scrapes its /metrics endpoint.
+func TestProxyBinaryServesClientsAndMetrics(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts ZooKeeper")
+	}
+	ens, err := zktest.Start(context.Background(), zktest.Config{Servers: 1, Name: "cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ens.Close()
+	listen, metrics := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "proxy", "--listen", listen, "--upstream", ens.ConnectString(), "--metrics-addr", metrics)
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	waitFor(t, func() bool {
+		out, err := zktest.FourLetterWord(listen, "ruok", time.Second)
+		return err == nil && out == "imok"
+	})
+
+	c, _, err := zk.Connect([]string{listen}, 10*time.Second, zk.WithLogInfo(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Create("/cli", []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Get("/missing"); err != zk.ErrNoNode {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`zkmigrate_proxy_requests_total{op="create"} 1`,
+		`zkmigrate_proxy_request_errors_total{code="NONODE",op="getData"} 1`,
+		`zkmigrate_proxy_request_duration_seconds_bucket{op="create"`,
+		`zkmigrate_proxy_sessions 1`,
+		`zkmigrate_proxy_client_connections 1`,
+		`zkmigrate_proxy_upstream_reconnects_total{result="ok"} 0`,
+		`zkmigrate_proxy_client_received_bytes_total`,
+		`process_resident_memory_bytes`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// SIGTERM: a clean exit.
+	_ = cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("proxy exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("proxy did not stop on SIGINT")
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitFor(t *testing.T, f func() bool) {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		if f() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("condition not met in 10s")
+}
