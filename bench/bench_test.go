@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -26,6 +27,7 @@ import (
 var (
 	ens       *zktest.Ensemble
 	proxyAddr string
+	relayAddr string // a plain byte relay (io.Copy), the floor for any Go proxy
 	proxyPID  int
 	server    string // the one ZooKeeper server both paths use
 
@@ -44,6 +46,10 @@ func record(name string, cols ...string) {
 }
 
 func TestMain(m *testing.M) {
+	if l := os.Getenv("ZKM_BENCH_RELAY_LISTEN"); l != "" {
+		relay(l, os.Getenv("ZKM_BENCH_RELAY_UPSTREAM")) // re-executed as the baseline relay
+		return
+	}
 	flagBench := false
 	for _, a := range os.Args {
 		if strings.HasPrefix(a, "-test.bench") {
@@ -78,12 +84,7 @@ func run(m *testing.M) (int, error) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/zk-migrate").CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("build proxy: %v\n%s", err, out)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	proxyAddr = ln.Addr().String()
-	ln.Close()
+	proxyAddr = freeAddr()
 	cmd := exec.Command(bin, "proxy", "--listen", proxyAddr, "--upstream", server, "--metrics-addr", "", "--log-level", "warn")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -100,9 +101,60 @@ func run(m *testing.M) (int, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	relayAddr = freeAddr()
+	rcmd := exec.Command(os.Args[0])
+	rcmd.Env = append(os.Environ(), "ZKM_BENCH_RELAY_LISTEN="+relayAddr, "ZKM_BENCH_RELAY_UPSTREAM="+server)
+	if err := rcmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = rcmd.Process.Kill(); _ = rcmd.Wait() }()
+	for i := 0; ; i++ {
+		if c, err := net.Dial("tcp", relayAddr); err == nil {
+			c.Close()
+			break
+		}
+		if i > 100 {
+			return 0, fmt.Errorf("relay did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	code := m.Run()
 	printTable()
 	return code, nil
+}
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// relay is the baseline: bytes copied both ways, nothing decoded.
+func relay(listen, upstream string) {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		os.Exit(1)
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				return
+			}
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			_, _ = io.Copy(c, u)
+			c.Close()
+		}()
+	}
 }
 
 func printTable() {
@@ -112,25 +164,27 @@ func printTable() {
 		return
 	}
 	fmt.Printf("\nzk-migrate proxy vs direct to ZooKeeper (same server, same run; %d CPUs, %s/%s)\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
-	fmt.Printf("%-34s %14s %14s %14s\n", "measure", "direct", "proxy", "ratio/added")
+	fmt.Printf("%-30s %12s %12s %12s %14s\n", "measure", "direct", "plain relay", "zk-migrate", "vs direct")
 	for _, name := range order {
 		c := results[name]
-		fmt.Printf("%-34s %14s %14s %14s\n", name, c[0], c[1], c[2])
+		fmt.Printf("%-30s %12s %12s %12s %14s\n", name, c[0], c[1], c[2], c[3])
 	}
 }
 
-func pair(b *testing.B) []*zk.Conn {
+// paths opens one session each: direct, through the plain relay, through
+// the proxy.
+func paths(b *testing.B) []*zk.Conn {
 	b.Helper()
-	d, err := Connect(server)
-	if err != nil {
-		b.Fatal(err)
+	var out []*zk.Conn
+	for _, a := range []string{server, relayAddr, proxyAddr} {
+		c, err := Connect(a)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(c.Close)
+		out = append(out, c)
 	}
-	p, err := Connect(proxyAddr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { d.Close(); p.Close() })
-	return []*zk.Conn{d, p}
+	return out
 }
 
 func ensureNode(b *testing.B, c *zk.Conn, path string, size int) {
@@ -146,11 +200,12 @@ func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/1e3)
 // sample. b.N is ignored beyond the first run: the sample count is fixed so
 // the quantiles mean the same thing every run.
 func benchLatency(b *testing.B, name string, samples int, op Op) {
-	conns := pair(b)
+	conns := paths(b)
 	ensureNode(b, conns[0], "/bench-latency", 100)
-	for i := 0; i < 200; i++ { // warm up both paths
-		_ = op(conns[0])
-		_ = op(conns[1])
+	for i := 0; i < 200; i++ { // warm up every path
+		for _, c := range conns {
+			_ = op(c)
+		}
 	}
 	b.ResetTimer()
 	lat, err := AlternatingLatency(conns, op, samples)
@@ -162,10 +217,11 @@ func benchLatency(b *testing.B, name string, samples int, op Op) {
 		label string
 		q     float64
 	}{{"p50", 0.50}, {"p99", 0.99}} {
-		d, p := lat[0].Quantile(q.q), lat[1].Quantile(q.q)
+		d, r, p := lat[0].Quantile(q.q), lat[1].Quantile(q.q), lat[2].Quantile(q.q)
 		b.ReportMetric(float64(d)/1e3, "direct-"+q.label+"-µs")
+		b.ReportMetric(float64(r)/1e3, "relay-"+q.label+"-µs")
 		b.ReportMetric(float64(p)/1e3, "proxy-"+q.label+"-µs")
-		record(name+" "+q.label, us(d), us(p), "+"+us(p-d))
+		record(name+" "+q.label, us(d), us(r), us(p), "+"+us(p-d))
 	}
 }
 
@@ -189,14 +245,16 @@ func BenchmarkSetDataLatency(b *testing.B) {
 func benchThroughput(b *testing.B, name string, op Op) {
 	const conns, inflight, rounds = 4, 32, 3
 	window := 2 * time.Second
-	var sets [2][]*zk.Conn
+	var sets [3][]*zk.Conn
 	for i := 0; i < conns; i++ {
-		p := pair(b)
-		sets[0], sets[1] = append(sets[0], p[0]), append(sets[1], p[1])
+		p := paths(b)
+		for j := range sets {
+			sets[j] = append(sets[j], p[j])
+		}
 	}
 	ensureNode(b, sets[0][0], "/bench-tput", 100)
 	b.ResetTimer()
-	var rate [2]float64
+	var rate [3]float64
 	for r := 0; r < rounds; r++ {
 		for i := range sets {
 			v, err := Pipelined(sets[i], inflight, op, window)
@@ -208,8 +266,9 @@ func benchThroughput(b *testing.B, name string, op Op) {
 	}
 	b.StopTimer()
 	b.ReportMetric(rate[0], "direct-ops/s")
-	b.ReportMetric(rate[1], "proxy-ops/s")
-	record(name, fmt.Sprintf("%.0f/s", rate[0]), fmt.Sprintf("%.0f/s", rate[1]), fmt.Sprintf("%.3fx", rate[1]/rate[0]))
+	b.ReportMetric(rate[1], "relay-ops/s")
+	b.ReportMetric(rate[2], "proxy-ops/s")
+	record(name, fmt.Sprintf("%.0f/s", rate[0]), fmt.Sprintf("%.0f/s", rate[1]), fmt.Sprintf("%.0f/s", rate[2]), fmt.Sprintf("%.3fx", rate[2]/rate[0]))
 }
 
 func BenchmarkPipelinedGetData(b *testing.B) {
@@ -280,5 +339,5 @@ func BenchmarkSessions1000(b *testing.B) {
 	}
 	b.ReportMetric(float64(after)/(1<<20), "proxy-RSS-MB")
 	b.ReportMetric(opened.Seconds(), "open-s")
-	record("1000 sessions: proxy RSS", "-", fmt.Sprintf("%.1f MB", float64(after)/(1<<20)), fmt.Sprintf("idle %.1f MB", float64(before)/(1<<20)))
+	record("1000 sessions: proxy RSS", "-", "-", fmt.Sprintf("%.1f MB", float64(after)/(1<<20)), fmt.Sprintf("idle %.1f MB", float64(before)/(1<<20)))
 }
