@@ -1,0 +1,800 @@
+package replicator
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/zkclient"
+)
+
+// Side names an ensemble: A (the source of the migration) or B.
+type Side int
+
+// The two sides.
+const (
+	SideA Side = 0
+	SideB Side = 1
+)
+
+func (s Side) String() string { return [...]string{"A", "B"}[s] }
+
+func (s Side) other() Side { return 1 - s }
+
+// Conflict strategies.
+const (
+	LastWriteWins = "last-write-wins"
+	Manual        = "manual"
+)
+
+// HeartbeatRoot holds the replicator's heartbeat nodes, synced like the
+// configured paths: heartbeat-a is written on A, heartbeat-b on B.
+const HeartbeatRoot = "/zk-migrate"
+
+// ContinuousConfig configures continuous bidirectional sync.
+type ContinuousConfig struct {
+	// Dial opens a session on a side. The replicator resumes its writer
+	// sessions (id and password) after a connection loss so the ephemerals
+	// it mirrors survive.
+	Dial func(ctx context.Context, side Side, resume *zkclient.Conn) (*zkclient.Conn, error)
+	// Roots are the subtrees kept in sync.
+	Roots []string
+	// Strategy for a znode changed on both sides since its last sync:
+	// LastWriteWins (the later mtime wins; a deletion never beats an
+	// update) or Manual (both kept, the path is marked until Resolve).
+	Strategy string
+	// Audit receives one JSON line per conflict and per alert.
+	Audit io.Writer
+	// Heartbeat is how often each side's heartbeat is written (100 ms;
+	// negative disables).
+	Heartbeat time.Duration
+	// LagThreshold raises an alert when the lag stays above it for
+	// LagAlertAfter (defaults 50 ms, 10 s).
+	LagThreshold, LagAlertAfter time.Duration
+	// OnAlert is called for every alert (optional).
+	OnAlert func(Alert)
+	// ReconcileEvery runs a full comparison of both trees (default 30 s):
+	// it catches what no watch reports (ACL changes).
+	ReconcileEvery time.Duration
+	// Metrics, if set, records lag and activity.
+	Metrics *Metrics
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+	// Initial, if set, is run once before continuous sync starts (the
+	// snapshot copy A to B).
+	InitialSync bool
+	// MaxBatch bounds the paths handled in one round (default 2000).
+	MaxBatch int
+}
+
+// Alert is a condition an operator must hear about.
+type Alert struct {
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"` // "sync_lag", "conflict", "sync_failure"
+	Message string    `json:"message"`
+}
+
+// Conflict is a znode changed on both sides since its last sync.
+type Conflict struct {
+	Time     time.Time `json:"time"`
+	Path     string    `json:"path"`
+	Strategy string    `json:"strategy"`
+	Winner   string    `json:"winner"` // "A", "B", or "" while unresolved (manual)
+	ValueA   []byte    `json:"value_a"`
+	ValueB   []byte    `json:"value_b"`
+	ExistsA  bool      `json:"exists_a"`
+	ExistsB  bool      `json:"exists_b"`
+}
+
+// version identifies a side's state of a path.
+type version struct {
+	exists bool
+	mzxid  int64
+}
+
+// Continuous keeps two ensembles' subtrees equal in both directions.
+type Continuous struct {
+	cfg ContinuousConfig
+	log *slog.Logger
+
+	mu        sync.Mutex
+	synced    map[string][2]version // last state both sides agreed on
+	conflicts map[string]Conflict
+	forced    map[string]Side // resolved conflicts: copy from this side next
+	kick      chan string     // paths to handle now (resolved conflicts)
+	auditMu   sync.Mutex
+	lastLag   [2]time.Duration
+	lagSince  time.Time
+	rounds    int64
+
+	conns [2]*zkclient.Conn // writers (and readers); replaced on reconnect
+	hbSeq int64
+}
+
+// NewContinuous checks cfg and returns a replicator ready to Run.
+func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
+	if cfg.Dial == nil {
+		return nil, errors.New("replicator: ContinuousConfig.Dial is required")
+	}
+	if len(cfg.Roots) == 0 {
+		return nil, errors.New("replicator: no paths to sync (give --paths /mesos)")
+	}
+	switch cfg.Strategy {
+	case "":
+		cfg.Strategy = LastWriteWins
+	case LastWriteWins, Manual:
+	default:
+		return nil, fmt.Errorf("replicator: conflict strategy %q: want %q or %q", cfg.Strategy, LastWriteWins, Manual)
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = 100 * time.Millisecond
+	}
+	if cfg.LagThreshold == 0 {
+		cfg.LagThreshold = 50 * time.Millisecond
+	}
+	if cfg.LagAlertAfter == 0 {
+		cfg.LagAlertAfter = 10 * time.Second
+	}
+	if cfg.ReconcileEvery == 0 {
+		cfg.ReconcileEvery = 30 * time.Second
+	}
+	if cfg.MaxBatch == 0 {
+		cfg.MaxBatch = 2000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Heartbeat > 0 {
+		cfg.Roots = append(append([]string(nil), cfg.Roots...), HeartbeatRoot)
+	}
+	return &Continuous{cfg: cfg, log: cfg.Logger, synced: map[string][2]version{}, conflicts: map[string]Conflict{},
+		forced: map[string]Side{}, kick: make(chan string, 1024)}, nil
+}
+
+// Conflicts lists the unresolved conflicts (Manual strategy).
+func (c *Continuous) Conflicts() []Conflict {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Conflict, 0, len(c.conflicts))
+	for _, k := range c.conflicts {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}
+
+// Resolve ends a manual conflict: the next round copies keep's value to the
+// other side.
+func (c *Continuous) Resolve(p string, keep Side) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.conflicts[p]; !ok {
+		return fmt.Errorf("replicator: no conflict on %s", p)
+	}
+	delete(c.conflicts, p)
+	c.forced[p] = keep
+	c.audit(map[string]any{"time": time.Now(), "kind": "conflict_resolved", "path": p, "kept": keep.String()})
+	select {
+	case c.kick <- p:
+	default: // the next reconcile handles it
+	}
+	return nil
+}
+
+// Lag returns the last measured lag of changes made on A (to reach B) and on
+// B (to reach A).
+func (c *Continuous) Lag() (aToB, bToA time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastLag[SideA], c.lastLag[SideB]
+}
+
+// Rounds is the number of rounds done (for tests and status).
+func (c *Continuous) Rounds() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rounds
+}
+
+type event struct {
+	side Side
+	path string
+}
+
+// Run syncs until ctx ends. After a session loss it reconnects, re-arms its
+// watches and reconciles every path, so nothing that changed meanwhile is
+// missed. It returns ctx's error.
+func (c *Continuous) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := c.runSession(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		c.alert(Alert{Kind: "sync_failure", Message: fmt.Sprintf("sync interrupted, reconnecting: %v", err)})
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	for i, conn := range c.conns {
+		if conn != nil {
+			_ = conn.Close()
+			c.conns[i] = nil
+		}
+	}
+	return ctx.Err()
+}
+
+func (c *Continuous) runSession(ctx context.Context) error {
+	var watchers [2]*zkclient.Conn
+	var wg sync.WaitGroup // the event pumps, which end when their watcher closes
+	sctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		for _, w := range watchers {
+			if w != nil {
+				w.Abandon()
+			}
+		}
+		wg.Wait()
+	}()
+	for _, side := range []Side{SideA, SideB} {
+		w, err := c.cfg.Dial(ctx, side, c.conns[side])
+		if err != nil {
+			return fmt.Errorf("writer on %s: %w", side, err)
+		}
+		if c.conns[side] != nil && c.conns[side] != w {
+			c.conns[side].Abandon()
+		}
+		c.conns[side] = w
+		if watchers[side], err = c.cfg.Dial(ctx, side, nil); err != nil {
+			return fmt.Errorf("watcher on %s: %w", side, err)
+		}
+	}
+	// Watches first, so no change between the reconcile's reads and the
+	// first event is missed.
+	if c.cfg.Heartbeat > 0 {
+		for _, side := range []Side{SideA, SideB} {
+			if _, err := c.conns[side].Create(ctx, HeartbeatRoot, nil, zkclient.OpenACL, 0); err != nil && jute.CodeOf(err) != jute.CodeNodeExists {
+				return fmt.Errorf("create %s on %s: %w", HeartbeatRoot, side, err)
+			}
+		}
+	}
+	for _, side := range []Side{SideA, SideB} {
+		for _, root := range c.cfg.Roots {
+			if err := watchers[side].AddWatch(ctx, root, true); err != nil {
+				return fmt.Errorf("addWatch %s on %s (needs ZooKeeper 3.6+): %w", root, side, err)
+			}
+		}
+	}
+	events := make(chan event, 65536)
+	for _, side := range []Side{SideA, SideB} {
+		wg.Add(1)
+		go func(side Side, w *zkclient.Conn) {
+			defer wg.Done()
+			for ev := range w.Events() {
+				if ev.Path == "" {
+					continue
+				}
+				select {
+				case events <- event{side, ev.Path}:
+				case <-sctx.Done():
+					return
+				}
+			}
+		}(side, watchers[side])
+	}
+	if c.cfg.InitialSync {
+		if _, err := Sync(ctx, Endpoints{Source: []*zkclient.Conn{c.conns[SideA]}, Target: []*zkclient.Conn{c.conns[SideB]}},
+			c.cfg.Roots, Options{}); err != nil {
+			return fmt.Errorf("initial copy: %w", err)
+		}
+		c.cfg.InitialSync = false
+		if err := c.adoptAll(ctx); err != nil {
+			return err
+		}
+	}
+	if err := c.reconcileAll(ctx); err != nil {
+		return err
+	}
+	hb := time.NewTicker(max(c.cfg.Heartbeat, time.Millisecond))
+	if c.cfg.Heartbeat < 0 {
+		hb.Stop()
+	}
+	defer hb.Stop()
+	rec := time.NewTicker(c.cfg.ReconcileEvery)
+	defer rec.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-watchers[SideA].Done():
+			return fmt.Errorf("watcher on A: %w", watchers[SideA].Err())
+		case <-watchers[SideB].Done():
+			return fmt.Errorf("watcher on B: %w", watchers[SideB].Err())
+		case <-c.conns[SideA].Done():
+			return fmt.Errorf("writer on A: %w", c.conns[SideA].Err())
+		case <-c.conns[SideB].Done():
+			return fmt.Errorf("writer on B: %w", c.conns[SideB].Err())
+		case <-hb.C:
+			if err := c.beat(ctx); err != nil {
+				return err
+			}
+		case <-rec.C:
+			if err := c.reconcileAll(ctx); err != nil {
+				return err
+			}
+		case p := <-c.kick:
+			if err := c.round(ctx, []string{p}); err != nil {
+				return err
+			}
+		case ev := <-events:
+			batch := map[string]struct{}{ev.path: {}}
+		drain:
+			for len(batch) < c.cfg.MaxBatch {
+				select {
+				case ev := <-events:
+					batch[ev.path] = struct{}{}
+				default:
+					break drain
+				}
+			}
+			paths := make([]string, 0, len(batch))
+			for p := range batch {
+				paths = append(paths, p)
+			}
+			if err := c.round(ctx, paths); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// beat writes this side's heartbeat: the time it was written, so the
+// other side's copy tells the lag.
+func (c *Continuous) beat(ctx context.Context) error {
+	c.hbSeq++
+	for _, side := range []Side{SideA, SideB} {
+		p := c.heartbeatPath(side)
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
+		call := c.conns[side].Go(jute.OpSetData, &jute.SetDataRequest{Path: p, Data: b[:], Version: -1}, &jute.SetDataResponse{})
+		<-call.Done
+		if jute.CodeOf(call.Err) == jute.CodeNoNode {
+			if _, err := c.conns[side].Create(ctx, p, b[:], zkclient.OpenACL, 0); err != nil && jute.CodeOf(err) != jute.CodeNodeExists {
+				return fmt.Errorf("heartbeat on %s: %w", side, err)
+			}
+		} else if call.Err != nil {
+			return fmt.Errorf("heartbeat on %s: %w", side, call.Err)
+		}
+	}
+	return nil
+}
+
+func (c *Continuous) heartbeatPath(side Side) string {
+	return HeartbeatRoot + "/heartbeat-" + strings.ToLower(side.String())
+}
+
+// reconcileAll decides every path present on either side.
+func (c *Continuous) reconcileAll(ctx context.Context) error {
+	seen := map[string]struct{}{}
+	for _, side := range []Side{SideA, SideB} {
+		for _, root := range c.cfg.Roots {
+			t, err := ReadTree(ctx, []*zkclient.Conn{c.conns[side]}, root, ReadOptions{})
+			if err != nil {
+				return err
+			}
+			for p := range t.Nodes {
+				seen[p] = struct{}{}
+			}
+		}
+	}
+	c.mu.Lock()
+	for p := range c.synced {
+		seen[p] = struct{}{}
+	}
+	c.mu.Unlock()
+	paths := make([]string, 0, len(seen))
+	for p := range seen {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for i := 0; i < len(paths); i += c.cfg.MaxBatch {
+		if err := c.round(ctx, paths[i:min(i+c.cfg.MaxBatch, len(paths))]); err != nil {
+			return err
+		}
+	}
+	// ACLs fire no watch: compare them here.
+	return c.reconcileACLs(ctx, paths)
+}
+
+// adoptAll records the current state of every path as synced (after the
+// initial copy, both sides are equal by construction).
+func (c *Continuous) adoptAll(ctx context.Context) error {
+	var reads [2]map[string]*read
+	for _, side := range []Side{SideA, SideB} {
+		reads[side] = map[string]*read{}
+		for _, root := range c.cfg.Roots {
+			t, err := ReadTree(ctx, []*zkclient.Conn{c.conns[side]}, root, ReadOptions{})
+			if err != nil {
+				return err
+			}
+			for p, n := range t.Nodes {
+				reads[side][p] = &read{exists: true, data: n.Data, stat: n.Stat, acl: n.ACL}
+			}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for p, a := range reads[SideA] {
+		if b := reads[SideB][p]; b != nil && bytes.Equal(a.data, b.data) {
+			c.synced[p] = [2]version{a.version(), b.version()}
+		}
+	}
+	return nil
+}
+
+// read is one side's state of a path.
+type read struct {
+	exists bool
+	data   []byte
+	stat   jute.Stat
+	acl    []jute.ACL
+}
+
+func (r *read) version() version {
+	if !r.exists {
+		return version{}
+	}
+	return version{exists: true, mzxid: r.stat.Mzxid}
+}
+
+// readBoth reads every path on both sides, pipelined.
+func (c *Continuous) readBoth(ctx context.Context, paths []string) ([2][]read, error) {
+	var out [2][]read
+	for _, side := range []Side{SideA, SideB} {
+		calls := make([]*zkclient.Call, len(paths))
+		for i, p := range paths {
+			calls[i] = c.conns[side].Go(jute.OpGetData, &jute.GetDataRequest{Path: p}, &jute.GetDataResponse{})
+		}
+		out[side] = make([]read, len(paths))
+		for i, call := range calls {
+			select {
+			case <-call.Done:
+			case <-ctx.Done():
+				return out, ctx.Err()
+			}
+			switch jute.CodeOf(call.Err) {
+			case jute.CodeOK:
+				r := call.Resp.(*jute.GetDataResponse)
+				out[side][i] = read{exists: true, data: r.Data, stat: r.Stat}
+			case jute.CodeNoNode:
+			default:
+				return out, fmt.Errorf("read %s on %s: %w", paths[i], side, call.Err)
+			}
+		}
+	}
+	return out, nil
+}
+
+// action is one write decided in a round.
+type action struct {
+	path string
+	from Side // the side whose state is copied
+	src  read
+	dst  read // the other side as read: the write is conditional on it
+}
+
+// round decides and applies the given paths.
+func (c *Continuous) round(ctx context.Context, paths []string) error {
+	reads, err := c.readBoth(ctx, paths)
+	if err != nil {
+		return err
+	}
+	var acts []action
+	now := time.Now()
+	c.mu.Lock()
+	c.rounds++
+	for i, p := range paths {
+		a, b := reads[SideA][i], reads[SideB][i]
+		cur := [2]version{a.version(), b.version()}
+		st, known := c.synced[p]
+		if _, open := c.conflicts[p]; open {
+			continue
+		}
+		if w, ok := c.forced[p]; ok {
+			delete(c.forced, p)
+			acts = append(acts, action{p, w, [2]read{a, b}[w], [2]read{a, b}[w.other()]})
+			continue
+		}
+		changed := [2]bool{cur[SideA] != st[SideA], cur[SideB] != st[SideB]}
+		if !known {
+			changed = [2]bool{a.exists, b.exists}
+		}
+		switch {
+		case !changed[SideA] && !changed[SideB]:
+		case equalReads(&a, &b):
+			c.adoptLocked(p, cur)
+		case changed[SideA] && !changed[SideB]:
+			acts = append(acts, action{p, SideA, a, b})
+		case changed[SideB] && !changed[SideA]:
+			acts = append(acts, action{p, SideB, b, a})
+		default:
+			if w, ok := c.conflictLocked(p, &a, &b, now); ok {
+				acts = append(acts, action{p, w, [2]read{a, b}[w], [2]read{a, b}[w.other()]})
+			}
+		}
+	}
+	c.mu.Unlock()
+	if len(acts) == 0 {
+		return nil
+	}
+	return c.apply(ctx, acts)
+}
+
+func equalReads(a, b *read) bool {
+	return a.exists == b.exists && (!a.exists || bytes.Equal(a.data, b.data))
+}
+
+func (c *Continuous) adoptLocked(p string, cur [2]version) {
+	if !cur[SideA].exists && !cur[SideB].exists {
+		delete(c.synced, p)
+		return
+	}
+	c.synced[p] = cur
+}
+
+// conflictLocked records a conflict and returns the side to copy from, if
+// the strategy picks one.
+func (c *Continuous) conflictLocked(p string, a, b *read, now time.Time) (Side, bool) {
+	k := Conflict{Time: now, Path: p, Strategy: c.cfg.Strategy, ValueA: a.data, ValueB: b.data, ExistsA: a.exists, ExistsB: b.exists}
+	var winner Side
+	decided := c.cfg.Strategy == LastWriteWins
+	if decided {
+		switch {
+		case a.exists && !b.exists:
+			winner = SideA // a deletion never beats an update: nothing is lost
+		case b.exists && !a.exists:
+			winner = SideB
+		case b.stat.Mtime > a.stat.Mtime:
+			winner = SideB
+		default:
+			winner = SideA
+		}
+		k.Winner = winner.String()
+	} else {
+		c.conflicts[p] = k
+	}
+	if c.cfg.Metrics != nil {
+		c.cfg.Metrics.conflicts.WithLabelValues(c.cfg.Strategy).Inc()
+	}
+	c.audit(map[string]any{"time": now, "kind": "conflict", "conflict": k})
+	c.log.Warn("conflict: znode changed on both sides since its last sync", "path", p, "strategy", c.cfg.Strategy, "winner", k.Winner)
+	return winner, decided
+}
+
+// apply copies each action's state to the other side: deletions deepest
+// first, then creations and updates parents first, pipelined per side.
+func (c *Continuous) apply(ctx context.Context, acts []action) error {
+	sort.SliceStable(acts, func(i, j int) bool {
+		di, dj := acts[i].src.exists, acts[j].src.exists
+		if di != dj {
+			return !di // deletions first
+		}
+		if !di {
+			return depth(acts[i].path) > depth(acts[j].path)
+		}
+		return depth(acts[i].path) < depth(acts[j].path)
+	})
+	type pendingWrite struct {
+		act  action
+		call *zkclient.Call
+	}
+	var pend []pendingWrite
+	for _, a := range acts {
+		to := c.conns[a.from.other()]
+		var call *zkclient.Call
+		// Conditional on the version read: a write that reached the
+		// target since then fails BADVERSION instead of being overwritten.
+		switch {
+		case !a.src.exists:
+			call = to.Go(jute.OpDelete, &jute.DeleteRequest{Path: a.path, Version: a.dst.stat.Version}, nil)
+		case !a.dst.exists:
+			call = nil // created below, with its parents
+		default:
+			call = to.Go(jute.OpSetData, &jute.SetDataRequest{Path: a.path, Data: a.src.data, Version: a.dst.stat.Version}, &jute.SetDataResponse{})
+		}
+		pend = append(pend, pendingWrite{a, call})
+	}
+	for _, pw := range pend {
+		code := jute.CodeNoNode
+		if pw.call != nil {
+			select {
+			case <-pw.call.Done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			code = jute.CodeOf(pw.call.Err)
+		}
+		a := pw.act
+		to := a.from.other()
+		var newTo version
+		switch {
+		case code == jute.CodeBadVersion || (!a.src.exists && code == jute.CodeNoNode && a.dst.exists):
+			// The target changed since it was read: decide again.
+			select {
+			case c.kick <- a.path:
+			default: // the next reconcile handles it
+			}
+			continue
+		case !a.src.exists && code == jute.CodeOK:
+			newTo = version{}
+		case !a.src.exists && code == jute.CodeNotEmpty:
+			// Children not deleted yet (they arrive in a later round): the
+			// next reconcile finishes it.
+			continue
+		case a.src.exists && code == jute.CodeOK:
+			newTo = version{exists: true, mzxid: pw.call.Resp.(*jute.SetDataResponse).Stat.Mzxid}
+		case a.src.exists && code == jute.CodeNoNode:
+			v, err := c.createWithParents(ctx, a.from, a.path)
+			if err != nil {
+				return err
+			}
+			if !v.exists {
+				continue // gone on the origin meanwhile: a later event handles it
+			}
+			newTo = v
+		default:
+			return fmt.Errorf("copy %s from %s to %s: %w", a.path, a.from, to, code.Err())
+		}
+		c.observeHeartbeat(a)
+		c.mu.Lock()
+		var st [2]version
+		st[a.from] = a.src.version()
+		st[to] = newTo
+		c.adoptLocked(a.path, st)
+		c.mu.Unlock()
+		if c.cfg.Metrics != nil {
+			c.cfg.Metrics.applied.WithLabelValues(a.from.String() + "->" + to.String()).Inc()
+		}
+	}
+	return nil
+}
+
+// createWithParents creates p on the other side of from, copying missing
+// parents first, with data, ACL and ephemeral-ness as on from. It returns
+// the new version of p (not existing if p vanished from from).
+func (c *Continuous) createWithParents(ctx context.Context, from Side, p string) (version, error) {
+	src, dst := c.conns[from], c.conns[from.other()]
+	var chain []string
+	for q := p; q != "/"; q = path.Dir(q) {
+		chain = append([]string{q}, chain...)
+	}
+	var last version
+	for _, q := range chain {
+		data, st, err := src.Get(ctx, q)
+		if jute.CodeOf(err) == jute.CodeNoNode {
+			return version{}, nil
+		}
+		if err != nil {
+			return version{}, fmt.Errorf("read %s on %s: %w", q, from, err)
+		}
+		acl, _, err := src.GetACL(ctx, q)
+		if err != nil {
+			return version{}, fmt.Errorf("read ACL of %s on %s: %w", q, from, err)
+		}
+		flags := jute.FlagPersistent
+		if st.EphemeralOwner != 0 {
+			flags = jute.FlagEphemeral
+		}
+		var r jute.Create2Response
+		err = dst.Do(ctx, jute.OpCreate2, &jute.CreateRequest{Path: q, Data: data, ACL: acl, Flags: flags}, &r)
+		switch jute.CodeOf(err) {
+		case jute.CodeOK:
+			last = version{exists: true, mzxid: r.Stat.Mzxid}
+			if q != p {
+				c.mu.Lock()
+				var v [2]version
+				v[from] = version{exists: true, mzxid: st.Mzxid}
+				v[from.other()] = last
+				c.synced[q] = v
+				c.mu.Unlock()
+			}
+		case jute.CodeNodeExists:
+			if q == p {
+				s, err := dst.Set(ctx, q, data, -1)
+				if err != nil {
+					return version{}, fmt.Errorf("update %s on %s: %w", q, from.other(), err)
+				}
+				last = version{exists: true, mzxid: s.Mzxid}
+			}
+		default:
+			return version{}, fmt.Errorf("create %s on %s: %w", q, from.other(), err)
+		}
+	}
+	return last, nil
+}
+
+// reconcileACLs copies ACL differences (setACL fires no watch), from the
+// side that changed the ACL (higher aversion).
+func (c *Continuous) reconcileACLs(ctx context.Context, paths []string) error {
+	for _, p := range paths {
+		aclA, stA, errA := c.conns[SideA].GetACL(ctx, p)
+		aclB, stB, errB := c.conns[SideB].GetACL(ctx, p)
+		if errA != nil || errB != nil || aclKey(aclA) == aclKey(aclB) {
+			continue
+		}
+		from, acl := SideA, aclA
+		if stB.Aversion > stA.Aversion {
+			from, acl = SideB, aclB
+		}
+		if err := c.conns[from.other()].SetACL(ctx, p, acl, -1); err != nil && jute.CodeOf(err) != jute.CodeNoNode {
+			return fmt.Errorf("copy ACL of %s to %s: %w", p, from.other(), err)
+		}
+	}
+	return nil
+}
+
+// observeHeartbeat measures the lag when a heartbeat reaches the other side.
+func (c *Continuous) observeHeartbeat(a action) {
+	if a.path != c.heartbeatPath(a.from) || len(a.src.data) != 8 {
+		return
+	}
+	lag := time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(a.src.data))))
+	c.mu.Lock()
+	c.lastLag[a.from] = lag
+	var fire bool
+	worst := max(c.lastLag[SideA], c.lastLag[SideB])
+	if worst > c.cfg.LagThreshold {
+		if c.lagSince.IsZero() {
+			c.lagSince = time.Now()
+		} else if time.Since(c.lagSince) >= c.cfg.LagAlertAfter {
+			fire = true
+			c.lagSince = time.Now() // at most one alert per LagAlertAfter
+		}
+	} else {
+		c.lagSince = time.Time{}
+	}
+	c.mu.Unlock()
+	if c.cfg.Metrics != nil {
+		c.cfg.Metrics.lag.WithLabelValues(a.from.String() + "->" + a.from.other().String()).Observe(lag.Seconds())
+	}
+	if fire {
+		c.alert(Alert{Kind: "sync_lag", Message: fmt.Sprintf("sync lag %v above %v for %v", worst.Round(time.Millisecond), c.cfg.LagThreshold, c.cfg.LagAlertAfter)})
+	}
+}
+
+func (c *Continuous) alert(a Alert) {
+	a.Time = time.Now()
+	c.log.Warn("alert", "kind", a.Kind, "message", a.Message)
+	c.audit(map[string]any{"time": a.Time, "kind": "alert", "alert": a})
+	if c.cfg.OnAlert != nil {
+		c.cfg.OnAlert(a)
+	}
+}
+
+func (c *Continuous) audit(v any) {
+	if c.cfg.Audit == nil {
+		return
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	c.auditMu.Lock()
+	defer c.auditMu.Unlock()
+	_, _ = c.cfg.Audit.Write(append(b, '\n'))
+}

@@ -1,0 +1,295 @@
+package replicator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/zkclient"
+	"github.com/zk-migrate/zk-migrate/zktest"
+)
+
+func dialSide(ctx context.Context, side Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
+	ens := []*zktest.Ensemble{ensA, ensB}[side]
+	opts := zkclient.Options{Auth: replAuth}
+	if resume != nil {
+		opts.SessionID, opts.Passwd = resume.SessionID(), resume.Passwd()
+	}
+	return zkclient.Dial(ctx, ens.Addrs(), opts)
+}
+
+// lockedBuffer is an io.Writer safe for the replicator's audit lines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// runContinuous starts c.Run and returns a stop function that waits for it.
+func runContinuous(t *testing.T, c *Continuous) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func waitEqual(t *testing.T, ep Endpoints, root string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		vs, err := Validate(context.Background(), ep, []string{root}, 5)
+		if err == nil && vs[0].Equal {
+			return
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Fatalf("sides did not converge within %v: %v", within, vs[0].Differences)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestContinuousBothDirectionsNoLoop writes directly to A and to B (no
+// proxy) and checks that both sides converge and then stay quiet: a change
+// the replicator applied is never applied back.
+func TestContinuousBothDirectionsNoLoop(t *testing.T) {
+	ctx := context.Background()
+	root := testRoot(t)
+	a, b := dial(t, ensA), dial(t, ensB)
+	build(t, a, []zkclient.MultiOp{create(root, []byte("r"), nil, 0), create(root+"/old", []byte("o"), nil, 0)})
+	reg := prometheus.NewRegistry()
+	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true,
+		Heartbeat: -1, Metrics: NewMetrics(reg)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	ep := endpoints(t, 1)
+	waitEqual(t, ep, root, 20*time.Second)
+
+	// Out-of-band writers on both sides, different paths.
+	for i := 0; i < 20; i++ {
+		if _, err := a.Create(ctx, fmt.Sprintf("%s/from-a-%d", root, i), []byte("a"), zkclient.OpenACL, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Create(ctx, fmt.Sprintf("%s/from-b-%d", root, i), []byte("b"), zkclient.OpenACL, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Create(ctx, root+"/from-a-0/deep/er", nil, zkclient.OpenACL, 0); err == nil {
+		t.Fatal("expected NONODE for a missing parent") // sanity of the test itself
+	}
+	if _, err := b.Set(ctx, root+"/old", []byte("changed on B"), -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, root+"/from-a-3", -1); err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, ep, root, 20*time.Second)
+	if got, _, _ := a.Get(ctx, root+"/old"); string(got) != "changed on B" {
+		t.Fatalf("B's update did not reach A: %q", got)
+	}
+	// Quiet: no more copies once converged (no ping-pong).
+	applied := func() float64 {
+		mfs, _ := reg.Gather()
+		var n float64
+		for _, mf := range mfs {
+			if mf.GetName() == "zkmigrate_replicator_applied_total" {
+				for _, m := range mf.GetMetric() {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+		return n
+	}
+	time.Sleep(500 * time.Millisecond)
+	before := applied()
+	time.Sleep(1500 * time.Millisecond)
+	if after := applied(); after != before || before == 0 {
+		t.Fatalf("copies went on after convergence: %v then %v (a loop)", before, after)
+	}
+}
+
+// TestContinuousMirrorsEphemerals: an ephemeral of a session that does not
+// come through a proxy appears on the other side and disappears with its
+// session.
+func TestContinuousMirrorsEphemerals(t *testing.T) {
+	ctx := context.Background()
+	root := testRoot(t)
+	a := dial(t, ensA)
+	build(t, a, []zkclient.MultiOp{create(root, nil, nil, 0)})
+	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true, Heartbeat: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	ep := endpoints(t, 1)
+	waitEqual(t, ep, root, 20*time.Second)
+	owner, err := zkclient.Dial(ctx, ensA.Addrs(), zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := owner.Create(ctx, root+"/json.info_", []byte(`{"master":1}`), zkclient.OpenACL, jute.FlagEphemeralSequential)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, ep, root, 10*time.Second)
+	st, err := ep.Target[0].Exists(ctx, p)
+	if err != nil || st.EphemeralOwner == 0 {
+		t.Fatalf("mirrored node is not ephemeral on B: %+v %v", st, err)
+	}
+	_ = owner.Close() // the session ends: its ephemeral goes on A, then on B
+	waitEqual(t, ep, root, 10*time.Second)
+	if _, err := ep.Target[0].Exists(ctx, p); jute.CodeOf(err) != jute.CodeNoNode {
+		t.Fatalf("mirrored ephemeral outlived its session on B: %v", err)
+	}
+}
+
+// conflictOn makes the same znode change on both sides while the
+// replicator is stopped, then runs it again.
+func conflictOn(t *testing.T, strategy string) (*Continuous, Endpoints, string, *lockedBuffer) {
+	ctx := context.Background()
+	root := testRoot(t)
+	a, b := dial(t, ensA), dial(t, ensB)
+	build(t, a, []zkclient.MultiOp{create(root, nil, nil, 0), create(root+"/x", []byte("base"), nil, 0)})
+	audit := &lockedBuffer{}
+	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true,
+		Heartbeat: -1, Strategy: strategy, Audit: audit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runContinuous(t, c)
+	ep := endpoints(t, 1)
+	waitEqual(t, ep, root, 20*time.Second)
+	stop()
+	if _, err := a.Set(ctx, root+"/x", []byte("written on A"), -1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // B's write is the later one
+	if _, err := b.Set(ctx, root+"/x", []byte("written on B"), -1); err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	return c, ep, root, audit
+}
+
+func TestConflictLastWriteWins(t *testing.T) {
+	_, ep, root, audit := conflictOn(t, LastWriteWins)
+	waitEqual(t, ep, root, 20*time.Second)
+	got, _, err := ep.Source[0].Get(context.Background(), root+"/x")
+	if err != nil || string(got) != "written on B" {
+		t.Fatalf("A holds %q after last-write-wins, want B's later write", got)
+	}
+	var line struct {
+		Kind     string   `json:"kind"`
+		Conflict Conflict `json:"conflict"`
+	}
+	for _, l := range strings.Split(strings.TrimSpace(audit.String()), "\n") {
+		if json.Unmarshal([]byte(l), &line) == nil && line.Kind == "conflict" && line.Conflict.Path == root+"/x" {
+			if line.Conflict.Winner != "B" || string(line.Conflict.ValueA) != "written on A" {
+				t.Fatalf("audit line: %s", l)
+			}
+			return
+		}
+	}
+	t.Fatalf("no conflict in the audit log:\n%s", audit.String())
+}
+
+func TestConflictManualKeepsBothUntilResolved(t *testing.T) {
+	ctx := context.Background()
+	c, ep, root, _ := conflictOn(t, Manual)
+	deadline := time.Now().Add(20 * time.Second)
+	for len(c.Conflicts()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("manual conflict not reported")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	k := c.Conflicts()[0]
+	if k.Path != root+"/x" || string(k.ValueA) != "written on A" || string(k.ValueB) != "written on B" {
+		t.Fatalf("conflict = %+v", k)
+	}
+	time.Sleep(300 * time.Millisecond)
+	a, _, _ := ep.Source[0].Get(ctx, root+"/x")
+	b, _, _ := ep.Target[0].Get(ctx, root+"/x")
+	if string(a) != "written on A" || string(b) != "written on B" {
+		t.Fatalf("manual strategy changed a side before resolution: A=%q B=%q", a, b)
+	}
+	if err := c.Resolve(root+"/x", SideA); err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, ep, root, 20*time.Second)
+	if b, _, _ := ep.Target[0].Get(ctx, root+"/x"); string(b) != "written on A" {
+		t.Fatalf("after resolving for A, B holds %q", b)
+	}
+}
+
+func TestLagIsMeasured(t *testing.T) {
+	root := testRoot(t)
+	build(t, dial(t, ensA), []zkclient.MultiOp{create(root, nil, nil, 0)})
+	reg := prometheus.NewRegistry()
+	var alerts []Alert
+	var mu sync.Mutex
+	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true,
+		Heartbeat: 50 * time.Millisecond, Metrics: NewMetrics(reg),
+		LagThreshold: time.Nanosecond, LagAlertAfter: 300 * time.Millisecond, // every lag is "too high": an alert must fire
+		OnAlert: func(a Alert) { mu.Lock(); alerts = append(alerts, a); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ab, ba := c.Lag()
+		mu.Lock()
+		n := len(alerts)
+		mu.Unlock()
+		if ab > 0 && ba > 0 && n > 0 {
+			if ab > 5*time.Second || ba > 5*time.Second {
+				t.Fatalf("lag %v / %v", ab, ba)
+			}
+			t.Logf("lag A->B %v, B->A %v; alert: %s", ab, ba, alerts[0].Message)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lag not measured or alert not raised: %v %v alerts=%d", ab, ba, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "zkmigrate_replicator_lag_seconds" && mf.GetMetric()[0].GetHistogram().GetSampleCount() > 0 {
+			return
+		}
+	}
+	t.Fatal("no lag histogram samples")
+}
