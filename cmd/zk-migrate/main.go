@@ -34,13 +34,17 @@ then put a proxy in front of an ensemble:
    zk-migrate proxy --listen 127.0.0.1:2181 --upstream zk1:2181,zk2:2181,zk3:2181`,
 		Commands: []*cli.Command{
 			proxyCommand(),
+			syncCommand(),
+			validateCommand(),
 			sandboxCommand(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
 				return
 			}
-			fmt.Fprintf(os.Stderr, "zk-migrate: %v\n", err)
+			if msg := err.Error(); msg != "" {
+				fmt.Fprintf(os.Stderr, "zk-migrate: %s\n", msg)
+			}
 			code := exitError
 			if ec, ok := err.(cli.ExitCoder); ok {
 				code = ec.ExitCode()

@@ -170,3 +170,55 @@ func waitFor(t *testing.T, f func() bool) {
 	}
 	t.Fatal("condition not met in 10s")
 }
+
+// TestSyncOnceAndValidate copies a subtree between two real servers with
+// the CLI, then shows validate catching a difference.
+func TestSyncOnceAndValidate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts ZooKeeper")
+	}
+	ctx := context.Background()
+	a, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cli-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cli-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ca, _, err := zk.Connect(a.Addrs(), 10*time.Second, zk.WithLogInfo(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	for _, p := range []string{"/mesos", "/mesos/log_replicas", "/mesos/log_replicas/0000000001", "/marathon", "/marathon/state"} {
+		if _, err := ca.Create(p, []byte("v:"+p), 0, zk.WorldACL(zk.PermAll)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	common := []string{"--source", a.ConnectString(), "--target", b.ConnectString(), "--paths", "/mesos,/marathon"}
+	out, code := run(t, append([]string{"sync", "--once", "--metrics-addr", ""}, common...)...)
+	if code != 0 || !strings.Contains(out, "/mesos: equal (3 znodes") || !strings.Contains(out, "/marathon: equal (2 znodes") {
+		t.Fatalf("sync --once: exit %d\n%s", code, out)
+	}
+	if out, code := run(t, append([]string{"validate"}, common...)...); code != 0 || !strings.Contains(out, "equal") {
+		t.Fatalf("validate after sync: exit %d\n%s", code, out)
+	}
+	cb, _, err := zk.Connect(b.Addrs(), 10*time.Second, zk.WithLogInfo(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.Close()
+	if _, err := cb.Set("/marathon/state", []byte("diverged"), -1); err != nil {
+		t.Fatal(err)
+	}
+	out, code = run(t, append([]string{"validate"}, common...)...)
+	if code != exitDifferent || !strings.Contains(out, "/marathon: DIFFERENT") || !strings.Contains(out, "/marathon/state: data differs") {
+		t.Fatalf("validate after divergence: exit %d\n%s", code, out)
+	}
+	if out, code := run(t, "validate", "--source", a.ConnectString(), "--target", b.ConnectString(), "--paths", "mesos"); code != exitUsage || !strings.Contains(out, "absolute znode paths") {
+		t.Fatalf("relative path: exit %d\n%s", code, out)
+	}
+}

@@ -1,0 +1,338 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/urfave/cli/v2"
+
+	"github.com/zk-migrate/zk-migrate/replicator"
+	"github.com/zk-migrate/zk-migrate/zkclient"
+)
+
+// exitDifferent is validate's exit code when the ensembles differ.
+const exitDifferent = 3
+
+func ensembleFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "source", Required: true, Usage: "ensemble A, host:port,host:port,...", EnvVars: []string{"ZKM_SOURCE"}},
+		&cli.StringFlag{Name: "target", Required: true, Usage: "ensemble B, host:port,host:port,...", EnvVars: []string{"ZKM_TARGET"}},
+		&cli.StringFlag{Name: "paths", Value: "/mesos", Usage: "subtrees to sync, comma-separated (e.g. /mesos,/marathon)"},
+		&cli.StringSliceFlag{Name: "auth", Usage: "credentials used on both ensembles, scheme:secret (digest:user:password); the ACLs must grant them what the copy needs"},
+		&cli.IntFlag{Name: "readers", Value: 4, Usage: "sessions reading each side in parallel"},
+	}
+}
+
+type ensembleArgs struct {
+	source, target []string
+	paths          []string
+	auth           []zkclient.Auth
+	readers        int
+}
+
+func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
+	var a ensembleArgs
+	var err error
+	if a.source, err = parseUpstream(c.String("source")); err != nil {
+		return a, fmt.Errorf("--source: %v", err)
+	}
+	if a.target, err = parseUpstream(c.String("target")); err != nil {
+		return a, fmt.Errorf("--target: %v", err)
+	}
+	for _, p := range strings.Split(c.String("paths"), ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if !strings.HasPrefix(p, "/") || p == "/" || strings.HasSuffix(p, "/") {
+			return a, fmt.Errorf("--paths %q: want absolute znode paths below the root, like /mesos", p)
+		}
+		a.paths = append(a.paths, p)
+	}
+	if len(a.paths) == 0 {
+		return a, fmt.Errorf("--paths is empty: give the subtrees to sync, like /mesos")
+	}
+	for _, s := range c.StringSlice("auth") {
+		scheme, secret, ok := strings.Cut(s, ":")
+		if !ok || secret == "" {
+			return a, fmt.Errorf("--auth %q: want scheme:secret, e.g. digest:mesos:password", s)
+		}
+		a.auth = append(a.auth, zkclient.Auth{Scheme: scheme, Secret: []byte(secret)})
+	}
+	if a.readers = c.Int("readers"); a.readers < 1 || a.readers > 64 {
+		return a, fmt.Errorf("--readers %d: want 1 to 64", a.readers)
+	}
+	return a, nil
+}
+
+func (a ensembleArgs) addrs(side replicator.Side) []string {
+	if side == replicator.SideA {
+		return a.source
+	}
+	return a.target
+}
+
+func (a ensembleArgs) dial(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
+	opts := zkclient.Options{Auth: a.auth}
+	if resume != nil {
+		opts.SessionID, opts.Passwd = resume.SessionID(), resume.Passwd()
+	}
+	c, err := zkclient.Dial(ctx, a.addrs(side), opts)
+	if err != nil {
+		return nil, fmt.Errorf("ensemble %s (%s): %w", side, strings.Join(a.addrs(side), ","), err)
+	}
+	return c, nil
+}
+
+func (a ensembleArgs) endpoints(ctx context.Context) (replicator.Endpoints, func(), error) {
+	var ep replicator.Endpoints
+	closeAll := func() {
+		for _, c := range append(ep.Source, ep.Target...) {
+			_ = c.Close()
+		}
+	}
+	for i := 0; i < a.readers; i++ {
+		s, err := a.dial(ctx, replicator.SideA, nil)
+		if err != nil {
+			closeAll()
+			return ep, nil, err
+		}
+		ep.Source = append(ep.Source, s)
+		t, err := a.dial(ctx, replicator.SideB, nil)
+		if err != nil {
+			closeAll()
+			return ep, nil, err
+		}
+		ep.Target = append(ep.Target, t)
+	}
+	return ep, closeAll, nil
+}
+
+func syncCommand() *cli.Command {
+	flags := append(ensembleFlags(),
+		&cli.BoolFlag{Name: "once", Usage: "copy and verify once, then exit (no continuous sync)"},
+		&cli.StringFlag{Name: "conflict", Value: replicator.LastWriteWins, Usage: "what to do with a znode changed on both sides: last-write-wins or manual"},
+		&cli.StringFlag{Name: "audit-log", Usage: "append conflicts and alerts as JSON lines to this file (default: stderr)"},
+		&cli.IntFlag{Name: "lag-threshold-ms", Value: 50, Usage: "alert when sync lag stays above this"},
+		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9405", Usage: "Prometheus /metrics address (empty: off)"},
+	)
+	return &cli.Command{
+		Name:  "sync",
+		Usage: "copy subtrees from ensemble A to B, prove it, and keep both in sync",
+		Description: `Phase 1 of a migration: make ensemble B an exact copy of A and keep it one.
+
+1. Snapshot: reads the subtrees on A and B with pipelined requests, writes the
+   difference to B in batched transactions (parents first, sequential names
+   as they are, restrictive ACLs after the subtree exists, ephemerals owned by
+   the replicator's session), then raises every sequential parent's counter on
+   B to A's. An interrupted copy resumes where it stopped.
+2. Verify: digests of both sides must be equal.
+3. Continuous (without --once): watches both ensembles and copies changes in
+   both directions, including writes that bypass the proxies. A znode changed
+   on both sides is a conflict (see --conflict), logged to --audit-log.
+
+Example:
+
+   zk-migrate sync --source zka1:2181,zka2:2181,zka3:2181 \
+       --target zkb1:2181,zkb2:2181,zkb3:2181 --paths /mesos,/marathon \
+       --auth digest:mesos:secret
+
+Exit status: 0 done (--once) or stopped by a signal, 1 error, 2 usage,
+3 the copy did not verify.`,
+		Flags:  flags,
+		Action: runSync,
+	}
+}
+
+func runSync(c *cli.Context) error {
+	args, err := parseEnsembleArgs(c)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	strategy := c.String("conflict")
+	if strategy != replicator.LastWriteWins && strategy != replicator.Manual {
+		return usageError("--conflict %q: want last-write-wins or manual", strategy)
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	reg := prometheus.NewRegistry()
+	metrics := replicator.NewMetrics(reg)
+	if addr := c.String("metrics-addr"); addr != "" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("metrics listen on %s: %w (choose another --metrics-addr, or empty)", addr, err)
+		}
+		srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+	}
+	ep, closeAll, err := args.endpoints(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+
+	out := c.App.Writer
+	var prog replicator.Progress
+	done := make(chan struct{})
+	go reportProgress(out, &prog, metrics, done)
+	res, err := replicator.Sync(ctx, ep, args.paths, replicator.Options{Progress: &prog})
+	close(done)
+	if err != nil {
+		return fmt.Errorf("snapshot copy: %w (run the same command again: it resumes)", err)
+	}
+	fmt.Fprintf(out, "copied %d znodes (%s) in %v: %d created, %d updated, %d deleted, %d ACLs, %d sequence counters raised\n",
+		res.Nodes, mb(res.Bytes), res.Elapsed.Round(time.Millisecond), res.Created, res.Updated, res.Deleted, res.ACLsSet, res.PaddedParents)
+	verdicts, err := replicator.Validate(ctx, ep, args.paths, 10)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	if !printVerdicts(out, verdicts) {
+		if c.Bool("once") {
+			return cli.Exit("the copy does not verify (something is writing to B, or to A without a proxy: run without --once to keep syncing)", exitDifferent)
+		}
+	}
+	if c.Bool("once") {
+		return nil
+	}
+	closeAll()
+	audit := io.Writer(os.Stderr)
+	if p := c.String("audit-log"); p != "" {
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return fmt.Errorf("--audit-log: %w", err)
+		}
+		defer f.Close()
+		audit = f
+	}
+	log, _ := newLogger("info")
+	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
+		Dial: args.dial, Roots: args.paths, Strategy: strategy, Audit: audit, Metrics: metrics, Logger: log,
+		LagThreshold: time.Duration(c.Int("lag-threshold-ms")) * time.Millisecond,
+	})
+	if err != nil {
+		return usageError("%v", err)
+	}
+	fmt.Fprintln(out, "continuous sync running in both directions (Ctrl-C to stop)")
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				ab, ba := cont.Lag()
+				fmt.Fprintf(out, "lag A->B %v, B->A %v, open conflicts %d\n", ab.Round(100*time.Microsecond), ba.Round(100*time.Microsecond), len(cont.Conflicts()))
+			}
+		}
+	}()
+	_ = cont.Run(ctx)
+	return nil
+}
+
+func mb(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
+
+// reportProgress prints a line a second while the snapshot runs.
+func reportProgress(out io.Writer, p *replicator.Progress, m *replicator.Metrics, done <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	start := time.Now()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		read, written, planned := p.SourceNodes.Load(), p.Written.Load(), p.Planned.Load()
+		m.SnapshotNodes.Set(float64(read))
+		m.SnapshotWritten.Set(float64(written))
+		el := time.Since(start).Seconds()
+		line := fmt.Sprintf("read %d znodes on A (%s), %d on B", read, mb(p.SourceBytes.Load()), p.TargetNodes.Load())
+		if planned > 0 {
+			rate := float64(written) / el
+			eta := "?"
+			if rate > 0 {
+				eta = (time.Duration(float64(planned-written)/rate) * time.Second).Round(time.Second).String()
+			}
+			line += fmt.Sprintf("; wrote %d/%d (%.0f/s, ETA %s)", written, planned, rate, eta)
+		}
+		fmt.Fprintln(out, line)
+	}
+}
+
+func printVerdicts(out io.Writer, vs []replicator.Verdict) bool {
+	all := true
+	for _, v := range vs {
+		if v.Equal {
+			fmt.Fprintf(out, "%s: equal (%d znodes, digest %s)\n", v.Root, v.SourceNodes, v.SourceDigest[:16])
+			continue
+		}
+		all = false
+		fmt.Fprintf(out, "%s: DIFFERENT (A %d znodes, digest %s; B %d znodes, digest %s)\n", v.Root, v.SourceNodes, v.SourceDigest[:16], v.TargetNodes, v.TargetDigest[:16])
+		for _, d := range v.Differences {
+			fmt.Fprintf(out, "  %s\n", d)
+		}
+	}
+	return all
+}
+
+func validateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "validate",
+		Usage: "compare subtrees of two ensembles by digest",
+		Description: `Reads the subtrees on both ensembles and compares digests covering every
+znode's path, data, ACL, ephemeral-ness and children (not zxids, times,
+owners or versions, which two ensembles never share). When they differ, the
+first differing paths are printed with what differs.
+
+Exit status: 0 equal, 3 different, 1 error, 2 usage.`,
+		Flags: append(ensembleFlags(),
+			&cli.IntFlag{Name: "max-diffs", Value: 20, Usage: "differences to list per subtree"},
+			&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"}),
+		Action: func(c *cli.Context) error {
+			args, err := parseEnsembleArgs(c)
+			if err != nil {
+				return usageError("%v", err)
+			}
+			if o := c.String("output"); o != "text" && o != "json" {
+				return usageError("--output %q: want text or json", o)
+			}
+			ep, closeAll, err := args.endpoints(c.Context)
+			if err != nil {
+				return err
+			}
+			defer closeAll()
+			vs, err := replicator.Validate(c.Context, ep, args.paths, c.Int("max-diffs"))
+			if err != nil {
+				return err
+			}
+			equal := true
+			for _, v := range vs {
+				equal = equal && v.Equal
+			}
+			if c.String("output") == "json" {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				_ = enc.Encode(vs)
+			} else {
+				printVerdicts(c.App.Writer, vs)
+			}
+			if !equal {
+				return cli.Exit("", exitDifferent)
+			}
+			return nil
+		},
+	}
+}
