@@ -329,3 +329,69 @@ func TestSequenceCountersAfterCopy(t *testing.T) {
 		t.Fatalf("leader on B %s, on A %s", got, leader)
 	}
 }
+
+// TestSync100kNodes copies a 100,000-znode tree with mixed ACLs,
+// sequential names, ephemerals, a 1 MB znode and a 100-deep path, and
+// proves it by digest.
+func TestSync100kNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("large")
+	}
+	ctx := context.Background()
+	root := testRoot(t)
+	a := dial(t, ensA)
+	ops := []zkclient.MultiOp{create(root, nil, nil, 0)}
+	for d := 0; d < 1000; d++ {
+		dir := fmt.Sprintf("%s/d%04d", root, d)
+		ops = append(ops, create(dir, nil, nil, 0))
+		for j := 0; j < 99; j++ {
+			var acl []jute.ACL
+			if (d+j)%7 == 0 {
+				acl = restrictedACL
+			}
+			ops = append(ops, create(fmt.Sprintf("%s/n%02d", dir, j), make([]byte, 100), acl, 0))
+		}
+	}
+	ops = append(ops, create(root+"/seq", nil, nil, 0))
+	deep := root
+	for i := 0; i < 100; i++ {
+		deep += "/x"
+		ops = append(ops, create(deep, nil, nil, 0))
+	}
+	start := time.Now()
+	build(t, a, ops)
+	big := make([]byte, 1000*1000)
+	if _, err := a.Create(ctx, root+"/big", big, zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 300; i++ {
+		if _, err := a.Create(ctx, root+"/seq/s-", nil, zkclient.OpenACL, jute.FlagPersistentSequential); err != nil {
+			t.Fatal(err)
+		}
+	}
+	owner := dial(t, ensA)
+	var calls []*zkclient.Call
+	for i := 0; i < 200; i++ {
+		calls = append(calls, owner.Go(jute.OpCreate, &jute.CreateRequest{Path: fmt.Sprintf("%s/d%04d/eph", root, i),
+			ACL: zkclient.OpenACL, Flags: jute.FlagEphemeral}, &jute.CreateResponse{}))
+	}
+	for _, c := range calls {
+		<-c.Done
+		if c.Err != nil {
+			t.Fatal(c.Err)
+		}
+	}
+	t.Logf("built %d znodes on A in %v", len(ops)+501, time.Since(start).Round(time.Millisecond))
+
+	ep := endpoints(t, 4)
+	res, err := Sync(ctx, ep, []string{root}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("copied %d znodes (%d bytes) in %v: %.0f znodes/s", res.Nodes, res.Bytes, res.Elapsed.Round(time.Millisecond),
+		float64(res.Nodes)/res.Elapsed.Seconds())
+	v := mustValidate(t, ep, root)
+	if v.SourceNodes < 100000 {
+		t.Fatalf("only %d nodes", v.SourceNodes)
+	}
+}

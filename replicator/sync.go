@@ -26,7 +26,7 @@ type Endpoints struct {
 
 // Options tune Sync.
 type Options struct {
-	// Inflight is the number of znodes read at once per side (default 256).
+	// Inflight is the number of znodes read at once per side (default 1024).
 	Inflight int
 	// BatchOps and BatchBytes bound one multi (defaults 1000 ops, 512 KiB:
 	// well under jute.maxbuffer). A larger single write goes alone.

@@ -60,7 +60,8 @@ func (t *Tree) Sorted() []string {
 
 // ReadOptions tune ReadTree.
 type ReadOptions struct {
-	// Inflight is the number of znodes read at once (default 256).
+	// Inflight is the number of znodes read at once (default 1024, in
+	// multiRead chunks of 64).
 	Inflight int
 	// Nodes and Bytes, if set, count progress.
 	Nodes, Bytes *atomic.Int64
@@ -74,48 +75,51 @@ func ReadTree(ctx context.Context, conns []*zkclient.Conn, root string, opt Read
 		return nil, errors.New("replicator: no connections to read with")
 	}
 	if opt.Inflight <= 0 {
-		opt.Inflight = 256
+		opt.Inflight = 1024
 	}
+	workers := max(opt.Inflight/readChunk, len(conns))
 	t := &Tree{Root: root, Nodes: map[string]*Node{}}
 	q := &workQueue{items: []string{root}}
 	q.cond = sync.NewCond(&q.mu)
 	var mu sync.Mutex
 	var firstErr error
 	var wg sync.WaitGroup
-	for w := 0; w < opt.Inflight; w++ {
+	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func(c *zkclient.Conn) {
 			defer wg.Done()
 			for {
-				p, ok := q.get()
-				if !ok {
+				ps := q.get(readChunk)
+				if len(ps) == 0 {
 					return
 				}
-				n, err := readNode(ctx, c, p)
+				nodes, err := readNodes(ctx, c, ps)
 				if err != nil {
 					mu.Lock()
 					if firstErr == nil {
-						firstErr = fmt.Errorf("replicator: read %s on %s: %w", p, c.Addr(), err)
+						firstErr = fmt.Errorf("replicator: read on %s: %w", c.Addr(), err)
 					}
 					mu.Unlock()
 					q.abort()
 					return
 				}
-				if n != nil {
-					mu.Lock()
-					t.Nodes[p] = n
-					mu.Unlock()
-					if opt.Nodes != nil {
+				var kids []string
+				mu.Lock()
+				for _, n := range nodes {
+					t.Nodes[n.Path] = n
+					for _, k := range n.Children {
+						kids = append(kids, path.Join(n.Path, k))
+					}
+				}
+				mu.Unlock()
+				if opt.Nodes != nil {
+					for _, n := range nodes {
 						opt.Nodes.Add(1)
 						opt.Bytes.Add(int64(len(n.Data)))
 					}
-					kids := make([]string, len(n.Children))
-					for i, k := range n.Children {
-						kids[i] = path.Join(p, k)
-					}
-					q.put(kids)
 				}
-				q.done()
+				q.put(kids)
+				q.done(len(ps))
 			}
 		}(conns[w%len(conns)])
 	}
@@ -129,42 +133,92 @@ func ReadTree(ctx context.Context, conns []*zkclient.Conn, root string, opt Read
 	return t, nil
 }
 
-// readNode reads data, stat and ACL (and children when there are any) of
-// one znode; nil, nil if it does not exist.
-func readNode(ctx context.Context, c *zkclient.Conn, p string) (*Node, error) {
-	var data jute.GetDataResponse
-	var acl jute.GetACLResponse
-	dc := c.Go(jute.OpGetData, &jute.GetDataRequest{Path: p}, &data)
-	ac := c.Go(jute.OpGetACL, &jute.GetACLRequest{Path: p}, &acl)
-	for _, call := range []*zkclient.Call{dc, ac} {
+// readChunk is how many znodes one multiRead covers.
+const readChunk = 64
+
+// readNodes reads a chunk of znodes: their data and stat in one multiRead,
+// the children of those that have some in another, and each ACL (getACL has
+// no batched form), all pipelined. Missing nodes are left out.
+func readNodes(ctx context.Context, c *zkclient.Conn, ps []string) ([]*Node, error) {
+	wait := func(call *zkclient.Call) error {
 		select {
 		case <-call.Done:
+			return call.Err
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 	}
-	if jute.CodeOf(dc.Err) == jute.CodeNoNode || jute.CodeOf(ac.Err) == jute.CodeNoNode {
-		return nil, nil
+	ops := make([]zkclient.MultiOp, len(ps))
+	for i, p := range ps {
+		ops[i] = zkclient.MultiOp{Op: jute.OpGetData, Req: &jute.GetDataRequest{Path: p}}
 	}
-	if err := errors.Join(dc.Err, ac.Err); err != nil {
-		return nil, err
+	dataCall := c.Go(jute.OpMultiRead, zkclient.MultiRequest(ops), &jute.MultiResponse{})
+	aclCalls := make([]*zkclient.Call, len(ps))
+	for i, p := range ps {
+		aclCalls[i] = c.Go(jute.OpGetACL, &jute.GetACLRequest{Path: p}, &jute.GetACLResponse{})
 	}
-	n := &Node{Path: p, Data: data.Data, ACL: acl.ACL, Stat: data.Stat}
-	if data.Data == nil {
-		n.Data = []byte{}
+	if err := wait(dataCall); err != nil {
+		return nil, fmt.Errorf("multiRead (needs ZooKeeper 3.6+): %w", err)
 	}
-	if data.Stat.NumChildren > 0 {
-		kids, _, err := c.Children(ctx, p)
-		if jute.CodeOf(err) == jute.CodeNoNode {
-			return nil, nil
+	results := dataCall.Resp.(*jute.MultiResponse).Results
+	if len(results) != len(ps) {
+		return nil, fmt.Errorf("multiRead returned %d results for %d reads", len(results), len(ps))
+	}
+	nodes := make([]*Node, len(ps))
+	var withKids []int
+	for i, r := range results {
+		d, ok := r.Resp.(*jute.GetDataResponse)
+		if !ok {
+			if code := jute.Code(r.Header.Err); code != jute.CodeNoNode {
+				return nil, fmt.Errorf("read %s: %w", ps[i], code.Err())
+			}
+			continue
 		}
-		if err != nil {
+		n := &Node{Path: ps[i], Data: d.Data, Stat: d.Stat}
+		if n.Data == nil {
+			n.Data = []byte{}
+		}
+		nodes[i] = n
+		if d.Stat.NumChildren > 0 {
+			withKids = append(withKids, i)
+		}
+	}
+	if len(withKids) > 0 {
+		kops := make([]zkclient.MultiOp, len(withKids))
+		for k, i := range withKids {
+			kops[k] = zkclient.MultiOp{Op: jute.OpGetChildren, Req: &jute.GetChildrenRequest{Path: ps[i]}}
+		}
+		kidsCall := c.Go(jute.OpMultiRead, zkclient.MultiRequest(kops), &jute.MultiResponse{})
+		if err := wait(kidsCall); err != nil {
 			return nil, err
 		}
-		sort.Strings(kids)
-		n.Children = kids
+		for k, r := range kidsCall.Resp.(*jute.MultiResponse).Results {
+			i := withKids[k]
+			g, ok := r.Resp.(*jute.GetChildrenResponse)
+			if !ok {
+				nodes[i] = nil // deleted meanwhile
+				continue
+			}
+			sort.Strings(g.Children)
+			nodes[i].Children = g.Children
+		}
 	}
-	return n, nil
+	out := nodes[:0]
+	for i, call := range aclCalls {
+		err := wait(call)
+		if nodes[i] == nil {
+			continue
+		}
+		if jute.CodeOf(err) == jute.CodeNoNode {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("getACL %s: %w", ps[i], err)
+		}
+		nodes[i].ACL = call.Resp.(*jute.GetACLResponse).ACL
+		out = append(out, nodes[i])
+	}
+	return out, nil
 }
 
 // workQueue hands paths to the readers and knows when the walk is over:
@@ -177,7 +231,8 @@ type workQueue struct {
 	aborted bool
 }
 
-func (q *workQueue) get() (string, bool) {
+// get takes up to n paths; none means the walk is over.
+func (q *workQueue) get(n int) []string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.items) == 0 && q.busy > 0 && !q.aborted {
@@ -185,12 +240,13 @@ func (q *workQueue) get() (string, bool) {
 	}
 	if q.aborted || len(q.items) == 0 {
 		q.cond.Broadcast()
-		return "", false
+		return nil
 	}
-	p := q.items[len(q.items)-1]
-	q.items = q.items[:len(q.items)-1]
-	q.busy++
-	return p, true
+	k := min(n, len(q.items))
+	ps := append([]string(nil), q.items[len(q.items)-k:]...)
+	q.items = q.items[:len(q.items)-k]
+	q.busy += k
+	return ps
 }
 
 func (q *workQueue) put(ps []string) {
@@ -203,9 +259,9 @@ func (q *workQueue) put(ps []string) {
 	q.cond.Broadcast()
 }
 
-func (q *workQueue) done() {
+func (q *workQueue) done(n int) {
 	q.mu.Lock()
-	q.busy--
+	q.busy -= n
 	q.mu.Unlock()
 	q.cond.Broadcast()
 }

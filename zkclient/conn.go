@@ -85,6 +85,7 @@ type Conn struct {
 	lastZxid  atomic.Int64
 
 	wmu      sync.Mutex // serializes writes and xid allocation
+	waiting  atomic.Int32 // callers queued for wmu: the last one flushes
 	w        *bufio.Writer
 	xid      int32
 	lastSend atomic.Int64
@@ -216,7 +217,9 @@ func (c *Conn) Err() error {
 // may be nil for replies without one.
 func (c *Conn) Go(op jute.Op, req, resp jute.Record) *Call {
 	call := &Call{Op: op, Req: req, Resp: resp, Done: make(chan struct{})}
+	c.waiting.Add(1)
 	c.wmu.Lock()
+	c.waiting.Add(-1)
 	defer c.wmu.Unlock()
 	var xid int32
 	switch op {
@@ -250,11 +253,14 @@ func (c *Conn) Go(op jute.Op, req, resp jute.Record) *Call {
 		req.Encode(&e)
 	}
 	e.FinishFrame(off)
-	if _, err := c.w.Write(e.Bytes()); err == nil {
+	// Pipelining callers share system calls: while another caller waits
+	// for the lock, it will flush after writing its own request.
+	_, err := c.w.Write(e.Bytes())
+	if err == nil && c.waiting.Load() == 0 {
 		err = c.w.Flush()
-		if err != nil {
-			go c.fail(err)
-		}
+	}
+	if err != nil {
+		go c.fail(err)
 	}
 	c.lastSend.Store(time.Now().UnixNano())
 	if op == jute.OpPing {
