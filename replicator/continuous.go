@@ -64,6 +64,8 @@ type ContinuousConfig struct {
 	LagThreshold, LagAlertAfter time.Duration
 	// OnAlert is called for every alert (optional).
 	OnAlert func(Alert)
+	// OnLag is called with every lag measurement (optional; must not block).
+	OnLag func(from Side, lag time.Duration)
 	// ReconcileEvery runs a full comparison of both trees (default 30 s):
 	// it catches what no watch reports (ACL changes).
 	ReconcileEvery time.Duration
@@ -771,6 +773,9 @@ func (c *Continuous) observeHeartbeat(a action) {
 	c.mu.Unlock()
 	if c.cfg.Metrics != nil {
 		c.cfg.Metrics.lag.WithLabelValues(a.from.String() + "->" + a.from.other().String()).Observe(lag.Seconds())
+	}
+	if c.cfg.OnLag != nil {
+		c.cfg.OnLag(a.from, lag)
 	}
 	if fire {
 		c.alert(Alert{Kind: "sync_lag", Message: fmt.Sprintf("sync lag %v above %v for %v", worst.Round(time.Millisecond), c.cfg.LagThreshold, c.cfg.LagAlertAfter)})

@@ -293,3 +293,104 @@ func TestLagIsMeasured(t *testing.T) {
 	}
 	t.Fatal("no lag histogram samples")
 }
+
+// TestContinuousSurvivesServerLoss kills the servers the replicator's
+// writer sessions are on, on both ensembles, while both sides are written
+// to. It must reconnect (resuming its sessions, so mirrored ephemerals
+// stay), re-arm its watches, and converge with nothing missed.
+func TestContinuousSurvivesServerLoss(t *testing.T) {
+	ctx := context.Background()
+	root := testRoot(t)
+	build(t, dial(t, ensA), []zkclient.MultiOp{create(root, nil, nil, 0)})
+	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true, Heartbeat: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	ep := endpoints(t, 1)
+	waitEqual(t, ep, root, 20*time.Second)
+	// A client of B (bypassing any proxy) owns an ephemeral, mirrored to A
+	// by the replicator's A writer session.
+	owner, err := zkclient.Dial(ctx, ensB.Addrs(), zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	eph, err := owner.Create(ctx, root+"/eph", []byte("b"), zkclient.OpenACL, jute.FlagEphemeral)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, ep, root, 10*time.Second)
+
+	for _, ens := range []*zktest.Ensemble{ensA, ensB} {
+		side := SideA
+		if ens == ensB {
+			side = SideB
+		}
+		c.mu.Lock()
+		addr := c.conns[side].Addr()
+		c.mu.Unlock()
+		var victim *zktest.Server
+		for _, s := range ens.Servers {
+			if s.Addr() == addr {
+				victim = s
+			}
+		}
+		if err := ens.Kill(victim.ID); err != nil {
+			t.Fatal(err)
+		}
+		defer func(ens *zktest.Ensemble, id int) {
+			if err := ens.Restart(ctx, id); err != nil {
+				t.Errorf("restart: %v", err)
+			}
+		}(ens, victim.ID)
+	}
+	// Writes on both sides while the replicator reconnects.
+	retryCreate := func(c *zkclient.Conn, p string) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, err := c.Create(ctx, p, []byte("x"), zkclient.OpenACL, 0)
+			if err == nil || jute.CodeOf(err) == jute.CodeNodeExists {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("create %s: %v", p, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		a2, err := zkclient.Dial(ctx, ensA.Addrs(), zkclient.Options{})
+		if err == nil {
+			retryCreate(a2, fmt.Sprintf("%s/during-a-%d", root, i))
+			a2.Abandon()
+		}
+		b2, err := zkclient.Dial(ctx, ensB.Addrs(), zkclient.Options{})
+		if err == nil {
+			retryCreate(b2, fmt.Sprintf("%s/during-b-%d", root, i))
+			b2.Abandon()
+		}
+	}
+	ep2 := Endpoints{Source: []*zkclient.Conn{mustDial(t, ensA)}, Target: []*zkclient.Conn{mustDial(t, ensB)}}
+	waitEqual(t, ep2, root, 60*time.Second)
+	st, err := ep2.Source[0].Exists(ctx, eph)
+	if err != nil || st.EphemeralOwner == 0 {
+		t.Fatalf("mirrored ephemeral lost on A across the reconnect: %+v %v", st, err)
+	}
+}
+
+func mustDial(t *testing.T, ens *zktest.Ensemble) *zkclient.Conn {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := zkclient.Dial(context.Background(), ens.Addrs(), zkclient.Options{Auth: replAuth})
+		if err == nil {
+			t.Cleanup(func() { _ = c.Close() })
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
