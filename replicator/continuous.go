@@ -121,7 +121,7 @@ type Continuous struct {
 	rounds    int64
 
 	conns [2]*zkclient.Conn // writers (and readers); replaced on reconnect
-	hbSeq int64
+	beats [2]*zkclient.Call // heartbeat writes in flight
 }
 
 // NewContinuous checks cfg and returns a replicator ready to Run.
@@ -253,6 +253,7 @@ func (c *Continuous) runSession(ctx context.Context) error {
 		}
 		wg.Wait()
 	}()
+	c.beats = [2]*zkclient.Call{}
 	for _, side := range []Side{SideA, SideB} {
 		w, err := c.cfg.Dial(ctx, side, c.conns[side])
 		if err != nil {
@@ -365,23 +366,30 @@ func (c *Continuous) runSession(ctx context.Context) error {
 	}
 }
 
-// beat writes this side's heartbeat: the time it was written, so the
-// other side's copy tells the lag.
+// beat writes each side's heartbeat: the time it was written, so its copy
+// on the other side tells the lag. It does not wait: the previous beat's
+// result is checked, so the loop never stalls on it.
 func (c *Continuous) beat(ctx context.Context) error {
-	c.hbSeq++
 	for _, side := range []Side{SideA, SideB} {
-		p := c.heartbeatPath(side)
+		if prev := c.beats[side]; prev != nil {
+			select {
+			case <-prev.Done:
+				switch jute.CodeOf(prev.Err) {
+				case jute.CodeOK:
+				case jute.CodeNoNode:
+					if _, err := c.conns[side].Create(ctx, c.heartbeatPath(side), nil, zkclient.OpenACL, 0); err != nil && jute.CodeOf(err) != jute.CodeNodeExists {
+						return fmt.Errorf("heartbeat on %s: %w", side, err)
+					}
+				default:
+					return fmt.Errorf("heartbeat on %s: %w", side, prev.Err)
+				}
+			default:
+				continue // still in flight: skip this beat
+			}
+		}
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
-		call := c.conns[side].Go(jute.OpSetData, &jute.SetDataRequest{Path: p, Data: b[:], Version: -1}, &jute.SetDataResponse{})
-		<-call.Done
-		if jute.CodeOf(call.Err) == jute.CodeNoNode {
-			if _, err := c.conns[side].Create(ctx, p, b[:], zkclient.OpenACL, 0); err != nil && jute.CodeOf(err) != jute.CodeNodeExists {
-				return fmt.Errorf("heartbeat on %s: %w", side, err)
-			}
-		} else if call.Err != nil {
-			return fmt.Errorf("heartbeat on %s: %w", side, call.Err)
-		}
+		c.beats[side] = c.conns[side].Go(jute.OpSetData, &jute.SetDataRequest{Path: c.heartbeatPath(side), Data: b[:], Version: -1}, &jute.SetDataResponse{})
 	}
 	return nil
 }
@@ -464,16 +472,19 @@ func (r *read) version() version {
 	return version{exists: true, mzxid: r.stat.Mzxid}
 }
 
-// readBoth reads every path on both sides, pipelined.
+// readBoth reads every path on both sides, all requests in flight at once.
 func (c *Continuous) readBoth(ctx context.Context, paths []string) ([2][]read, error) {
 	var out [2][]read
+	var calls [2][]*zkclient.Call
 	for _, side := range []Side{SideA, SideB} {
-		calls := make([]*zkclient.Call, len(paths))
+		calls[side] = make([]*zkclient.Call, len(paths))
 		for i, p := range paths {
-			calls[i] = c.conns[side].Go(jute.OpGetData, &jute.GetDataRequest{Path: p}, &jute.GetDataResponse{})
+			calls[side][i] = c.conns[side].Go(jute.OpGetData, &jute.GetDataRequest{Path: p}, &jute.GetDataResponse{})
 		}
+	}
+	for _, side := range []Side{SideA, SideB} {
 		out[side] = make([]read, len(paths))
-		for i, call := range calls {
+		for i, call := range calls[side] {
 			select {
 			case <-call.Done:
 			case <-ctx.Done():

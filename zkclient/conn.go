@@ -84,7 +84,7 @@ type Conn struct {
 	timeout   time.Duration
 	lastZxid  atomic.Int64
 
-	wmu      sync.Mutex // serializes writes and xid allocation
+	wmu      sync.Mutex   // serializes writes and xid allocation
 	waiting  atomic.Int32 // callers queued for wmu: the last one flushes
 	w        *bufio.Writer
 	xid      int32
