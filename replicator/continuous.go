@@ -78,6 +78,11 @@ type ContinuousConfig struct {
 	InitialSync bool
 	// MaxBatch bounds the paths handled in one round (default 2000).
 	MaxBatch int
+	// OneShotWatches watches with one-shot watch trees (a data and a child
+	// watch on every znode, re-armed as they fire) instead of persistent
+	// recursive watches. It is chosen by itself for a side whose servers
+	// answer addWatch UNIMPLEMENTED (ZooKeeper 3.4 and 3.5).
+	OneShotWatches bool
 }
 
 // Alert is a condition an operator must hear about.
@@ -110,18 +115,23 @@ type Continuous struct {
 	cfg ContinuousConfig
 	log *slog.Logger
 
-	mu        sync.Mutex
-	synced    map[string][2]version // last state both sides agreed on
-	conflicts map[string]Conflict
-	forced    map[string]Side // resolved conflicts: copy from this side next
-	kick      chan string     // paths to handle now (resolved conflicts)
-	auditMu   sync.Mutex
-	lastLag   [2]time.Duration
-	lagSince  time.Time
-	rounds    int64
+	mu          sync.Mutex
+	synced      map[string][2]version // last state both sides agreed on
+	conflicts   map[string]Conflict
+	forced      map[string]Side // resolved conflicts: copy from this side next
+	digestEqual map[string]bool // per root, from the last full reconcile
+	kick        chan string     // paths to handle now (resolved conflicts)
+	auditMu     sync.Mutex
+	lastLag     [2]time.Duration
+	lagSince    time.Time
+	rounds      int64
 
 	conns [2]*zkclient.Conn // writers (and readers); replaced on reconnect
-	beats [2]*zkclient.Call // heartbeat writes in flight
+	// watchers and oneShot are the current session's watcher connections
+	// and whether a side uses one-shot watch trees.
+	watchers [2]*zkclient.Conn
+	oneShot  [2]bool
+	beats    [2]*zkclient.Call // heartbeat writes in flight
 }
 
 // NewContinuous checks cfg and returns a replicator ready to Run.
@@ -161,7 +171,7 @@ func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
 		cfg.Roots = append(append([]string(nil), cfg.Roots...), HeartbeatRoot)
 	}
 	return &Continuous{cfg: cfg, log: cfg.Logger, synced: map[string][2]version{}, conflicts: map[string]Conflict{},
-		forced: map[string]Side{}, kick: make(chan string, 1024)}, nil
+		forced: map[string]Side{}, kick: make(chan string, 1024), digestEqual: map[string]bool{}}, nil
 }
 
 // Conflicts lists the unresolved conflicts (Manual strategy).
@@ -276,13 +286,25 @@ func (c *Continuous) runSession(ctx context.Context) error {
 			}
 		}
 	}
+	var oneShot [2]bool
 	for _, side := range []Side{SideA, SideB} {
+		oneShot[side] = c.cfg.OneShotWatches
 		for _, root := range c.cfg.Roots {
-			if err := watchers[side].AddWatch(ctx, root, true); err != nil {
-				return fmt.Errorf("addWatch %s on %s (needs ZooKeeper 3.6+): %w", root, side, err)
+			if oneShot[side] {
+				break
+			}
+			err := watchers[side].AddWatch(ctx, root, true)
+			if jute.CodeOf(err) == jute.CodeUnimplemented {
+				c.log.Info("ensemble has no persistent watches (before ZooKeeper 3.6): using one-shot watch trees", "side", side)
+				oneShot[side] = true
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("addWatch %s on %s: %w", root, side, err)
 			}
 		}
 	}
+	c.watchers, c.oneShot = watchers, oneShot
 	events := make(chan event, 65536)
 	for _, side := range []Side{SideA, SideB} {
 		wg.Add(1)
@@ -292,10 +314,28 @@ func (c *Continuous) runSession(ctx context.Context) error {
 				if ev.Path == "" {
 					continue
 				}
-				select {
-				case events <- event{side, ev.Path}:
-				case <-sctx.Done():
-					return
+				paths := []string{ev.Path}
+				if oneShot[side] {
+					// Re-arm before the path is decided: a change after
+					// this fires again, so none falls in between. New
+					// children are armed and decided too.
+					kids, err := armOneShot(sctx, w, paths)
+					if err != nil {
+						return // the watcher failed: runSession sees it
+					}
+					if ev.Type == jute.EventNodeChildrenChanged {
+						paths = append(paths, kids...)
+						if _, err := armOneShot(sctx, w, kids); err != nil {
+							return
+						}
+					}
+				}
+				for _, p := range paths {
+					select {
+					case events <- event{side, p}:
+					case <-sctx.Done():
+						return
+					}
 				}
 			}
 		}(side, watchers[side])
@@ -398,18 +438,27 @@ func (c *Continuous) heartbeatPath(side Side) string {
 	return HeartbeatRoot + "/heartbeat-" + strings.ToLower(side.String())
 }
 
-// reconcileAll decides every path present on either side.
+// reconcileAll decides every path present on either side, then reads both
+// trees again and records whether their digests are equal.
 func (c *Continuous) reconcileAll(ctx context.Context) error {
 	seen := map[string]struct{}{}
+	trees, err := c.readTrees(ctx, seen)
+	if err != nil {
+		return err
+	}
+	// One-shot watch trees are armed on every znode (and on the roots, for
+	// their creation) at each full reconcile: nodes created by the copy or
+	// while a watch was firing get theirs. Arming twice is harmless.
 	for _, side := range []Side{SideA, SideB} {
-		for _, root := range c.cfg.Roots {
-			t, err := ReadTree(ctx, []*zkclient.Conn{c.conns[side]}, root, ReadOptions{})
-			if err != nil {
-				return err
-			}
-			for p := range t.Nodes {
-				seen[p] = struct{}{}
-			}
+		if !c.oneShot[side] {
+			continue
+		}
+		paths := append([]string(nil), c.cfg.Roots...)
+		for _, t := range trees[side] {
+			paths = append(paths, t.Sorted()...)
+		}
+		if _, err := armOneShot(ctx, c.watchers[side], paths); err != nil {
+			return fmt.Errorf("watch tree on %s: %w", side, err)
 		}
 	}
 	c.mu.Lock()
@@ -428,7 +477,62 @@ func (c *Continuous) reconcileAll(ctx context.Context) error {
 		}
 	}
 	// ACLs fire no watch: compare them here.
-	return c.reconcileACLs(ctx, paths)
+	if err := c.reconcileACLs(ctx, paths); err != nil {
+		return err
+	}
+	if trees, err = c.readTrees(ctx, nil); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, root := range c.cfg.Roots {
+		eq := trees[SideA][i].Digest() == trees[SideB][i].Digest()
+		if !eq {
+			c.log.Warn("digests differ after reconcile", "root", root, "first_differences", fmt.Sprint(Compare(trees[SideA][i], trees[SideB][i], 5)))
+		}
+		c.digestEqual[root] = eq
+		if c.cfg.Metrics != nil {
+			v := 0.0
+			if eq {
+				v = 1
+			}
+			c.cfg.Metrics.inSync.WithLabelValues(root).Set(v)
+		}
+	}
+	return nil
+}
+
+// readTrees reads every root on both sides; paths seen are added to seen
+// when it is not nil.
+func (c *Continuous) readTrees(ctx context.Context, seen map[string]struct{}) ([2][]*Tree, error) {
+	var out [2][]*Tree
+	for _, side := range []Side{SideA, SideB} {
+		for _, root := range c.cfg.Roots {
+			t, err := ReadTree(ctx, []*zkclient.Conn{c.conns[side]}, root, ReadOptions{})
+			if err != nil {
+				return out, err
+			}
+			out[side] = append(out[side], t)
+			for p := range t.Nodes {
+				if seen != nil {
+					seen[p] = struct{}{}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// DigestsEqual reports, per root, whether the last full reconcile found both
+// ensembles equal (a root not reconciled yet is absent).
+func (c *Continuous) DigestsEqual() map[string]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]bool, len(c.digestEqual))
+	for k, v := range c.digestEqual {
+		out[k] = v
+	}
+	return out
 }
 
 // adoptAll records the current state of every path as synced (after the
@@ -813,4 +917,40 @@ func (c *Continuous) audit(v any) {
 	c.auditMu.Lock()
 	defer c.auditMu.Unlock()
 	_, _ = c.cfg.Audit.Write(append(b, '\n'))
+}
+
+// armOneShot sets a one-shot data (or creation) watch and a child watch on
+// every path, pipelined, and returns the children's paths it listed.
+func armOneShot(ctx context.Context, w *zkclient.Conn, paths []string) ([]string, error) {
+	type armed struct {
+		exists, kids *zkclient.Call
+		path         string
+	}
+	calls := make([]armed, len(paths))
+	for i, p := range paths {
+		calls[i] = armed{
+			exists: w.Go(jute.OpExists, &jute.ExistsRequest{Path: p, Watch: true}, &jute.ExistsResponse{}),
+			kids:   w.Go(jute.OpGetChildren, &jute.GetChildrenRequest{Path: p, Watch: true}, &jute.GetChildrenResponse{}),
+			path:   p,
+		}
+	}
+	var kids []string
+	for _, a := range calls {
+		for _, call := range []*zkclient.Call{a.exists, a.kids} {
+			select {
+			case <-call.Done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if call.Err != nil && jute.CodeOf(call.Err) != jute.CodeNoNode {
+				return nil, call.Err
+			}
+		}
+		if a.kids.Err == nil {
+			for _, k := range a.kids.Resp.(*jute.GetChildrenResponse).Children {
+				kids = append(kids, path.Join(a.path, k))
+			}
+		}
+	}
+	return kids, nil
 }

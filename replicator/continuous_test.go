@@ -82,13 +82,24 @@ func waitEqual(t *testing.T, ep Endpoints, root string, within time.Duration) {
 // proxy) and checks that both sides converge and then stay quiet: a change
 // the replicator applied is never applied back.
 func TestContinuousBothDirectionsNoLoop(t *testing.T) {
+	testBothDirections(t, false)
+}
+
+// TestContinuousWithOneShotWatchTrees is the same with the watches that
+// ZooKeeper 3.4 and 3.5 offer (forced here: the test servers are 3.8).
+func TestContinuousWithOneShotWatchTrees(t *testing.T) {
+	testBothDirections(t, true)
+}
+
+func testBothDirections(t *testing.T, oneShot bool) {
 	ctx := context.Background()
 	root := testRoot(t)
 	a, b := dial(t, ensA), dial(t, ensB)
 	build(t, a, []zkclient.MultiOp{create(root, []byte("r"), nil, 0), create(root+"/old", []byte("o"), nil, 0)})
 	reg := prometheus.NewRegistry()
 	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true,
-		Heartbeat: -1, Metrics: NewMetrics(reg)})
+		Heartbeat: -1, Metrics: NewMetrics(reg), OneShotWatches: oneShot,
+		ReconcileEvery: time.Hour}) // watches alone must carry every change
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +123,15 @@ func TestContinuousBothDirectionsNoLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := a.Delete(ctx, root+"/from-a-3", -1); err != nil {
+		t.Fatal(err)
+	}
+	// A second level, created after the first: its parent's watches must
+	// have been armed as it appeared.
+	if _, err := a.Create(ctx, root+"/from-a-5/child", []byte("c"), zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, ep, root, 20*time.Second)
+	if _, err := a.Set(ctx, root+"/from-a-5/child", []byte("c2"), -1); err != nil {
 		t.Fatal(err)
 	}
 	waitEqual(t, ep, root, 20*time.Second)
@@ -147,7 +167,8 @@ func TestContinuousMirrorsEphemerals(t *testing.T) {
 	root := testRoot(t)
 	a := dial(t, ensA)
 	build(t, a, []zkclient.MultiOp{create(root, nil, nil, 0)})
-	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true, Heartbeat: -1})
+	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true, Heartbeat: -1,
+		ReconcileEvery: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,6 +192,14 @@ func TestContinuousMirrorsEphemerals(t *testing.T) {
 	waitEqual(t, ep, root, 10*time.Second)
 	if _, err := ep.Target[0].Exists(ctx, p); jute.CodeOf(err) != jute.CodeNoNode {
 		t.Fatalf("mirrored ephemeral outlived its session on B: %v", err)
+	}
+	// The background reconcile reports the digests equal.
+	deadline := time.Now().Add(10 * time.Second)
+	for !c.DigestsEqual()[root] {
+		if time.Now().After(deadline) {
+			t.Fatalf("background digest never reported equal: %v", c.DigestsEqual())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

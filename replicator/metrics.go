@@ -5,6 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 // Metrics are the replicator's Prometheus instruments.
 type Metrics struct {
 	lag       *prometheus.HistogramVec
+	inSync    *prometheus.GaugeVec
 	applied   *prometheus.CounterVec
 	conflicts *prometheus.CounterVec
 	// Snapshot progress, updated by the sync command from Progress.
@@ -24,13 +25,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Changes copied by continuous sync, by direction."}, []string{"direction"}),
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "conflicts_total",
 			Help: "Znodes changed on both sides since their last sync, by strategy."}, []string{"strategy"}),
+		inSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "digest_equal",
+			Help: "1 when the last full reconcile found equal digests on both ensembles, by root; 0 otherwise."}, []string{"root"}),
 		SnapshotNodes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "snapshot_source_nodes",
 			Help: "Source znodes read by the snapshot copy so far."}),
 		SnapshotWritten: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "snapshot_written_ops",
 			Help: "Writes applied to the target by the snapshot copy so far."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.lag, m.applied, m.conflicts, m.SnapshotNodes, m.SnapshotWritten)
+		reg.MustRegister(m.lag, m.inSync, m.applied, m.conflicts, m.SnapshotNodes, m.SnapshotWritten)
 	}
 	return m
 }
