@@ -32,6 +32,8 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/proxy"
 	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
+	"github.com/zk-migrate/zk-migrate/replicator"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
@@ -48,6 +50,9 @@ type Config struct {
 	Kills int
 	// Logger receives the proxies' logs (default: discarded).
 	Logger *slog.Logger
+	// NoSync leaves out ensemble B and the replicator (phase 1: B kept an
+	// exact copy of A, in both directions, while A serves the load).
+	NoSync bool
 }
 
 // Report is the outcome of a sandbox run.
@@ -63,12 +68,18 @@ type Report struct {
 	ServerKills      int
 	Reattaches       float64
 	Elapsed          time.Duration
-	Errors           []error // the first unexpected errors, if any
+	// Sync: B's digest equal to A's at the end, and the replication lag.
+	SyncChecked     bool
+	SyncEqual       bool
+	SyncDifferences []string
+	LagP50, LagP99  time.Duration
+	Errors          []error // the first unexpected errors, if any
 }
 
 // OK reports whether the run met the guarantees.
 func (r Report) OK() bool {
-	return r.Expired == 0 && r.LeaderChanges == 0 && r.LostWrites == 0 && r.OtherErrors == 0 && r.Writes > 0
+	return r.Expired == 0 && r.LeaderChanges == 0 && r.LostWrites == 0 && r.OtherErrors == 0 && r.Writes > 0 &&
+		(!r.SyncChecked || r.SyncEqual)
 }
 
 type counters struct {
@@ -89,6 +100,7 @@ func (c *counters) noteErr(err error) {
 // Run starts everything, drives the load and the faults, prints progress to
 // out every second, tears everything down and returns the report.
 func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
+	out = &lockedWriter{w: out} // progress comes from several goroutines
 	if cfg.Duration == 0 {
 		cfg.Duration = 30 * time.Second
 	}
@@ -142,6 +154,39 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 	var c counters
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	var lags lagSamples
+	var ensB *zktest.Ensemble
+	syncCtx, stopSync := context.WithCancel(ctx)
+	defer stopSync()
+	syncDone := make(chan struct{})
+	if cfg.NoSync {
+		close(syncDone)
+	} else {
+		fmt.Fprintf(out, "starting ensemble B (the migration target) and continuous sync A <-> B of /mesos and /sandbox...\n")
+		if ensB, err = zktest.Start(ctx, zktest.Config{Servers: 3, Name: "sandbox-b"}); err != nil {
+			return rep, err
+		}
+		defer ensB.Close()
+		ensembles := [2]*zktest.Ensemble{ens, ensB}
+		cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
+			Dial: func(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
+				o := zkclient.Options{}
+				if resume != nil {
+					o.SessionID, o.Passwd = resume.SessionID(), resume.Passwd()
+				}
+				return zkclient.Dial(ctx, ensembles[side].Addrs(), o)
+			},
+			Roots: []string{"/mesos", "/sandbox"}, InitialSync: true, Logger: cfg.Logger,
+			LagAlertAfter: time.Hour, OnLag: lags.add,
+		})
+		if err != nil {
+			return rep, err
+		}
+		go func() {
+			defer close(syncDone)
+			_ = cont.Run(syncCtx)
+		}()
+	}
 	var wg sync.WaitGroup
 	var conns []*zk.Conn
 	defer func() {
@@ -275,6 +320,16 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 	}
 	conns = nil
 	wg.Wait()
+	if ensB != nil {
+		// The replicator is still running: B must converge on its own,
+		// including the deletion of the ephemerals of the sessions just
+		// closed.
+		rep.SyncChecked = true
+		rep.SyncEqual, rep.SyncDifferences = awaitEqual(ctx, ens, ensB, out, 30*time.Second)
+		rep.LagP50, rep.LagP99 = lags.quantiles()
+	}
+	stopSync()
+	<-syncDone
 	rep.Reads, rep.Writes = c.reads.Load(), c.writes.Load()
 	rep.ConnectionLosses, rep.OtherErrors = c.connLoss.Load(), c.other.Load()
 	rep.Expired, rep.Disconnects, rep.LeaderChanges = c.expired.Load(), c.disconnects.Load(), c.leaderChanges.Load()
@@ -465,7 +520,89 @@ sandbox report (%s)
   verdict                    %s
 `, r.Elapsed.Round(time.Second), r.Sessions, r.Reads, r.Writes, r.ServerKills, r.Reattaches, r.ConnectionLosses,
 		r.Expired, r.Disconnects, r.LeaderChanges, r.LostWrites, r.OtherErrors, verdict)
+	if r.SyncChecked {
+		eq := "EQUAL"
+		if !r.SyncEqual {
+			eq = "DIFFERENT: " + strings.Join(r.SyncDifferences, "; ")
+		}
+		fmt.Fprintf(out, "  ensemble B vs A (digest)   %s (must be equal)\n  sync lag p50 / p99         %v / %v\n",
+			eq, r.LagP50.Round(100*time.Microsecond), r.LagP99.Round(100*time.Microsecond))
+	}
 	for _, err := range r.Errors {
 		fmt.Fprintf(out, "  error: %v\n", err)
 	}
+}
+
+// lagSamples collects the replicator's lag measurements.
+type lagSamples struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *lagSamples) add(_ replicator.Side, d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+func (l *lagSamples) quantiles() (p50, p99 time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return 0, 0
+	}
+	s := append([]time.Duration(nil), l.d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2], s[len(s)*99/100]
+}
+
+// awaitEqual compares A's and B's digests until they are equal or the time
+// is up, and returns the last differences.
+func awaitEqual(ctx context.Context, a, b *zktest.Ensemble, out io.Writer, within time.Duration) (bool, []string) {
+	var ep replicator.Endpoints
+	for _, e := range []*zktest.Ensemble{a, b} {
+		c, err := zkclient.Dial(ctx, e.Addrs(), zkclient.Options{})
+		if err != nil {
+			return false, []string{err.Error()}
+		}
+		defer c.Close()
+		if e == a {
+			ep.Source = []*zkclient.Conn{c}
+		} else {
+			ep.Target = []*zkclient.Conn{c}
+		}
+	}
+	roots := []string{"/mesos", "/sandbox"}
+	deadline := time.Now().Add(within)
+	for {
+		vs, err := replicator.Validate(ctx, ep, roots, 5)
+		if err != nil {
+			return false, []string{err.Error()}
+		}
+		var diffs []string
+		for _, v := range vs {
+			for _, d := range v.Differences {
+				diffs = append(diffs, d.String())
+			}
+		}
+		if len(diffs) == 0 || time.Now().After(deadline) {
+			for _, v := range vs {
+				fmt.Fprintf(out, "digest %s: A %s (%d znodes), B %s (%d znodes)\n", v.Root, v.SourceDigest[:16], v.SourceNodes, v.TargetDigest[:16], v.TargetNodes)
+			}
+			return len(diffs) == 0, diffs
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// lockedWriter serializes writes from the sandbox's goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

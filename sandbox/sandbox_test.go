@@ -9,8 +9,9 @@ import (
 )
 
 // TestSandboxKeepsEveryGuarantee runs the README's sandbox briefly: two
-// ZooKeeper servers are killed under Mesos-shaped load through three
-// proxies, and no session may expire, no leader change, no write be lost.
+// ZooKeeper servers of A are killed under Mesos-shaped load through three
+// proxies, while continuous sync keeps B a copy of A. No session may
+// expire, no leader change, no write be lost, and B must end equal to A.
 func TestSandboxKeepsEveryGuarantee(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a ZooKeeper ensemble")
@@ -26,6 +27,9 @@ func TestSandboxKeepsEveryGuarantee(t *testing.T) {
 	}
 	if rep.ServerKills != 2 || rep.Reattaches < 1 {
 		t.Fatalf("faults did not happen as planned: kills=%d re-attaches=%v", rep.ServerKills, rep.Reattaches)
+	}
+	if !rep.SyncChecked || !rep.SyncEqual {
+		t.Fatalf("ensemble B did not converge to A under continuous sync: %v", rep.SyncDifferences)
 	}
 	if rep.Expired != 0 || rep.Writes < 100 || rep.Reads < 100 {
 		t.Fatalf("report: %+v", rep)

@@ -16,14 +16,16 @@ import (
 func sandboxCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "sandbox",
-		Usage: "run the local demonstration: real ZooKeeper, proxies, Mesos-shaped load, server kills",
+		Usage: "run the local demonstration: real ZooKeeper A and B, proxies, Mesos-shaped load, sync, server kills",
 		Description: `Starts a real three-server ZooKeeper ensemble on loopback (Debian's
 zookeeper package; run 'make deps' first), one zk-migrate proxy per emulated
 Mesos host, and load shaped like Mesos: masters contending with ephemeral
 sequential json.info_ nodes, agents following the lowest, writers updating
-counters. While it runs, ZooKeeper servers are killed with SIGKILL and
-restarted. Progress is printed every second; the final report must show zero
-expired sessions, zero leader changes and zero lost acknowledged writes.
+counters, and a second ensemble B kept a copy of A by continuous sync.
+While it runs, ZooKeeper servers of A are killed with SIGKILL and restarted.
+Progress is printed every second; the final report must show zero expired
+sessions, zero leader changes, zero lost acknowledged writes, and B equal
+to A by digest.
 The load comes from Go ZooKeeper clients shaped like Mesos, not from Mesos.
 
 Exit status: 0 when every guarantee held, 1 otherwise.`,
@@ -32,7 +34,8 @@ Exit status: 0 when every guarantee held, 1 otherwise.`,
 			&cli.IntFlag{Name: "hosts", Value: 3, Usage: "emulated Mesos hosts (one proxy and one master each)"},
 			&cli.IntFlag{Name: "agents", Value: 3, Usage: "agents per host"},
 			&cli.IntFlag{Name: "kills", Value: 2, Usage: "ZooKeeper servers to kill during the run (0: none)"},
-			&cli.BoolFlag{Name: "verbose", Usage: "print the proxies' logs"},
+			&cli.BoolFlag{Name: "verbose", Usage: "print the proxies' and the replicator's logs"},
+			&cli.BoolFlag{Name: "no-sync", Usage: "leave out ensemble B and the sync"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.Duration("duration") < 5*time.Second {
@@ -49,7 +52,7 @@ Exit status: 0 when every guarantee held, 1 otherwise.`,
 			defer stop()
 			rep, err := sandbox.Run(ctx, sandbox.Config{
 				Duration: c.Duration("duration"), Hosts: c.Int("hosts"), Agents: c.Int("agents"),
-				Kills: c.Int("kills"), Logger: logger,
+				Kills: c.Int("kills"), Logger: logger, NoSync: c.Bool("no-sync"),
 			}, os.Stdout)
 			if err != nil {
 				return fmt.Errorf("sandbox: %w", err)
