@@ -144,7 +144,19 @@ func newSession(cc *clientConn, req *jute.ConnectRequest) *session {
 // server's ConnectResponse, byte for byte, to the client.
 func (s *session) open(connectFrame []byte) bool {
 	s.lastZxid.Store(s.connect.LastZxidSeen)
+	// While the ensemble elects a leader every server refuses sessions. Keep
+	// trying rounds of servers for up to 2/3 of the session timeout the
+	// client asked for (at most 10 s), so a client reconnecting during an
+	// election waits instead of failing; stop if the client goes away.
+	patience := min(time.Duration(s.connect.TimeOut)*time.Millisecond*2/3, 10*time.Second)
+	deadline := time.Now().Add(patience)
 	up, resp, raw, err := s.dial(connectFrame, "")
+	for backoff := 50 * time.Millisecond; err != nil && time.Now().Add(backoff).Before(deadline); backoff = min(2*backoff, time.Second) {
+		if s.clientGone(backoff) {
+			return false
+		}
+		up, resp, raw, err = s.dial(connectFrame, "")
+	}
 	if err != nil {
 		s.log.Warn("closing client connection: no upstream server accepted the session",
 			"session", fmt.Sprintf("0x%x", s.connect.SessionID), "err", err)
@@ -319,4 +331,14 @@ func (s *session) drainLocalLocked() {
 		_, _ = s.cw.Write(p.local)
 		s.srv.m.observeReply(p.op, jute.CodeOK, p.start)
 	}
+}
+
+// clientGone waits up to d and reports whether the client closed its
+// connection meanwhile (it sent nothing yet: it waits for our answer).
+func (s *session) clientGone(d time.Duration) bool {
+	_ = s.cc.conn.SetReadDeadline(time.Now().Add(d))
+	defer func() { _ = s.cc.conn.SetReadDeadline(time.Time{}) }()
+	_, err := s.cc.fr.PeekLength()
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
 }

@@ -405,7 +405,7 @@ func reattaches(proxies []*proxytest.Proxy) float64 {
 func retry[T any](ctx context.Context, c *counters, f func() (T, error)) (T, error) {
 	for {
 		v, err := f()
-		if !errors.Is(err, zk.ErrConnectionClosed) && !errors.Is(err, zk.ErrNoServer) {
+		if !transient(err) {
 			return v, err
 		}
 		c.connLoss.Add(1)
@@ -417,6 +417,13 @@ func retry[T any](ctx context.Context, c *counters, f func() (T, error)) (T, err
 	}
 }
 
+// transient reports the go-zookeeper errors that mean "retry": the
+// connection was lost (the outcome of a write is unknown) or is being
+// re-established.
+func transient(err error) bool {
+	return errors.Is(err, zk.ErrConnectionClosed) || errors.Is(err, zk.ErrNoServer)
+}
+
 // follow is a Mesos agent's leader detection: watch /mesos's children, the
 // lowest json.info_ sequence leads, read its MasterInfo.
 func follow(ctx context.Context, conn *zk.Conn, c *counters) {
@@ -424,7 +431,7 @@ func follow(ctx context.Context, conn *zk.Conn, c *counters) {
 	for ctx.Err() == nil {
 		kids, _, ch, err := conn.ChildrenW("/mesos")
 		if err != nil {
-			if errors.Is(err, zk.ErrConnectionClosed) {
+			if transient(err) {
 				c.connLoss.Add(1)
 				time.Sleep(50 * time.Millisecond)
 				continue
@@ -467,7 +474,7 @@ func follow(ctx context.Context, conn *zk.Conn, c *counters) {
 				if current != "" {
 					if _, _, err := conn.Get("/mesos/" + current); err == nil {
 						c.reads.Add(1)
-					} else if errors.Is(err, zk.ErrConnectionClosed) {
+					} else if transient(err) {
 						c.connLoss.Add(1)
 					}
 				}
@@ -486,7 +493,7 @@ func write(ctx context.Context, conn *zk.Conn, path string, c *counters, acked *
 		case err == nil:
 			c.writes.Add(1)
 			acked.Store(n)
-		case errors.Is(err, zk.ErrConnectionClosed):
+		case transient(err):
 			c.connLoss.Add(1) // outcome unknown: the next write supersedes it
 			time.Sleep(20 * time.Millisecond)
 		default:
