@@ -1,0 +1,266 @@
+package control
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Kind names a command.
+type Kind string
+
+// Commands. Operators issue create, start, approve, advance, pause, resume
+// and rollback; the executor (on the leader) reports step results and runs
+// the flip barrier.
+const (
+	CmdCreate        Kind = "create"
+	CmdStart         Kind = "start"          // begin phase 1
+	CmdApprove       Kind = "approve"        // let the awaiting step run
+	CmdAdvance       Kind = "advance"        // move to the next step (Step must be it)
+	CmdPause         Kind = "pause"          // the executor stops between actions
+	CmdResume        Kind = "resume"         //
+	CmdRollback      Kind = "rollback"       // undo steps down to Step
+	CmdStepRunning   Kind = "step-running"   // executor: started the current step
+	CmdStepSucceeded Kind = "step-succeeded" // executor: success criteria held
+	CmdStepFailed    Kind = "step-failed"    // executor: the step failed (Error)
+	CmdRolledBack    Kind = "rolled-back"    // executor: undone down to RollbackTo
+	CmdFlipBegin     Kind = "flip-begin"     // executor: new epoch; Proxies expected to ack
+	CmdFlipAck       Kind = "flip-ack"       // a proxy drained and holds Epoch
+	CmdFlipFence     Kind = "flip-fence"     // a proxy that did not ack is fenced
+	CmdFlipDone      Kind = "flip-done"      // every expected proxy acked or was fenced
+)
+
+// Command is one change to the state. Time and By are set by whoever
+// proposes it (never read from the clock in Apply), so replicas agree.
+type Command struct {
+	Kind      Kind             `json:"kind"`
+	Migration string           `json:"migration"`
+	By        string           `json:"by"`
+	Time      time.Time        `json:"time"`
+	Step      Step             `json:"step,omitempty"`
+	Config    *MigrationConfig `json:"config,omitempty"`
+	Error     string           `json:"error,omitempty"`
+	Epoch     int64            `json:"epoch,omitempty"`
+	Proxy     string           `json:"proxy,omitempty"`
+	Proxies   []string         `json:"proxies,omitempty"`
+	Detail    string           `json:"detail,omitempty"`
+}
+
+// Apply validates c and applies it. index is the Raft log index (0 outside
+// Raft); it numbers the audit entry. A refused command changes nothing but
+// the audit trail.
+func (s *State) Apply(c Command, index uint64) error {
+	err := s.apply(c)
+	res := "ok"
+	if err != nil {
+		res = err.Error()
+	}
+	detail := c.Detail
+	switch {
+	case c.Step != 0:
+		detail = strings.TrimSpace(detail + " step=" + c.Step.String())
+	case c.Epoch != 0:
+		detail = strings.TrimSpace(fmt.Sprintf("%s epoch=%d proxy=%s", detail, c.Epoch, c.Proxy))
+	}
+	if c.Error != "" {
+		detail = strings.TrimSpace(detail + " error=" + c.Error)
+	}
+	s.Audit = append(s.Audit, AuditEntry{Index: index, Time: c.Time, Migration: c.Migration, By: c.By,
+		Action: string(c.Kind), Detail: detail, Result: res})
+	return err
+}
+
+func (s *State) apply(c Command) error {
+	if c.Kind == CmdCreate {
+		if c.Migration == "" || c.Config == nil {
+			return fmt.Errorf("%w: create needs an id and a configuration", ErrInvalid)
+		}
+		if _, ok := s.Migrations[c.Migration]; ok {
+			return fmt.Errorf("%w: %s", ErrExists, c.Migration)
+		}
+		s.Migrations[c.Migration] = &Migration{ID: c.Migration, Config: *c.Config, Step: StepNone,
+			StepName: StepNone.String(), Status: StatusPending, Primary: "A", Created: c.Time, Updated: c.Time}
+		return nil
+	}
+	m, ok := s.Migrations[c.Migration]
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrNotFound, c.Migration)
+	}
+	if err := m.apply(c); err != nil {
+		return err
+	}
+	m.StepName = m.Step.String()
+	m.Updated = c.Time
+	return nil
+}
+
+func invalid(m *Migration, c Command, why string) error {
+	return fmt.Errorf("%w: %s on %s (step %s, %s): %s", ErrInvalid, c.Kind, m.ID, m.Step, m.Status, why)
+}
+
+// enter moves to step st: it waits for approval when the configuration
+// requires it, else it is ready to run.
+func (m *Migration) enter(st Step) {
+	m.Step = st
+	m.LastError = ""
+	switch {
+	case st == StepDone:
+		m.Status = StatusCompleted
+	case m.Config.RequireApproval:
+		m.Status = StatusAwaitingApproval
+	default:
+		m.Status = StatusRunning
+	}
+}
+
+func (m *Migration) apply(c Command) error {
+	switch c.Kind {
+	case CmdStart:
+		if m.Step != StepNone {
+			return invalid(m, c, "already started")
+		}
+		m.enter(StepDeployB)
+	case CmdApprove:
+		if m.Status != StatusAwaitingApproval {
+			return invalid(m, c, "nothing awaits approval")
+		}
+		if c.Step != 0 && c.Step != m.Step {
+			return invalid(m, c, fmt.Sprintf("the step awaiting approval is %s, not %s", m.Step, c.Step))
+		}
+		m.Status = StatusRunning
+	case CmdAdvance:
+		if m.Status != StatusSucceeded {
+			return invalid(m, c, "the current step has not succeeded")
+		}
+		if c.Step != m.Step+1 {
+			return invalid(m, c, fmt.Sprintf("the next step is %s", m.Step+1))
+		}
+		if m.Step == StepFlip && m.Primary != "B" {
+			return invalid(m, c, "the flip has not completed")
+		}
+		m.enter(c.Step)
+	case CmdPause:
+		if m.Paused || m.Status == StatusCompleted {
+			return invalid(m, c, "nothing to pause")
+		}
+		m.Paused = true
+	case CmdResume:
+		if !m.Paused {
+			return invalid(m, c, "not paused")
+		}
+		m.Paused = false
+	case CmdRollback:
+		if m.Step == StepNone || m.Status == StatusCompleted || m.Status == StatusRollingBack {
+			return invalid(m, c, "nothing to roll back")
+		}
+		if c.Step >= m.Step || c.Step < StepNone {
+			return invalid(m, c, fmt.Sprintf("can only roll back to an earlier step than %s", m.Step))
+		}
+		if m.Step >= StepRemoveA && m.Status == StatusSucceeded {
+			return invalid(m, c, "ensemble A is removed: a rollback is no longer possible")
+		}
+		m.RollbackTo = c.Step
+		m.Status = StatusRollingBack
+	case CmdRolledBack:
+		if m.Status != StatusRollingBack || c.Step != m.RollbackTo {
+			return invalid(m, c, "no rollback to that step in progress")
+		}
+		m.Step = c.Step
+		m.RollbackTo = 0
+		m.LastError = ""
+		m.Flip = nil
+		if m.Step < StepFlip || (m.Step == StepFlip && m.Primary != "B") {
+			m.Primary = "A"
+		}
+		// Land on a finished step: the operator advances again when ready.
+		m.Status = StatusSucceeded
+		if m.Step == StepNone {
+			m.Status = StatusPending
+		}
+	case CmdStepRunning:
+		if m.Status != StatusRunning && m.Status != StatusFailed || c.Step != m.Step {
+			return invalid(m, c, "the step is not ready to run")
+		}
+		if m.Paused {
+			return invalid(m, c, "paused")
+		}
+		m.Status = StatusRunning
+		m.LastError = "" // a retry; the audit trail keeps the failure
+	case CmdStepSucceeded:
+		if m.Status != StatusRunning || c.Step != m.Step {
+			return invalid(m, c, "the step is not running")
+		}
+		if m.Step == StepFlip && m.Primary != "B" {
+			return invalid(m, c, "the flip barrier has not completed")
+		}
+		m.Status = StatusSucceeded
+		if m.Step == StepRemoveA {
+			m.enter(StepDone)
+		}
+	case CmdStepFailed:
+		if m.Status != StatusRunning || c.Step != m.Step {
+			return invalid(m, c, "the step is not running")
+		}
+		m.Status = StatusFailed
+		m.LastError = c.Error
+	case CmdFlipBegin:
+		if m.Step != StepFlip || m.Status != StatusRunning {
+			return invalid(m, c, "not in the flip step")
+		}
+		if c.Epoch <= m.Epoch {
+			return fmt.Errorf("%w: %d, the migration is at epoch %d", ErrStaleEpoch, c.Epoch, m.Epoch)
+		}
+		m.Epoch = c.Epoch
+		m.Flip = &Flip{Epoch: c.Epoch, Expected: sortedCopy(c.Proxies), Primary: "B"}
+	case CmdFlipAck, CmdFlipFence:
+		if m.Flip == nil || m.Flip.Done {
+			return invalid(m, c, "no flip barrier open")
+		}
+		if c.Epoch != m.Flip.Epoch {
+			return fmt.Errorf("%w: %d, the barrier is at epoch %d", ErrStaleEpoch, c.Epoch, m.Flip.Epoch)
+		}
+		if !slices.Contains(m.Flip.Expected, c.Proxy) {
+			return fmt.Errorf("%w: %s", ErrUnknownProxy, c.Proxy)
+		}
+		if slices.Contains(m.Flip.Acked, c.Proxy) || slices.Contains(m.Flip.Fenced, c.Proxy) {
+			return nil // idempotent: a repeated ack or fence changes nothing
+		}
+		if c.Kind == CmdFlipAck {
+			m.Flip.Acked = append(m.Flip.Acked, c.Proxy)
+			slices.Sort(m.Flip.Acked)
+		} else {
+			m.Flip.Fenced = append(m.Flip.Fenced, c.Proxy)
+			slices.Sort(m.Flip.Fenced)
+		}
+	case CmdFlipDone:
+		if m.Flip == nil || m.Flip.Done || c.Epoch != m.Flip.Epoch {
+			return invalid(m, c, "no flip barrier open at that epoch")
+		}
+		if len(m.Flip.Acked)+len(m.Flip.Fenced) != len(m.Flip.Expected) {
+			return invalid(m, c, fmt.Sprintf("%d of %d proxies have not acknowledged or been fenced",
+				len(m.Flip.Expected)-len(m.Flip.Acked)-len(m.Flip.Fenced), len(m.Flip.Expected)))
+		}
+		m.Flip.Done = true
+		m.Primary = m.Flip.Primary
+	default:
+		return invalid(m, c, "unknown command")
+	}
+	return nil
+}
+
+func sortedCopy(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	return out
+}
+
+// Fenced reports whether proxy may no longer act on the migration's old
+// primary: it was fenced in the current or an earlier flip, or holds an
+// epoch older than the migration's.
+func (m *Migration) Fenced(proxy string, epoch int64) bool {
+	if epoch < m.Epoch && m.Flip != nil && m.Flip.Done {
+		return true
+	}
+	return m.Flip != nil && slices.Contains(m.Flip.Fenced, proxy)
+}

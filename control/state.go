@@ -1,0 +1,175 @@
+// Package control is zk-migrate's migration state: the phases of a
+// migration, approvals, pause and rollback, the flip barrier, and the audit
+// trail, as a deterministic state machine that raftstore replicates.
+//
+// Every change is a Command. State.Apply validates it against the current
+// state and either applies it or returns an error and changes nothing, so
+// every replica that applies the same log reaches the same state, and a
+// command applied twice (a new leader repeating its predecessor's last
+// action) is refused instead of acting twice.
+//
+// Usage:
+//
+//	s := control.NewState()
+//	err := s.Apply(control.Command{Kind: control.CmdCreate, Migration: "m1", By: "alice", Time: now,
+//		Config: &control.MigrationConfig{RequireApproval: true}})
+//	err = s.Apply(control.Command{Kind: control.CmdStart, Migration: "m1", By: "alice", Time: now})
+package control
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Step is one step of a migration, in order. The six phases are the
+// product document's; the flip of the primary ensemble sits between phase
+// 1 and phase 2 (SPEC.md, "Phases and the flip").
+type Step int
+
+// The steps of a migration.
+const (
+	StepNone         Step = iota // created, not started
+	StepDeployB                  // phase 1: deploy ZK B, start sync
+	StepFlip                     // the fenced flip of every proxy's primary from A to B
+	StepMastersOnB               // phase 2: Mesos masters on B join the master set
+	StepMastersOffA              // phase 3: masters on A stop; leadership moves to B
+	StepAgentsOnB                // phase 4: agents on B register
+	StepDrainAgentsA             // phase 5: agents on A drained and decommissioned
+	StepRemoveA                  // phase 6: sync stopped, A archived
+	StepDone                     // the migration is complete
+)
+
+var stepNames = map[Step]string{
+	StepNone: "not-started", StepDeployB: "1-deploy-b-and-sync", StepFlip: "flip",
+	StepMastersOnB: "2-masters-on-b", StepMastersOffA: "3-masters-off-a", StepAgentsOnB: "4-agents-on-b",
+	StepDrainAgentsA: "5-drain-agents-a", StepRemoveA: "6-remove-a", StepDone: "done",
+}
+
+func (s Step) String() string {
+	if n, ok := stepNames[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("step(%d)", int(s))
+}
+
+// Phase is the product document's phase number of a step (the flip is 1.5,
+// reported as 1).
+func (s Step) Phase() int {
+	switch {
+	case s <= StepFlip:
+		return int(s) // 0, 1; the flip belongs to phase 1's end
+	default:
+		return int(s) - 1
+	}
+}
+
+// StepForPhase maps a phase number (1-6) to its step.
+func StepForPhase(phase int) (Step, error) {
+	switch {
+	case phase == 1:
+		return StepDeployB, nil
+	case phase >= 2 && phase <= 6:
+		return Step(phase + 1), nil
+	}
+	return 0, fmt.Errorf("control: phase %d: want 1 to 6", phase)
+}
+
+// Status of the current step.
+type Status string
+
+// Statuses.
+const (
+	StatusPending          Status = "pending"           // created
+	StatusAwaitingApproval Status = "awaiting-approval" // the step waits for an operator
+	StatusRunning          Status = "running"           // the executor works on the step
+	StatusSucceeded        Status = "succeeded"         // the step's success criteria held
+	StatusFailed           Status = "failed"            // the step failed; retry, roll back or fix
+	StatusRollingBack      Status = "rolling-back"      // undoing steps down to RollbackTo
+	StatusCompleted        Status = "completed"         // StepDone reached
+)
+
+// MigrationConfig is the part of the operator's configuration the state
+// machine itself needs; the rest travels opaquely in Raw.
+type MigrationConfig struct {
+	SourceZK        string          `json:"source_zk"`
+	TargetZK        string          `json:"target_zk"`
+	RequireApproval bool            `json:"require_manual_approval"`
+	Raw             json.RawMessage `json:"raw,omitempty"`
+}
+
+// Flip is the barrier of one flip attempt (hard problem 7).
+type Flip struct {
+	Epoch int64 `json:"epoch"`
+	// Expected are the live proxies when the barrier began; Acked those
+	// that drained their mirror writes and stopped writing to the old
+	// primary; Fenced those the control plane declared out (dead,
+	// partitioned): they must not write to the old primary again, and a
+	// proxy that comes back with an older epoch is refused.
+	Expected []string `json:"expected"`
+	Acked    []string `json:"acked"`
+	Fenced   []string `json:"fenced"`
+	Done     bool     `json:"done"`
+	// Primary is the ensemble the proxies use once the flip is done.
+	Primary string `json:"primary"`
+}
+
+// Migration is one migration's state.
+type Migration struct {
+	ID         string          `json:"id"`
+	Config     MigrationConfig `json:"config"`
+	Step       Step            `json:"step"`
+	StepName   string          `json:"step_name"`
+	Status     Status          `json:"status"`
+	Paused     bool            `json:"paused"`
+	RollbackTo Step            `json:"rollback_to,omitempty"`
+	LastError  string          `json:"last_error,omitempty"`
+	// Epoch is the highest flip epoch ever begun; Primary the ensemble the
+	// proxies must use ("A" until a flip completes).
+	Epoch   int64     `json:"epoch"`
+	Primary string    `json:"primary"`
+	Flip    *Flip     `json:"flip,omitempty"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+// AuditEntry records one applied command or one refused one.
+type AuditEntry struct {
+	Index     uint64    `json:"index"`
+	Time      time.Time `json:"time"`
+	Migration string    `json:"migration"`
+	By        string    `json:"by"`
+	Action    string    `json:"action"`
+	Detail    string    `json:"detail,omitempty"`
+	Result    string    `json:"result"` // "ok" or the error
+}
+
+// State is every migration and the audit trail.
+type State struct {
+	Migrations map[string]*Migration `json:"migrations"`
+	Audit      []AuditEntry          `json:"audit"`
+}
+
+// NewState returns an empty state.
+func NewState() *State { return &State{Migrations: map[string]*Migration{}} }
+
+// Sentinel errors; Apply wraps them with detail.
+var (
+	ErrExists       = errors.New("control: migration already exists")
+	ErrNotFound     = errors.New("control: no such migration")
+	ErrInvalid      = errors.New("control: not allowed now")
+	ErrStaleEpoch   = errors.New("control: stale flip epoch")
+	ErrUnknownProxy = errors.New("control: proxy is not part of this flip")
+)
+
+// MigrationIDs lists the migrations in id order.
+func (s *State) MigrationIDs() []string {
+	ids := make([]string, 0, len(s.Migrations))
+	for id := range s.Migrations {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
