@@ -1,0 +1,210 @@
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/control"
+)
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func open(t *testing.T, id, dir, addr string, bootstrap bool) *Node {
+	t.Helper()
+	n, err := Open(Config{ID: id, Dir: dir, BindAddr: addr, Bootstrap: bootstrap,
+		HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond, LeaderLeaseTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// cluster starts three nodes: c1 bootstraps, c2 and c3 join.
+func cluster(t *testing.T) ([]*Node, []string, []string) {
+	t.Helper()
+	base := t.TempDir()
+	var nodes []*Node
+	var dirs, addrs []string
+	for i := 1; i <= 3; i++ {
+		dir, addr := filepath.Join(base, fmt.Sprintf("c%d", i)), freeAddr(t)
+		dirs, addrs = append(dirs, dir), append(addrs, addr)
+		nodes = append(nodes, open(t, fmt.Sprintf("c%d", i), dir, addr, i == 1))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := nodes[0].WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < 3; i++ {
+		if err := nodes[0].Join(nodes[i].ID(), nodes[i].Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return nodes, dirs, addrs
+}
+
+func leaderOf(t *testing.T, nodes []*Node) *Node {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, n := range nodes {
+			if n != nil && n.IsLeader() {
+				return n
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("no leader")
+	return nil
+}
+
+func cmd(kind control.Kind, step control.Step) control.Command {
+	return control.Command{Kind: kind, Migration: "m1", By: "test", Time: time.Unix(1700000000, 0).UTC(), Step: step}
+}
+
+// waitSame waits until every node has applied the same state.
+func waitSame(t *testing.T, nodes []*Node) *control.State {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var first *control.State
+		same := true
+		for _, n := range nodes {
+			if n == nil {
+				continue
+			}
+			st := n.State()
+			if first == nil {
+				first = st
+			} else if !reflect.DeepEqual(first, st) {
+				same = false
+			}
+		}
+		if same {
+			return first
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nodes did not converge to one state")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestLeaderKilledMidPhaseLosesNothing runs a migration to the middle of
+// phase 1 on three nodes, kills the leader, finishes the phase on the new
+// leader, and restarts the killed node from its files: every node ends with
+// the same state and the full audit trail.
+func TestLeaderKilledMidPhaseLosesNothing(t *testing.T) {
+	ctx := context.Background()
+	nodes, dirs, addrs := cluster(t)
+	defer func() {
+		for _, n := range nodes {
+			if n != nil {
+				n.Close()
+			}
+		}
+	}()
+	l := leaderOf(t, nodes)
+	create := cmd(control.CmdCreate, 0)
+	create.Config = &control.MigrationConfig{SourceZK: "a:2181", TargetZK: "b:2181"}
+	for _, c := range []control.Command{create, cmd(control.CmdStart, 0), cmd(control.CmdStepRunning, control.StepDeployB)} {
+		if err := l.Apply(ctx, c); err != nil {
+			t.Fatalf("%s: %v", c.Kind, err)
+		}
+	}
+	// A follower refuses writes and names the leader.
+	for _, n := range nodes {
+		if n != l {
+			err := n.Apply(ctx, cmd(control.CmdPause, 0))
+			var nl *NotLeaderError
+			if !errors.As(err, &nl) || nl.Leader != l.Addr() {
+				t.Fatalf("follower apply: %v", err)
+			}
+			break
+		}
+	}
+	waitSame(t, nodes)
+
+	// Kill the leader mid-phase.
+	killed := -1
+	for i, n := range nodes {
+		if n == l {
+			killed = i
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	nodes[killed] = nil
+	l2 := leaderOf(t, nodes)
+	// Repeating the dead leader's last action is refused, not done twice.
+	if err := l2.Apply(ctx, cmd(control.CmdStart, 0)); !errors.Is(err, control.ErrInvalid) {
+		t.Fatalf("repeated start on the new leader: %v", err)
+	}
+	if err := l2.Apply(ctx, cmd(control.CmdStepSucceeded, control.StepDeployB)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l2.Apply(ctx, cmd(control.CmdAdvance, control.StepFlip)); err != nil {
+		t.Fatal(err)
+	}
+	// The killed node comes back from disk and catches up.
+	nodes[killed] = open(t, fmt.Sprintf("c%d", killed+1), dirs[killed], addrs[killed], false)
+	st := waitSame(t, nodes)
+	m := st.Migrations["m1"]
+	if m == nil || m.Step != control.StepFlip || m.Status != control.StatusRunning {
+		t.Fatalf("migration after failover: %+v", m)
+	}
+	// create, start, step-running, the refused repeated start, succeeded,
+	// advance; the follower's refusal never reached the log.
+	if len(st.Audit) != 6 || st.Audit[3].Result == "ok" {
+		t.Fatalf("audit has %d entries, want 6 with the refused one: %+v", len(st.Audit), st.Audit)
+	}
+}
+
+// TestSnapshotRestore snapshots the state, restarts a single node and
+// checks it recovers it.
+func TestSnapshotRestore(t *testing.T) {
+	ctx := context.Background()
+	dir, addr := t.TempDir(), freeAddr(t)
+	n := open(t, "solo", dir, addr, true)
+	if err := n.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leaderOf(t, []*Node{n})
+	create := cmd(control.CmdCreate, 0)
+	create.Config = &control.MigrationConfig{RequireApproval: true}
+	for _, c := range []control.Command{create, cmd(control.CmdStart, 0), cmd(control.CmdApprove, control.StepDeployB)} {
+		if err := n.Apply(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	want := n.State()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n = open(t, "solo", dir, addr, true)
+	defer n.Close()
+	leaderOf(t, []*Node{n})
+	if err := n.Barrier(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.State(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("restored state differs:\n got %+v\nwant %+v", got.Migrations["m1"], want.Migrations["m1"])
+	}
+}
