@@ -21,6 +21,7 @@ const (
 	CmdPause         Kind = "pause"          // the executor stops between actions
 	CmdResume        Kind = "resume"         //
 	CmdRollback      Kind = "rollback"       // undo steps down to Step
+	CmdRetry         Kind = "retry"          // run a failed step again
 	CmdStepRunning   Kind = "step-running"   // executor: started the current step
 	CmdStepSucceeded Kind = "step-succeeded" // executor: success criteria held
 	CmdStepFailed    Kind = "step-failed"    // executor: the step failed (Error)
@@ -140,6 +141,12 @@ func (m *Migration) apply(c Command) error {
 			return invalid(m, c, "the flip has not completed")
 		}
 		m.enter(c.Step)
+	case CmdRetry:
+		if m.Status != StatusFailed {
+			return invalid(m, c, "the step has not failed")
+		}
+		m.Status = StatusRunning
+		m.LastError = ""
 	case CmdPause:
 		if m.Paused || m.Status == StatusCompleted {
 			return invalid(m, c, "nothing to pause")
@@ -170,6 +177,9 @@ func (m *Migration) apply(c Command) error {
 		m.RollbackTo = 0
 		m.LastError = ""
 		m.Flip = nil
+		if c.Epoch > m.Epoch {
+			m.Epoch = c.Epoch // the reverse flip's epoch: a later flip goes above it
+		}
 		if m.Step < StepFlip || (m.Step == StepFlip && m.Primary != "B") {
 			m.Primary = "A"
 		}

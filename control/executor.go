@@ -1,0 +1,241 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+)
+
+// Proposer replicates commands and exposes the applied state; raftstore.Node
+// is one. Apply may only succeed on the leader.
+type Proposer interface {
+	Apply(ctx context.Context, c Command) error
+	State() *State
+	IsLeader() bool
+}
+
+// StepRunner performs one step. Every method must be idempotent: after a
+// leader change the new leader calls them again for the step in progress.
+type StepRunner interface {
+	// Run does the step's work (start processes, begin sync...).
+	Run(ctx context.Context, m *Migration) error
+	// Verify checks the step's success criteria; nil means they hold.
+	Verify(ctx context.Context, m *Migration) error
+	// Undo reverses the step for a rollback.
+	Undo(ctx context.Context, m *Migration) error
+}
+
+// ProxyFleet is the set of proxies a flip must reach.
+type ProxyFleet interface {
+	// Live lists the proxies alive now (gossip membership).
+	Live(ctx context.Context) ([]string, error)
+	// Flip asks the proxies to drain their mirror writes and switch to
+	// primary at epoch, and returns those that acknowledged before ctx
+	// ended. Proxies that acknowledged an epoch already ack it again.
+	Flip(ctx context.Context, migration string, epoch int64, primary string, proxies []string) (acked []string, err error)
+}
+
+// Executor drives migrations on the leader: it runs the current step when
+// its status is running, reports the result, runs the flip barrier, and
+// undoes steps on rollback. It does nothing on followers, and nothing while
+// a migration is paused.
+type Executor struct {
+	P     Proposer
+	Steps map[Step]StepRunner // every step but the flip
+	Fleet ProxyFleet
+	// Interval between passes (default 200 ms); FlipTimeout bounds the wait
+	// for acknowledgements before unanswered proxies are fenced (10 s).
+	Interval, FlipTimeout time.Duration
+	Logger                *slog.Logger
+	// Name is the author of the executor's commands (the node id).
+	Name string
+}
+
+// Run executes until ctx ends.
+func (e *Executor) Run(ctx context.Context) error {
+	if e.Interval == 0 {
+		e.Interval = 200 * time.Millisecond
+	}
+	if e.FlipTimeout == 0 {
+		e.FlipTimeout = 10 * time.Second
+	}
+	if e.Logger == nil {
+		e.Logger = slog.Default()
+	}
+	t := time.NewTicker(e.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		if !e.P.IsLeader() {
+			continue
+		}
+		st := e.P.State()
+		for _, id := range st.MigrationIDs() {
+			if err := e.pass(ctx, st.Migrations[id]); err != nil && ctx.Err() == nil {
+				e.Logger.Warn("executor pass", "migration", id, "err", err)
+			}
+		}
+	}
+}
+
+func (e *Executor) cmd(kind Kind, m *Migration) Command {
+	return Command{Kind: kind, Migration: m.ID, By: "executor:" + e.Name, Time: time.Now().UTC(), Step: m.Step}
+}
+
+// pass does what the migration's state asks for now.
+func (e *Executor) pass(ctx context.Context, m *Migration) error {
+	if m.Paused {
+		return nil
+	}
+	switch m.Status {
+	case StatusRunning:
+		if m.Step == StepFlip {
+			return e.flip(ctx, m, "B")
+		}
+		return e.runStep(ctx, m)
+	case StatusRollingBack:
+		return e.rollback(ctx, m)
+	}
+	return nil
+}
+
+func (e *Executor) runStep(ctx context.Context, m *Migration) error {
+	r, ok := e.Steps[m.Step]
+	if !ok {
+		return fmt.Errorf("no runner for step %s", m.Step)
+	}
+	if err := r.Run(ctx, m); err != nil {
+		return e.fail(ctx, m, fmt.Errorf("%s: %w", m.Step, err))
+	}
+	if err := r.Verify(ctx, m); err != nil {
+		return e.fail(ctx, m, fmt.Errorf("%s: success criteria: %w", m.Step, err))
+	}
+	return e.P.Apply(ctx, e.cmd(CmdStepSucceeded, m))
+}
+
+func (e *Executor) fail(ctx context.Context, m *Migration, err error) error {
+	c := e.cmd(CmdStepFailed, m)
+	c.Error = err.Error()
+	if aerr := e.P.Apply(ctx, c); aerr != nil {
+		return errors.Join(err, aerr)
+	}
+	return err
+}
+
+// flip runs the barrier to primary: begins an epoch unless one is open,
+// collects acknowledgements, fences the proxies that did not answer in
+// time, completes it, and marks the step done.
+func (e *Executor) flip(ctx context.Context, m *Migration, primary string) error {
+	f := m.Flip
+	if f == nil || f.Done && m.Primary != primary {
+		live, err := e.Fleet.Live(ctx)
+		if err != nil {
+			return fmt.Errorf("flip: list proxies: %w", err)
+		}
+		c := e.cmd(CmdFlipBegin, m)
+		c.Epoch = m.Epoch + 1
+		c.Proxies = live
+		if err := e.P.Apply(ctx, c); err != nil {
+			return err
+		}
+		m = e.P.State().Migrations[m.ID]
+		f = m.Flip
+	}
+	if !f.Done {
+		var waiting []string
+		for _, p := range f.Expected {
+			if !slices.Contains(f.Acked, p) && !slices.Contains(f.Fenced, p) {
+				waiting = append(waiting, p)
+			}
+		}
+		if len(waiting) > 0 {
+			fctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+			acked, err := e.Fleet.Flip(fctx, m.ID, f.Epoch, f.Primary, waiting)
+			cancel()
+			if err != nil && ctx.Err() != nil {
+				return err
+			}
+			for _, p := range acked {
+				c := e.cmd(CmdFlipAck, m)
+				c.Epoch, c.Proxy = f.Epoch, p
+				if err := e.P.Apply(ctx, c); err != nil {
+					return err
+				}
+			}
+			for _, p := range waiting {
+				if slices.Contains(acked, p) {
+					continue
+				}
+				c := e.cmd(CmdFlipFence, m)
+				c.Epoch, c.Proxy = f.Epoch, p
+				c.Detail = "no acknowledgement within " + e.FlipTimeout.String()
+				if err := e.P.Apply(ctx, c); err != nil {
+					return err
+				}
+			}
+		}
+		c := e.cmd(CmdFlipDone, m)
+		c.Epoch = f.Epoch
+		if err := e.P.Apply(ctx, c); err != nil {
+			return err
+		}
+	}
+	if m.Step == StepFlip && m.Status == StatusRunning {
+		return e.P.Apply(ctx, e.cmd(CmdStepSucceeded, m))
+	}
+	return nil
+}
+
+// rollback undoes the steps above RollbackTo, newest first, then reports
+// it. Undoing the flip is a reverse flip to A under a new epoch.
+func (e *Executor) rollback(ctx context.Context, m *Migration) error {
+	var epoch int64
+	for s := m.Step; s > m.RollbackTo; s-- {
+		if s == StepFlip {
+			if m.Primary == "B" || m.Flip != nil {
+				epoch = m.Epoch + 1
+				if err := e.reverseFlip(ctx, m, epoch); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		r, ok := e.Steps[s]
+		if !ok {
+			continue
+		}
+		if err := r.Undo(ctx, m); err != nil {
+			return fmt.Errorf("undo %s: %w", s, err)
+		}
+	}
+	c := e.cmd(CmdRolledBack, m)
+	c.Step, c.Epoch = m.RollbackTo, epoch
+	return e.P.Apply(ctx, c)
+}
+
+// reverseFlip moves the proxies back to A. It runs while the migration is
+// rolling back, so it talks to the fleet directly; the new primary becomes
+// the state's when the rollback is reported.
+func (e *Executor) reverseFlip(ctx context.Context, m *Migration, epoch int64) error {
+	live, err := e.Fleet.Live(ctx)
+	if err != nil {
+		return fmt.Errorf("reverse flip: list proxies: %w", err)
+	}
+	fctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+	defer cancel()
+	acked, err := e.Fleet.Flip(fctx, m.ID, epoch, "A", live)
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
+	if len(acked) < len(live) {
+		e.Logger.Warn("reverse flip: proxies did not acknowledge; they keep the fenced epoch", "acked", acked, "live", live)
+	}
+	return nil
+}
