@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -206,5 +207,161 @@ func TestSnapshotRestore(t *testing.T) {
 	}
 	if got := n.State(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("restored state differs:\n got %+v\nwant %+v", got.Migrations["m1"], want.Migrations["m1"])
+	}
+}
+
+// blockingRunner is a step runner whose Run for one step blocks until
+// released, so the test can kill the leader in the middle of that step.
+type blockingRunner struct {
+	block   control.Step
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (b *blockingRunner) Run(ctx context.Context, m *control.Migration) error {
+	if m.Step == b.block {
+		b.once.Do(func() { close(b.entered) })
+		select {
+		case <-b.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (b *blockingRunner) Verify(context.Context, *control.Migration) error { return nil }
+func (b *blockingRunner) Undo(context.Context, *control.Migration) error   { return nil }
+
+// slowFleet acknowledges flips only after a delay the first time, so the
+// leader can be killed with the barrier open.
+type slowFleet struct {
+	mu      sync.Mutex
+	entered chan struct{}
+	once    sync.Once
+	calls   int
+}
+
+func (f *slowFleet) Live(context.Context) ([]string, error) { return []string{"px1", "px2"}, nil }
+
+func (f *slowFleet) Flip(ctx context.Context, _ string, _ int64, _ string, proxies []string) ([]string, error) {
+	f.mu.Lock()
+	f.calls++
+	first := f.calls == 1
+	f.mu.Unlock()
+	if first {
+		f.once.Do(func() { close(f.entered) })
+		<-ctx.Done() // the first leader dies waiting
+		return nil, ctx.Err()
+	}
+	return proxies, nil
+}
+
+// TestMigrationCompletesAcrossLeaderKills runs executors on all three
+// nodes, kills the leader while phase 2 is running and again while the
+// flip barrier is open, and checks the migration completes.
+func TestMigrationCompletesAcrossLeaderKills(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	nodes, dirs, addrs := cluster(t)
+	runner := &blockingRunner{block: control.StepMastersOnB, entered: make(chan struct{}), release: make(chan struct{})}
+	fl := &slowFleet{entered: make(chan struct{})}
+	stops := make([]context.CancelFunc, len(nodes))
+	var wg sync.WaitGroup
+	startExecutor := func(i int) {
+		steps := map[control.Step]control.StepRunner{}
+		for s := control.StepDeployB; s <= control.StepRemoveA; s++ {
+			steps[s] = runner
+		}
+		ectx, stop := context.WithCancel(ctx)
+		stops[i] = stop
+		e := &control.Executor{P: nodes[i], Steps: steps, Fleet: fl, Interval: 10 * time.Millisecond, FlipTimeout: 2 * time.Second, Name: nodes[i].ID()}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = e.Run(ectx) }()
+	}
+	for i := range nodes {
+		startExecutor(i)
+	}
+	defer func() {
+		cancel()
+		wg.Wait()
+		for _, n := range nodes {
+			if n != nil {
+				n.Close()
+			}
+		}
+	}()
+	// kill stops the leader and its executor; it returns the node's index
+	// so the test can restart it from its files.
+	kill := func() int {
+		l := leaderOf(t, nodes)
+		for i, n := range nodes {
+			if n == l {
+				stops[i]()
+				_ = n.Close()
+				nodes[i] = nil
+				return i
+			}
+		}
+		return -1
+	}
+	apply := func(c control.Command) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := leaderOf(t, nodes).Apply(ctx, c)
+			if err == nil {
+				return
+			}
+			if !errors.Is(err, ErrNotLeader) || time.Now().After(deadline) {
+				t.Fatalf("%s: %v", c.Kind, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor := func(step control.Step, status control.Status) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			if m := leaderOf(t, nodes).State().Migrations["m1"]; m != nil && m.Step == step && m.Status == status {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("migration never reached %s %s: %+v", step, status, leaderOf(t, nodes).State().Migrations["m1"])
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	create := cmd(control.CmdCreate, 0)
+	create.Config = &control.MigrationConfig{}
+	apply(create)
+	apply(cmd(control.CmdStart, 0))
+	waitFor(control.StepDeployB, control.StatusSucceeded)
+	apply(cmd(control.CmdAdvance, control.StepFlip))
+	<-fl.entered // the barrier is open on the first leader
+	first := kill()
+	waitFor(control.StepFlip, control.StatusSucceeded)
+	// The first victim comes back from its files (two of three nodes are
+	// needed for a quorum after the second kill).
+	nodes[first] = open(t, fmt.Sprintf("c%d", first+1), dirs[first], addrs[first], false)
+	startExecutor(first)
+	apply(cmd(control.CmdAdvance, control.StepMastersOnB))
+	<-runner.entered // phase 2 is running on the second leader
+	kill()
+	close(runner.release)
+	waitFor(control.StepMastersOnB, control.StatusSucceeded)
+	for s := control.StepMastersOffA; s <= control.StepRemoveA; s++ {
+		apply(cmd(control.CmdAdvance, s))
+		want := control.StatusSucceeded
+		if s == control.StepRemoveA {
+			waitFor(control.StepDone, control.StatusCompleted)
+			break
+		}
+		waitFor(s, want)
+	}
+	m := leaderOf(t, nodes).State().Migrations["m1"]
+	if m.Primary != "B" || !m.Flip.Done || len(m.Flip.Acked) != 2 {
+		t.Fatalf("final migration: %+v flip %+v", m, m.Flip)
 	}
 }
