@@ -30,6 +30,7 @@ const (
 	CmdFlipAck       Kind = "flip-ack"       // a proxy drained and holds Epoch
 	CmdFlipFence     Kind = "flip-fence"     // a proxy that did not ack is fenced
 	CmdFlipDone      Kind = "flip-done"      // every expected proxy acked or was fenced
+	CmdNodeJoin      Kind = "node-join"      // a control-plane node and its API address
 )
 
 // Command is one change to the state. Time and By are set by whoever
@@ -46,6 +47,8 @@ type Command struct {
 	Proxy     string           `json:"proxy,omitempty"`
 	Proxies   []string         `json:"proxies,omitempty"`
 	Detail    string           `json:"detail,omitempty"`
+	Node      string           `json:"node,omitempty"`
+	API       string           `json:"api,omitempty"`
 }
 
 // Apply validates c and applies it. index is the Raft log index (0 outside
@@ -73,6 +76,16 @@ func (s *State) Apply(c Command, index uint64) error {
 }
 
 func (s *State) apply(c Command) error {
+	if c.Kind == CmdNodeJoin {
+		if c.Node == "" || c.API == "" {
+			return fmt.Errorf("%w: node-join needs a node id and its API address", ErrInvalid)
+		}
+		if s.Nodes == nil {
+			s.Nodes = map[string]string{}
+		}
+		s.Nodes[c.Node] = c.API
+		return nil
+	}
 	if c.Kind == CmdCreate {
 		if c.Migration == "" || c.Config == nil {
 			return fmt.Errorf("%w: create needs an id and a configuration", ErrInvalid)

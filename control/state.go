@@ -150,6 +150,9 @@ type AuditEntry struct {
 type State struct {
 	Migrations map[string]*Migration `json:"migrations"`
 	Audit      []AuditEntry          `json:"audit"`
+	// Nodes maps control-plane node ids to their API base URLs, so any
+	// node can forward a write to the leader.
+	Nodes map[string]string `json:"nodes,omitempty"`
 }
 
 // NewState returns an empty state.

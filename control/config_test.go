@@ -1,0 +1,69 @@
+package control
+
+import (
+	"strings"
+	"testing"
+)
+
+const goodConfig = `
+migration:
+  id: prod-2026
+  source_zk: zka1:2181,zka2:2181
+  target_zk: zkb1:2181
+  paths: [/mesos, /marathon]
+  require_manual_approval: true
+sync:
+  auth: [digest:mesos:secret]
+actions:
+  masters_on_b: {run: "true", verify: "true"}
+`
+
+func TestParseConfigDefaultsAndValues(t *testing.T) {
+	c, err := ParseConfig([]byte(goodConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Migration.ID != "prod-2026" || !c.Migration.RequireManualApproval || len(c.Migration.Paths) != 2 ||
+		c.Sync.ConflictStrategy != "last-write-wins" || c.Sync.LagThresholdMS != 50 || c.Migration.HealthCheckIntervalSec != 10 ||
+		c.Actions["masters_on_b"].Run != "true" {
+		t.Fatalf("%+v", c)
+	}
+}
+
+// TestConfigErrorsNameTheField: every mistake is reported, with the field,
+// the bad value and what would be valid.
+func TestConfigErrorsNameTheField(t *testing.T) {
+	bad := `
+migration:
+  id: Prod!
+  source_zk: zka1
+  target_zk: zkb1:2181
+  paths: [mesos]
+  health_check_interval_sec: -5
+sync:
+  conflict_strategy: newest
+  auth: [digest]
+actions:
+  reboot_everything: {run: "true"}
+`
+	_, err := ParseConfig([]byte(bad))
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, want := range []string{
+		`migration.id: "Prod!" is not valid`,
+		`migration.source_zk: "zka1" is not valid: host:port`,
+		`migration.paths[0]: "mesos" is not valid: an absolute znode path`,
+		`migration.health_check_interval_sec: "-5" is not valid: 1 to 3600`,
+		`sync.conflict_strategy: "newest" is not valid: last-write-wins or manual`,
+		`sync.auth[0]: "digest" is not valid: scheme:secret`,
+		`actions.reboot_everything: "reboot_everything" is not valid: one of agents_on_b, drain_agents_a, masters_off_a, masters_on_b, remove_a`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if _, err := ParseConfig([]byte("migration:\n  idd: x\n")); err == nil || !strings.Contains(err.Error(), "field idd not found") {
+		t.Fatalf("unknown field: %v", err)
+	}
+}
