@@ -79,6 +79,20 @@ var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 // (a typo must not silently fall back to a default); every problem is
 // reported, each naming the field.
 func ParseConfig(b []byte) (*Config, error) {
+	c, err := DecodeConfig(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// DecodeConfig reads migration.yaml and fills in defaults without
+// validating, for callers that change fields first (command-line
+// overrides); call Validate after.
+func DecodeConfig(b []byte) (*Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -86,9 +100,6 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, fmt.Errorf("migration config: %w", err)
 	}
 	c.setDefaults()
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
 	return &c, nil
 }
 

@@ -61,6 +61,8 @@ func (s Step) Phase() int {
 	switch {
 	case s <= StepFlip:
 		return int(s) // 0, 1; the flip belongs to phase 1's end
+	case s >= StepRemoveA:
+		return 6
 	default:
 		return int(s) - 1
 	}

@@ -32,12 +32,13 @@ Start with the sandbox to see it work on this machine:
 then put a proxy in front of an ensemble:
 
    zk-migrate proxy --listen 127.0.0.1:2181 --upstream zk1:2181,zk2:2181,zk3:2181`,
-		Commands: []*cli.Command{
+		Commands: append([]*cli.Command{
 			proxyCommand(),
+			controlCommand(),
 			syncCommand(),
 			validateCommand(),
 			sandboxCommand(),
-		},
+		}, opCommands()...),
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
 				return

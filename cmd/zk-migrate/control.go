@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/control/server"
+	"github.com/zk-migrate/zk-migrate/raftstore"
+)
+
+func controlCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "control",
+		Usage: "run a control-plane node (Raft-replicated migration state, REST API, phase executor)",
+		Description: `Runs one control-plane node. One node is enough for the sandbox; run 3 or 5
+in production so the migration survives the loss of any of them.
+
+First node:   zk-migrate control --id c1 --raft-addr 10.0.0.1:7000 --api-addr 10.0.0.1:8080 \
+                  --data-dir /var/lib/zk-migrate --tokens /etc/zk-migrate/tokens --bootstrap
+Other nodes:  zk-migrate control --id c2 --raft-addr 10.0.0.2:7000 --api-addr 10.0.0.2:8080 \
+                  --data-dir /var/lib/zk-migrate --tokens /etc/zk-migrate/tokens --join http://10.0.0.1:8080
+
+The tokens file has one "TOKEN ROLE NAME" per line, ROLE viewer or operator;
+the same file on every node. Every change is attributed to the token's NAME
+in the audit trail. The leader runs the phases: phase 1 starts the
+replicator (sync A <-> B) and waits for equal digests; phases 2-6 run the
+shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "id", Required: true, Usage: "this node's id (c1, c2...)"},
+			&cli.StringFlag{Name: "raft-addr", Required: true, Usage: "Raft address, host:port, reachable by the other nodes"},
+			&cli.StringFlag{Name: "api-addr", Value: "127.0.0.1:8080", Usage: "REST API address"},
+			&cli.StringFlag{Name: "api-url", Usage: "URL other nodes use for this node's API (default http://API-ADDR)"},
+			&cli.StringFlag{Name: "data-dir", Required: true, Usage: "where the Raft log and snapshots live"},
+			&cli.StringFlag{Name: "tokens", Required: true, Usage: "API tokens file (TOKEN ROLE NAME per line)"},
+			&cli.BoolFlag{Name: "bootstrap", Usage: "start a new cluster with this node (first node only)"},
+			&cli.StringFlag{Name: "join", Usage: "API URL of a running node to join"},
+		},
+		Action: runControl,
+	}
+}
+
+func runControl(c *cli.Context) error {
+	if c.Bool("bootstrap") == (c.String("join") != "") {
+		return usageError("give exactly one of --bootstrap (first node) or --join URL (the others)")
+	}
+	tokens, err := server.LoadTokens(c.String("tokens"))
+	if err != nil {
+		return usageError("%v", err)
+	}
+	var joinToken string
+	for tok, id := range tokens {
+		if id.Role == server.RoleOperator {
+			joinToken = tok
+			break
+		}
+	}
+	if joinToken == "" {
+		return usageError("--tokens: no operator token (nodes join with one)")
+	}
+	log, _ := newLogger("info")
+	node, err := raftstore.Open(raftstore.Config{ID: c.String("id"), Dir: filepath.Clean(c.String("data-dir")),
+		BindAddr: c.String("raft-addr"), Bootstrap: c.Bool("bootstrap"), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	apiURL := c.String("api-url")
+	if apiURL == "" {
+		apiURL = "http://" + c.String("api-addr")
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	sy := &server.Syncer{IsLeader: node.IsLeader, Logger: log}
+	srv := &server.Server{Node: node, Tokens: tokens, Logger: log, SyncStatus: sy.Status,
+		Health: func(string) any { return sy.Status() }}
+	ln, err := net.Listen("tcp", c.String("api-addr"))
+	if err != nil {
+		return fmt.Errorf("api listen on %s: %w", c.String("api-addr"), err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	defer hs.Close()
+
+	if c.Bool("bootstrap") {
+		if err := announceSelf(ctx, node, c.String("id"), apiURL); err != nil {
+			return err
+		}
+	} else if err := joinCluster(ctx, c.String("join"), joinToken, c.String("id"), node.Addr(), apiURL); err != nil {
+		return err
+	}
+	log.Info("control node running", "id", c.String("id"), "raft", node.Addr(), "api", apiURL)
+	ex := &control.Executor{P: node, Steps: server.Steps(sy), Fleet: server.NoProxies{}, Logger: log, Name: c.String("id")}
+	_ = ex.Run(ctx)
+	return nil
+}
+
+// announceSelf records the bootstrap node's API address once it leads.
+func announceSelf(ctx context.Context, node *raftstore.Node, id, api string) error {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for !node.IsLeader() {
+		if node.State().Nodes[id] == api {
+			return nil // restarted member of an existing cluster
+		}
+		select {
+		case <-wctx.Done():
+			return nil // another node leads; it already knows us or we joined before
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if node.State().Nodes[id] == api {
+		return nil
+	}
+	return node.Apply(ctx, control.Command{Kind: control.CmdNodeJoin, Node: id, API: api, By: "node:" + id, Time: time.Now().UTC()})
+}
+
+// joinCluster asks a running node (forwarded to the leader) to add us.
+func joinCluster(ctx context.Context, url, token, id, raftAddr, api string) error {
+	body, _ := json.Marshal(map[string]string{"id": id, "raft_addr": raftAddr, "api": api})
+	var last error
+	for i := 0; i < 60; i++ {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url+"/api/v1/cluster/join", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("join: %s", resp.Status)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("could not join the cluster at %s: %w", url, last)
+}

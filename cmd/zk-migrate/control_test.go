@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/zk-migrate/zk-migrate/zktest"
+)
+
+const (
+	opToken     = "operator-token-0123456789"
+	viewerToken = "viewer-token-0123456789ab"
+)
+
+// TestMigrationThroughTheCLI runs three control-plane processes and drives
+// a whole migration with the CLI against two real ensembles: phase 1 really
+// syncs B from A and waits for equal digests, phases 2-6 run the shell
+// actions of migration.yaml, a viewer cannot change anything, and the audit
+// names who did what.
+func TestMigrationThroughTheCLI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts ZooKeeper and three control nodes")
+	}
+	ctx := context.Background()
+	a, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cp-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cp-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ca, _, err := zk.Connect(a.Addrs(), 10*time.Second, zk.WithLogInfo(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+	for _, p := range []string{"/mesos", "/mesos/log_replicas", "/mesos/json.info_0000000003"} {
+		if _, err := ca.Create(p, []byte("v"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte(fmt.Sprintf("%s operator alice\n%s viewer victor\n", opToken, viewerToken)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	marks := filepath.Join(dir, "marks")
+	cfg := filepath.Join(dir, "migration.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+migration:
+  id: prod
+  source_zk: %s
+  target_zk: %s
+  paths: [/mesos]
+actions:
+  masters_on_b: {run: "echo masters_on_b >> %[3]s", verify: "grep -q masters_on_b %[3]s"}
+  masters_off_a: {run: "echo masters_off_a >> %[3]s"}
+  agents_on_b: {run: "echo agents_on_b >> %[3]s"}
+  drain_agents_a: {run: "echo drain_agents_a >> %[3]s"}
+  remove_a: {run: "echo remove_a >> %[3]s"}
+`, a.ConnectString(), b.ConnectString(), marks)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	var apis []string
+	for i := 1; i <= 3; i++ {
+		api := freeAddr(t)
+		args := []string{"control", "--id", fmt.Sprintf("c%d", i), "--raft-addr", freeAddr(t), "--api-addr", api,
+			"--data-dir", filepath.Join(dir, fmt.Sprintf("c%d", i)), "--tokens", tokens}
+		if i == 1 {
+			args = append(args, "--bootstrap")
+		} else {
+			args = append(args, "--join", "http://"+apis[0])
+		}
+		cmd := exec.Command(bin, args...)
+		logf, _ := os.Create(filepath.Join(dir, fmt.Sprintf("c%d.log", i)))
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
+		apis = append(apis, api)
+		waitFor(t, func() bool {
+			out, code := run(t, "status", "--api", "http://"+api, "--token", viewerToken)
+			return code == 0 && strings.Contains(out, "MIGRATION")
+		})
+	}
+	// Talk to a follower (the third node): writes are forwarded to the leader.
+	api := "http://" + apis[2]
+	cli := func(args ...string) (string, int) {
+		return run(t, append(args, "--api", api, "--token", opToken)...)
+	}
+	mustCLI := func(args ...string) string {
+		t.Helper()
+		out, code := cli(args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d\n%s", args, code, out)
+		}
+		return out
+	}
+	// waitStatus waits until status shows the migration at step with
+	// status (and primary, when given).
+	waitStatus := func(step, status, primary string) string {
+		t.Helper()
+		var out string
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) {
+			out = mustCLI("status")
+			for _, line := range strings.Split(out, "\n") {
+				f := strings.Fields(line)
+				if len(f) >= 6 && f[0] == "prod" && f[2] == step && f[3] == status && (primary == "" || f[4] == primary) {
+					return out
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("status never showed %s %s %s:\n%s", step, status, primary, out)
+		return ""
+	}
+
+	mustCLI("start", "--config", cfg)
+	waitStatus("1-deploy-b-and-sync", "succeeded", "A")
+	cb, _, err := zk.Connect(b.Addrs(), 10*time.Second, zk.WithLogInfo(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cb.Close()
+	if ok, _, _ := cb.Exists("/mesos/json.info_0000000003"); !ok {
+		t.Fatal("phase 1 succeeded but B lacks A's nodes")
+	}
+	if out, code := run(t, "advance", "--phase", "flip", "--confirm", "--api", api, "--token", viewerToken); code != exitAuth {
+		t.Fatalf("viewer advanced: exit %d\n%s", code, out)
+	}
+	if out, code := cli("advance", "--phase", "3", "--confirm"); code != exitRefused || !strings.Contains(out, "the next step is flip") {
+		t.Fatalf("skipping a phase: exit %d\n%s", code, out)
+	}
+	if _, code := cli("advance", "--phase", "flip"); code != exitUsage {
+		t.Fatalf("advance without --confirm: exit %d", code)
+	}
+	mustCLI("advance", "--phase", "flip", "--confirm")
+	waitStatus("flip", "succeeded", "B")
+	steps := map[int]string{2: "2-masters-on-b", 3: "3-masters-off-a", 4: "4-agents-on-b", 5: "5-drain-agents-a"}
+	for phase := 2; phase <= 5; phase++ {
+		mustCLI("advance", "--phase", fmt.Sprint(phase), "--confirm")
+		waitStatus(steps[phase], "succeeded", "B")
+	}
+	mustCLI("advance", "--phase", "6", "--confirm")
+	out := waitStatus("done", "completed", "B")
+	t.Log(out)
+	got, _ := os.ReadFile(marks)
+	if string(got) != "masters_on_b\nmasters_off_a\nagents_on_b\ndrain_agents_a\nremove_a\n" {
+		t.Fatalf("phase actions ran as:\n%s", got)
+	}
+	audit := mustCLI("audit")
+	for _, want := range []string{"alice      create", "alice      advance", "executor:c", "step-succeeded"} {
+		if !strings.Contains(audit, want) {
+			t.Fatalf("audit lacks %q:\n%s", want, audit)
+		}
+	}
+}

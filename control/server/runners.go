@@ -1,0 +1,259 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/replicator"
+	"github.com/zk-migrate/zk-migrate/zkclient"
+)
+
+// configOf decodes the full migration.yaml stored with the migration.
+func configOf(m *control.Migration) (*control.Config, error) {
+	var c control.Config
+	if err := json.Unmarshal(m.Config.Raw, &c); err != nil {
+		return nil, fmt.Errorf("migration %s has no usable configuration: %w", m.ID, err)
+	}
+	return &c, nil
+}
+
+// Syncer runs phase 1 on the leader: continuous sync of A and B (the
+// replicator), verified by equal digests and no open conflicts. It stops
+// the sync when the node loses leadership (the next leader starts its own)
+// and on rollback below phase 1 and in phase 6.
+type Syncer struct {
+	IsLeader func() bool
+	Logger   *slog.Logger
+	// VerifyTimeout bounds the wait for equal digests (default 2 min).
+	VerifyTimeout time.Duration
+
+	mu      sync.Mutex
+	running map[string]*syncRun
+}
+
+type syncRun struct {
+	cont   *replicator.Continuous
+	cancel context.CancelFunc
+	done   chan struct{}
+	roots  []string
+}
+
+func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running == nil {
+		s.running = map[string]*syncRun{}
+	}
+	if r := s.running[m.ID]; r != nil {
+		return r, nil
+	}
+	cfg, err := configOf(m)
+	if err != nil {
+		return nil, err
+	}
+	var auth []zkclient.Auth
+	for _, a := range cfg.Sync.Auth {
+		scheme, secret, _ := strings.Cut(a, ":")
+		auth = append(auth, zkclient.Auth{Scheme: scheme, Secret: []byte(secret)})
+	}
+	ensembles := [2][]string{strings.Split(cfg.Migration.SourceZK, ","), strings.Split(cfg.Migration.TargetZK, ",")}
+	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
+		Dial: func(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
+			o := zkclient.Options{Auth: auth}
+			if resume != nil {
+				o.SessionID, o.Passwd = resume.SessionID(), resume.Passwd()
+			}
+			return zkclient.Dial(ctx, ensembles[side], o)
+		},
+		Roots: cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: true, Logger: s.Logger,
+		LagThreshold: time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond, ReconcileEvery: 5 * time.Second,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &syncRun{cont: cont, cancel: cancel, done: make(chan struct{}), roots: cfg.Migration.Paths}
+	s.running[m.ID] = r
+	go func() {
+		defer close(r.done)
+		_ = cont.Run(ctx)
+	}()
+	go func() { // stop when leadership is lost
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.done:
+				return
+			case <-t.C:
+				if !s.IsLeader() {
+					s.stop(m.ID)
+					return
+				}
+			}
+		}
+	}()
+	return r, nil
+}
+
+func (s *Syncer) stop(id string) {
+	s.mu.Lock()
+	r := s.running[id]
+	delete(s.running, id)
+	s.mu.Unlock()
+	if r != nil {
+		r.cancel()
+		<-r.done
+	}
+}
+
+// Status reports each running sync: lag, digests, conflicts.
+func (s *Syncer) Status() any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]any{}
+	for id, r := range s.running {
+		ab, ba := r.cont.Lag()
+		out[id] = map[string]any{"running": true, "lag_a_to_b_ms": ab.Milliseconds(), "lag_b_to_a_ms": ba.Milliseconds(),
+			"digests_equal": r.cont.DigestsEqual(), "open_conflicts": r.cont.Conflicts()}
+	}
+	return out
+}
+
+// Run starts the sync (idempotent).
+func (s *Syncer) Run(_ context.Context, m *control.Migration) error {
+	_, err := s.start(m)
+	return err
+}
+
+// Verify waits for equal digests on every root and no open conflicts.
+func (s *Syncer) Verify(ctx context.Context, m *control.Migration) error {
+	r, err := s.start(m)
+	if err != nil {
+		return err
+	}
+	timeout := s.VerifyTimeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		eq := r.cont.DigestsEqual()
+		all := len(eq) > 0
+		for _, root := range r.roots {
+			all = all && eq[root]
+		}
+		if all && len(r.cont.Conflicts()) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ensembles not verified equal after %v (digests %v, %d open conflicts)", timeout, eq, len(r.cont.Conflicts()))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Undo stops the sync (rollback below phase 1).
+func (s *Syncer) Undo(_ context.Context, m *control.Migration) error {
+	s.stop(m.ID)
+	return nil
+}
+
+// Script runs a phase's shell commands from migration.yaml's actions. A
+// phase without actions has nothing to automate: the operator does it and
+// the step succeeds as soon as it is approved.
+type Script struct {
+	Name string // the key in actions
+	// After, if set, runs after the script (phase 6 stops the sync).
+	After func(ctx context.Context, m *control.Migration)
+}
+
+func (s Script) sh(ctx context.Context, m *control.Migration, which string, cmd string) error {
+	if cmd == "" {
+		return nil
+	}
+	c := exec.CommandContext(ctx, "/bin/sh", "-c", cmd)
+	c.Env = append(c.Environ(), "ZKM_MIGRATION="+m.ID, "ZKM_PHASE="+m.Step.String())
+	out, err := c.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("actions.%s.%s failed: %w: %s", s.Name, which, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func (s Script) action(m *control.Migration) (control.Action, error) {
+	cfg, err := configOf(m)
+	if err != nil {
+		return control.Action{}, err
+	}
+	return cfg.Actions[s.Name], nil
+}
+
+// Run runs actions.NAME.run.
+func (s Script) Run(ctx context.Context, m *control.Migration) error {
+	a, err := s.action(m)
+	if err != nil {
+		return err
+	}
+	if err := s.sh(ctx, m, "run", a.Run); err != nil {
+		return err
+	}
+	if s.After != nil {
+		s.After(ctx, m)
+	}
+	return nil
+}
+
+// Verify runs actions.NAME.verify.
+func (s Script) Verify(ctx context.Context, m *control.Migration) error {
+	a, err := s.action(m)
+	if err != nil {
+		return err
+	}
+	return s.sh(ctx, m, "verify", a.Verify)
+}
+
+// Undo runs actions.NAME.undo.
+func (s Script) Undo(ctx context.Context, m *control.Migration) error {
+	a, err := s.action(m)
+	if err != nil {
+		return err
+	}
+	return s.sh(ctx, m, "undo", a.Undo)
+}
+
+// NoProxies is the proxy fleet until proxies take part in flips (the
+// dual-write issue): the barrier has no one to wait for.
+type NoProxies struct{}
+
+// Live lists no proxies.
+func (NoProxies) Live(context.Context) ([]string, error) { return nil, nil }
+
+// Flip has no one to ask.
+func (NoProxies) Flip(context.Context, string, int64, string, []string) ([]string, error) {
+	return nil, nil
+}
+
+// Steps returns the step runners of a control node.
+func Steps(sy *Syncer) map[control.Step]control.StepRunner {
+	steps := map[control.Step]control.StepRunner{control.StepDeployB: sy}
+	for name, st := range control.ActionNames {
+		s := Script{Name: name}
+		if st == control.StepRemoveA {
+			s.After = func(_ context.Context, m *control.Migration) { sy.stop(m.ID) }
+		}
+		steps[st] = s
+	}
+	return steps
+}

@@ -1,0 +1,373 @@
+// Package server is the control plane's REST API (PRD 9.2) on top of a
+// raftstore node: token authentication with viewer and operator roles,
+// every change attributed in the audit trail, writes forwarded from
+// followers to the leader, and a server-sent-events stream of the audit.
+//
+// Usage:
+//
+//	srv := &server.Server{Node: node, Tokens: tokens}
+//	http.ListenAndServe(addr, srv.Handler())
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/raftstore"
+)
+
+// Role orders what a token may do.
+type Role int
+
+// Roles.
+const (
+	RoleViewer   Role = 1 // read
+	RoleOperator Role = 2 // read and change
+)
+
+// Identity is who holds a token.
+type Identity struct {
+	Name string
+	Role Role
+}
+
+// LoadTokens reads a token file: one "TOKEN ROLE NAME" per line (role
+// viewer or operator), '#' comments.
+func LoadTokens(path string) (map[string]Identity, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("tokens: %w", err)
+	}
+	defer f.Close()
+	out := map[string]Identity{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fs := strings.Fields(line)
+		if len(fs) != 3 {
+			return nil, fmt.Errorf("%s:%d: want TOKEN ROLE NAME", path, n)
+		}
+		var r Role
+		switch fs[1] {
+		case "viewer":
+			r = RoleViewer
+		case "operator":
+			r = RoleOperator
+		default:
+			return nil, fmt.Errorf("%s:%d: role %q: want viewer or operator", path, n, fs[1])
+		}
+		if len(fs[0]) < 16 {
+			return nil, fmt.Errorf("%s:%d: token too short (at least 16 characters)", path, n)
+		}
+		out[fs[0]] = Identity{Name: fs[2], Role: r}
+	}
+	return out, sc.Err()
+}
+
+// Node is what the API needs of a raftstore node.
+type Node interface {
+	Apply(ctx context.Context, c control.Command) error
+	State() *control.State
+	IsLeader() bool
+	Leader() (addr, id string)
+	Join(id, addr string) error
+}
+
+var _ Node = (*raftstore.Node)(nil)
+
+// Server serves the API.
+type Server struct {
+	Node   Node
+	Tokens map[string]Identity
+	// Health adds live detail to GET .../health (sync lag, digests...).
+	Health func(id string) any
+	// SyncStatus answers GET /api/v1/sync/status.
+	SyncStatus func() any
+	Logger     *slog.Logger
+}
+
+type apiError struct {
+	Error string `json:"error"`
+	Hint  string `json:"hint,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// Handler returns the routes.
+func (s *Server) Handler() http.Handler {
+	if s.Logger == nil {
+		s.Logger = slog.Default()
+	}
+	mux := http.NewServeMux()
+	read := func(h http.HandlerFunc) http.Handler { return s.auth(RoleViewer, h) }
+	write := func(h http.HandlerFunc) http.Handler { return s.auth(RoleOperator, s.onLeader(h)) }
+	mux.Handle("GET /api/v1/migrations", read(s.list))
+	mux.Handle("POST /api/v1/migrations", write(s.create))
+	mux.Handle("GET /api/v1/migrations/{id}", read(s.get))
+	mux.Handle("GET /api/v1/migrations/{id}/health", read(s.health))
+	for _, verb := range []string{"start", "approve", "pause", "resume", "retry", "advance", "rollback"} {
+		mux.Handle("POST /api/v1/migrations/{id}/"+verb, write(s.action(verb)))
+	}
+	mux.Handle("GET /api/v1/sync/status", read(s.syncStatus))
+	mux.Handle("GET /api/v1/audit", read(s.audit))
+	mux.Handle("GET /api/v1/events", read(s.events))
+	mux.Handle("POST /api/v1/cluster/join", write(s.join))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, id := s.Node.Leader()
+		writeJSON(w, http.StatusOK, map[string]any{"ok": true, "leader": id, "is_leader": s.Node.IsLeader()})
+	})
+	return mux
+}
+
+type ctxKey struct{}
+
+func identity(r *http.Request) Identity { id, _ := r.Context().Value(ctxKey{}).(Identity); return id }
+
+// auth checks the bearer token and the role.
+func (s *Server) auth(need Role, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		id, known := s.Tokens[tok]
+		if !ok || !known {
+			writeJSON(w, http.StatusUnauthorized, apiError{"missing or unknown token", "send Authorization: Bearer <token> (zk-migrate --token or ZKM_TOKEN)"})
+			return
+		}
+		if id.Role < need {
+			writeJSON(w, http.StatusForbidden, apiError{fmt.Sprintf("%s is a viewer: changes need an operator token", id.Name), ""})
+			return
+		}
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
+	})
+}
+
+// onLeader forwards a write to the leader when this node is a follower.
+func (s *Server) onLeader(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.Node.IsLeader() {
+			h.ServeHTTP(w, r)
+			return
+		}
+		_, leader := s.Node.Leader()
+		api := s.Node.State().Nodes[leader]
+		if leader == "" || api == "" {
+			writeJSON(w, http.StatusServiceUnavailable, apiError{"no leader known yet", "retry in a few seconds; check that a quorum of control nodes runs"})
+			return
+		}
+		u, err := url.Parse(api)
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, apiError{"bad leader address " + api, ""})
+			return
+		}
+		httputil.NewSingleHostReverseProxy(u).ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) apply(w http.ResponseWriter, r *http.Request, c control.Command) bool {
+	c.By = identity(r).Name
+	c.Time = time.Now().UTC()
+	err := s.Node.Apply(r.Context(), c)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, control.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, apiError{err.Error(), "zk-migrate status lists the migrations"})
+	case errors.Is(err, control.ErrInvalid), errors.Is(err, control.ErrExists), errors.Is(err, control.ErrStaleEpoch), errors.Is(err, control.ErrUnknownProxy):
+		writeJSON(w, http.StatusConflict, apiError{err.Error(), "zk-migrate status shows what the migration is waiting for"})
+	case errors.Is(err, raftstore.ErrNotLeader):
+		writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error(), "leadership moved; retry"})
+	default:
+		writeJSON(w, http.StatusInternalServerError, apiError{err.Error(), ""})
+	}
+	return false
+}
+
+func (s *Server) list(w http.ResponseWriter, _ *http.Request) {
+	st := s.Node.State()
+	out := []*control.Migration{}
+	for _, id := range st.MigrationIDs() {
+		out = append(out, st.Migrations[id])
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) {
+	m := s.Node.State().Migrations[r.PathValue("id")]
+	if m == nil {
+		writeJSON(w, http.StatusNotFound, apiError{"no migration " + r.PathValue("id"), "zk-migrate status lists the migrations"})
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+// create takes migration.yaml (or the same as JSON).
+func (s *Server) create(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{err.Error(), ""})
+		return
+	}
+	cfg, err := control.ParseConfig(b)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{err.Error(), "fix the fields named above in migration.yaml"})
+		return
+	}
+	raw, _ := json.Marshal(cfg)
+	c := control.Command{Kind: control.CmdCreate, Migration: cfg.Migration.ID, Config: &control.MigrationConfig{
+		SourceZK: cfg.Migration.SourceZK, TargetZK: cfg.Migration.TargetZK,
+		RequireApproval: cfg.Migration.RequireManualApproval, Raw: raw}}
+	if s.apply(w, r, c) {
+		writeJSON(w, http.StatusCreated, s.Node.State().Migrations[cfg.Migration.ID])
+	}
+}
+
+// stepBody is the body of advance and rollback: a phase (1-6), "flip", or
+// for rollback 0 (before phase 1).
+type stepBody struct {
+	Phase   string `json:"phase"`
+	ToPhase string `json:"to_phase"`
+	Confirm bool   `json:"confirm"`
+}
+
+// ParseStep reads a phase argument: 1-6, "flip", or 0.
+func ParseStep(v string) (control.Step, error) {
+	switch v {
+	case "flip":
+		return control.StepFlip, nil
+	case "0", "none":
+		return control.StepNone, nil
+	}
+	var n int
+	if _, err := fmt.Sscanf(v, "%d", &n); err != nil || fmt.Sprint(n) != v {
+		return 0, fmt.Errorf("phase %q: want 1 to 6 or flip", v)
+	}
+	return control.StepForPhase(n)
+}
+
+func (s *Server) action(verb string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c := control.Command{Kind: control.Kind(verb), Migration: r.PathValue("id")}
+		if verb == "advance" || verb == "rollback" {
+			var body stepBody
+			if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&body); err != nil {
+				writeJSON(w, http.StatusBadRequest, apiError{"body: " + err.Error(), `send {"phase": "2", "confirm": true} or {"to_phase": "1"}`})
+				return
+			}
+			arg := body.Phase
+			if verb == "rollback" {
+				arg = body.ToPhase
+			}
+			step, err := ParseStep(arg)
+			if err != nil {
+				writeJSON(w, http.StatusBadRequest, apiError{err.Error(), ""})
+				return
+			}
+			if verb == "advance" && !body.Confirm {
+				writeJSON(w, http.StatusBadRequest, apiError{"advancing a migration changes production", "repeat with --confirm"})
+				return
+			}
+			c.Step = step
+		}
+		if s.apply(w, r, c) {
+			writeJSON(w, http.StatusOK, s.Node.State().Migrations[c.Migration])
+		}
+	}
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	m := s.Node.State().Migrations[r.PathValue("id")]
+	if m == nil {
+		writeJSON(w, http.StatusNotFound, apiError{"no migration " + r.PathValue("id"), ""})
+		return
+	}
+	out := map[string]any{"migration": m, "healthy": m.Status != control.StatusFailed}
+	if s.Health != nil {
+		out["detail"] = s.Health(m.ID)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) syncStatus(w http.ResponseWriter, _ *http.Request) {
+	if s.SyncStatus == nil {
+		writeJSON(w, http.StatusOK, map[string]any{"running": false})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.SyncStatus())
+}
+
+func (s *Server) audit(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.Node.State().Audit)
+}
+
+// events streams audit entries as server-sent events, starting after
+// ?after=INDEX (default: the current end), until the client leaves.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeJSON(w, http.StatusInternalServerError, apiError{"streaming unsupported", ""})
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	next := len(s.Node.State().Audit)
+	if a := r.URL.Query().Get("after"); a != "" {
+		_, _ = fmt.Sscanf(a, "%d", &next)
+	}
+	fl.Flush()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		audit := s.Node.State().Audit
+		for ; next < len(audit); next++ {
+			b, _ := json.Marshal(audit[next])
+			fmt.Fprintf(w, "id: %d\nevent: audit\ndata: %s\n\n", next+1, b)
+		}
+		fl.Flush()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+type joinBody struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	API      string `json:"api"`
+}
+
+func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	var b joinBody
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&b); err != nil || b.ID == "" || b.RaftAddr == "" || b.API == "" {
+		writeJSON(w, http.StatusBadRequest, apiError{"want {id, raft_addr, api}", ""})
+		return
+	}
+	if err := s.Node.Join(b.ID, b.RaftAddr); err != nil {
+		writeJSON(w, http.StatusInternalServerError, apiError{err.Error(), ""})
+		return
+	}
+	if s.apply(w, r, control.Command{Kind: control.CmdNodeJoin, Node: b.ID, API: b.API}) {
+		writeJSON(w, http.StatusOK, map[string]string{"joined": b.ID})
+	}
+}
