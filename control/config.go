@@ -49,6 +49,19 @@ type Config struct {
 		TimeoutSec int `yaml:"timeout_sec"`
 	} `yaml:"flip"`
 	Actions map[string]Action `yaml:"actions"`
+	Alerts  Alerts            `yaml:"alerts"`
+}
+
+// Alerts says where alerts go; every destination is optional.
+type Alerts struct {
+	SlackWebhook        string `yaml:"slack_webhook"`
+	PagerDutyRoutingKey string `yaml:"pagerduty_routing_key"`
+	PagerDutyURL        string `yaml:"pagerduty_url"` // default: the Events API v2
+	SMTP                struct {
+		Addr string   `yaml:"addr"`
+		From string   `yaml:"from"`
+		To   []string `yaml:"to"`
+	} `yaml:"smtp"`
 }
 
 // Action is what a phase runs: shell commands, each optional.
@@ -183,6 +196,22 @@ func (c *Config) Validate() error {
 	}
 	if n := c.Flip.TimeoutSec; n < 1 || n > 3600 {
 		bad("flip.timeout_sec", fmt.Sprint(n), "1 to 3600")
+	}
+	for _, u := range []struct{ field, v string }{{"alerts.slack_webhook", c.Alerts.SlackWebhook}, {"alerts.pagerduty_url", c.Alerts.PagerDutyURL}} {
+		if u.v != "" && !strings.HasPrefix(u.v, "https://") && !strings.HasPrefix(u.v, "http://") {
+			bad(u.field, u.v, "an http(s) URL")
+		}
+	}
+	if s := c.Alerts.SMTP; s.Addr != "" || s.From != "" || len(s.To) > 0 {
+		if _, _, err := net.SplitHostPort(s.Addr); err != nil {
+			bad("alerts.smtp.addr", s.Addr, "host:port of the SMTP server")
+		}
+		if !strings.Contains(s.From, "@") {
+			bad("alerts.smtp.from", s.From, "a sender address")
+		}
+		if len(s.To) == 0 {
+			bad("alerts.smtp.to", "", "at least one recipient")
+		}
 	}
 	for name := range c.Actions {
 		if _, ok := ActionNames[name]; !ok {

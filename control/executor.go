@@ -52,6 +52,8 @@ type Executor struct {
 	Logger                *slog.Logger
 	// Name is the author of the executor's commands (the node id).
 	Name string
+	// OnFail, if set, hears of every failed step (for alerts).
+	OnFail func(m *Migration, err error)
 }
 
 // Run executes until ctx ends.
@@ -121,6 +123,9 @@ func (e *Executor) runStep(ctx context.Context, m *Migration) error {
 }
 
 func (e *Executor) fail(ctx context.Context, m *Migration, err error) error {
+	if e.OnFail != nil {
+		e.OnFail(m, err)
+	}
 	c := e.cmd(CmdStepFailed, m)
 	c.Error = err.Error()
 	if aerr := e.P.Apply(ctx, c); aerr != nil {

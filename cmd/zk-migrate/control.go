@@ -14,6 +14,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/zk-migrate/zk-migrate/alert"
+
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/control/server"
 	"github.com/zk-migrate/zk-migrate/raftstore"
@@ -82,7 +84,8 @@ func runControl(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	sy := &server.Syncer{IsLeader: node.IsLeader, Logger: log}
+	hub := &server.AlertHub{Ctx: ctx, Logger: log}
+	sy := &server.Syncer{IsLeader: node.IsLeader, Logger: log, Alerts: hub.For}
 	srv := &server.Server{Node: node, Tokens: tokens, Logger: log, SyncStatus: sy.Status,
 		Health: func(string) any { return sy.Status() }}
 	ln, err := net.Listen("tcp", c.String("api-addr"))
@@ -101,7 +104,11 @@ func runControl(c *cli.Context) error {
 		return err
 	}
 	log.Info("control node running", "id", c.String("id"), "raft", node.Addr(), "api", apiURL)
-	ex := &control.Executor{P: node, Steps: server.Steps(sy), Fleet: server.NoProxies{}, Logger: log, Name: c.String("id")}
+	ex := &control.Executor{P: node, Steps: server.Steps(sy), Fleet: server.NoProxies{}, Logger: log, Name: c.String("id"),
+		OnFail: func(m *control.Migration, err error) {
+			hub.For(m).Notify(alert.Alert{Kind: "phase_failed", Severity: alert.Critical, Migration: m.ID,
+				Summary: fmt.Sprintf("%s failed", m.Step), Detail: err.Error(), DedupKey: fmt.Sprintf("phase_failed/%s/%s", m.ID, m.Step)})
+		}}
 	_ = ex.Run(ctx)
 	return nil
 }

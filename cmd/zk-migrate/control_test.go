@@ -3,10 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,6 +61,22 @@ func TestMigrationThroughTheCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	marks := filepath.Join(dir, "marks")
+	flag := filepath.Join(dir, "failed-once")
+	// A real webhook receiver on loopback for the alerts.
+	var hookMu sync.Mutex
+	var hooks []string
+	hookLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hookSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		hookMu.Lock()
+		hooks = append(hooks, string(b))
+		hookMu.Unlock()
+	})}
+	go func() { _ = hookSrv.Serve(hookLn) }()
+	defer hookSrv.Close()
 	cfg := filepath.Join(dir, "migration.yaml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
 migration:
@@ -66,11 +86,13 @@ migration:
   paths: [/mesos]
 actions:
   masters_on_b: {run: "echo masters_on_b >> %[3]s", verify: "grep -q masters_on_b %[3]s"}
-  masters_off_a: {run: "echo masters_off_a >> %[3]s"}
+  masters_off_a: {run: "test -f %[4]s || { touch %[4]s; echo 'masters did not stop' >&2; exit 1; }; echo masters_off_a >> %[3]s"}
   agents_on_b: {run: "echo agents_on_b >> %[3]s"}
   drain_agents_a: {run: "echo drain_agents_a >> %[3]s"}
   remove_a: {run: "echo remove_a >> %[3]s"}
-`, a.ConnectString(), b.ConnectString(), marks)), 0o644); err != nil {
+alerts:
+  slack_webhook: http://%[5]s/hook
+`, a.ConnectString(), b.ConnectString(), marks, flag, hookLn.Addr())), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -154,6 +176,20 @@ actions:
 	steps := map[int]string{2: "2-masters-on-b", 3: "3-masters-off-a", 4: "4-agents-on-b", 5: "5-drain-agents-a"}
 	for phase := 2; phase <= 5; phase++ {
 		mustCLI("advance", "--phase", fmt.Sprint(phase), "--confirm")
+		if phase == 3 {
+			// The action fails once: the phase fails, an alert goes out,
+			// and an operator retries it.
+			out := waitStatus(steps[phase], "failed", "B")
+			if !strings.Contains(out, "masters did not stop") {
+				t.Fatalf("failure reason not shown:\n%s", out)
+			}
+			waitFor(t, func() bool {
+				hookMu.Lock()
+				defer hookMu.Unlock()
+				return len(hooks) > 0 && strings.Contains(hooks[0], "phase_failed") && strings.Contains(hooks[0], "3-masters-off-a failed")
+			})
+			mustCLI("retry")
+		}
 		waitStatus(steps[phase], "succeeded", "B")
 	}
 	mustCLI("advance", "--phase", "6", "--confirm")

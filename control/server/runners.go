@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zk-migrate/zk-migrate/alert"
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/replicator"
 	"github.com/zk-migrate/zk-migrate/zkclient"
@@ -31,6 +32,8 @@ func configOf(m *control.Migration) (*control.Config, error) {
 type Syncer struct {
 	IsLeader func() bool
 	Logger   *slog.Logger
+	// Alerts, if set, returns the migration's alert dispatcher.
+	Alerts func(m *control.Migration) *alert.Dispatcher
 	// VerifyTimeout bounds the wait for equal digests (default 2 min).
 	VerifyTimeout time.Duration
 
@@ -71,6 +74,15 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 				o.SessionID, o.Passwd = resume.SessionID(), resume.Passwd()
 			}
 			return zkclient.Dial(ctx, ensembles[side], o)
+		},
+		OnAlert: func(a replicator.Alert) {
+			if s.Alerts != nil {
+				sev := alert.Warning
+				if a.Kind == "sync_failure" {
+					sev = alert.Error
+				}
+				s.Alerts(m).Notify(alert.Alert{Kind: a.Kind, Severity: sev, Summary: a.Message, Migration: m.ID})
+			}
 		},
 		Roots: cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: true, Logger: s.Logger,
 		LagThreshold: time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond, ReconcileEvery: 5 * time.Second,
@@ -256,4 +268,50 @@ func Steps(sy *Syncer) map[control.Step]control.StepRunner {
 		steps[st] = s
 	}
 	return steps
+}
+
+// AlertHub keeps one alert dispatcher per migration, built from its
+// migration.yaml, running until ctx ends.
+type AlertHub struct {
+	Ctx    context.Context
+	Logger *slog.Logger
+
+	mu   sync.Mutex
+	byID map[string]*alert.Dispatcher
+}
+
+// For returns the migration's dispatcher (one with no sinks if it has no
+// alerts configured).
+func (h *AlertHub) For(m *control.Migration) *alert.Dispatcher {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.byID == nil {
+		h.byID = map[string]*alert.Dispatcher{}
+	}
+	if d := h.byID[m.ID]; d != nil {
+		return d
+	}
+	var sinks []alert.Sink
+	if cfg, err := configOf(m); err == nil {
+		sinks = Sinks(cfg.Alerts)
+	}
+	d := alert.NewDispatcher(alert.Config{Sinks: sinks, Logger: h.Logger})
+	go d.Run(h.Ctx)
+	h.byID[m.ID] = d
+	return d
+}
+
+// Sinks builds the alert destinations of a migration.yaml.
+func Sinks(a control.Alerts) []alert.Sink {
+	var sinks []alert.Sink
+	if a.SlackWebhook != "" {
+		sinks = append(sinks, &alert.Webhook{URL: a.SlackWebhook})
+	}
+	if a.PagerDutyRoutingKey != "" {
+		sinks = append(sinks, &alert.PagerDuty{RoutingKey: a.PagerDutyRoutingKey, URL: a.PagerDutyURL})
+	}
+	if a.SMTP.Addr != "" {
+		sinks = append(sinks, &alert.Email{Addr: a.SMTP.Addr, From: a.SMTP.From, To: a.SMTP.To})
+	}
+	return sinks
 }
