@@ -18,6 +18,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/control/server"
+	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/raftstore"
 )
 
@@ -47,6 +48,8 @@ shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
 			&cli.StringFlag{Name: "tokens", Required: true, Usage: "API tokens file (TOKEN ROLE NAME per line)"},
 			&cli.BoolFlag{Name: "bootstrap", Usage: "start a new cluster with this node (first node only)"},
 			&cli.StringFlag{Name: "join", Usage: "API URL of a running node to join"},
+			&cli.StringFlag{Name: "gossip-addr", Usage: "join the gossip pool on host:port (proxies found there take part in flips)"},
+			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 		},
 		Action: runControl,
 	}
@@ -103,8 +106,28 @@ func runControl(c *cli.Context) error {
 	} else if err := joinCluster(ctx, c.String("join"), joinToken, c.String("id"), node.Addr(), apiURL); err != nil {
 		return err
 	}
+	var fleet control.ProxyFleet = server.NoProxies{}
+	if addr := c.String("gossip-addr"); addr != "" {
+		agent, err := membership.Join(membership.Config{Name: "control-" + c.String("id"), BindAddr: addr,
+			Seeds: c.StringSlice("gossip-join"), Meta: membership.Meta{Role: membership.RoleControl, API: apiURL}})
+		if err != nil {
+			return err
+		}
+		defer agent.Leave()
+		mf := &membership.Fleet{Agent: agent}
+		fleet = mf
+		srv.Health = func(id string) any {
+			detail := map[string]any{"sync": sy.Status()}
+			if m := node.State().Migrations[id]; m != nil {
+				detail["stale_proxies"] = mf.Stale(m.Epoch)
+			}
+			live, _ := mf.Live(ctx)
+			detail["live_proxies"] = live
+			return detail
+		}
+	}
 	log.Info("control node running", "id", c.String("id"), "raft", node.Addr(), "api", apiURL)
-	ex := &control.Executor{P: node, Steps: server.Steps(sy), Fleet: server.NoProxies{}, Logger: log, Name: c.String("id"),
+	ex := &control.Executor{P: node, Steps: server.Steps(sy), Fleet: fleet, Logger: log, Name: c.String("id"),
 		OnFail: func(m *control.Migration, err error) {
 			hub.For(m).Notify(alert.Alert{Kind: "phase_failed", Severity: alert.Critical, Migration: m.ID,
 				Summary: fmt.Sprintf("%s failed", m.Step), Detail: err.Error(), DedupKey: fmt.Sprintf("phase_failed/%s/%s", m.ID, m.Step)})

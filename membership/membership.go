@@ -1,0 +1,185 @@
+// Package membership is zk-migrate's gossip pool (hashicorp/memberlist):
+// every proxy, replicator and control node joins it and advertises its
+// role, the ensemble it uses as primary, the flip epoch it holds, its
+// session count and its sync lag, so the control plane knows within
+// seconds which proxies are alive and which hold a stale epoch.
+//
+// Usage:
+//
+//	a, err := membership.Join(membership.Config{Name: "proxy-master1", BindAddr: "10.0.0.5:7946",
+//		Seeds: []string{"10.0.0.1:7946"}, Meta: membership.Meta{Role: membership.RoleProxy, API: "http://10.0.0.5:9404"}})
+//	defer a.Leave()
+//	a.SetMeta(func(m *membership.Meta) { m.Epoch = 3; m.Primary = "B" })
+//	for _, m := range a.Members() { ... }
+package membership
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Roles.
+const (
+	RoleProxy      = "proxy"
+	RoleReplicator = "replicator"
+	RoleControl    = "control"
+)
+
+// Meta is what a member advertises. Encoded it must stay under
+// memberlist's 512-byte limit.
+type Meta struct {
+	Role     string `json:"r"`
+	Primary  string `json:"p,omitempty"` // "A" or "B"
+	Epoch    int64  `json:"e,omitempty"`
+	Sessions int    `json:"s,omitempty"`
+	LagMS    int64  `json:"l,omitempty"`
+	// API is the member's admin endpoint (a proxy's flip endpoint).
+	API string `json:"a,omitempty"`
+}
+
+// Member is one live member.
+type Member struct {
+	Name string
+	Addr string
+	Meta Meta
+}
+
+// Config configures Join.
+type Config struct {
+	Name string
+	// BindAddr is host:port for gossip (TCP and UDP).
+	BindAddr string
+	// Seeds are members to join ("host:port"); none starts a new pool.
+	Seeds []string
+	Meta  Meta
+	// Fast selects LAN timings suited to loopback tests (failures seen in
+	// about a second).
+	Fast bool
+}
+
+// Agent is this process's membership.
+type Agent struct {
+	ml *memberlist.Memberlist
+	d  *delegate
+	ev *events
+}
+
+// events keeps a copy of the live members. memberlist calls it under its
+// own lock; reading the *memberlist.Node values Members() returns would
+// race with gossip updating them.
+type events struct {
+	mu      sync.Mutex
+	members map[string]Member
+}
+
+func (e *events) set(n *memberlist.Node) {
+	var m Meta
+	_ = json.Unmarshal(n.Meta, &m)
+	e.mu.Lock()
+	e.members[n.Name] = Member{Name: n.Name, Addr: n.Address(), Meta: m}
+	e.mu.Unlock()
+}
+
+func (e *events) NotifyJoin(n *memberlist.Node)   { e.set(n) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.set(n) }
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	e.mu.Lock()
+	delete(e.members, n.Name)
+	e.mu.Unlock()
+}
+
+type delegate struct {
+	mu   sync.Mutex
+	meta Meta
+}
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b, _ := json.Marshal(d.meta)
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// Join creates the agent and joins the seeds.
+func Join(cfg Config) (*Agent, error) {
+	host, portStr, err := net.SplitHostPort(cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("membership: bind address %q: %w", cfg.BindAddr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("membership: bind port %q: %w", portStr, err)
+	}
+	mc := memberlist.DefaultLANConfig()
+	if cfg.Fast {
+		mc = memberlist.DefaultLocalConfig()
+		mc.ProbeInterval = 200 * time.Millisecond
+		mc.ProbeTimeout = 100 * time.Millisecond
+		mc.SuspicionMult = 2
+		mc.GossipInterval = 50 * time.Millisecond
+	}
+	mc.Name = cfg.Name
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertiseAddr, mc.AdvertisePort = host, port
+	d := &delegate{meta: cfg.Meta}
+	mc.Delegate = d
+	ev := &events{members: map[string]Member{}}
+	mc.Events = ev
+	mc.Logger = log.New(io.Discard, "", 0)
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("membership: start on %s: %w", cfg.BindAddr, err)
+	}
+	if len(cfg.Seeds) > 0 {
+		if _, err := ml.Join(cfg.Seeds); err != nil {
+			_ = ml.Shutdown()
+			return nil, fmt.Errorf("membership: join %v: %w", cfg.Seeds, err)
+		}
+	}
+	return &Agent{ml: ml, d: d, ev: ev}, nil
+}
+
+// SetMeta changes what this member advertises and gossips it.
+func (a *Agent) SetMeta(change func(*Meta)) error {
+	a.d.mu.Lock()
+	change(&a.d.meta)
+	a.d.mu.Unlock()
+	return a.ml.UpdateNode(5 * time.Second)
+}
+
+// Members lists the live members (this one included), by name.
+func (a *Agent) Members() []Member {
+	a.ev.mu.Lock()
+	defer a.ev.mu.Unlock()
+	out := make([]Member, 0, len(a.ev.members))
+	for _, m := range a.ev.members {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Leave announces departure and stops.
+func (a *Agent) Leave() error {
+	_ = a.ml.Leave(2 * time.Second)
+	return a.ml.Shutdown()
+}
+
+// Kill stops without announcing (a crash, for tests).
+func (a *Agent) Kill() error { return a.ml.Shutdown() }
