@@ -199,6 +199,13 @@ alerts:
 	if string(got) != "masters_on_b\nmasters_off_a\nagents_on_b\ndrain_agents_a\nremove_a\n" {
 		t.Fatalf("phase actions ran as:\n%s", got)
 	}
+	report := mustCLI("report")
+	t.Log(report)
+	for _, want := range []string{"migration prod: completed, primary ensemble B", "3-masters-off-a", "1 failure(s)", "flip: epoch 1"} {
+		if !strings.Contains(report, want) {
+			t.Fatalf("report lacks %q:\n%s", want, report)
+		}
+	}
 	audit := mustCLI("audit")
 	for _, want := range []string{"alice      create", "alice      advance", "executor:c", "step-succeeded"} {
 		if !strings.Contains(audit, want) {

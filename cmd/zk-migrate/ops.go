@@ -259,6 +259,28 @@ func opCommands() []*cli.Command {
 				return a.post(c, "rollback", map[string]any{"to_phase": c.String("to-phase")})
 			},
 		},
+		{
+			Name: "report", Usage: "the post-migration report: each phase's duration, failures, approvals, the flip", Flags: apiFlags(),
+			Action: func(c *cli.Context) error {
+				a, err := newAPIClient(c)
+				if err != nil {
+					return err
+				}
+				id, err := a.migrationID(c)
+				if err != nil {
+					return err
+				}
+				var rep control.Report
+				if err := a.do(http.MethodGet, "/api/v1/migrations/"+id+"/report", nil, &rep); err != nil {
+					return err
+				}
+				if a.json {
+					return json.NewEncoder(a.out).Encode(rep)
+				}
+				rep.Print(a.out)
+				return nil
+			},
+		},
 		simple("approve", "let the phase waiting for approval run"),
 		simple("pause", "stop the executor between actions"),
 		simple("resume", "continue a paused migration"),

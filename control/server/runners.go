@@ -95,6 +95,7 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 	s.running[m.ID] = r
 	go func() {
 		defer close(r.done)
+		go s.watchHealth(ctx, m, cfg)
 		_ = cont.Run(ctx)
 	}()
 	go func() { // stop when leadership is lost
@@ -139,9 +140,20 @@ func (s *Syncer) Status() any {
 	return out
 }
 
-// Run starts the sync (idempotent).
+// Run checks the ensembles (pre-flight) and starts the sync (idempotent).
 func (s *Syncer) Run(_ context.Context, m *control.Migration) error {
-	_, err := s.start(m)
+	cfg, err := configOf(m)
+	if err != nil {
+		return err
+	}
+	notes, err := Preflight(cfg)
+	if err != nil {
+		return err
+	}
+	for _, n := range notes {
+		s.Logger.Warn("pre-flight", "migration", m.ID, "note", n)
+	}
+	_, err = s.start(m)
 	return err
 }
 

@@ -126,6 +126,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /api/v1/migrations", write(s.create))
 	mux.Handle("GET /api/v1/migrations/{id}", read(s.get))
 	mux.Handle("GET /api/v1/migrations/{id}/health", read(s.health))
+	mux.Handle("GET /api/v1/migrations/{id}/report", read(s.report))
 	for _, verb := range []string{"start", "approve", "pause", "resume", "retry", "advance", "rollback"} {
 		mux.Handle("POST /api/v1/migrations/{id}/"+verb, write(s.action(verb)))
 	}
@@ -305,6 +306,15 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		out["detail"] = s.Health(m.ID)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) report(w http.ResponseWriter, r *http.Request) {
+	rep := control.MakeReport(s.Node.State(), r.PathValue("id"))
+	if rep == nil {
+		writeJSON(w, http.StatusNotFound, apiError{"no migration " + r.PathValue("id"), ""})
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
 }
 
 func (s *Server) syncStatus(w http.ResponseWriter, _ *http.Request) {

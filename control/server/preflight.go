@@ -1,0 +1,120 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/alert"
+	"github.com/zk-migrate/zk-migrate/control"
+)
+
+// fourLetter asks one server a four-letter word.
+func fourLetter(addr, word string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte(word)); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String(), nil
+		}
+	}
+}
+
+// EnsembleHealth is what srvr says of each server.
+type EnsembleHealth struct {
+	Serving, Total int
+	Versions       []string
+	Problems       []string
+}
+
+// Quorum reports whether a majority serves.
+func (h EnsembleHealth) Quorum() bool { return h.Serving*2 > h.Total }
+
+// CheckEnsemble asks every server of a connect string for srvr.
+func CheckEnsemble(connect string) EnsembleHealth {
+	var h EnsembleHealth
+	for _, addr := range strings.Split(connect, ",") {
+		addr = strings.TrimSpace(addr)
+		h.Total++
+		out, err := fourLetter(addr, "srvr")
+		if err != nil || !strings.Contains(out, "Mode: ") {
+			h.Problems = append(h.Problems, fmt.Sprintf("%s not serving (%v%s)", addr, err, firstLine(out)))
+			continue
+		}
+		h.Serving++
+		for _, line := range strings.Split(out, "\n") {
+			if v, ok := strings.CutPrefix(line, "Zookeeper version: "); ok {
+				h.Versions = append(h.Versions, strings.SplitN(v, "-", 2)[0])
+			}
+		}
+	}
+	return h
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return ""
+	}
+	return ": " + strings.SplitN(s, "\n", 2)[0]
+}
+
+// Preflight checks what phase 1 needs before it touches anything: a quorum
+// of A and of B reachable from here (the replicator's path between them),
+// and notes servers older than 3.6 (sync then uses one-shot watch trees).
+func Preflight(cfg *control.Config) (notes []string, err error) {
+	for _, side := range []struct{ name, connect string }{{"A (source_zk)", cfg.Migration.SourceZK}, {"B (target_zk)", cfg.Migration.TargetZK}} {
+		h := CheckEnsemble(side.connect)
+		if !h.Quorum() {
+			return notes, fmt.Errorf("pre-flight: ensemble %s has no quorum reachable from the control plane: %d of %d serving: %s",
+				side.name, h.Serving, h.Total, strings.Join(h.Problems, "; "))
+		}
+		for _, v := range h.Versions {
+			var major, minor int
+			if _, err := fmt.Sscanf(v, "%d.%d", &major, &minor); err == nil && (major < 3 || major == 3 && minor < 6) {
+				notes = append(notes, fmt.Sprintf("ensemble %s runs ZooKeeper %s: sync uses one-shot watch trees", side.name, v))
+				break
+			}
+		}
+		if len(h.Problems) > 0 {
+			notes = append(notes, fmt.Sprintf("ensemble %s: %s", side.name, strings.Join(h.Problems, "; ")))
+		}
+	}
+	return notes, nil
+}
+
+// watchHealth checks both ensembles every health_check_interval_sec while
+// the sync runs, and alerts on quorum loss.
+func (s *Syncer) watchHealth(ctx context.Context, m *control.Migration, cfg *control.Config) {
+	t := time.NewTicker(time.Duration(cfg.Migration.HealthCheckIntervalSec) * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, side := range []struct{ name, connect string }{{"A", cfg.Migration.SourceZK}, {"B", cfg.Migration.TargetZK}} {
+			h := CheckEnsemble(side.connect)
+			if !h.Quorum() && s.Alerts != nil {
+				s.Alerts(m).Notify(alert.Alert{Kind: "quorum_loss", Severity: alert.Critical, Migration: m.ID,
+					Summary:  fmt.Sprintf("ensemble %s has lost quorum: %d of %d serving", side.name, h.Serving, h.Total),
+					Detail:   strings.Join(h.Problems, "\n"),
+					DedupKey: "quorum_loss/" + m.ID + "/" + side.name})
+			}
+		}
+	}
+}
