@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
+	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
@@ -93,8 +94,9 @@ func TestProxyBinaryServesClientsAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ens.Close()
-	listen, metrics := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "proxy", "--listen", listen, "--upstream", ens.ConnectString(), "--metrics-addr", metrics)
+	listen, metrics, gossip := freeAddr(t), freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "proxy", "--listen", listen, "--upstream", ens.ConnectString(), "--metrics-addr", metrics,
+		"--gossip-addr", gossip, "--name", "proxy-test")
 	var logs bytes.Buffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
@@ -117,6 +119,21 @@ func TestProxyBinaryServesClientsAndMetrics(t *testing.T) {
 	if _, _, err := c.Get("/missing"); err != zk.ErrNoNode {
 		t.Fatal(err)
 	}
+	// The proxy is in the gossip pool with its session count.
+	ctl, err := membership.Join(membership.Config{Name: "control-test", BindAddr: freeAddr(t), Seeds: []string{gossip},
+		Meta: membership.Meta{Role: membership.RoleControl}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Leave()
+	waitFor(t, func() bool {
+		for _, m := range ctl.Members() {
+			if m.Name == "proxy-test" && m.Meta.Role == membership.RoleProxy && m.Meta.Sessions == 1 && m.Meta.Primary == "A" {
+				return true
+			}
+		}
+		return false
+	})
 	resp, err := http.Get("http://" + metrics + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/proxy"
 )
 
@@ -50,6 +51,9 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.IntFlag{Name: "jute-maxbuffer", Value: jute.DefaultMaxBuffer, Usage: "largest client request in bytes, as the servers' jute.maxbuffer"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: 3 * time.Second, Usage: "timeout of one connection attempt to an upstream server"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises role, sessions, primary)"},
+			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
+			&cli.StringFlag{Name: "name", Usage: "this proxy's name in the gossip pool (default proxy-HOSTNAME)"},
 		},
 		Action: runProxy,
 	}
@@ -137,6 +141,21 @@ func runProxy(c *cli.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("proxy listening", "addr", ln.Addr().String(), "upstream", upstream)
+	if addr := c.String("gossip-addr"); addr != "" {
+		name := c.String("name")
+		if name == "" {
+			host, _ := os.Hostname()
+			name = "proxy-" + host
+		}
+		agent, err := membership.Join(membership.Config{Name: name, BindAddr: addr, Seeds: c.StringSlice("gossip-join"),
+			Meta: membership.Meta{Role: membership.RoleProxy, Primary: "A"}})
+		if err != nil {
+			srv.Close()
+			return err
+		}
+		defer agent.Leave()
+		go advertiseSessions(ctx, agent, srv)
+	}
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down: client sessions stay alive upstream until their timeout")
@@ -152,4 +171,22 @@ func runProxy(c *cli.Context) error {
 		return err
 	}
 	return nil
+}
+
+// advertiseSessions keeps the proxy's session count current in the pool.
+func advertiseSessions(ctx context.Context, agent *membership.Agent, srv *proxy.Server) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	last := -1
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n := srv.SessionCount(); n != last {
+			last = n
+			_ = agent.SetMeta(func(m *membership.Meta) { m.Sessions = n })
+		}
+	}
 }

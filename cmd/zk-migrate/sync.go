@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
+	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/replicator"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
@@ -126,6 +127,8 @@ func syncCommand() *cli.Command {
 		&cli.StringFlag{Name: "audit-log", Usage: "append conflicts and alerts as JSON lines to this file (default: stderr)"},
 		&cli.IntFlag{Name: "lag-threshold-ms", Value: 50, Usage: "alert when sync lag stays above this"},
 		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9405", Usage: "Prometheus /metrics address (empty: off)"},
+		&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises the lag)"},
+		&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 	)
 	return &cli.Command{
 		Name:  "sync",
@@ -224,6 +227,15 @@ func runSync(c *cli.Context) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	var agent *membership.Agent
+	if addr := c.String("gossip-addr"); addr != "" {
+		host, _ := os.Hostname()
+		if agent, err = membership.Join(membership.Config{Name: "replicator-" + host, BindAddr: addr,
+			Seeds: c.StringSlice("gossip-join"), Meta: membership.Meta{Role: membership.RoleReplicator}}); err != nil {
+			return err
+		}
+		defer agent.Leave()
+	}
 	fmt.Fprintln(out, "continuous sync running in both directions (Ctrl-C to stop)")
 	go func() {
 		t := time.NewTicker(5 * time.Second)
@@ -234,6 +246,9 @@ func runSync(c *cli.Context) error {
 				return
 			case <-t.C:
 				ab, ba := cont.Lag()
+				if agent != nil {
+					_ = agent.SetMeta(func(m *membership.Meta) { m.LagMS = max(ab, ba).Milliseconds() })
+				}
 				fmt.Fprintf(out, "lag A->B %v, B->A %v, open conflicts %d\n", ab.Round(100*time.Microsecond), ba.Round(100*time.Microsecond), len(cont.Conflicts()))
 			}
 		}
