@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -96,29 +97,7 @@ alerts:
 		t.Fatal(err)
 	}
 
-	var apis []string
-	for i := 1; i <= 3; i++ {
-		api := freeAddr(t)
-		args := []string{"control", "--id", fmt.Sprintf("c%d", i), "--raft-addr", freeAddr(t), "--api-addr", api,
-			"--data-dir", filepath.Join(dir, fmt.Sprintf("c%d", i)), "--tokens", tokens}
-		if i == 1 {
-			args = append(args, "--bootstrap")
-		} else {
-			args = append(args, "--join", "http://"+apis[0])
-		}
-		cmd := exec.Command(bin, args...)
-		logf, _ := os.Create(filepath.Join(dir, fmt.Sprintf("c%d.log", i)))
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
-		apis = append(apis, api)
-		waitFor(t, func() bool {
-			out, code := run(t, "status", "--api", "http://"+api, "--token", viewerToken)
-			return code == 0 && strings.Contains(out, "MIGRATION")
-		})
-	}
+	apis := startControlPlane(t, dir, tokens)
 	// Talk to a follower (the third node): writes are forwarded to the leader.
 	api := "http://" + apis[2]
 	cli := func(args ...string) (string, int) {
@@ -211,5 +190,142 @@ alerts:
 		if !strings.Contains(audit, want) {
 			t.Fatalf("audit lacks %q:\n%s", want, audit)
 		}
+	}
+}
+
+// startControlPlane starts three `zk-migrate control` processes (c1
+// bootstraps, c2 and c3 join) and returns their API addresses.
+func startControlPlane(t *testing.T, dir, tokens string) []string {
+	t.Helper()
+	var apis []string
+	for i := 1; i <= 3; i++ {
+		api := freeAddr(t)
+		args := []string{"control", "--id", fmt.Sprintf("c%d", i), "--raft-addr", freeAddr(t), "--api-addr", api,
+			"--data-dir", filepath.Join(dir, fmt.Sprintf("c%d", i)), "--tokens", tokens}
+		if i == 1 {
+			args = append(args, "--bootstrap")
+		} else {
+			args = append(args, "--join", "http://"+apis[0])
+		}
+		cmd := exec.Command(bin, args...)
+		logf, _ := os.Create(filepath.Join(dir, fmt.Sprintf("c%d.log", i)))
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
+		apis = append(apis, api)
+		waitFor(t, func() bool {
+			out, code := run(t, "status", "--api", "http://"+api, "--token", opToken)
+			return code == 0 && strings.Contains(out, "MIGRATION")
+		})
+	}
+	return apis
+}
+
+// TestApprovalPauseRollbackThroughTheCLI: with require_manual_approval
+// every phase waits for `approve`; `pause` stops the executor; `rollback`
+// below the flip brings the primary back to A under a new epoch; the
+// migration can go forward again.
+func TestApprovalPauseRollbackThroughTheCLI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts ZooKeeper and three control nodes")
+	}
+	ctx := context.Background()
+	a, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cp2-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cp2-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte(opToken+" operator bob\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	undo := filepath.Join(dir, "undone")
+	cfg := filepath.Join(dir, "migration.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+migration:
+  id: gated
+  source_zk: %s
+  target_zk: %s
+  require_manual_approval: true
+actions:
+  masters_on_b: {run: "true", undo: "echo masters_on_b >> %s"}
+`, a.ConnectString(), b.ConnectString(), undo)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	apis := startControlPlane(t, dir, tokens)
+	cli := func(args ...string) (string, int) {
+		return run(t, append(args, "--api", "http://"+apis[1], "--token", opToken, "--output", "json")...)
+	}
+	must := func(args ...string) {
+		t.Helper()
+		if out, code := cli(args...); code != 0 {
+			t.Fatalf("%v: exit %d\n%s", args, code, out)
+		}
+	}
+	state := func() map[string]any {
+		out, code := cli("status", "--migration", "gated")
+		var m map[string]any
+		if code != 0 || json.Unmarshal([]byte(out), &m) != nil {
+			t.Fatalf("status: exit %d\n%s", code, out)
+		}
+		return m
+	}
+	waitFor := func(step, status string) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			m := state()
+			if m["step_name"] == step && m["status"] == status {
+				return m
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("never reached %s %s: %v", step, status, m)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	must("start", "--config", cfg)
+	waitFor("1-deploy-b-and-sync", "awaiting-approval")
+	time.Sleep(300 * time.Millisecond) // nothing runs without approval
+	if m := state(); m["status"] != "awaiting-approval" {
+		t.Fatalf("ran without approval: %v", m)
+	}
+	must("pause")
+	must("approve")
+	time.Sleep(500 * time.Millisecond) // paused: approved but the executor waits
+	if m := state(); m["status"] != "running" || m["paused"] != true {
+		t.Fatalf("paused migration moved on: %v", m)
+	}
+	must("resume")
+	waitFor("1-deploy-b-and-sync", "succeeded")
+	must("advance", "--phase", "flip", "--confirm")
+	must("approve")
+	waitFor("flip", "succeeded")
+	must("advance", "--phase", "2", "--confirm")
+	must("approve")
+	if m := waitFor("2-masters-on-b", "succeeded"); m["primary"] != "B" {
+		t.Fatalf("primary after the flip: %v", m)
+	}
+	must("rollback", "--to-phase", "1")
+	m := waitFor("1-deploy-b-and-sync", "succeeded")
+	if m["primary"] != "A" || m["epoch"].(float64) != 2 {
+		t.Fatalf("after rollback below the flip: %v", m)
+	}
+	if got, _ := os.ReadFile(undo); string(got) != "masters_on_b\n" {
+		t.Fatalf("undo actions ran as %q", got)
+	}
+	// Forward again: a new flip with a higher epoch.
+	must("advance", "--phase", "flip", "--confirm")
+	must("approve")
+	if m := waitFor("flip", "succeeded"); m["primary"] != "B" || m["epoch"].(float64) != 3 {
+		t.Fatalf("flip after rollback: %v", m)
 	}
 }
