@@ -31,6 +31,7 @@ const (
 	CmdFlipFence     Kind = "flip-fence"     // a proxy that did not ack is fenced
 	CmdFlipDone      Kind = "flip-done"      // every expected proxy acked or was fenced
 	CmdNodeJoin      Kind = "node-join"      // a control-plane node and its API address
+	CmdRecord        Kind = "record"         // an audit entry only (Event, Detail): conflicts, alerts
 )
 
 // Command is one change to the state. Time and By are set by whoever
@@ -47,6 +48,7 @@ type Command struct {
 	Proxy     string           `json:"proxy,omitempty"`
 	Proxies   []string         `json:"proxies,omitempty"`
 	Detail    string           `json:"detail,omitempty"`
+	Event     string           `json:"event,omitempty"` // for record: what happened
 	Node      string           `json:"node,omitempty"`
 	API       string           `json:"api,omitempty"`
 }
@@ -70,8 +72,12 @@ func (s *State) Apply(c Command, index uint64) error {
 	if c.Error != "" {
 		detail = strings.TrimSpace(detail + " error=" + c.Error)
 	}
+	action := string(c.Kind)
+	if c.Kind == CmdRecord && c.Event != "" {
+		action = c.Event
+	}
 	s.Audit = append(s.Audit, AuditEntry{Index: index, Time: c.Time, Migration: c.Migration, By: c.By,
-		Action: string(c.Kind), Detail: detail, Result: res})
+		Action: action, Detail: detail, Result: res})
 	return err
 }
 
@@ -100,6 +106,9 @@ func (s *State) apply(c Command) error {
 	m, ok := s.Migrations[c.Migration]
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrNotFound, c.Migration)
+	}
+	if c.Kind == CmdRecord {
+		return nil // the audit entry is the point
 	}
 	if err := m.apply(c); err != nil {
 		return err
@@ -196,8 +205,9 @@ func (m *Migration) apply(c Command) error {
 		if m.Step < StepFlip || (m.Step == StepFlip && m.Primary != "B") {
 			m.Primary = "A"
 		}
-		// Land on a finished step: the operator advances again when ready.
-		m.Status = StatusSucceeded
+		// Post-rollback validation: the step rolled back to runs again (its
+		// runner is idempotent) and must verify before it counts as done.
+		m.Status = StatusRunning
 		if m.Step == StepNone {
 			m.Status = StatusPending
 		}

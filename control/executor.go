@@ -139,6 +139,11 @@ func (e *Executor) fail(ctx context.Context, m *Migration, err error) error {
 // time, completes it, and marks the step done.
 func (e *Executor) flip(ctx context.Context, m *Migration, primary string) error {
 	f := m.Flip
+	if f == nil && m.Primary == primary {
+		// Already there (re-validating the flip step after a rollback to
+		// it): nothing to flip.
+		return e.P.Apply(ctx, e.cmd(CmdStepSucceeded, m))
+	}
 	if f == nil || f.Done && m.Primary != primary {
 		live, err := e.Fleet.Live(ctx)
 		if err != nil {

@@ -149,6 +149,8 @@ func parseCommand(line string, now time.Time) (Command, error) {
 			c.Proxies = strings.Split(v, ",")
 		case "error":
 			c.Error = v
+		case "event":
+			c.Event = v
 		case "approval":
 			approval = v == "true"
 		default:

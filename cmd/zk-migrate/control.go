@@ -88,7 +88,13 @@ func runControl(c *cli.Context) error {
 	defer stop()
 
 	hub := &server.AlertHub{Ctx: ctx, Logger: log}
-	sy := &server.Syncer{IsLeader: node.IsLeader, Logger: log, Alerts: hub.For}
+	sy := &server.Syncer{IsLeader: node.IsLeader, Logger: log, Alerts: hub.For,
+		Record: func(m *control.Migration, event, detail string) {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			_ = node.Apply(rctx, control.Command{Kind: control.CmdRecord, Migration: m.ID, Event: event, Detail: detail,
+				By: "replicator:" + c.String("id"), Time: time.Now().UTC()})
+		}}
 	srv := &server.Server{Node: node, Tokens: tokens, Logger: log, SyncStatus: sy.Status,
 		Health: func(string) any { return sy.Status() }}
 	ln, err := net.Listen("tcp", c.String("api-addr"))

@@ -133,6 +133,9 @@ alerts:
 
 	mustCLI("start", "--config", cfg)
 	waitStatus("1-deploy-b-and-sync", "succeeded", "A")
+	if out := mustCLI("validate", "--phase", "current"); !strings.Contains(out, "healthy") || strings.Contains(out, "NOT") {
+		t.Fatalf("validate after phase 1:\n%s", out)
+	}
 	cb, _, err := zk.Connect(b.Addrs(), 10*time.Second, zk.WithLogInfo(false))
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +170,9 @@ alerts:
 				defer hookMu.Unlock()
 				return len(hooks) > 0 && strings.Contains(hooks[0], "phase_failed") && strings.Contains(hooks[0], "3-masters-off-a failed")
 			})
+			if out, code := cli("validate", "--phase", "current"); code != exitDifferent || !strings.Contains(out, "NOT healthy") {
+				t.Fatalf("validate on a failed phase: exit %d\n%s", code, out)
+			}
 			mustCLI("retry")
 		}
 		waitStatus(steps[phase], "succeeded", "B")
@@ -183,6 +189,12 @@ alerts:
 	for _, want := range []string{"migration prod: completed, primary ensemble B", "3-masters-off-a", "1 failure(s)", "flip: epoch 1"} {
 		if !strings.Contains(report, want) {
 			t.Fatalf("report lacks %q:\n%s", want, report)
+		}
+	}
+	for i, line := range strings.Split(strings.TrimSpace(mustCLI("audit", "--output", "json")), "\n") {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(line), &e); err != nil || e["action"] == nil {
+			t.Fatalf("audit JSON line %d: %q (%v)", i, line, err)
 		}
 	}
 	audit := mustCLI("audit")

@@ -296,8 +296,14 @@ func opCommands() []*cli.Command {
 				if err := a.do(http.MethodGet, "/api/v1/audit", nil, &entries); err != nil {
 					return err
 				}
-				if a.json {
-					return json.NewEncoder(a.out).Encode(entries)
+				if a.json { // JSON lines: one entry per line
+					enc := json.NewEncoder(a.out)
+					for _, e := range entries {
+						if err := enc.Encode(e); err != nil {
+							return err
+						}
+					}
+					return nil
 				}
 				for _, e := range entries {
 					fmt.Fprintf(a.out, "%s %-10s %-14s %-12s %s %s\n", e.Time.Format(time.RFC3339), e.By, e.Action, e.Migration, e.Detail, e.Result)

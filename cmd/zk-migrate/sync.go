@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
+	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/replicator"
 	"github.com/zk-migrate/zk-migrate/zkclient"
@@ -27,8 +28,8 @@ const exitDifferent = 3
 
 func ensembleFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "source", Required: true, Usage: "ensemble A, host:port,host:port,...", EnvVars: []string{"ZKM_SOURCE"}},
-		&cli.StringFlag{Name: "target", Required: true, Usage: "ensemble B, host:port,host:port,...", EnvVars: []string{"ZKM_TARGET"}},
+		&cli.StringFlag{Name: "source", Usage: "ensemble A, host:port,host:port,... (required)", EnvVars: []string{"ZKM_SOURCE"}},
+		&cli.StringFlag{Name: "target", Usage: "ensemble B, host:port,host:port,... (required)", EnvVars: []string{"ZKM_TARGET"}},
 		&cli.StringFlag{Name: "paths", Value: "/mesos", Usage: "subtrees to sync, comma-separated (e.g. /mesos,/marathon)"},
 		&cli.StringSliceFlag{Name: "auth", Usage: "credentials used on both ensembles, scheme:secret (digest:user:password); the ACLs must grant them what the copy needs"},
 		&cli.IntFlag{Name: "readers", Value: 4, Usage: "sessions reading each side in parallel"},
@@ -45,6 +46,9 @@ type ensembleArgs struct {
 func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
 	var a ensembleArgs
 	var err error
+	if c.String("source") == "" || c.String("target") == "" {
+		return a, fmt.Errorf("--source and --target are required (the two ensembles, host:port,...)")
+	}
 	if a.source, err = parseUpstream(c.String("source")); err != nil {
 		return a, fmt.Errorf("--source: %v", err)
 	}
@@ -307,16 +311,31 @@ func validateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "validate",
 		Usage: "compare subtrees of two ensembles by digest",
-		Description: `Reads the subtrees on both ensembles and compares digests covering every
-znode's path, data, ACL, ephemeral-ness and children (not zxids, times,
-owners or versions, which two ensembles never share). When they differ, the
-first differing paths are printed with what differs.
+		Description: `Two modes.
 
-Exit status: 0 equal, 3 different, 1 error, 2 usage.`,
-		Flags: append(ensembleFlags(),
+With --source and --target: reads the subtrees on both ensembles and
+compares digests covering every znode's path, data, ACL, ephemeral-ness and
+children (not zxids, times, owners or versions, which two ensembles never
+share). When they differ, the first differing paths are printed.
+
+With --phase current: asks the control plane whether the current phase is
+healthy (not failed; in phase 1 also equal digests and no open conflict).
+
+Exit status: 0 equal/healthy, 3 different/unhealthy, 1 error, 2 usage.`,
+		Flags: append(append(ensembleFlags(),
 			&cli.IntFlag{Name: "max-diffs", Value: 20, Usage: "differences to list per subtree"},
+			&cli.StringFlag{Name: "phase", Usage: "current: check the migration's current phase on the control plane"},
+			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:8080", Usage: "control plane API (with --phase)", EnvVars: []string{"ZKM_API"}},
+			&cli.StringFlag{Name: "token", Usage: "API token (with --phase)", EnvVars: []string{"ZKM_TOKEN"}},
+			&cli.StringFlag{Name: "migration", Usage: "migration id (with --phase; default: the only one)"}),
 			&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"}),
 		Action: func(c *cli.Context) error {
+			if p := c.String("phase"); p != "" {
+				if p != "current" {
+					return usageError("--phase %q: only current is supported", p)
+				}
+				return validateCurrentPhase(c)
+			}
 			args, err := parseEnsembleArgs(c)
 			if err != nil {
 				return usageError("%v", err)
@@ -350,4 +369,47 @@ Exit status: 0 equal, 3 different, 1 error, 2 usage.`,
 			return nil
 		},
 	}
+}
+
+// validateCurrentPhase asks the control plane for the migration's health.
+func validateCurrentPhase(c *cli.Context) error {
+	a, err := newAPIClient(c)
+	if err != nil {
+		return err
+	}
+	id, err := a.migrationID(c)
+	if err != nil {
+		return err
+	}
+	var h struct {
+		Migration control.Migration `json:"migration"`
+		Healthy   bool              `json:"healthy"`
+		Detail    json.RawMessage   `json:"detail"`
+	}
+	if err := a.do(http.MethodGet, "/api/v1/migrations/"+id+"/health", nil, &h); err != nil {
+		return err
+	}
+	healthy := h.Healthy
+	if h.Migration.Step == control.StepDeployB && h.Migration.Status != control.StatusSucceeded {
+		healthy = false // phase 1 is healthy once it verified
+	}
+	if a.json {
+		_ = json.NewEncoder(a.out).Encode(map[string]any{"healthy": healthy, "migration": h.Migration, "detail": h.Detail})
+	} else {
+		verdict := "healthy"
+		if !healthy {
+			verdict = "NOT healthy"
+		}
+		fmt.Fprintf(a.out, "%s: phase %d (%s) %s: %s\n", id, h.Migration.Step.Phase(), h.Migration.Step, h.Migration.Status, verdict)
+		if h.Migration.LastError != "" {
+			fmt.Fprintf(a.out, "  last error: %s\n", h.Migration.LastError)
+		}
+		if len(h.Detail) > 0 && string(h.Detail) != "null" {
+			fmt.Fprintf(a.out, "  detail: %s\n", h.Detail)
+		}
+	}
+	if !healthy {
+		return cli.Exit("", exitDifferent)
+	}
+	return nil
 }

@@ -34,6 +34,9 @@ type Syncer struct {
 	Logger   *slog.Logger
 	// Alerts, if set, returns the migration's alert dispatcher.
 	Alerts func(m *control.Migration) *alert.Dispatcher
+	// Record, if set, writes an entry to the replicated audit trail
+	// (conflicts and alerts of the sync).
+	Record func(m *control.Migration, event, detail string)
 	// VerifyTimeout bounds the wait for equal digests (default 2 min).
 	VerifyTimeout time.Duration
 
@@ -84,6 +87,11 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 				s.Alerts(m).Notify(alert.Alert{Kind: a.Kind, Severity: sev, Summary: a.Message, Migration: m.ID})
 			}
 		},
+		Audit: auditLines(func(event, line string) {
+			if s.Record != nil {
+				s.Record(m, event, line)
+			}
+		}),
 		Roots: cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: true, Logger: s.Logger,
 		LagThreshold: time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond, ReconcileEvery: 5 * time.Second,
 	})
@@ -326,4 +334,20 @@ func Sinks(a control.Alerts) []alert.Sink {
 		sinks = append(sinks, &alert.Email{Addr: a.SMTP.Addr, From: a.SMTP.From, To: a.SMTP.To})
 	}
 	return sinks
+}
+
+// auditLines adapts the replicator's JSON-line audit writer to a callback
+// per line, with the line's "kind" as the event.
+type auditLines func(event, line string)
+
+func (f auditLines) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
+		var v struct {
+			Kind string `json:"kind"`
+		}
+		if json.Unmarshal([]byte(line), &v) == nil && v.Kind != "" {
+			f(v.Kind, line)
+		}
+	}
+	return len(p), nil
 }
