@@ -2,6 +2,11 @@ package zkclient
 
 import (
 	"context"
+	"errors"
+	"net"
+	"os"
+	"strings"
+	"time"
 
 	"github.com/zk-migrate/zk-migrate/jute"
 )
@@ -110,4 +115,31 @@ func MultiErr(call *Call) (int, error) {
 		}
 	}
 	return -1, nil
+}
+
+// FourLetterWord sends a four-letter admin command (srvr, mntr, ruok...)
+// to addr and returns the whole answer. A server closes the connection
+// after answering; a timeout before that is an error.
+func FourLetterWord(addr, word string, timeout time.Duration) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte(word)); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return b.String(), err
+			}
+			return b.String(), nil
+		}
+	}
 }

@@ -29,6 +29,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // Defaults for locating ZooKeeper as Debian's zookeeper package installs it.
@@ -364,27 +366,7 @@ func (e *Ensemble) Close() {
 }
 
 // FourLetterWord sends a four-letter admin command to addr and returns the
-// whole answer.
+// whole answer (zkclient.FourLetterWord).
 func FourLetterWord(addr, word string, timeout time.Duration) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, timeout)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write([]byte(word)); err != nil {
-		return "", err
-	}
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := c.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return b.String(), err
-			}
-			return b.String(), nil
-		}
-	}
+	return zkclient.FourLetterWord(addr, word, timeout)
 }

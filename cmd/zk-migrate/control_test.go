@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/go-zookeeper/zk"
-
-	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
 const (
@@ -35,16 +33,7 @@ func TestMigrationThroughTheCLI(t *testing.T) {
 		t.Skip("starts ZooKeeper and three control nodes")
 	}
 	ctx := context.Background()
-	a, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cp-a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cp-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := startPair(t, ctx, "cp")
 	ca, _, err := zk.Connect(a.Addrs(), 10*time.Second, zk.WithLogInfo(false))
 	if err != nil {
 		t.Fatal(err)
@@ -244,16 +233,7 @@ func TestApprovalPauseRollbackThroughTheCLI(t *testing.T) {
 		t.Skip("starts ZooKeeper and three control nodes")
 	}
 	ctx := context.Background()
-	a, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cp2-a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cp2-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := startPair(t, ctx, "cp2")
 	dir := t.TempDir()
 	tokens := filepath.Join(dir, "tokens")
 	if err := os.WriteFile(tokens, []byte(opToken+" operator bob\n"), 0o600); err != nil {

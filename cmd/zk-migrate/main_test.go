@@ -195,16 +195,7 @@ func TestSyncOnceAndValidate(t *testing.T) {
 		t.Skip("starts ZooKeeper")
 	}
 	ctx := context.Background()
-	a, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cli-a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "cli-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := startPair(t, ctx, "cli")
 	ca, _, err := zk.Connect(a.Addrs(), 10*time.Second, zk.WithLogInfo(false))
 	if err != nil {
 		t.Fatal(err)
@@ -238,4 +229,20 @@ func TestSyncOnceAndValidate(t *testing.T) {
 	if out, code := run(t, "validate", "--source", a.ConnectString(), "--target", b.ConnectString(), "--paths", "mesos"); code != exitUsage || !strings.Contains(out, "absolute znode paths") {
 		t.Fatalf("relative path: exit %d\n%s", code, out)
 	}
+}
+
+// startPair starts two standalone ZooKeeper servers, A and B, stopped when
+// the test ends.
+func startPair(t *testing.T, ctx context.Context, name string) (a, b *zktest.Ensemble) {
+	t.Helper()
+	var err error
+	if a, err = zktest.Start(ctx, zktest.Config{Servers: 1, Name: name + "-a"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	if b, err = zktest.Start(ctx, zktest.Config{Servers: 1, Name: name + "-b"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return a, b
 }

@@ -3,35 +3,13 @@ package server
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/alert"
 	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
-
-// fourLetter asks one server a four-letter word.
-func fourLetter(addr, word string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := c.Write([]byte(word)); err != nil {
-		return "", err
-	}
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := c.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			return b.String(), nil
-		}
-	}
-}
 
 // EnsembleHealth is what srvr says of each server.
 type EnsembleHealth struct {
@@ -49,7 +27,7 @@ func CheckEnsemble(connect string) EnsembleHealth {
 	for _, addr := range strings.Split(connect, ",") {
 		addr = strings.TrimSpace(addr)
 		h.Total++
-		out, err := fourLetter(addr, "srvr")
+		out, err := zkclient.FourLetterWord(addr, "srvr", 3*time.Second)
 		if err != nil || !strings.Contains(out, "Mode: ") {
 			h.Problems = append(h.Problems, fmt.Sprintf("%s not serving (%v%s)", addr, err, firstLine(out)))
 			continue
