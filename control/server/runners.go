@@ -34,6 +34,9 @@ type Syncer struct {
 	Logger   *slog.Logger
 	// Alerts, if set, returns the migration's alert dispatcher.
 	Alerts func(m *control.Migration) *alert.Dispatcher
+	// Current, if set, returns the migration's current state (the health
+	// loop follows the primary and the phase).
+	Current func(id string) *control.Migration
 	// Record, if set, writes an entry to the replicated audit trail
 	// (conflicts and alerts of the sync).
 	Record func(m *control.Migration, event, detail string)
