@@ -75,7 +75,7 @@ migration:
   target_zk: %s
   paths: [/mesos]
 actions:
-  masters_on_b: {run: "echo masters_on_b >> %[3]s", verify: "grep -q masters_on_b %[3]s"}
+  masters_on_b: {run: "sleep 1; grep -qx masters_on_b %[3]s || echo masters_on_b >> %[3]s", verify: "grep -q masters_on_b %[3]s"}
   masters_off_a: {run: "test -f %[4]s || { touch %[4]s; echo 'masters did not stop' >&2; exit 1; }; echo masters_off_a >> %[3]s"}
   agents_on_b: {run: "echo agents_on_b >> %[3]s"}
   drain_agents_a: {run: "echo drain_agents_a >> %[3]s"}
@@ -86,7 +86,7 @@ alerts:
 		t.Fatal(err)
 	}
 
-	apis := startControlPlane(t, dir, tokens)
+	apis, cmds := startControlPlane(t, dir, tokens)
 	// Talk to a follower (the third node): writes are forwarded to the leader.
 	api := "http://" + apis[2]
 	cli := func(args ...string) (string, int) {
@@ -147,6 +147,12 @@ alerts:
 	steps := map[int]string{2: "2-masters-on-b", 3: "3-masters-off-a", 4: "4-agents-on-b", 5: "5-drain-agents-a"}
 	for phase := 2; phase <= 5; phase++ {
 		mustCLI("advance", "--phase", fmt.Sprint(phase), "--confirm")
+		if phase == 2 {
+			// Kill the leader while phase 2's action runs: the new leader
+			// runs it again (actions are idempotent) and finishes.
+			time.Sleep(300 * time.Millisecond)
+			api = killLeader(t, apis, cmds)
+		}
 		if phase == 3 {
 			// The action fails once: the phase fails, an alert goes out,
 			// and an operator retries it.
@@ -196,8 +202,9 @@ alerts:
 
 // startControlPlane starts three `zk-migrate control` processes (c1
 // bootstraps, c2 and c3 join) and returns their API addresses.
-func startControlPlane(t *testing.T, dir, tokens string) []string {
+func startControlPlane(t *testing.T, dir, tokens string) ([]string, []*exec.Cmd) {
 	t.Helper()
+	var cmds []*exec.Cmd
 	var apis []string
 	for i := 1; i <= 3; i++ {
 		api := freeAddr(t)
@@ -216,12 +223,36 @@ func startControlPlane(t *testing.T, dir, tokens string) []string {
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
 		apis = append(apis, api)
+		cmds = append(cmds, cmd)
 		waitFor(t, func() bool {
 			out, code := run(t, "status", "--api", "http://"+api, "--token", opToken)
 			return code == 0 && strings.Contains(out, "MIGRATION")
 		})
 	}
-	return apis
+	return apis, cmds
+}
+
+// killLeader SIGKILLs the control process that leads and returns the API
+// of a survivor.
+func killLeader(t *testing.T, apis []string, cmds []*exec.Cmd) string {
+	t.Helper()
+	for i, api := range apis {
+		resp, err := http.Get("http://" + api + "/healthz")
+		if err != nil {
+			continue
+		}
+		var h struct {
+			IsLeader bool `json:"is_leader"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&h)
+		resp.Body.Close()
+		if h.IsLeader {
+			_ = cmds[i].Process.Kill()
+			return "http://" + apis[(i+1)%len(apis)]
+		}
+	}
+	t.Fatal("no leader to kill")
+	return ""
 }
 
 // TestApprovalPauseRollbackThroughTheCLI: with require_manual_approval
@@ -252,7 +283,7 @@ actions:
 `, a.ConnectString(), b.ConnectString(), undo)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	apis := startControlPlane(t, dir, tokens)
+	apis, _ := startControlPlane(t, dir, tokens)
 	cli := func(args ...string) (string, int) {
 		return run(t, append(args, "--api", "http://"+apis[1], "--token", opToken, "--output", "json")...)
 	}
