@@ -72,6 +72,7 @@ type Report struct {
 	SyncChecked     bool
 	SyncEqual       bool
 	SyncDifferences []string
+	SyncSettle      time.Duration // after the load: until B matched A
 	LagP50, LagP99  time.Duration
 	Errors          []error // the first unexpected errors, if any
 }
@@ -320,12 +321,15 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 	}
 	conns = nil
 	wg.Wait()
+	rep.Elapsed = time.Since(start)
 	if ensB != nil {
 		// The replicator is still running: B must converge on its own,
 		// including the deletion of the ephemerals of the sessions just
 		// closed.
 		rep.SyncChecked = true
+		settle := time.Now()
 		rep.SyncEqual, rep.SyncDifferences = awaitEqual(ctx, ens, ensB, out, 30*time.Second)
+		rep.SyncSettle = time.Since(settle)
 		rep.LagP50, rep.LagP99 = lags.quantiles()
 	}
 	stopSync()
@@ -334,7 +338,6 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 	rep.ConnectionLosses, rep.OtherErrors = c.connLoss.Load(), c.other.Load()
 	rep.Expired, rep.Disconnects, rep.LeaderChanges = c.expired.Load(), c.disconnects.Load(), c.leaderChanges.Load()
 	rep.Reattaches = reattaches(proxies)
-	rep.Elapsed = time.Since(start)
 	rep.Errors = c.errs
 	printReport(out, rep)
 	return rep, nil
@@ -532,8 +535,9 @@ sandbox report (%s)
 		if !r.SyncEqual {
 			eq = "DIFFERENT: " + strings.Join(r.SyncDifferences, "; ")
 		}
-		fmt.Fprintf(out, "  ensemble B vs A (digest)   %s (must be equal)\n  sync lag p50 / p99         %v / %v\n",
-			eq, r.LagP50.Round(100*time.Microsecond), r.LagP99.Round(100*time.Microsecond))
+		fmt.Fprintf(out, "  ensemble B vs A (digest)   %s (must be equal), %v after the load stopped\n"+
+			"                             (closed sessions' ephemerals go, then their copies on B)\n  sync lag p50 / p99         %v / %v\n",
+			eq, r.SyncSettle.Round(100*time.Millisecond), r.LagP50.Round(100*time.Microsecond), r.LagP99.Round(100*time.Microsecond))
 	}
 	for _, err := range r.Errors {
 		fmt.Fprintf(out, "  error: %v\n", err)
