@@ -10,8 +10,10 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
+	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/proxy"
 	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // bridge wraps the proxy's upstream connections so a test can hold back the
@@ -240,5 +242,58 @@ func waitMetric(t *testing.T, p *proxytest.Proxy, result string, want float64) {
 			t.Fatalf("upstream_reconnects_total{result=%q} = %v, want %v", result, v, want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPersistentWatchCatchUpAfterMove: ZooKeeper re-registers persistent
+// watches without reporting changes made before the re-registration. A
+// change is made while the session's server connection is held (its event
+// is lost with the connection); after the move, the proxy must still
+// deliver it.
+func TestPersistentWatchCatchUpAfterMove(t *testing.T) {
+	root := testRoot(t)
+	p, b := startBridgedProxy(t)
+	ctx := context.Background()
+	c, err := zkclient.Dial(ctx, []string{p.Addr}, zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.AddWatch(ctx, root, true); err != nil {
+		t.Fatal(err)
+	}
+	direct := directConn(t)
+	b.holdAll()
+	if _, err := direct.Create(root+"/made-while-moving", []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := direct.Set(root, []byte("changed-while-moving"), -1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the events reach the held connection
+	b.severAll()
+	want := map[string]int32{root + "/made-while-moving": jute.EventNodeCreated, root: jute.EventNodeDataChanged}
+	deadline := time.After(15 * time.Second)
+	for len(want) > 0 {
+		select {
+		case ev := <-c.Events():
+			if typ, ok := want[ev.Path]; ok && typ == ev.Type {
+				delete(want, ev.Path)
+			}
+		case <-deadline:
+			t.Fatalf("events never delivered after the move: %v", want)
+		}
+	}
+	// Changes after the move come from the server, once.
+	if _, err := direct.Set(root+"/made-while-moving", []byte("after"), -1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-c.Events():
+		if ev.Path != root+"/made-while-moving" || ev.Type != jute.EventNodeDataChanged {
+			t.Fatalf("event after the move: %+v", ev)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no event for a change after the move")
 	}
 }

@@ -167,6 +167,8 @@ func (s *session) readUpstream(up *upstream) error {
 		if p.kind == pendingClient {
 			m.observeReply(p.op, code, p.start)
 			s.writeClientLocked(frame, false)
+		} else if reg, ok := p.arg.(chan int64); ok && code == jute.CodeOK {
+			reg <- h.Zxid // the replayed watches are registered at this zxid
 		} else if code != jute.CodeOK && p.op != jute.OpPing {
 			s.omu.Unlock()
 			return fmt.Errorf("%w: %s on %s: %s", errReplayFailed, p.op, up.addr, code)
@@ -301,7 +303,22 @@ func (s *session) reattach(dead *upstream) bool {
 			default:
 			}
 			s.startReader(up)
-			s.replayLocked(up)
+			s.omu.Lock()
+			persistent, recursive := sortedKeys(s.watches.persistent), sortedKeys(s.watches.recursive)
+			s.omu.Unlock()
+			from := s.lastZxid.Load()
+			var registered chan int64
+			if len(persistent)+len(recursive) > 0 {
+				registered = make(chan int64, 1)
+			}
+			s.replayLocked(up, registered)
+			if registered != nil {
+				s.wg.Add(1)
+				go func() {
+					defer s.wg.Done()
+					s.catchUp(persistent, recursive, from, registered)
+				}()
+			}
 			m.reconnects.WithLabelValues("ok").Inc()
 			s.log.Info("session re-attached", "upstream", up.addr, "attempts", attempt+1)
 			return true
@@ -327,8 +344,9 @@ type outgoing struct {
 }
 
 // replayLocked re-sends the session's credentials and watches on a fresh
-// upstream connection. Callers hold wmu.
-func (s *session) replayLocked(up *upstream) {
+// upstream connection. Callers hold wmu. registered, if not nil, receives
+// the zxid at which the last SetWatches2 was applied.
+func (s *session) replayLocked(up *upstream, registered chan int64) {
 	var reqs []outgoing
 	s.omu.Lock()
 	for _, a := range s.auths {
@@ -341,8 +359,18 @@ func (s *session) replayLocked(up *upstream) {
 		}
 		reqs = append(reqs, outgoing{jute.XidSetWatches, op, w})
 	}
-	for _, r := range reqs {
-		s.queue.push(pending{xid: r.xid, op: r.op, kind: pendingInternal, start: time.Now()})
+	last := -1
+	for i, r := range reqs {
+		if r.op == jute.OpSetWatches2 {
+			last = i
+		}
+	}
+	for i, r := range reqs {
+		p := pending{xid: r.xid, op: r.op, kind: pendingInternal, start: time.Now()}
+		if i == last && registered != nil {
+			p.arg = registered
+		}
+		s.queue.push(p)
 	}
 	// Reads that were in flight on the lost server go again, in order,
 	// after the replays; their queue entries stay where they are.
