@@ -308,12 +308,19 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 		path := fmt.Sprintf("/sandbox/counter-%d", i+1)
 		var data []byte
 		_, err := retry(ctx, &c, func() (string, error) {
+			// A follower may serve a value older than one the leader
+			// acknowledged (reads are not linearizable across
+			// sessions): sync first, ZooKeeper's read-your-peers recipe.
+			if _, err := admin.Sync(path); err != nil {
+				return "", err
+			}
 			var err error
 			data, _, err = admin.Get(path)
 			return "", err
 		})
 		if err != nil || parseInt(string(data)) < acked[i].Load() {
 			rep.LostWrites++
+			c.noteErr(fmt.Errorf("counter %s: read %q (err %v) after sync, but %d was acknowledged", path, data, err, acked[i].Load()))
 		}
 	}
 	for _, cn := range conns {
