@@ -60,17 +60,21 @@ func (s *session) catchUp(persistent, recursive []string, from int64, registered
 	emit := func(typ int32, p string) {
 		events = append(events, jute.WatcherEvent{Type: typ, State: jute.StateSyncConnected, Path: p})
 	}
-	for _, p := range persistent {
-		_, st, err := c.Children(ctx, p)
-		if err != nil {
-			continue
-		}
+	// emitNode reports a node created or changed in the window.
+	emitNode := func(p string, st jute.Stat) {
 		switch {
 		case changed(st.Czxid):
 			emit(jute.EventNodeCreated, p)
 		case changed(st.Mzxid):
 			emit(jute.EventNodeDataChanged, p)
 		}
+	}
+	for _, p := range persistent {
+		_, st, err := c.Children(ctx, p)
+		if err != nil {
+			continue
+		}
+		emitNode(p, st)
 		if changed(st.Pzxid) {
 			emit(jute.EventNodeChildrenChanged, p)
 		}
@@ -86,12 +90,7 @@ func (s *session) catchUp(persistent, recursive []string, from int64, registered
 			if err != nil {
 				continue
 			}
-			switch {
-			case changed(st.Czxid):
-				emit(jute.EventNodeCreated, p)
-			case changed(st.Mzxid):
-				emit(jute.EventNodeDataChanged, p)
-			}
+			emitNode(p, st)
 			// A data change below does not show in an ancestor's stat:
 			// walk the whole subtree.
 			for _, k := range kids {
