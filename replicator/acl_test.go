@@ -239,3 +239,47 @@ func TestContinuousStopsCopyingHiddenACLs(t *testing.T) {
 		t.Fatalf("ACL of /pre/kid on B = %v (%v), want %v", acl, err, grant)
 	}
 }
+
+// TestPlanLeavesBlockedZnodesAlone: with hidden ACLs skipped, nothing is
+// planned for such a znode, for the deletion of its ancestors, or for the
+// creation of descendants that would need it created; the rest is planned.
+func TestPlanLeavesBlockedZnodesAlone(t *testing.T) {
+	tree := func(paths ...string) *Tree {
+		tr := &Tree{Nodes: map[string]*Node{}}
+		for _, p := range paths {
+			tr.Nodes[p] = &Node{Path: p, Data: []byte(p), ACL: zkclient.OpenACL}
+		}
+		return tr
+	}
+	src := tree("/r", "/r/hid", "/r/hid/kid", "/r/there", "/r/there/kid", "/r/ok")
+	src.Nodes["/r/there"].Data = []byte("new")
+	dst := tree("/r", "/r/there", "/r/gone", "/r/gone/hid", "/r/gone/other")
+	blocked := map[string]bool{"/r/hid": true, "/r/there": true, "/r/gone/hid": true}
+	p := plan(src, dst, 0, blocked)
+	paths := func(ops []zkclient.MultiOp) string {
+		var out []string
+		for _, op := range ops {
+			switch r := op.Req.(type) {
+			case *jute.CreateRequest:
+				out = append(out, r.Path)
+			case *jute.DeleteRequest:
+				out = append(out, r.Path)
+			case *jute.SetDataRequest:
+				out = append(out, r.Path)
+			}
+		}
+		return strings.Join(out, ",")
+	}
+	if got := paths(p.creates); got != "/r/ok,/r/there/kid" {
+		t.Errorf("creates %s", got)
+	}
+	if got := paths(p.deletes); got != "/r/gone/other" {
+		t.Errorf("deletes %s", got)
+	}
+	if got := paths(p.updates); got != "" {
+		t.Errorf("updates %s", got)
+	}
+	if len(p.acls) != 0 || !p.skipped["/r/hid"] || !p.skipped["/r/hid/kid"] {
+		t.Errorf("acls %v, skipped %v", p.acls, p.skipped)
+	}
+}
