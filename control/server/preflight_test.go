@@ -149,14 +149,11 @@ func TestPhase1CannotSucceedWithHiddenACLs(t *testing.T) {
 			audit = append(audit, event+" "+detail)
 		}}
 	defer sy.Undo(context.Background(), m)
-	start := time.Now()
 	err = sy.Verify(context.Background(), m)
+	// Not the timeout's "not verified equal": the hidden ACLs, with the fix.
 	if err == nil || !strings.Contains(err.Error(), "phase 1 cannot succeed") || !strings.Contains(err.Error(), "A /x/locked/child:") ||
 		!strings.Contains(err.Error(), "superDigest") {
 		t.Fatalf("phase 1 verification with hidden ACLs: %v", err)
-	}
-	if time.Since(start) > 30*time.Second {
-		t.Fatalf("verification waited out its timeout instead of failing on the hidden ACLs")
 	}
 	mu.Lock()
 	if !strings.Contains(strings.Join(audit, "\n"), "acl_unreadable") {
