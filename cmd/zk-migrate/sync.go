@@ -275,7 +275,8 @@ func runSync(c *cli.Context) error {
 				if agent != nil {
 					_ = agent.SetMeta(func(m *membership.Meta) { m.LagMS = max(ab, ba).Milliseconds() })
 				}
-				fmt.Fprintf(out, "lag A->B %v, B->A %v, open conflicts %d\n", ab.Round(100*time.Microsecond), ba.Round(100*time.Microsecond), len(cont.Conflicts()))
+				fmt.Fprintf(out, "lag A->B %v, B->A %v, open conflicts %d, znodes not copied (ACL hidden) %d\n",
+					ab.Round(100*time.Microsecond), ba.Round(100*time.Microsecond), len(cont.Conflicts()), len(cont.Unreadable()))
 			}
 		}
 	}()
