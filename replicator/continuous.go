@@ -88,7 +88,7 @@ type ContinuousConfig struct {
 // Alert is a condition an operator must hear about.
 type Alert struct {
 	Time    time.Time `json:"time"`
-	Kind    string    `json:"kind"` // "sync_lag", "conflict", "sync_failure"
+	Kind    string    `json:"kind"` // "sync_lag", "conflict", "sync_failure", "acl_unreadable"
 	Message string    `json:"message"`
 }
 
@@ -120,11 +120,14 @@ type Continuous struct {
 	conflicts   map[string]Conflict
 	forced      map[string]Side // resolved conflicts: copy from this side next
 	digestEqual map[string]bool // per root, from the last full reconcile
-	kick        chan string     // paths to handle now (resolved conflicts)
-	auditMu     sync.Mutex
-	lastLag     [2]time.Duration
-	lagSince    time.Time
-	rounds      int64
+	// unreadable are the znodes whose ACL ZooKeeper hides from the
+	// replicator, on either side: never copied (blocked), never equal.
+	unreadable map[sidePath]UnreadableACL
+	kick       chan string // paths to handle now (resolved conflicts)
+	auditMu    sync.Mutex
+	lastLag    [2]time.Duration
+	lagSince   time.Time
+	rounds     int64
 
 	conns [2]*zkclient.Conn // writers (and readers); replaced on reconnect
 	// watchers and oneShot are the current session's watcher connections
@@ -171,7 +174,68 @@ func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
 		cfg.Roots = append(append([]string(nil), cfg.Roots...), HeartbeatRoot)
 	}
 	return &Continuous{cfg: cfg, log: cfg.Logger, synced: map[string][2]version{}, conflicts: map[string]Conflict{},
-		forced: map[string]Side{}, kick: make(chan string, 1024), digestEqual: map[string]bool{}}, nil
+		forced: map[string]Side{}, kick: make(chan string, 1024), digestEqual: map[string]bool{},
+		unreadable: map[sidePath]UnreadableACL{}}, nil
+}
+
+type sidePath struct {
+	side Side
+	path string
+}
+
+// Unreadable lists the znodes whose ACL ZooKeeper hides from the replicator
+// (RedactedACL), as last seen, in path order: continuous sync does not copy
+// them (nor create what lies below them), and their roots never count as
+// equal, until the replicator can read them.
+func (c *Continuous) Unreadable() []UnreadableACL {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]UnreadableACL, 0, len(c.unreadable))
+	for _, u := range c.unreadable {
+		out = append(out, u)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Path != out[j].Path {
+			return out[i].Path < out[j].Path
+		}
+		return out[i].Side < out[j].Side
+	})
+	return out
+}
+
+// noteUnreadable records znodes with hidden ACLs, replacing the previous
+// set when replace is true (a full reconcile read every path), and raises
+// an acl_unreadable alert for those not known before.
+func (c *Continuous) noteUnreadable(nodes []UnreadableACL, replace bool) {
+	var fresh []UnreadableACL
+	c.mu.Lock()
+	old := c.unreadable
+	if replace {
+		c.unreadable = make(map[sidePath]UnreadableACL, len(nodes))
+	}
+	for _, u := range nodes {
+		k := sidePath{u.Side, u.Path}
+		if _, known := old[k]; !known {
+			fresh = append(fresh, u)
+		}
+		c.unreadable[k] = u
+		old[k] = u // a repeat within nodes is not fresh twice
+	}
+	n := len(c.unreadable)
+	c.mu.Unlock()
+	if c.cfg.Metrics != nil {
+		c.cfg.Metrics.unreadable.Set(float64(n))
+	}
+	if len(fresh) > 0 {
+		c.alert(Alert{Kind: "acl_unreadable", Message: "not copying: " + DescribeUnreadable(fresh, 20)})
+	}
+}
+
+// blockedLocked reports whether p's ACL is hidden on either side.
+func (c *Continuous) blockedLocked(p string) bool {
+	_, a := c.unreadable[sidePath{SideA, p}]
+	_, b := c.unreadable[sidePath{SideB, p}]
+	return a || b
 }
 
 // Conflicts lists the unresolved conflicts (Manual strategy).
@@ -341,10 +405,12 @@ func (c *Continuous) runSession(ctx context.Context) error {
 		}(side, watchers[side])
 	}
 	if c.cfg.InitialSync {
-		if _, err := Sync(ctx, Endpoints{Source: []*zkclient.Conn{c.conns[SideA]}, Target: []*zkclient.Conn{c.conns[SideB]}},
-			c.cfg.Roots, Options{}); err != nil {
+		res, err := Sync(ctx, Endpoints{Source: []*zkclient.Conn{c.conns[SideA]}, Target: []*zkclient.Conn{c.conns[SideB]}},
+			c.cfg.Roots, Options{SkipUnreadableACLs: true})
+		if err != nil {
 			return fmt.Errorf("initial copy: %w", err)
 		}
+		c.noteUnreadable(res.Unreadable, false)
 		c.cfg.InitialSync = false
 		if err := c.adoptAll(ctx); err != nil {
 			return err
@@ -446,6 +512,7 @@ func (c *Continuous) reconcileAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.noteUnreadable(unreadableInAll(trees), true)
 	// One-shot watch trees are armed on every znode (and on the roots, for
 	// their creation) at each full reconcile: nodes created by the copy or
 	// while a watch was firing get theirs. Arming twice is harmless.
@@ -483,11 +550,15 @@ func (c *Continuous) reconcileAll(ctx context.Context) error {
 	if trees, err = c.readTrees(ctx, nil); err != nil {
 		return err
 	}
+	c.noteUnreadable(unreadableInAll(trees), false)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i, root := range c.cfg.Roots {
-		eq := trees[SideA][i].Digest() == trees[SideB][i].Digest()
-		if !eq {
+		hidden := len(trees[SideA][i].Unreadable) + len(trees[SideB][i].Unreadable)
+		eq := trees[SideA][i].Digest() == trees[SideB][i].Digest() && hidden == 0
+		if hidden > 0 {
+			c.log.Warn("cannot verify: ZooKeeper hides digest ACLs from the replicator", "root", root, "znodes", hidden)
+		} else if !eq {
 			c.log.Warn("digests differ after reconcile", "root", root, "first_differences", fmt.Sprint(Compare(trees[SideA][i], trees[SideB][i], 5)))
 		}
 		c.digestEqual[root] = eq
@@ -500,6 +571,17 @@ func (c *Continuous) reconcileAll(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// unreadableInAll lists the hidden ACLs of every tree read.
+func unreadableInAll(trees [2][]*Tree) []UnreadableACL {
+	var out []UnreadableACL
+	for _, side := range []Side{SideA, SideB} {
+		for _, t := range trees[side] {
+			out = append(out, unreadableIn(t, side)...)
+		}
+	}
+	return out
 }
 
 // readTrees reads every root on both sides; paths seen are added to seen
@@ -631,6 +713,9 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 		st, known := c.synced[p]
 		if _, open := c.conflicts[p]; open {
 			continue
+		}
+		if c.blockedLocked(p) {
+			continue // its ACL is hidden: copying it would corrupt it
 		}
 		if w, ok := c.forced[p]; ok {
 			delete(c.forced, p)
@@ -767,6 +852,11 @@ func (c *Continuous) apply(ctx context.Context, acts []action) error {
 			newTo = version{exists: true, mzxid: pw.call.Resp.(*jute.SetDataResponse).Stat.Mzxid}
 		case a.src.exists && code == jute.CodeNoNode:
 			v, err := c.createWithParents(ctx, a.from, a.path)
+			var hidden *UnreadableACLError
+			if errors.As(err, &hidden) {
+				c.noteUnreadable(hidden.Nodes, false)
+				continue
+			}
 			if err != nil {
 				return err
 			}
@@ -793,7 +883,9 @@ func (c *Continuous) apply(ctx context.Context, acts []action) error {
 
 // createWithParents creates p on the other side of from, copying missing
 // parents first, with data, ACL and ephemeral-ness as on from. It returns
-// the new version of p (not existing if p vanished from from).
+// the new version of p (not existing if p vanished from from). A znode to
+// create whose ACL is hidden on from is not created: the error is an
+// *UnreadableACLError, and p waits.
 func (c *Continuous) createWithParents(ctx context.Context, from Side, p string) (version, error) {
 	src, dst := c.conns[from], c.conns[from.other()]
 	var chain []string
@@ -812,6 +904,14 @@ func (c *Continuous) createWithParents(ctx context.Context, from Side, p string)
 		acl, _, err := src.GetACL(ctx, q)
 		if err != nil {
 			return version{}, fmt.Errorf("read ACL of %s on %s: %w", q, from, err)
+		}
+		if RedactedACL(acl) {
+			if q != p {
+				if _, err := dst.Exists(ctx, q); err == nil {
+					continue // already there: nothing to copy
+				}
+			}
+			return version{}, &UnreadableACLError{Nodes: []UnreadableACL{{Side: from, Path: q, ACL: acl}}}
 		}
 		flags := jute.FlagPersistent
 		if st.EphemeralOwner != 0 {
@@ -853,6 +953,16 @@ func (c *Continuous) reconcileACLs(ctx context.Context, paths []string) error {
 		aclB, stB, errB := c.conns[SideB].GetACL(ctx, p)
 		if errA != nil || errB != nil || aclKey(aclA) == aclKey(aclB) {
 			continue
+		}
+		if RedactedACL(aclA) || RedactedACL(aclB) {
+			var hidden []UnreadableACL
+			for side, acl := range [2][]jute.ACL{aclA, aclB} {
+				if RedactedACL(acl) {
+					hidden = append(hidden, UnreadableACL{Side: Side(side), Path: p, ACL: acl})
+				}
+			}
+			c.noteUnreadable(hidden, false)
+			continue // never copy a hidden ACL
 		}
 		from, acl := SideA, aclA
 		if stB.Aversion > stA.Aversion {

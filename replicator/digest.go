@@ -103,8 +103,8 @@ func Compare(source, target *Tree, max int) []Difference {
 			stop = add(p, fmt.Sprintf("ephemeral on source=%v, on target=%v", s.Ephemeral(), t.Ephemeral()))
 		case !bytes.Equal(s.Data, t.Data):
 			stop = add(p, fmt.Sprintf("data differs (%d bytes on source, %d on target)", len(s.Data), len(t.Data)))
-		case aclKey(s.ACL) != aclKey(t.ACL):
-			stop = add(p, fmt.Sprintf("ACL differs (source %s, target %s)", aclKey(s.ACL), aclKey(t.ACL)))
+		case aclsDiffer(s.ACL, t.ACL):
+			stop = add(p, fmt.Sprintf("ACL differs (source %s, target %s)", formatACL(s.ACL), formatACL(t.ACL)))
 		case strings.Join(s.Children, "/") != strings.Join(t.Children, "/"):
 			stop = add(p, fmt.Sprintf("children differ (%d on source, %d on target)", len(s.Children), len(t.Children)))
 		}
@@ -115,17 +115,51 @@ func Compare(source, target *Tree, max int) []Difference {
 	return out
 }
 
-// Verdict is the outcome of Validate for one subtree.
+// aclsDiffer reports whether two ACLs as read are known to differ. Where
+// ZooKeeper hid a digest hash on either side, only the visible parts can be
+// compared: redacted reads that differ prove the ACLs differ, equal ones
+// prove nothing (the znode is unverifiable, not equal).
+func aclsDiffer(s, t []jute.ACL) bool {
+	if RedactedACL(s) || RedactedACL(t) {
+		return aclKey(redact(s)) != aclKey(redact(t))
+	}
+	return aclKey(s) != aclKey(t)
+}
+
+// redact hides digest hashes as ZooKeeper does for a reader without ADMIN.
+func redact(acl []jute.ACL) []jute.ACL {
+	out := make([]jute.ACL, len(acl))
+	for i, a := range acl {
+		if a.ID.Scheme == "digest" {
+			u, _, _ := strings.Cut(a.ID.ID, ":")
+			a.ID.ID = u + ":x"
+		}
+		out[i] = a
+	}
+	return out
+}
+
+// Verdict is the outcome of Validate for one subtree. Exactly one holds:
+// Equal (proved by digest), Different (Differences lists where), or neither
+// with Unverifiable set (no difference found, but ZooKeeper hid some digest
+// ACLs, so equality is not proved).
 type Verdict struct {
 	Root                       string
 	Equal                      bool
 	SourceDigest, TargetDigest string
 	SourceNodes, TargetNodes   int
 	Differences                []Difference
+	// Unverifiable lists every znode whose ACL ZooKeeper hid, on either
+	// side: the digests cannot prove them equal.
+	Unverifiable []UnreadableACL
 }
 
+// Different reports whether the subtrees are known to differ.
+func (v Verdict) Different() bool { return len(v.Differences) > 0 }
+
 // Validate reads the subtrees on both sides and compares their digests; when
-// they differ it lists up to max differences.
+// they differ it lists up to max differences. A znode whose ACL ZooKeeper
+// hid on either side makes the verdict unverifiable, never equal.
 func Validate(ctx context.Context, ep Endpoints, roots []string, max int) ([]Verdict, error) {
 	var out []Verdict
 	for _, root := range roots {
@@ -139,8 +173,9 @@ func Validate(ctx context.Context, ep Endpoints, roots []string, max int) ([]Ver
 		}
 		v := Verdict{Root: root, SourceDigest: src.Digest(), TargetDigest: dst.Digest(),
 			SourceNodes: len(src.Nodes), TargetNodes: len(dst.Nodes)}
-		v.Equal = v.SourceDigest == v.TargetDigest
-		if !v.Equal {
+		v.Unverifiable = append(unreadableIn(src, SideA), unreadableIn(dst, SideB)...)
+		v.Equal = v.SourceDigest == v.TargetDigest && len(v.Unverifiable) == 0
+		if v.SourceDigest != v.TargetDigest {
 			v.Differences = Compare(src, dst, max)
 		}
 		out = append(out, v)

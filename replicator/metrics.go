@@ -8,6 +8,8 @@ type Metrics struct {
 	inSync    *prometheus.GaugeVec
 	applied   *prometheus.CounterVec
 	conflicts *prometheus.CounterVec
+	// unreadable counts znodes whose ACL ZooKeeper hides from the replicator.
+	unreadable prometheus.Gauge
 	// Snapshot progress, updated by the sync command from Progress.
 	SnapshotNodes   prometheus.Gauge
 	SnapshotWritten prometheus.Gauge
@@ -27,13 +29,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Znodes changed on both sides since their last sync, by strategy."}, []string{"strategy"}),
 		inSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "digest_equal",
 			Help: "1 when the last full reconcile found equal digests on both ensembles, by root; 0 otherwise."}, []string{"root"}),
+		unreadable: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "unreadable_acls",
+			Help: "Znodes whose digest ACL ZooKeeper hides from the replicator (no ADMIN permission): not copied, not verified."}),
 		SnapshotNodes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "snapshot_source_nodes",
 			Help: "Source znodes read by the snapshot copy so far."}),
 		SnapshotWritten: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "snapshot_written_ops",
 			Help: "Writes applied to the target by the snapshot copy so far."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.lag, m.inSync, m.applied, m.conflicts, m.SnapshotNodes, m.SnapshotWritten)
+		reg.MustRegister(m.lag, m.inSync, m.applied, m.conflicts, m.unreadable, m.SnapshotNodes, m.SnapshotWritten)
 	}
 	return m
 }

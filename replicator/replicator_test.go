@@ -27,7 +27,9 @@ func TestMain(m *testing.M) {
 	}
 	var err error
 	ctx := context.Background()
-	ensA, err = zktest.Start(ctx, zktest.Config{Servers: 3, Name: "a"})
+	// Only A knows the super digest: a super reader reads A's real ACLs
+	// and B's redacted ones (TestHiddenACLsOnTheTarget).
+	ensA, err = zktest.Start(ctx, zktest.Config{Servers: 3, Name: "a", JVMFlags: []string{zktest.SuperDigestFlag("super", "pw")}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

@@ -36,6 +36,12 @@ type Options struct {
 	Window int
 	// Progress, if set, is updated as Sync goes.
 	Progress *Progress
+	// SkipUnreadableACLs copies everything else when ZooKeeper hides some
+	// digest ACLs (RedactedACL), and lists them in Result.Unreadable, instead
+	// of refusing the whole copy with an *UnreadableACLError. Either way
+	// nothing is ever written on the target for such a znode (nor below it,
+	// where it would have to be created first).
+	SkipUnreadableACLs bool
 }
 
 // Progress counts Sync's work; read it from another goroutine.
@@ -54,6 +60,16 @@ type Result struct {
 	Created, Updated, Deleted, ACLsSet int
 	PaddedParents, PadCreates          int
 	Elapsed                            time.Duration
+	// Unreadable lists the znodes left alone because their ACL is hidden
+	// (with SkipUnreadableACLs), source side (A) first.
+	Unreadable []UnreadableACL
+}
+
+// rootRead is what Sync read of one root before writing anything.
+type rootRead struct {
+	root      string
+	src, dst  *Tree
+	ancestors []ancestor
 }
 
 // Sync makes the target's subtrees equal to the source's: same paths (with
@@ -62,6 +78,11 @@ type Result struct {
 // parent of sequential children gets a creation counter on the target at
 // least as high as on the source, so the next sequential create on the
 // target gets a higher suffix than any copied one.
+//
+// Every root is read on both sides before anything is written. When
+// ZooKeeper hides a digest ACL on either side (RedactedACL), Sync writes
+// nothing and returns an *UnreadableACLError listing every such znode,
+// unless opt.SkipUnreadableACLs.
 func Sync(ctx context.Context, ep Endpoints, roots []string, opt Options) (Result, error) {
 	start := time.Now()
 	if opt.BatchOps <= 0 {
@@ -80,6 +101,8 @@ func Sync(ctx context.Context, ep Endpoints, roots []string, opt Options) (Resul
 		return Result{}, errors.New("replicator: need at least one source and one target session")
 	}
 	var res Result
+	var reads []rootRead
+	var unreadable [2][]UnreadableACL
 	for _, root := range roots {
 		if !strings.HasPrefix(root, "/") || (len(root) > 1 && strings.HasSuffix(root, "/")) {
 			return res, fmt.Errorf("replicator: path %q: want an absolute znode path like /mesos", root)
@@ -92,14 +115,41 @@ func Sync(ctx context.Context, ep Endpoints, roots []string, opt Options) (Resul
 		if err != nil {
 			return res, fmt.Errorf("read target %s: %w", root, err)
 		}
+		anc, err := readAncestors(ctx, ep.Source[0], root)
+		if err != nil {
+			return res, err
+		}
+		for _, a := range anc {
+			if RedactedACL(a.acl) {
+				unreadable[SideA] = append(unreadable[SideA], UnreadableACL{Side: SideA, Path: a.path, ACL: a.acl})
+			}
+		}
+		unreadable[SideA] = append(unreadable[SideA], unreadableIn(src, SideA)...)
+		unreadable[SideB] = append(unreadable[SideB], unreadableIn(dst, SideB)...)
+		reads = append(reads, rootRead{root, src, dst, anc})
+	}
+	res.Unreadable = append(unreadable[SideA], unreadable[SideB]...)
+	if len(res.Unreadable) > 0 && !opt.SkipUnreadableACLs {
+		return res, &UnreadableACLError{Nodes: res.Unreadable}
+	}
+	blocked := map[string]bool{}
+	for _, u := range res.Unreadable {
+		blocked[u.Path] = true
+	}
+	for _, r := range reads {
+		src, dst := r.src, r.dst
 		res.Nodes += len(src.Nodes)
 		for _, n := range src.Nodes {
 			res.Bytes += int64(len(n.Data))
 		}
-		if err := ensureAncestors(ctx, ep, root); err != nil {
+		ok, err := createAncestors(ctx, ep.Target[0], r.ancestors)
+		if err != nil {
 			return res, err
 		}
-		p := plan(src, dst, ep.Target[0].SessionID())
+		if !ok {
+			continue // an ancestor with a hidden ACL is missing on the target
+		}
+		p := plan(src, dst, ep.Target[0].SessionID(), blocked)
 		opt.Progress.Planned.Add(int64(len(p.deletes) + len(p.creates) + len(p.updates) + len(p.acls)))
 		w := &writer{c: ep.Target[0], opt: opt}
 		for _, stage := range []struct {
@@ -117,7 +167,7 @@ func Sync(ctx context.Context, ep Endpoints, roots []string, opt Options) (Resul
 		res.Created += len(p.creates)
 		res.Updated += len(p.updates)
 		res.ACLsSet += len(p.acls)
-		parents, pads, err := padSequenceCounters(ctx, ep.Target[0], src)
+		parents, pads, err := padSequenceCounters(ctx, ep.Target[0], src, func(q string) bool { return blocked[q] || p.skipped[q] })
 		if err != nil {
 			return res, err
 		}
@@ -128,33 +178,62 @@ func Sync(ctx context.Context, ep Endpoints, roots []string, opt Options) (Resul
 	return res, nil
 }
 
-// ensureAncestors creates the root's missing ancestors on the target, with
-// the source's data and ACL when the source has them.
-func ensureAncestors(ctx context.Context, ep Endpoints, root string) error {
+// ancestor is one ancestor of a root as read on the source.
+type ancestor struct {
+	path string
+	data []byte
+	acl  []jute.ACL
+}
+
+// readAncestors reads the root's ancestors on the source, parents first.
+func readAncestors(ctx context.Context, src *zkclient.Conn, root string) ([]ancestor, error) {
 	var chain []string
 	for p := path.Dir(root); p != "/"; p = path.Dir(p) {
 		chain = append([]string{p}, chain...)
 	}
+	out := make([]ancestor, 0, len(chain))
 	for _, p := range chain {
-		data, _, err := ep.Source[0].Get(ctx, p)
+		data, _, err := src.Get(ctx, p)
 		if err != nil && jute.CodeOf(err) != jute.CodeNoNode {
-			return fmt.Errorf("read source %s: %w", p, err)
+			return nil, fmt.Errorf("read source %s: %w", p, err)
 		}
-		acl, _, err := ep.Source[0].GetACL(ctx, p)
+		acl, _, err := src.GetACL(ctx, p)
 		if err != nil {
 			acl = zkclient.OpenACL
 		}
-		_, err = ep.Target[0].Create(ctx, p, data, acl, jute.FlagPersistent)
+		out = append(out, ancestor{p, data, acl})
+	}
+	return out, nil
+}
+
+// createAncestors creates the root's missing ancestors on the target, with
+// the source's data and ACL. An ancestor whose ACL is hidden is never
+// created: if it is missing, ok is false and the root must be left alone.
+func createAncestors(ctx context.Context, dst *zkclient.Conn, anc []ancestor) (ok bool, err error) {
+	for _, a := range anc {
+		if RedactedACL(a.acl) {
+			if _, err := dst.Exists(ctx, a.path); err != nil {
+				if jute.CodeOf(err) == jute.CodeNoNode {
+					return false, nil
+				}
+				return false, fmt.Errorf("stat ancestor %s on target: %w", a.path, err)
+			}
+			continue
+		}
+		_, err = dst.Create(ctx, a.path, a.data, a.acl, jute.FlagPersistent)
 		if err != nil && jute.CodeOf(err) != jute.CodeNodeExists {
-			return fmt.Errorf("create ancestor %s on target: %w", p, err)
+			return false, fmt.Errorf("create ancestor %s on target: %w", a.path, err)
 		}
 	}
-	return nil
+	return true, nil
 }
 
 type syncPlan struct {
 	deletes, creates, updates []zkclient.MultiOp
 	acls                      []aclFix
+	// skipped are the source paths not created because their ACL, or an
+	// ancestor's that is missing on the target, is hidden.
+	skipped map[string]bool
 }
 
 type aclFix struct {
@@ -164,20 +243,41 @@ type aclFix struct {
 
 func depth(p string) int { return strings.Count(p, "/") }
 
+// parentOf is path.Dir for znode paths.
+func parentOf(p string) string { return path.Dir(p) }
+
 // plan computes the writes that turn dst into src. Deletes go deepest
 // first; creates parents first. A copied ephemeral owned by another session
 // than owner (a previous run's) is created again, or it would vanish with
 // that session. A node with children is created with an open
 // ACL and gets its own ACL after its children exist, so a restrictive parent
-// never blocks them.
-func plan(src, dst *Tree, owner int64) syncPlan {
-	var p syncPlan
+// never blocks them. Nothing is planned for a blocked path (its ACL is
+// hidden on either side): not for it, not for its ancestors' deletion, not
+// for its descendants' creation when it would have to be created first.
+func plan(src, dst *Tree, owner int64, blocked map[string]bool) syncPlan {
+	p := syncPlan{skipped: map[string]bool{}}
 	var gone []string
+	keep := map[string]bool{} // blocked target-only nodes and their ancestors
 	for path, d := range dst.Nodes {
 		s := src.Nodes[path]
 		if s == nil || s.Ephemeral() != d.Ephemeral() || (d.Ephemeral() && d.Stat.EphemeralOwner != owner) {
+			if blocked[path] {
+				for q := path; q != "/" && !keep[q]; q = parentOf(q) {
+					keep[q] = true
+				}
+				continue
+			}
 			gone = append(gone, path)
 		}
+	}
+	if len(keep) > 0 {
+		kept := gone[:0]
+		for _, path := range gone {
+			if !keep[path] {
+				kept = append(kept, path)
+			}
+		}
+		gone = kept
 	}
 	sort.Slice(gone, func(i, j int) bool {
 		if depth(gone[i]) != depth(gone[j]) {
@@ -195,6 +295,13 @@ func plan(src, dst *Tree, owner int64) syncPlan {
 	for _, path := range paths {
 		s := src.Nodes[path]
 		d := dst.Nodes[path]
+		if blocked[path] && (d == nil || recreate[path]) || p.skipped[parentOf(path)] {
+			p.skipped[path] = true
+			continue
+		}
+		if blocked[path] {
+			continue
+		}
 		if d == nil || recreate[path] {
 			flags := jute.FlagPersistent
 			if s.Ephemeral() {
@@ -413,9 +520,13 @@ const padName = "zk-migrate-pad"
 // padSequenceCounters raises, on the target, the creation counter of every
 // source parent with sequential children to at least the source's, by
 // creating and deleting a padding child (each create adds one; deletes do
-// not count), in multis of up to 500 pairs.
-func padSequenceCounters(ctx context.Context, c *zkclient.Conn, src *Tree) (parents, creates int, err error) {
+// not count), in multis of up to 500 pairs. Parents for which skip is true
+// are left alone.
+func padSequenceCounters(ctx context.Context, c *zkclient.Conn, src *Tree, skip func(string) bool) (parents, creates int, err error) {
 	for _, p := range src.Sorted() {
+		if skip(p) {
+			continue
+		}
 		n := src.Nodes[p]
 		seq := false
 		for _, k := range n.Children {

@@ -46,6 +46,9 @@ func (n *Node) Ephemeral() bool { return n.Stat.EphemeralOwner != 0 }
 type Tree struct {
 	Root  string
 	Nodes map[string]*Node
+	// Unreadable lists, in path order, the nodes whose ACL ZooKeeper
+	// redacted (RedactedACL): they can be neither copied nor verified.
+	Unreadable []string
 }
 
 // Sorted returns the paths in lexical order (parents before children).
@@ -107,6 +110,9 @@ func ReadTree(ctx context.Context, conns []*zkclient.Conn, root string, opt Read
 				mu.Lock()
 				for _, n := range nodes {
 					t.Nodes[n.Path] = n
+					if RedactedACL(n.ACL) {
+						t.Unreadable = append(t.Unreadable, n.Path)
+					}
 					for _, k := range n.Children {
 						kids = append(kids, path.Join(n.Path, k))
 					}
@@ -130,6 +136,7 @@ func ReadTree(ctx context.Context, conns []*zkclient.Conn, root string, opt Read
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	sort.Strings(t.Unreadable)
 	return t, nil
 }
 

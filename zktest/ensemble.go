@@ -19,6 +19,8 @@ package zktest
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -63,6 +65,17 @@ type Config struct {
 	StartTimeout time.Duration
 	// ExtraConfig lines are appended to every zoo.cfg.
 	ExtraConfig []string
+	// JVMFlags are added to every server's java command line, before the
+	// main class (e.g. SuperDigestFlag).
+	JVMFlags []string
+}
+
+// SuperDigestFlag is the JVM flag that makes user:password ZooKeeper's
+// super user (every permission, real ACLs in getACL); authenticate with
+// digest user:password.
+func SuperDigestFlag(user, password string) string {
+	h := sha1.Sum([]byte(user + ":" + password))
+	return "-Dzookeeper.DigestAuthenticationProvider.superDigest=" + user + ":" + base64.StdEncoding.EncodeToString(h[:])
 }
 
 // Server is one ZooKeeper server process of an Ensemble.
@@ -242,11 +255,11 @@ func (e *Ensemble) startServer(s *Server) error {
 		return fmt.Errorf("zktest: server log: %w", err)
 	}
 	main := "org.apache.zookeeper.server.quorum.QuorumPeerMain"
-	cmd := exec.Command(e.cfg.Java,
-		fmt.Sprintf("-Xmx%dm", e.cfg.HeapMB), "-XX:+UseSerialGC", "-Xss512k", "-XX:TieredStopAtLevel=1",
+	args := []string{fmt.Sprintf("-Xmx%dm", e.cfg.HeapMB), "-XX:+UseSerialGC", "-Xss512k", "-XX:TieredStopAtLevel=1",
 		"-Dzookeeper.admin.enableServer=false", "-Djava.net.preferIPv4Stack=true",
-		"-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-		"-cp", e.cfg.ClassPath, main, s.cfgPath)
+		"-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"}
+	args = append(args, e.cfg.JVMFlags...)
+	cmd := exec.Command(e.cfg.Java, append(args, "-cp", e.cfg.ClassPath, main, s.cfgPath)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

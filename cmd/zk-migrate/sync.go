@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,8 +24,17 @@ import (
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
-// exitDifferent is validate's exit code when the ensembles differ.
-const exitDifferent = 3
+// Exit codes of sync and validate, beyond 0/1/2 (4 and 5 are the
+// operator commands').
+const (
+	// exitDifferent: the ensembles differ (validate), or the copy does not
+	// verify (sync --once).
+	exitDifferent = 3
+	// exitUnverifiable: ZooKeeper hides digest ACLs from the replicator's
+	// credentials, so they can be neither copied (sync writes nothing for
+	// them) nor proved equal (validate).
+	exitUnverifiable = 6
+)
 
 func ensembleFlags() []cli.Flag {
 	return []cli.Flag{
@@ -155,8 +165,15 @@ Example:
        --target zkb1:2181,zkb2:2181,zkb3:2181 --paths /mesos,/marathon \
        --auth digest:mesos:secret
 
+ACLs: ZooKeeper 3.6+ hides the password hash of digest ACLs (user:x) from a
+client without ADMIN permission on the znode. Such an ACL cannot be copied
+without locking its owner out on B, so sync refuses before writing anything,
+lists every such znode on A and B, and exits 6. Give --auth the identity that
+owns them (digest:mesos:secret), or the ensembles' super digest.
+
 Exit status: 0 done (--once) or stopped by a signal, 1 error, 2 usage,
-3 the copy did not verify.`,
+3 the copy did not verify, 6 ACLs hidden from --auth (nothing written for
+them).`,
 		Flags:  flags,
 		Action: runSync,
 	}
@@ -196,6 +213,10 @@ func runSync(c *cli.Context) error {
 	go reportProgress(out, &prog, metrics, done)
 	res, err := replicator.Sync(ctx, ep, args.paths, replicator.Options{Progress: &prog})
 	close(done)
+	var hidden *replicator.UnreadableACLError
+	if errors.As(err, &hidden) {
+		return cli.Exit("snapshot copy refused, nothing written: "+err.Error(), exitUnverifiable)
+	}
 	if err != nil {
 		return fmt.Errorf("snapshot copy: %w (run the same command again: it resumes)", err)
 	}
@@ -205,10 +226,11 @@ func runSync(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
-	if !printVerdicts(out, verdicts) {
-		if c.Bool("once") {
-			return cli.Exit("the copy does not verify (something is writing to B, or to A without a proxy: run without --once to keep syncing)", exitDifferent)
-		}
+	switch equal, different := printVerdicts(out, verdicts, 0); {
+	case different && c.Bool("once"):
+		return cli.Exit("the copy does not verify (something is writing to B, or to A without a proxy: run without --once to keep syncing)", exitDifferent)
+	case !equal && !different:
+		return cli.Exit("the copy cannot be verified: ZooKeeper hides ACLs of B from --auth (see above)", exitUnverifiable)
 	}
 	if c.Bool("once") {
 		return nil
@@ -253,7 +275,8 @@ func runSync(c *cli.Context) error {
 				if agent != nil {
 					_ = agent.SetMeta(func(m *membership.Meta) { m.LagMS = max(ab, ba).Milliseconds() })
 				}
-				fmt.Fprintf(out, "lag A->B %v, B->A %v, open conflicts %d\n", ab.Round(100*time.Microsecond), ba.Round(100*time.Microsecond), len(cont.Conflicts()))
+				fmt.Fprintf(out, "lag A->B %v, B->A %v, open conflicts %d, znodes not copied (ACL hidden) %d\n",
+					ab.Round(100*time.Microsecond), ba.Round(100*time.Microsecond), len(cont.Conflicts()), len(cont.Unreadable()))
 			}
 		}
 	}()
@@ -291,20 +314,31 @@ func reportProgress(out io.Writer, p *replicator.Progress, m *replicator.Metrics
 	}
 }
 
-func printVerdicts(out io.Writer, vs []replicator.Verdict) bool {
-	all := true
+// printVerdicts prints each subtree's verdict, listing up to max znodes
+// with hidden ACLs (0: all). equal: every subtree proved equal; different:
+// some subtree known to differ.
+func printVerdicts(out io.Writer, vs []replicator.Verdict, max int) (equal, different bool) {
+	equal = true
 	for _, v := range vs {
 		if v.Equal {
 			fmt.Fprintf(out, "%s: equal (%d znodes, digest %s)\n", v.Root, v.SourceNodes, v.SourceDigest[:16])
 			continue
 		}
-		all = false
-		fmt.Fprintf(out, "%s: DIFFERENT (A %d znodes, digest %s; B %d znodes, digest %s)\n", v.Root, v.SourceNodes, v.SourceDigest[:16], v.TargetNodes, v.TargetDigest[:16])
-		for _, d := range v.Differences {
-			fmt.Fprintf(out, "  %s\n", d)
+		equal = false
+		if v.Different() {
+			different = true
+			fmt.Fprintf(out, "%s: DIFFERENT (A %d znodes, digest %s; B %d znodes, digest %s)\n", v.Root, v.SourceNodes, v.SourceDigest[:16], v.TargetNodes, v.TargetDigest[:16])
+			for _, d := range v.Differences {
+				fmt.Fprintf(out, "  %s\n", d)
+			}
+		} else {
+			fmt.Fprintf(out, "%s: CANNOT VERIFY (A %d znodes, B %d znodes; no difference found, but ACLs are hidden)\n", v.Root, v.SourceNodes, v.TargetNodes)
+		}
+		if len(v.Unverifiable) > 0 {
+			fmt.Fprintln(out, "  "+strings.ReplaceAll(replicator.DescribeUnreadable(v.Unverifiable, max), "\n", "\n  "))
 		}
 	}
-	return all
+	return equal, different
 }
 
 func validateCommand() *cli.Command {
@@ -316,12 +350,17 @@ func validateCommand() *cli.Command {
 With --source and --target: reads the subtrees on both ensembles and
 compares digests covering every znode's path, data, ACL, ephemeral-ness and
 children (not zxids, times, owners or versions, which two ensembles never
-share). When they differ, the first differing paths are printed.
+share). When they differ, the first differing paths are printed. A znode
+whose digest ACL ZooKeeper hides from --auth (user:x: no ADMIN permission on
+it) cannot be verified: it is never reported equal (exit 6), and the fix is
+printed.
 
 With --phase current: asks the control plane whether the current phase is
 healthy (not failed; in phase 1 also equal digests and no open conflict).
 
-Exit status: 0 equal/healthy, 3 different/unhealthy, 1 error, 2 usage.`,
+Exit status: 0 equal/healthy, 3 different/unhealthy, 6 cannot verify
+(ACLs hidden from --auth; 3 wins when something also differs), 1 error,
+2 usage.`,
 		Flags: append(append(ensembleFlags(),
 			&cli.IntFlag{Name: "max-diffs", Value: 20, Usage: "differences to list per subtree"},
 			&cli.StringFlag{Name: "phase", Usage: "current: check the migration's current phase on the control plane"},
@@ -352,19 +391,20 @@ Exit status: 0 equal/healthy, 3 different/unhealthy, 1 error, 2 usage.`,
 			if err != nil {
 				return err
 			}
-			equal := true
-			for _, v := range vs {
-				equal = equal && v.Equal
-			}
+			var equal, different bool
 			if c.String("output") == "json" {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
 				_ = enc.Encode(vs)
+				equal, different = printVerdicts(io.Discard, vs, 0)
 			} else {
-				printVerdicts(c.App.Writer, vs)
+				equal, different = printVerdicts(c.App.Writer, vs, c.Int("max-diffs"))
 			}
-			if !equal {
+			switch {
+			case different:
 				return cli.Exit("", exitDifferent)
+			case !equal:
+				return cli.Exit("", exitUnverifiable)
 			}
 			return nil
 		},

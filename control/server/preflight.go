@@ -8,6 +8,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/alert"
 	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/replicator"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
@@ -52,7 +53,9 @@ func firstLine(s string) string {
 
 // Preflight checks what phase 1 needs before it touches anything: a quorum
 // of A and of B reachable from here (the replicator's path between them),
-// and notes servers older than 3.6 (sync then uses one-shot watch trees).
+// and every ACL under the paths readable with sync.auth on both sides
+// (CheckACLs); it notes servers older than 3.6 (sync then uses one-shot
+// watch trees).
 func Preflight(cfg *control.Config) (notes []string, err error) {
 	for _, side := range []struct{ name, connect string }{{"A (source_zk)", cfg.Migration.SourceZK}, {"B (target_zk)", cfg.Migration.TargetZK}} {
 		h := CheckEnsemble(side.connect)
@@ -71,7 +74,69 @@ func Preflight(cfg *control.Config) (notes []string, err error) {
 			notes = append(notes, fmt.Sprintf("ensemble %s: %s", side.name, strings.Join(h.Problems, "; ")))
 		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), aclScanTimeout)
+	defer cancel()
+	hidden, err := CheckACLs(ctx, cfg)
+	if err != nil {
+		return notes, fmt.Errorf("pre-flight: %w", err)
+	}
+	if len(hidden) > 0 {
+		return notes, fmt.Errorf("pre-flight: phase 1 cannot copy or verify these znodes with sync.auth %v: %s",
+			redactAuth(cfg.Sync.Auth), replicator.DescribeUnreadable(hidden, 0))
+	}
 	return notes, nil
+}
+
+// aclScanTimeout bounds CheckACLs in Preflight (a full read of both trees).
+const aclScanTimeout = 2 * time.Minute
+
+// CheckACLs reads every znode under the migration's paths on A and on B
+// with sync.auth, as the replicator will, and lists those whose digest ACL
+// ZooKeeper hides (user:x: no ADMIN permission on the node). Phase 1 could
+// neither copy nor verify them.
+func CheckACLs(ctx context.Context, cfg *control.Config) ([]replicator.UnreadableACL, error) {
+	auth := syncAuth(cfg)
+	var out []replicator.UnreadableACL
+	for _, side := range []replicator.Side{replicator.SideA, replicator.SideB} {
+		connect := []string{cfg.Migration.SourceZK, cfg.Migration.TargetZK}[side]
+		conn, err := zkclient.Dial(ctx, strings.Split(connect, ","), zkclient.Options{Auth: auth})
+		if err != nil {
+			return nil, fmt.Errorf("ACL check on ensemble %s: %w", side, err)
+		}
+		for _, root := range cfg.Migration.Paths {
+			t, err := replicator.ReadTree(ctx, []*zkclient.Conn{conn}, root, replicator.ReadOptions{})
+			if err != nil {
+				_ = conn.Close()
+				return nil, fmt.Errorf("ACL check of %s on ensemble %s: %w", root, side, err)
+			}
+			for _, p := range t.Unreadable {
+				out = append(out, replicator.UnreadableACL{Side: side, Path: p, ACL: t.Nodes[p].ACL})
+			}
+		}
+		_ = conn.Close()
+	}
+	return out, nil
+}
+
+// syncAuth parses sync.auth (scheme:secret, validated with the config).
+func syncAuth(cfg *control.Config) []zkclient.Auth {
+	var auth []zkclient.Auth
+	for _, a := range cfg.Sync.Auth {
+		scheme, secret, _ := strings.Cut(a, ":")
+		auth = append(auth, zkclient.Auth{Scheme: scheme, Secret: []byte(secret)})
+	}
+	return auth
+}
+
+// redactAuth shows sync.auth without its secrets' passwords.
+func redactAuth(auth []string) []string {
+	out := make([]string, len(auth))
+	for i, a := range auth {
+		scheme, secret, _ := strings.Cut(a, ":")
+		user, _, _ := strings.Cut(secret, ":")
+		out[i] = scheme + ":" + user + ":***"
+	}
+	return out
 }
 
 // watchHealth checks both ensembles every health_check_interval_sec while

@@ -84,7 +84,7 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 		OnAlert: func(a replicator.Alert) {
 			if s.Alerts != nil {
 				sev := alert.Warning
-				if a.Kind == "sync_failure" {
+				if a.Kind == "sync_failure" || a.Kind == "acl_unreadable" {
 					sev = alert.Error
 				}
 				s.Alerts(m).Notify(alert.Alert{Kind: a.Kind, Severity: sev, Summary: a.Message, Migration: m.ID})
@@ -180,6 +180,9 @@ func (s *Syncer) Verify(ctx context.Context, m *control.Migration) error {
 	}
 	deadline := time.Now().Add(timeout)
 	for {
+		if hidden := r.cont.Unreadable(); len(hidden) > 0 { // never equal: fail now, with the fix
+			return fmt.Errorf("phase 1 cannot succeed: %s", replicator.DescribeUnreadable(hidden, 20))
+		}
 		eq := r.cont.DigestsEqual()
 		all := len(eq) > 0
 		for _, root := range r.roots {
