@@ -3,6 +3,8 @@ package control
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -61,8 +63,8 @@ func (s *State) exclusive(id string, cfg *MigrationConfig) error {
 		if oid == id || !o.active() {
 			continue
 		}
-		shared := ""
-		for srv := range o.Config.servers() {
+		shared := "" // the first in order: replicas must write the same error
+		for _, srv := range slices.Sorted(maps.Keys(o.Config.servers())) {
 			if mine[srv] {
 				shared = srv
 				break
