@@ -188,6 +188,11 @@ func (n *Node) Apply(ctx context.Context, c control.Command) error {
 		a, _ := n.Leader()
 		return &NotLeaderError{Leader: a}
 	}
+	if err := ctx.Err(); err != nil {
+		// The caller gave up (a stopping executor): replicating its
+		// verdict now would act for a caller that is gone.
+		return fmt.Errorf("raftstore: %s not replicated: %w", c.Kind, err)
+	}
 	b, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("raftstore: encode command: %w", err)
@@ -224,10 +229,10 @@ func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 // Close leaves the cluster's traffic (not its membership) and releases
 // the files.
 func (n *Node) Close() error {
+	err := n.raft.Shutdown().Error()
 	close(n.done)
 	<-n.watched
 	n.raft.DeregisterObserver(n.observer)
-	err := n.raft.Shutdown().Error()
 	n.trans.Close()
 	n.store.Close()
 	return err
