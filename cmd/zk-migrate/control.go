@@ -34,6 +34,12 @@ First node:   zk-migrate control --id c1 --raft-addr 10.0.0.1:7000 --api-addr 10
 Other nodes:  zk-migrate control --id c2 --raft-addr 10.0.0.2:7000 --api-addr 10.0.0.2:8080 \
                   --data-dir /var/lib/zk-migrate --tokens /etc/zk-migrate/tokens --join http://10.0.0.1:8080
 
+A joining node is a non-voter until it has caught up with the leader and
+stayed caught up for --raft-stabilization; a join to a Raft address where
+nothing listens is refused. Remove a dead node with
+zk-migrate node remove --id ID --confirm. Give every node, proxy and
+replicator the same --gossip-key-file to encrypt and authenticate gossip.
+
 The tokens file has one "TOKEN ROLE NAME" per line, ROLE viewer or operator;
 the same file on every node. Every change is attributed to the token's NAME
 in the audit trail. The leader runs the phases: phase 1 starts the
