@@ -243,9 +243,12 @@ func (v *syncView) String() string {
 // (secrets redacted), its phase number, what to do next, and its sync.
 type statusRow struct {
 	control.Migration
-	Phase      int       `json:"phase"`
-	NextAction string    `json:"next_action"`
-	Sync       *syncView `json:"sync"`
+	Phase      int    `json:"phase"`
+	NextAction string `json:"next_action"`
+	// LastError is always present ("" when none): the same shape for
+	// every row.
+	LastError string    `json:"last_error"`
+	Sync      *syncView `json:"sync"`
 }
 
 // syncOf reads a migration's sync from its health detail, which holds the
@@ -290,7 +293,7 @@ func (a *apiClient) status(ms []control.Migration) error {
 	}
 	rows := []statusRow{}
 	for _, m := range ms {
-		rows = append(rows, statusRow{Migration: m, Phase: m.Step.Phase(), NextAction: nextAction(m), Sync: syncs[m.ID]})
+		rows = append(rows, statusRow{Migration: m, Phase: m.Step.Phase(), NextAction: nextAction(m), LastError: m.LastError, Sync: syncs[m.ID]})
 	}
 	enc := json.NewEncoder(a.out)
 	enc.SetIndent("", "  ")

@@ -215,7 +215,7 @@ alerts: {slack_webhook: "http://127.0.0.1:1/services/xoxSECRET", pagerduty_routi
 			}
 		}
 		for _, r := range rows {
-			for _, k := range []string{"id", "phase", "step_name", "status", "next_action", "sync", "primary", "epoch"} {
+			for _, k := range []string{"id", "phase", "step_name", "status", "next_action", "last_error", "sync", "primary", "epoch"} {
 				if _, ok := r[k]; !ok {
 					t.Fatalf("status row lacks %q: %v", k, r)
 				}
