@@ -16,11 +16,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/smtp"
+	neturl "net/url"
 	"strings"
 	"sync"
 	"time"
@@ -181,6 +183,12 @@ func postJSON(ctx context.Context, client *http.Client, url string, v any) error
 	}
 	resp, err := client.Do(req)
 	if err != nil {
+		// The URL may be the secret (a Slack webhook): keep it out of the
+		// error, which is logged.
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			return fmt.Errorf("%s %s://%s/(redacted): %w", ue.Op, req.URL.Scheme, req.URL.Host, ue.Err)
+		}
 		return err
 	}
 	defer resp.Body.Close()

@@ -182,3 +182,19 @@ func TestAlertsReachRealReceiversWithRetryAndDedup(t *testing.T) {
 		t.Fatalf("mail:\n%s", m)
 	}
 }
+
+// TestWebhookErrorHidesTheURL: a delivery error is logged, and a Slack
+// webhook URL is a secret: the error names the host, not the path.
+func TestWebhookErrorHidesTheURL(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens: the post fails
+	w := &Webhook{URL: "http://" + addr + "/services/T0/B0/xoxSECRET"}
+	err = w.Send(context.Background(), Alert{Kind: "k", Summary: "s"})
+	if err == nil || strings.Contains(err.Error(), "xoxSECRET") || !strings.Contains(err.Error(), addr) {
+		t.Fatalf("error %v", err)
+	}
+}

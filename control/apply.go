@@ -31,7 +31,10 @@ const (
 	CmdFlipFence     Kind = "flip-fence"     // a proxy that did not ack is fenced
 	CmdFlipDone      Kind = "flip-done"      // every expected proxy acked or was fenced
 	CmdNodeJoin      Kind = "node-join"      // a control-plane node and its API address
+	CmdNodeRemove    Kind = "node-remove"    // a control-plane node left the Raft configuration
 	CmdRecord        Kind = "record"         // an audit entry only (Event, Detail): conflicts, alerts
+	CmdDelete        Kind = "delete"         // forget a finished, never started or rolled-back-to-0 migration
+	CmdRefused       Kind = "refused"        // an API call refused (bad token, wrong role): Error says why
 )
 
 // Command is one change to the state. Time and By are set by whoever
@@ -59,8 +62,11 @@ type Command struct {
 func (s *State) Apply(c Command, index uint64) error {
 	err := s.apply(c)
 	res := "ok"
-	if err != nil {
+	switch {
+	case err != nil:
 		res = err.Error()
+	case c.Kind == CmdStepFailed:
+		res = "failed: " + c.Error // the step failed: it must not read as ok
 	}
 	detail := c.Detail
 	switch {
@@ -69,7 +75,7 @@ func (s *State) Apply(c Command, index uint64) error {
 	case c.Epoch != 0:
 		detail = strings.TrimSpace(fmt.Sprintf("%s epoch=%d proxy=%s", detail, c.Epoch, c.Proxy))
 	}
-	if c.Error != "" {
+	if c.Error != "" && c.Kind != CmdRefused && c.Kind != CmdStepFailed {
 		detail = strings.TrimSpace(detail + " error=" + c.Error)
 	}
 	action := string(c.Kind)
@@ -82,6 +88,22 @@ func (s *State) Apply(c Command, index uint64) error {
 }
 
 func (s *State) apply(c Command) error {
+	switch c.Kind {
+	case CmdRefused:
+		return fmt.Errorf("%w: %s", ErrDenied, c.Error)
+	case CmdRecord:
+		if c.Migration == "" {
+			return nil // a cluster-wide event (leader change...)
+		}
+	case CmdNodeRemove:
+		if c.Node == "" {
+			return fmt.Errorf("%w: node-remove needs a node id", ErrInvalid)
+		}
+		delete(s.Nodes, c.Node)
+		return nil
+	case CmdDelete:
+		return s.delete(c)
+	}
 	if c.Kind == CmdNodeJoin {
 		if c.Node == "" || c.API == "" {
 			return fmt.Errorf("%w: node-join needs a node id and its API address", ErrInvalid)
@@ -96,11 +118,19 @@ func (s *State) apply(c Command) error {
 		if c.Migration == "" || c.Config == nil {
 			return fmt.Errorf("%w: create needs an id and a configuration", ErrInvalid)
 		}
-		if _, ok := s.Migrations[c.Migration]; ok {
-			return fmt.Errorf("%w: %s", ErrExists, c.Migration)
+		epoch := s.Retired[c.Migration]
+		if old, ok := s.Migrations[c.Migration]; ok {
+			if !old.restartable() {
+				return fmt.Errorf("%w: %s is %s at step %s (a finished, never started or rolled-back-to-0 migration can be created again; zk-migrate delete removes one)",
+					ErrExists, c.Migration, old.Status, old.Step)
+			}
+			epoch = max(epoch, old.Epoch)
+		}
+		if err := s.exclusive(c.Migration, c.Config); err != nil {
+			return err
 		}
 		s.Migrations[c.Migration] = &Migration{ID: c.Migration, Config: *c.Config, Step: StepNone,
-			StepName: StepNone.String(), Status: StatusPending, Primary: "A", Created: c.Time, Updated: c.Time}
+			StepName: StepNone.String(), Status: StatusPending, Primary: "A", Epoch: epoch, Created: c.Time, Updated: c.Time}
 		return nil
 	}
 	m, ok := s.Migrations[c.Migration]
@@ -109,6 +139,11 @@ func (s *State) apply(c Command) error {
 	}
 	if c.Kind == CmdRecord {
 		return nil // the audit entry is the point
+	}
+	if c.Kind == CmdStart {
+		if err := s.exclusive(m.ID, &m.Config); err != nil {
+			return err
+		}
 	}
 	if err := m.apply(c); err != nil {
 		return err
@@ -140,7 +175,7 @@ func (m *Migration) enter(st Step) {
 func (m *Migration) apply(c Command) error {
 	switch c.Kind {
 	case CmdStart:
-		if m.Step != StepNone {
+		if m.Step != StepNone || m.Status == StatusRollingBack {
 			return invalid(m, c, "already started")
 		}
 		m.enter(StepDeployB)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"os"
@@ -106,10 +107,17 @@ func ParseConfig(b []byte) (*Config, error) {
 // validating, for callers that change fields first (command-line
 // overrides); call Validate after.
 func DecodeConfig(b []byte) (*Config, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("migration config: %w", err)
+	}
+	if errs := unknownFields(&doc); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("migration config: %w", err)
 	}
 	c.setDefaults()

@@ -63,7 +63,41 @@ actions:
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
 	}
-	if _, err := ParseConfig([]byte("migration:\n  idd: x\n")); err == nil || !strings.Contains(err.Error(), "field idd not found") {
+	if _, err := ParseConfig([]byte("migration:\n  idd: x\n")); err == nil || !strings.Contains(err.Error(), "migration.idd: unknown field (did you mean id?)") {
 		t.Fatalf("unknown field: %v", err)
+	}
+}
+
+// TestUnknownFieldNamesThePathAndTheFix: a typo is reported with its path
+// and the field meant, not as a dump of a Go struct.
+func TestUnknownFieldNamesThePathAndTheFix(t *testing.T) {
+	_, err := ParseConfig([]byte(`
+migration:
+  id: m1
+  source_zk: a:2181
+  target_zk: b:2181
+  require_manual_aproval: true
+sync: {lag_treshold_ms: 10}
+alerts: {smtp: {adr: "x:25"}}
+actions:
+  masters_on_b: {rn: "true"}
+colour: blue
+`))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		"migration.require_manual_aproval: unknown field (did you mean require_manual_approval?)",
+		"sync.lag_treshold_ms: unknown field (did you mean lag_threshold_ms?)",
+		"alerts.smtp.adr: unknown field (did you mean addr?)",
+		"actions.masters_on_b.rn: unknown field (did you mean run?)",
+		"colour: unknown field (known: actions, alerts, flip, migration, sync)",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "struct {") {
+		t.Errorf("error dumps a Go type:\n%v", err)
 	}
 }

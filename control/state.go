@@ -96,10 +96,13 @@ const (
 // MigrationConfig is the part of the operator's configuration the state
 // machine itself needs; the rest travels opaquely in Raw.
 type MigrationConfig struct {
-	SourceZK        string          `json:"source_zk"`
-	TargetZK        string          `json:"target_zk"`
-	RequireApproval bool            `json:"require_manual_approval"`
-	Raw             json.RawMessage `json:"raw,omitempty"`
+	SourceZK        string `json:"source_zk"`
+	TargetZK        string `json:"target_zk"`
+	RequireApproval bool   `json:"require_manual_approval"`
+	// Paths are the synced subtrees: two active migrations may not share
+	// an ensemble server and overlapping paths.
+	Paths []string        `json:"paths,omitempty"`
+	Raw   json.RawMessage `json:"raw,omitempty"`
 }
 
 // Flip is the barrier of one flip attempt (hard problem 7).
@@ -155,6 +158,10 @@ type State struct {
 	// Nodes maps control-plane node ids to their API base URLs, so any
 	// node can forward a write to the leader.
 	Nodes map[string]string `json:"nodes,omitempty"`
+	// Retired keeps the last flip epoch of each deleted migration: a
+	// migration created again under the same id starts above it, so a
+	// proxy still holding the old epoch can never pass for a current one.
+	Retired map[string]int64 `json:"retired,omitempty"`
 }
 
 // NewState returns an empty state.
@@ -167,6 +174,8 @@ var (
 	ErrInvalid      = errors.New("control: not allowed now")
 	ErrStaleEpoch   = errors.New("control: stale flip epoch")
 	ErrUnknownProxy = errors.New("control: proxy is not part of this flip")
+	ErrOverlap      = errors.New("control: overlaps an active migration")
+	ErrDenied       = errors.New("control: refused")
 )
 
 // MigrationIDs lists the migrations in id order.

@@ -19,7 +19,8 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 //
 // Command lines: KIND MIGRATION [key=value...] with keys by, step (a step
 // number or a phase: p1..p6, flip, done, none), epoch, proxy, proxies
-// (comma-separated), error, approval (true/false for create).
+// (comma-separated), error, approval (true/false for create), and for
+// create source, target (ensembles) and paths (comma-separated).
 func TestTranscripts(t *testing.T) {
 	files, _ := filepath.Glob("testdata/*.txt")
 	if len(files) == 0 {
@@ -130,6 +131,8 @@ func parseCommand(line string, now time.Time) (Command, error) {
 	}
 	c := Command{Kind: Kind(f[0]), Migration: f[1], By: "operator", Time: now}
 	approval := false
+	// Each migration has its own ensembles unless the line names them.
+	cfg := &MigrationConfig{SourceZK: "a-" + f[1] + ":2181", TargetZK: "b-" + f[1] + ":2181"}
 	for _, kv := range f[2:] {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
@@ -153,6 +156,12 @@ func parseCommand(line string, now time.Time) (Command, error) {
 			c.Event = v
 		case "approval":
 			approval = v == "true"
+		case "source":
+			cfg.SourceZK = v
+		case "target":
+			cfg.TargetZK = v
+		case "paths":
+			cfg.Paths = strings.Split(v, ",")
 		default:
 			return c, fmt.Errorf("unknown key %q", k)
 		}
@@ -161,7 +170,8 @@ func parseCommand(line string, now time.Time) (Command, error) {
 		}
 	}
 	if c.Kind == CmdCreate {
-		c.Config = &MigrationConfig{SourceZK: "a1:2181", TargetZK: "b1:2181", RequireApproval: approval}
+		cfg.RequireApproval = approval
+		c.Config = cfg
 	}
 	return c, nil
 }

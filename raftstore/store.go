@@ -73,6 +73,10 @@ type Node struct {
 	fsm   *fsm
 	store *raftboltdb.BoltStore
 	trans *raft.NetworkTransport
+	// observer logs leader changes until done closes.
+	observer *raft.Observer
+	done     chan struct{}
+	watched  chan struct{}
 }
 
 // Open starts a node, recovering its state from Dir.
@@ -121,14 +125,15 @@ func Open(cfg Config) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("raftstore: listen %s: %w", cfg.BindAddr, err)
 	}
-	f := &fsm{state: control.NewState()}
+	f := &fsm{state: control.NewState(), log: cfg.Logger}
 	r, err := raft.NewRaft(rc, f, store, store, snaps, trans)
 	if err != nil {
 		trans.Close()
 		store.Close()
 		return nil, fmt.Errorf("raftstore: start raft: %w", err)
 	}
-	n := &Node{cfg: cfg, raft: r, fsm: f, store: store, trans: trans}
+	n := &Node{cfg: cfg, raft: r, fsm: f, store: store, trans: trans, done: make(chan struct{}), watched: make(chan struct{})}
+	n.watchLeader()
 	if cfg.Bootstrap {
 		has, err := raft.HasExistingState(store, store, snaps)
 		if err != nil {
@@ -175,18 +180,6 @@ func (n *Node) WaitLeader(ctx context.Context) error {
 	}
 }
 
-// Join adds a voter; call it on the leader.
-func (n *Node) Join(id, addr string) error {
-	if !n.IsLeader() {
-		a, _ := n.Leader()
-		return &NotLeaderError{Leader: a}
-	}
-	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error(); err != nil {
-		return fmt.Errorf("raftstore: add %s (%s): %w", id, addr, err)
-	}
-	return nil
-}
-
 // Apply replicates a command and returns the state machine's verdict on
 // it: a refused command (control.ErrInvalid...) is still in the log and
 // the audit trail. Only the leader can apply.
@@ -194,6 +187,11 @@ func (n *Node) Apply(ctx context.Context, c control.Command) error {
 	if !n.IsLeader() {
 		a, _ := n.Leader()
 		return &NotLeaderError{Leader: a}
+	}
+	if err := ctx.Err(); err != nil {
+		// The caller gave up (a stopping executor): replicating its
+		// verdict now would act for a caller that is gone.
+		return fmt.Errorf("raftstore: %s not replicated: %w", c.Kind, err)
 	}
 	b, err := json.Marshal(c)
 	if err != nil {
@@ -232,15 +230,46 @@ func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 // the files.
 func (n *Node) Close() error {
 	err := n.raft.Shutdown().Error()
+	close(n.done)
+	<-n.watched
+	n.raft.DeregisterObserver(n.observer)
 	n.trans.Close()
 	n.store.Close()
 	return err
+}
+
+// watchLeader logs every leader change this node sees, until Close.
+func (n *Node) watchLeader() {
+	ch := make(chan raft.Observation, 8)
+	n.observer = raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	n.raft.RegisterObserver(n.observer)
+	go func() {
+		defer close(n.watched)
+		for {
+			select {
+			case <-n.done:
+				return
+			case o := <-ch:
+				lo := o.Data.(raft.LeaderObservation)
+				if lo.LeaderID == "" {
+					n.cfg.Logger.Warn("raft: no leader", "node", n.cfg.ID)
+					continue
+				}
+				n.cfg.Logger.Info("raft: leader changed", "node", n.cfg.ID, "leader", string(lo.LeaderID),
+					"leader_raft", string(lo.LeaderAddr), "this_node_leads", string(lo.LeaderID) == n.cfg.ID)
+			}
+		}
+	}()
 }
 
 // fsm applies log entries to a control.State.
 type fsm struct {
 	mu    sync.RWMutex
 	state *control.State
+	log   *slog.Logger
 }
 
 func (f *fsm) Apply(l *raft.Log) any {
@@ -250,7 +279,16 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.state.Apply(c, l.Index)
+	var before control.Migration
+	if m := f.state.Migrations[c.Migration]; m != nil {
+		before = *m
+	}
+	err := f.state.Apply(c, l.Index)
+	if m := f.state.Migrations[c.Migration]; err == nil && m != nil && (m.Step != before.Step || m.Status != before.Status || m.Primary != before.Primary) {
+		f.log.Info("migration changed", "migration", m.ID, "step", m.Step.String(), "status", string(m.Status),
+			"primary", m.Primary, "epoch", m.Epoch, "command", string(c.Kind), "by", c.By, "index", l.Index)
+	}
+	return err
 }
 
 func (f *fsm) snapshotState() *control.State {

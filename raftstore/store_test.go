@@ -54,7 +54,53 @@ func cluster(t *testing.T) ([]*Node, []string, []string) {
 			t.Fatal(err)
 		}
 	}
+	promote(t, nodes[0], nodes, 3)
 	return nodes, dirs, addrs
+}
+
+// inProcess answers Autopilot's stats from the nodes of this test.
+func inProcess(nodes []*Node) func(context.Context, string, string) (ServerStats, error) {
+	return func(_ context.Context, id, _ string) (ServerStats, error) {
+		for _, n := range nodes {
+			if n != nil && n.ID() == id {
+				return n.Stats(), nil
+			}
+		}
+		return ServerStats{}, fmt.Errorf("no node %s", id)
+	}
+}
+
+// promote runs an Autopilot on leader until voters servers vote.
+func promote(t *testing.T, leader *Node, nodes []*Node, voters int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	ap := &Autopilot{Node: leader, Stats: inProcess(nodes), StabilizationTime: 200 * time.Millisecond, Interval: 50 * time.Millisecond}
+	go func() { defer close(done); _ = ap.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if countVoters(t, leader) == voters {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("never %d voters", voters)
+}
+
+func countVoters(t *testing.T, n *Node) int {
+	t.Helper()
+	servers, err := n.Servers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := 0
+	for _, s := range servers {
+		if s.Voter {
+			v++
+		}
+	}
+	return v
 }
 
 func leaderOf(t *testing.T, nodes []*Node) *Node {

@@ -34,6 +34,12 @@ First node:   zk-migrate control --id c1 --raft-addr 10.0.0.1:7000 --api-addr 10
 Other nodes:  zk-migrate control --id c2 --raft-addr 10.0.0.2:7000 --api-addr 10.0.0.2:8080 \
                   --data-dir /var/lib/zk-migrate --tokens /etc/zk-migrate/tokens --join http://10.0.0.1:8080
 
+A joining node is a non-voter until it has caught up with the leader and
+stayed caught up for --raft-stabilization; a join to a Raft address where
+nothing listens is refused. Remove a dead node with
+zk-migrate node remove --id ID --confirm. Give every node, proxy and
+replicator the same --gossip-key-file to encrypt and authenticate gossip.
+
 The tokens file has one "TOKEN ROLE NAME" per line, ROLE viewer or operator;
 the same file on every node. Every change is attributed to the token's NAME
 in the audit trail. The leader runs the phases: phase 1 starts the
@@ -48,8 +54,11 @@ shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
 			&cli.StringFlag{Name: "tokens", Required: true, Usage: "API tokens file (TOKEN ROLE NAME per line)"},
 			&cli.BoolFlag{Name: "bootstrap", Usage: "start a new cluster with this node (first node only)"},
 			&cli.StringFlag{Name: "join", Usage: "API URL of a running node to join"},
+			&cli.DurationFlag{Name: "raft-stabilization", Value: 10 * time.Second,
+				Usage: "how long a joined node must stay caught up with the leader before it becomes a voter"},
 			&cli.StringFlag{Name: "gossip-addr", Usage: "join the gossip pool on host:port (proxies found there take part in flips)"},
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
+			gossipKeyFlag(),
 		},
 		Action: runControl,
 	}
@@ -62,6 +71,12 @@ func runControl(c *cli.Context) error {
 	tokens, err := server.LoadTokens(c.String("tokens"))
 	if err != nil {
 		return usageError("%v", err)
+	}
+	var gkey []byte
+	if c.String("gossip-addr") != "" {
+		if gkey, err = gossipKey(c); err != nil {
+			return err
+		}
 	}
 	var joinToken string
 	for tok, id := range tokens {
@@ -106,6 +121,14 @@ func runControl(c *cli.Context) error {
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
 
+	// Autopilot promotes joined nodes once they have caught up (on the
+	// leader); it stops before the node closes.
+	ap := &raftstore.Autopilot{Node: node, Stats: server.StatsOverAPI(node.State, joinToken),
+		StabilizationTime: c.Duration("raft-stabilization"), Logger: log}
+	apDone := make(chan struct{})
+	go func() { defer close(apDone); _ = ap.Run(ctx) }()
+	defer func() { stop(); <-apDone }()
+
 	if c.Bool("bootstrap") {
 		if err := announceSelf(ctx, node, c.String("id"), apiURL); err != nil {
 			return err
@@ -115,7 +138,7 @@ func runControl(c *cli.Context) error {
 	}
 	var fleet control.ProxyFleet = server.NoProxies{}
 	if addr := c.String("gossip-addr"); addr != "" {
-		agent, err := membership.Join(membership.Config{Name: "control-" + c.String("id"), BindAddr: addr,
+		agent, err := membership.Join(membership.Config{Name: "control-" + c.String("id"), BindAddr: addr, SecretKey: gkey,
 			Seeds: c.StringSlice("gossip-join"), Meta: membership.Meta{Role: membership.RoleControl, API: apiURL}})
 		if err != nil {
 			return err

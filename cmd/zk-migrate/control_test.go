@@ -209,7 +209,7 @@ func startControlPlane(t *testing.T, dir, tokens string) ([]string, []*exec.Cmd)
 	for i := 1; i <= 3; i++ {
 		api := freeAddr(t)
 		args := []string{"control", "--id", fmt.Sprintf("c%d", i), "--raft-addr", freeAddr(t), "--api-addr", api,
-			"--data-dir", filepath.Join(dir, fmt.Sprintf("c%d", i)), "--tokens", tokens}
+			"--data-dir", filepath.Join(dir, fmt.Sprintf("c%d", i)), "--tokens", tokens, "--raft-stabilization", "500ms"}
 		if i == 1 {
 			args = append(args, "--bootstrap")
 		} else {
@@ -229,6 +229,7 @@ func startControlPlane(t *testing.T, dir, tokens string) ([]string, []*exec.Cmd)
 			return code == 0 && strings.Contains(out, "MIGRATION")
 		})
 	}
+	waitVoters(t, "http://"+apis[0], 3) // joined nodes vote once caught up
 	return apis, cmds
 }
 
@@ -295,11 +296,11 @@ actions:
 	}
 	state := func() map[string]any {
 		out, code := cli("status", "--migration", "gated")
-		var m map[string]any
-		if code != 0 || json.Unmarshal([]byte(out), &m) != nil {
+		var ms []map[string]any
+		if code != 0 || json.Unmarshal([]byte(out), &ms) != nil || len(ms) != 1 {
 			t.Fatalf("status: exit %d\n%s", code, out)
 		}
-		return m
+		return ms[0]
 	}
 	waitFor := func(step, status string) map[string]any {
 		t.Helper()
@@ -337,7 +338,10 @@ actions:
 	if m := waitFor("2-masters-on-b", "succeeded"); m["primary"] != "B" {
 		t.Fatalf("primary after the flip: %v", m)
 	}
-	must("rollback", "--to-phase", "1")
+	if out, code := cli("rollback", "--to-phase", "1"); code != exitUsage || !strings.Contains(out, "crosses the flip") {
+		t.Fatalf("rollback across the flip without --confirm: exit %d\n%s", code, out)
+	}
+	must("rollback", "--to-phase", "1", "--confirm")
 	m := waitFor("1-deploy-b-and-sync", "succeeded")
 	if m["primary"] != "A" || m["epoch"].(float64) != 2 {
 		t.Fatalf("after rollback below the flip: %v", m)

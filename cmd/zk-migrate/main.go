@@ -39,6 +39,10 @@ then put a proxy in front of an ensemble:
 			validateCommand(),
 			sandboxCommand(),
 		}, opCommands()...),
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(os.Stderr, "zk-migrate: unknown command %q (zk-migrate --help lists the commands)\n", name)
+			os.Exit(exitUsage)
+		},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
 				return
@@ -53,8 +57,12 @@ then put a proxy in front of an ensemble:
 			os.Exit(code)
 		},
 	}
+	// Errors of the commands' actions end in ExitErrHandler; what comes
+	// back here failed before any action ran: a bad flag, a missing
+	// required flag. Those are usage errors.
 	if err := app.Run(os.Args); err != nil {
-		os.Exit(exitError)
+		fmt.Fprintf(os.Stderr, "zk-migrate: %s (--help shows the flags)\n", err)
+		os.Exit(exitUsage)
 	}
 }
 

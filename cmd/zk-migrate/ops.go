@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -25,7 +26,7 @@ const (
 
 func apiFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:8080", Usage: "any control-plane node's API", EnvVars: []string{"ZKM_API"}},
+		&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:8080", Usage: "control-plane node APIs, comma-separated: the first that answers is used", EnvVars: []string{"ZKM_API"}},
 		&cli.StringFlag{Name: "token", Usage: "API token", EnvVars: []string{"ZKM_TOKEN"}},
 		&cli.StringFlag{Name: "migration", Usage: "migration id (default: the only one)"},
 		&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"},
@@ -33,19 +34,70 @@ func apiFlags() []cli.Flag {
 }
 
 type apiClient struct {
-	base, token string
-	out         io.Writer
-	json        bool
+	// bases are the control nodes' API URLs; cur the one that last
+	// answered (tried first).
+	bases []string
+	cur   int
+	token string
+	out   io.Writer
+	json  bool
+}
+
+// parseAPIs splits --api into URLs.
+func parseAPIs(v string) ([]string, error) {
+	var out []string
+	for _, u := range strings.Split(v, ",") {
+		u = strings.TrimRight(strings.TrimSpace(u), "/")
+		if u == "" {
+			continue
+		}
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return nil, fmt.Errorf("--api %q: want http(s)://host:port[,http(s)://host:port...]", u)
+		}
+		out = append(out, u)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--api is empty: give a control node's API URL (or set ZKM_API)")
+	}
+	return out, nil
 }
 
 func newAPIClient(c *cli.Context) (*apiClient, error) {
 	if c.String("token") == "" {
-		return nil, usageError("no token: pass --token or set ZKM_TOKEN")
+		return nil, cli.Exit("no token: pass --token or set ZKM_TOKEN", exitAuth)
 	}
 	if o := c.String("output"); o != "text" && o != "json" {
 		return nil, usageError("--output %q: want text or json", o)
 	}
-	return &apiClient{base: strings.TrimRight(c.String("api"), "/"), token: c.String("token"), out: c.App.Writer, json: c.String("output") == "json"}, nil
+	bases, err := parseAPIs(c.String("api"))
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	return &apiClient{bases: bases, token: c.String("token"), out: c.App.Writer, json: c.String("output") == "json"}, nil
+}
+
+// send makes one request to the first control node that answers,
+// starting with the one that answered last.
+func (a *apiClient) send(client *http.Client, method, path string, body []byte) (*http.Response, []byte, error) {
+	var errs []string
+	for i := range a.bases {
+		k := (a.cur + i) % len(a.bases)
+		req, err := http.NewRequest(method, a.bases[k]+path, bytes.NewReader(body))
+		if err != nil {
+			return nil, nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+a.token)
+		resp, err := client.Do(req)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		a.cur = k
+		return resp, b, nil
+	}
+	return nil, nil, fmt.Errorf("no control node answers (is `zk-migrate control` running? --api, ZKM_API): %s", strings.Join(errs, "; "))
 }
 
 // do calls the API and decodes the JSON answer into v; API errors become
@@ -56,20 +108,15 @@ func (a *apiClient) do(method, path string, body []byte, v any) error {
 	var b []byte
 	// A leader election answers 503 for a moment: wait it out (15 s).
 	for deadline, backoff := time.Now().Add(15*time.Second), 100*time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
-		req, err := http.NewRequest(method, a.base+path, bytes.NewReader(body))
+		var err error
+		resp, b, err = a.send(client, method, path, body)
 		if err != nil {
 			return err
 		}
-		req.Header.Set("Authorization", "Bearer "+a.token)
-		resp, err = client.Do(req)
-		if err != nil {
-			return fmt.Errorf("control plane at %s: %w (is `zk-migrate control` running? --api)", a.base, err)
-		}
-		b, _ = io.ReadAll(resp.Body)
-		resp.Body.Close()
 		if resp.StatusCode != http.StatusServiceUnavailable || time.Now().Add(backoff).After(deadline) {
 			break
 		}
+		a.cur = (a.cur + 1) % len(a.bases) // this node knows no leader: ask the next one too
 		time.Sleep(backoff)
 	}
 	if resp.StatusCode >= 300 {
@@ -110,6 +157,33 @@ func (a *apiClient) migrationID(c *cli.Context) (string, error) {
 	return ms[0].ID, nil
 }
 
+// nextAction says what the operator does next for m, or "".
+func nextAction(m control.Migration) string {
+	switch {
+	case m.Paused:
+		return "paused (zk-migrate resume)"
+	case m.Status == control.StatusAwaitingApproval:
+		return "waiting for approval (zk-migrate approve)"
+	case m.Status == control.StatusSucceeded && m.Step < control.StepRemoveA:
+		next := m.Step + 1
+		arg := fmt.Sprint(next.Phase())
+		if next == control.StepFlip {
+			arg = "flip"
+		}
+		return "ready: zk-migrate advance --phase " + arg + " --confirm"
+	case m.Status == control.StatusFailed:
+		return "failed: " + m.LastError + " (zk-migrate retry, or rollback)"
+	case m.Status == control.StatusRollingBack:
+		return "rolling back to " + m.RollbackTo.String()
+	case m.Status == control.StatusCompleted:
+		return "none: the migration is complete (zk-migrate report; zk-migrate delete --confirm to forget it)"
+	case m.Step == control.StepNone:
+		return "zk-migrate start --config migration.yaml (or delete --confirm)"
+	}
+	return ""
+}
+
+// show prints the migrations a command changed.
 func (a *apiClient) show(ms ...control.Migration) {
 	if a.json {
 		enc := json.NewEncoder(a.out)
@@ -121,28 +195,109 @@ func (a *apiClient) show(ms ...control.Migration) {
 		}
 		return
 	}
+	a.table(ms, nil)
+}
+
+// table prints migrations for people, with their sync when known.
+func (a *apiClient) table(ms []control.Migration, syncs map[string]*syncView) {
 	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MIGRATION\tPHASE\tSTEP\tSTATUS\tPRIMARY\tEPOCH\tNOTE")
+	fmt.Fprintln(tw, "MIGRATION\tPHASE\tSTEP\tSTATUS\tPRIMARY\tEPOCH\tSYNC\tNOTE")
 	for _, m := range ms {
-		note := ""
-		switch {
-		case m.Paused:
-			note = "paused (zk-migrate resume)"
-		case m.Status == control.StatusAwaitingApproval:
-			note = "waiting for approval (zk-migrate approve)"
-		case m.Status == control.StatusSucceeded && m.Step < control.StepRemoveA:
-			next := m.Step + 1
-			arg := fmt.Sprint(next.Phase())
-			if next == control.StepFlip {
-				arg = "flip"
-			}
-			note = "ready: zk-migrate advance --phase " + arg + " --confirm"
-		case m.Status == control.StatusFailed:
-			note = "failed: " + m.LastError + " (zk-migrate retry, or rollback)"
+		sync := "-"
+		if v := syncs[m.ID]; v != nil {
+			sync = v.String()
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", m.ID, m.Step.Phase(), m.Step, m.Status, m.Primary, m.Epoch, note)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.Step.Phase(), m.Step, m.Status, m.Primary, m.Epoch, sync, nextAction(m))
 	}
 	tw.Flush()
+}
+
+// syncView is the sync of one migration as the leader reports it.
+type syncView struct {
+	Running       bool   `json:"running"`
+	LagAToBMS     *int64 `json:"lag_a_to_b_ms,omitempty"`
+	LagBToAMS     *int64 `json:"lag_b_to_a_ms,omitempty"`
+	DigestsEqual  *bool  `json:"digests_equal,omitempty"`
+	OpenConflicts *int   `json:"open_conflicts,omitempty"`
+}
+
+func (v *syncView) String() string {
+	if !v.Running {
+		return "stopped"
+	}
+	out := "running"
+	if v.LagAToBMS != nil && v.LagBToAMS != nil {
+		out += fmt.Sprintf(" lag %d/%d ms", *v.LagAToBMS, *v.LagBToAMS)
+	}
+	if v.DigestsEqual != nil {
+		if *v.DigestsEqual {
+			out += " digests equal"
+		} else {
+			out += " digests DIFFER"
+		}
+	}
+	return out
+}
+
+// statusRow is one migration in `status --output json`: the migration
+// (secrets redacted), its phase number, what to do next, and its sync.
+type statusRow struct {
+	control.Migration
+	Phase      int    `json:"phase"`
+	NextAction string `json:"next_action"`
+	// LastError is always present ("" when none): the same shape for
+	// every row.
+	LastError string    `json:"last_error"`
+	Sync      *syncView `json:"sync"`
+}
+
+// syncOf reads a migration's sync from its health detail, which holds the
+// leader's per-migration sync status either at its top or under "sync".
+func syncOf(id string, detail json.RawMessage) *syncView {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(detail, &top) != nil {
+		return nil
+	}
+	for _, m := range []map[string]json.RawMessage{top, nested(top["sync"])} {
+		if raw, ok := m[id]; ok {
+			var v syncView
+			if json.Unmarshal(raw, &v) == nil {
+				return &v
+			}
+		}
+	}
+	return &syncView{Running: false}
+}
+
+func nested(raw json.RawMessage) map[string]json.RawMessage {
+	var m map[string]json.RawMessage
+	_ = json.Unmarshal(raw, &m)
+	return m
+}
+
+// status prints the migrations with their sync; as JSON always a list.
+func (a *apiClient) status(ms []control.Migration) error {
+	syncs := map[string]*syncView{}
+	for _, m := range ms {
+		var h struct {
+			Detail json.RawMessage `json:"detail"`
+		}
+		if err := a.do(http.MethodGet, "/api/v1/migrations/"+m.ID+"/health", nil, &h); err != nil {
+			return err
+		}
+		syncs[m.ID] = syncOf(m.ID, h.Detail)
+	}
+	if !a.json {
+		a.table(ms, syncs)
+		return nil
+	}
+	rows := []statusRow{}
+	for _, m := range ms {
+		rows = append(rows, statusRow{Migration: m, Phase: m.Step.Phase(), NextAction: nextAction(m), LastError: m.LastError, Sync: syncs[m.ID]})
+	}
+	enc := json.NewEncoder(a.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rows)
 }
 
 func (a *apiClient) post(c *cli.Context, verb string, body any) error {
@@ -221,15 +376,13 @@ func opCommands() []*cli.Command {
 					if err := a.do(http.MethodGet, "/api/v1/migrations/"+id, nil, &m); err != nil {
 						return err
 					}
-					a.show(m)
-					return nil
+					return a.status([]control.Migration{m})
 				}
 				var ms []control.Migration
 				if err := a.do(http.MethodGet, "/api/v1/migrations", nil, &ms); err != nil {
 					return err
 				}
-				a.show(ms...)
-				return nil
+				return a.status(ms)
 			},
 		},
 		{
@@ -250,15 +403,49 @@ func opCommands() []*cli.Command {
 		},
 		{
 			Name: "rollback", Usage: "undo phases down to an earlier one (0: before phase 1)",
-			Flags: append(apiFlags(), &cli.StringFlag{Name: "to-phase", Required: true, Usage: "0-5 or flip"}),
+			Description: `Undoes phases newest first. A rollback that crosses the flip (from the flip
+or later to phase 1 or 0) changes the primary ensemble and needs --confirm.
+
+   zk-migrate rollback --to-phase 2
+   zk-migrate rollback --to-phase 1 --confirm`,
+			Flags: append(apiFlags(), &cli.StringFlag{Name: "to-phase", Required: true, Usage: "0-5 or flip"},
+				&cli.BoolFlag{Name: "confirm", Usage: "required when the rollback crosses the flip"}),
 			Action: func(c *cli.Context) error {
 				a, err := newAPIClient(c)
 				if err != nil {
 					return err
 				}
-				return a.post(c, "rollback", map[string]any{"to_phase": c.String("to-phase")})
+				return a.post(c, "rollback", map[string]any{"to_phase": c.String("to-phase"), "confirm": c.Bool("confirm")})
 			},
 		},
+		{
+			Name: "delete", Usage: "forget a finished, never started or rolled-back-to-0 migration",
+			Description: `Removes the migration from the control plane (its audit trail stays). An
+active migration cannot be deleted: roll it back to 0 first. The same id
+can then be used again; its flip epochs continue above the old ones.
+
+   zk-migrate delete --migration prod-2026 --confirm`,
+			Flags: append(apiFlags(), &cli.BoolFlag{Name: "confirm", Usage: "required: the migration's state is forgotten"}),
+			Action: func(c *cli.Context) error {
+				a, err := newAPIClient(c)
+				if err != nil {
+					return err
+				}
+				if !c.Bool("confirm") {
+					return usageError("deleting forgets the migration's state: repeat with --confirm")
+				}
+				id, err := a.migrationID(c)
+				if err != nil {
+					return err
+				}
+				if err := a.do(http.MethodDelete, "/api/v1/migrations/"+id, []byte(`{"confirm":true}`), nil); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.out, "deleted %s\n", id)
+				return nil
+			},
+		},
+		nodeCommand(),
 		{
 			Name: "report", Usage: "the post-migration report: each phase's duration, failures, approvals, the flip", Flags: apiFlags(),
 			Action: func(c *cli.Context) error {
@@ -286,14 +473,18 @@ func opCommands() []*cli.Command {
 		simple("resume", "continue a paused migration"),
 		simple("retry", "run a failed phase again"),
 		{
-			Name: "audit", Usage: "print the audit trail (who did what, when, with what result)", Flags: apiFlags(),
+			Name: "audit", Usage: "print the audit trail (who did what, when, with what result; --migration: only its entries)", Flags: apiFlags(),
 			Action: func(c *cli.Context) error {
 				a, err := newAPIClient(c)
 				if err != nil {
 					return err
 				}
+				path := "/api/v1/audit"
+				if id := c.String("migration"); id != "" {
+					path += "?migration=" + url.QueryEscape(id)
+				}
 				var entries []control.AuditEntry
-				if err := a.do(http.MethodGet, "/api/v1/audit", nil, &entries); err != nil {
+				if err := a.do(http.MethodGet, path, nil, &entries); err != nil {
 					return err
 				}
 				if a.json { // JSON lines: one entry per line

@@ -53,6 +53,7 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises role, sessions, primary)"},
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
+			gossipKeyFlag(),
 			&cli.StringFlag{Name: "name", Usage: "this proxy's name in the gossip pool (default proxy-HOSTNAME)"},
 		},
 		Action: runProxy,
@@ -147,8 +148,13 @@ func runProxy(c *cli.Context) error {
 			host, _ := os.Hostname()
 			name = "proxy-" + host
 		}
+		key, err := gossipKey(c)
+		if err != nil {
+			srv.Close()
+			return err
+		}
 		agent, err := membership.Join(membership.Config{Name: name, BindAddr: addr, Seeds: c.StringSlice("gossip-join"),
-			Meta: membership.Meta{Role: membership.RoleProxy, Primary: "A"}})
+			Meta: membership.Meta{Role: membership.RoleProxy, Primary: "A"}, SecretKey: key})
 		if err != nil {
 			srv.Close()
 			return err

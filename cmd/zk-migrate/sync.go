@@ -143,6 +143,7 @@ func syncCommand() *cli.Command {
 		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9405", Usage: "Prometheus /metrics address (empty: off)"},
 		&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises the lag)"},
 		&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
+		gossipKeyFlag(),
 	)
 	return &cli.Command{
 		Name:  "sync",
@@ -256,7 +257,11 @@ func runSync(c *cli.Context) error {
 	var agent *membership.Agent
 	if addr := c.String("gossip-addr"); addr != "" {
 		host, _ := os.Hostname()
-		if agent, err = membership.Join(membership.Config{Name: "replicator-" + host, BindAddr: addr,
+		key, err := gossipKey(c)
+		if err != nil {
+			return err
+		}
+		if agent, err = membership.Join(membership.Config{Name: "replicator-" + host, BindAddr: addr, SecretKey: key,
 			Seeds: c.StringSlice("gossip-join"), Meta: membership.Meta{Role: membership.RoleReplicator}}); err != nil {
 			return err
 		}

@@ -86,6 +86,9 @@ type Node interface {
 	IsLeader() bool
 	Leader() (addr, id string)
 	Join(id, addr string) error
+	Remove(id string) error
+	Servers() ([]raftstore.Server, error)
+	Stats() raftstore.ServerStats
 }
 
 var _ Node = (*raftstore.Node)(nil)
@@ -99,6 +102,8 @@ type Server struct {
 	// SyncStatus answers GET /api/v1/sync/status.
 	SyncStatus func() any
 	Logger     *slog.Logger
+
+	refusals refusalLimiter
 }
 
 type apiError struct {
@@ -120,11 +125,14 @@ func (s *Server) Handler() http.Handler {
 		s.Logger = slog.Default()
 	}
 	mux := http.NewServeMux()
-	read := func(h http.HandlerFunc) http.Handler { return s.auth(RoleViewer, h) }
-	write := func(h http.HandlerFunc) http.Handler { return s.auth(RoleOperator, s.onLeader(h)) }
+	read := func(h http.HandlerFunc) http.Handler { return s.auth(RoleViewer, false, h) }
+	// A follower forwards every write, authorized or not, to the leader,
+	// which checks the token and records a refusal in the audit trail.
+	write := func(h http.HandlerFunc) http.Handler { return s.onLeader(s.auth(RoleOperator, true, h)) }
 	mux.Handle("GET /api/v1/migrations", read(s.list))
 	mux.Handle("POST /api/v1/migrations", write(s.create))
 	mux.Handle("GET /api/v1/migrations/{id}", read(s.get))
+	mux.Handle("DELETE /api/v1/migrations/{id}", write(s.delete))
 	mux.Handle("GET /api/v1/migrations/{id}/health", read(s.health))
 	mux.Handle("GET /api/v1/migrations/{id}/report", read(s.report))
 	for _, verb := range []string{"start", "approve", "pause", "resume", "retry", "advance", "rollback"} {
@@ -134,6 +142,9 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /api/v1/audit", read(s.audit))
 	mux.Handle("GET /api/v1/events", read(s.events))
 	mux.Handle("POST /api/v1/cluster/join", write(s.join))
+	mux.Handle("GET /api/v1/cluster/nodes", read(s.nodes))
+	mux.Handle("GET /api/v1/cluster/self", read(s.self))
+	mux.Handle("DELETE /api/v1/cluster/nodes/{id}", write(s.removeNode))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, id := s.Node.Leader()
 		writeJSON(w, http.StatusOK, map[string]any{"ok": true, "leader": id, "is_leader": s.Node.IsLeader()})
@@ -145,17 +156,25 @@ type ctxKey struct{}
 
 func identity(r *http.Request) Identity { id, _ := r.Context().Value(ctxKey{}).(Identity); return id }
 
-// auth checks the bearer token and the role.
-func (s *Server) auth(need Role, h http.Handler) http.Handler {
+// auth checks the bearer token and the role; with audit (writes, on the
+// leader) a refusal is recorded in the audit trail.
+func (s *Server) auth(need Role, audit bool, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		id, known := s.Tokens[tok]
 		if !ok || !known {
+			if audit {
+				s.recordRefusal(r, "unknown-token", "missing or unknown token")
+			}
 			writeJSON(w, http.StatusUnauthorized, apiError{"missing or unknown token", "send Authorization: Bearer <token> (zk-migrate --token or ZKM_TOKEN)"})
 			return
 		}
 		if id.Role < need {
-			writeJSON(w, http.StatusForbidden, apiError{fmt.Sprintf("%s is a viewer: changes need an operator token", id.Name), ""})
+			msg := fmt.Sprintf("%s is a viewer: changes need an operator token", id.Name)
+			if audit {
+				s.recordRefusal(r, id.Name, msg)
+			}
+			writeJSON(w, http.StatusForbidden, apiError{msg, "ask an operator, or use an operator token"})
 			return
 		}
 		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
@@ -193,6 +212,8 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request, c control.Command
 		return true
 	case errors.Is(err, control.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, apiError{err.Error(), "zk-migrate status lists the migrations"})
+	case errors.Is(err, control.ErrOverlap):
+		writeJSON(w, http.StatusConflict, apiError{err.Error(), "zk-migrate status lists the active migrations"})
 	case errors.Is(err, control.ErrInvalid), errors.Is(err, control.ErrExists), errors.Is(err, control.ErrStaleEpoch), errors.Is(err, control.ErrUnknownProxy):
 		writeJSON(w, http.StatusConflict, apiError{err.Error(), "zk-migrate status shows what the migration is waiting for"})
 	case errors.Is(err, raftstore.ErrNotLeader):
@@ -207,7 +228,7 @@ func (s *Server) list(w http.ResponseWriter, _ *http.Request) {
 	st := s.Node.State()
 	out := []*control.Migration{}
 	for _, id := range st.MigrationIDs() {
-		out = append(out, st.Migrations[id])
+		out = append(out, st.Migrations[id].Redacted())
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -218,7 +239,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{"no migration " + r.PathValue("id"), "zk-migrate status lists the migrations"})
 		return
 	}
-	writeJSON(w, http.StatusOK, m)
+	writeJSON(w, http.StatusOK, m.Redacted())
 }
 
 // create takes migration.yaml (or the same as JSON).
@@ -235,10 +256,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}
 	raw, _ := json.Marshal(cfg)
 	c := control.Command{Kind: control.CmdCreate, Migration: cfg.Migration.ID, Config: &control.MigrationConfig{
-		SourceZK: cfg.Migration.SourceZK, TargetZK: cfg.Migration.TargetZK,
+		SourceZK: cfg.Migration.SourceZK, TargetZK: cfg.Migration.TargetZK, Paths: cfg.Migration.Paths,
 		RequireApproval: cfg.Migration.RequireManualApproval, Raw: raw}}
 	if s.apply(w, r, c) {
-		writeJSON(w, http.StatusCreated, s.Node.State().Migrations[cfg.Migration.ID])
+		writeJSON(w, http.StatusCreated, s.Node.State().Migrations[cfg.Migration.ID].Redacted())
 	}
 }
 
@@ -287,11 +308,36 @@ func (s *Server) action(verb string) http.HandlerFunc {
 				writeJSON(w, http.StatusBadRequest, apiError{"advancing a migration changes production", "repeat with --confirm"})
 				return
 			}
+			if m := s.Node.State().Migrations[c.Migration]; verb == "rollback" && m != nil && !body.Confirm &&
+				m.Step >= control.StepFlip && step < control.StepFlip {
+				writeJSON(w, http.StatusBadRequest, apiError{fmt.Sprintf("rolling back from %s to %s crosses the flip: the primary ensemble changes", m.Step, step),
+					"repeat with --confirm"})
+				return
+			}
 			c.Step = step
 		}
 		if s.apply(w, r, c) {
-			writeJSON(w, http.StatusOK, s.Node.State().Migrations[c.Migration])
+			writeJSON(w, http.StatusOK, s.Node.State().Migrations[c.Migration].Redacted())
 		}
+	}
+}
+
+// delete forgets a migration that is finished, never started or rolled
+// back to 0; the body must confirm it ({"confirm": true}).
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Confirm bool `json:"confirm"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+		writeJSON(w, http.StatusBadRequest, apiError{"body: " + err.Error(), `send {"confirm": true}`})
+		return
+	}
+	if !body.Confirm {
+		writeJSON(w, http.StatusBadRequest, apiError{"deleting a migration forgets its state", "repeat with --confirm"})
+		return
+	}
+	if s.apply(w, r, control.Command{Kind: control.CmdDelete, Migration: r.PathValue("id")}) {
+		writeJSON(w, http.StatusOK, map[string]string{"deleted": r.PathValue("id")})
 	}
 }
 
@@ -301,7 +347,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{"no migration " + r.PathValue("id"), ""})
 		return
 	}
-	out := map[string]any{"migration": m, "healthy": m.Status != control.StatusFailed}
+	out := map[string]any{"migration": m.Redacted(), "healthy": m.Status != control.StatusFailed}
 	if s.Health != nil {
 		out["detail"] = s.Health(m.ID)
 	}
@@ -325,30 +371,50 @@ func (s *Server) syncStatus(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.SyncStatus())
 }
 
-func (s *Server) audit(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, s.Node.State().Audit)
+// audit lists the audit trail, only one migration's with ?migration=ID.
+func (s *Server) audit(w http.ResponseWriter, r *http.Request) {
+	q, ok := query(w, r, "migration")
+	if !ok {
+		return
+	}
+	out := []control.AuditEntry{}
+	for _, e := range s.Node.State().Audit {
+		if q.migration == "" || e.Migration == q.migration {
+			out = append(out, e)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // events streams audit entries as server-sent events, starting after
-// ?after=INDEX (default: the current end), until the client leaves.
+// ?after=N (the first N entries are skipped; default: the current end),
+// only one migration's with ?migration=ID, until the client leaves.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	q, ok := query(w, r, "after", "migration")
+	if !ok {
+		return
+	}
 	fl, ok := w.(http.Flusher)
 	if !ok {
 		writeJSON(w, http.StatusInternalServerError, apiError{"streaming unsupported", ""})
 		return
 	}
+	next := len(s.Node.State().Audit)
+	if q.after >= 0 {
+		next = q.after
+	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
-	next := len(s.Node.State().Audit)
-	if a := r.URL.Query().Get("after"); a != "" {
-		_, _ = fmt.Sscanf(a, "%d", &next)
-	}
+	w.WriteHeader(http.StatusOK)
 	fl.Flush()
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
 		audit := s.Node.State().Audit
 		for ; next < len(audit); next++ {
+			if q.migration != "" && audit[next].Migration != q.migration {
+				continue
+			}
 			b, _ := json.Marshal(audit[next])
 			fmt.Fprintf(w, "id: %d\nevent: audit\ndata: %s\n\n", next+1, b)
 		}
@@ -358,26 +424,5 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-t.C:
 		}
-	}
-}
-
-type joinBody struct {
-	ID       string `json:"id"`
-	RaftAddr string `json:"raft_addr"`
-	API      string `json:"api"`
-}
-
-func (s *Server) join(w http.ResponseWriter, r *http.Request) {
-	var b joinBody
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&b); err != nil || b.ID == "" || b.RaftAddr == "" || b.API == "" {
-		writeJSON(w, http.StatusBadRequest, apiError{"want {id, raft_addr, api}", ""})
-		return
-	}
-	if err := s.Node.Join(b.ID, b.RaftAddr); err != nil {
-		writeJSON(w, http.StatusInternalServerError, apiError{err.Error(), ""})
-		return
-	}
-	if s.apply(w, r, control.Command{Kind: control.CmdNodeJoin, Node: b.ID, API: b.API}) {
-		writeJSON(w, http.StatusOK, map[string]string{"joined": b.ID})
 	}
 }

@@ -61,7 +61,7 @@ migration: {id: m1, source_zk: "a:2181", target_zk: "b:2181"}
 
 // TestAPIRolesAndEventStream: no token is 401, a viewer changing is 403,
 // a bad config is 400 naming the field, and the audit stream delivers each
-// change as a server-sent event naming who made it.
+// change, and the refused one, as a server-sent event naming who made it.
 func TestAPIRolesAndEventStream(t *testing.T) {
 	base := startAPI(t)
 	if r := call(t, "GET", base+"/api/v1/migrations", "", ""); r.StatusCode != http.StatusUnauthorized {
@@ -97,13 +97,14 @@ func TestAPIRolesAndEventStream(t *testing.T) {
 	}
 	sc := bufio.NewScanner(stream.Body)
 	var got []string
-	for sc.Scan() && len(got) < 2 {
+	for sc.Scan() && len(got) < 3 {
 		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
 			got = append(got, d)
 		}
 	}
-	if len(got) != 2 || !strings.Contains(got[0], `"action":"create"`) || !strings.Contains(got[0], `"by":"olga"`) ||
-		!strings.Contains(got[1], `"action":"advance"`) || !strings.Contains(got[1], "not allowed now") {
+	if len(got) != 3 || !strings.Contains(got[0], `"action":"refused"`) || !strings.Contains(got[0], `"by":"vic"`) ||
+		!strings.Contains(got[1], `"action":"create"`) || !strings.Contains(got[1], `"by":"olga"`) ||
+		!strings.Contains(got[2], `"action":"advance"`) || !strings.Contains(got[2], "not allowed now") {
 		t.Fatalf("events: %v", got)
 	}
 }

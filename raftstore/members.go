@@ -1,0 +1,153 @@
+package raftstore
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Sentinel errors of membership changes.
+var (
+	// ErrUnreachable: nothing answers on the address a node would join
+	// with; adding it would only add a member that cannot vote.
+	ErrUnreachable = errors.New("raftstore: raft address unreachable")
+	// ErrUnknownServer: no server with that id is in the configuration.
+	ErrUnknownServer = errors.New("raftstore: no such server")
+	// ErrLastVoter: removing the server would leave no voter.
+	ErrLastVoter = errors.New("raftstore: the last voter cannot be removed")
+)
+
+// Server is one member of the Raft configuration.
+type Server struct {
+	ID      string `json:"id"`
+	Address string `json:"raft_addr"`
+	// Voter is false while the server catches up as a non-voter
+	// (Autopilot promotes it).
+	Voter bool `json:"voter"`
+}
+
+// Servers lists the latest Raft configuration (on any node).
+func (n *Node) Servers() ([]Server, error) {
+	fut := n.raft.GetConfiguration()
+	if err := fut.Error(); err != nil {
+		return nil, fmt.Errorf("raftstore: configuration: %w", err)
+	}
+	var out []Server
+	for _, s := range fut.Configuration().Servers {
+		out = append(out, Server{ID: string(s.ID), Address: string(s.Address), Voter: s.Suffrage == raft.Voter})
+	}
+	return out, nil
+}
+
+// ProbeTimeout bounds the connection attempt Join makes to a new node.
+const ProbeTimeout = 2 * time.Second
+
+// Join adds a node as a non-voter (call it on the leader). It refuses an
+// address where nothing accepts a connection, and never changes the
+// quorum: the node votes only once Autopilot has seen it catch up. Joining
+// again with the same id is harmless (a restarted node).
+func (n *Node) Join(id, addr string) error {
+	if !n.IsLeader() {
+		a, _ := n.Leader()
+		return &NotLeaderError{Leader: a}
+	}
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		if s.ID == id && s.Address == addr {
+			return nil
+		}
+	}
+	c, err := net.DialTimeout("tcp", addr, ProbeTimeout)
+	if err != nil {
+		return fmt.Errorf("%w: %s (%s): %v; start the node first, and check --raft-addr and firewalls", ErrUnreachable, id, addr, err)
+	}
+	c.Close()
+	if err := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error(); err != nil {
+		return fmt.Errorf("raftstore: add %s (%s) as non-voter: %w", id, addr, err)
+	}
+	n.cfg.Logger.Info("raft: node joined as non-voter; it votes once caught up", "node", id, "raft", addr)
+	return nil
+}
+
+// promote makes a non-voter a voter, unless the configuration changed
+// since index.
+func (n *Node) promote(id, addr string, index uint64) error {
+	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), index, 10*time.Second).Error(); err != nil {
+		return fmt.Errorf("raftstore: promote %s: %w", id, err)
+	}
+	return nil
+}
+
+// Remove takes a node out of the Raft configuration (call it on the
+// leader): the way to retire a dead node, whose vote otherwise counts
+// against the quorum forever.
+func (n *Node) Remove(id string) error {
+	if !n.IsLeader() {
+		a, _ := n.Leader()
+		return &NotLeaderError{Leader: a}
+	}
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	found, voter, voters := false, false, 0
+	for _, s := range servers {
+		if s.Voter {
+			voters++
+		}
+		if s.ID == id {
+			found, voter = true, s.Voter
+		}
+	}
+	if !found {
+		return fmt.Errorf("%w: %s", ErrUnknownServer, id)
+	}
+	if voter && voters == 1 {
+		return fmt.Errorf("%w: %s", ErrLastVoter, id)
+	}
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+		return fmt.Errorf("raftstore: remove %s: %w", id, err)
+	}
+	n.cfg.Logger.Info("raft: node removed from the cluster", "node", id)
+	return nil
+}
+
+// ServerStats is what a node reports of its own Raft progress; the
+// leader's Autopilot judges from it whether a non-voter has caught up.
+type ServerStats struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+	Term  uint64 `json:"term"`
+	// LastIndex is the last log index the node stored.
+	LastIndex uint64 `json:"last_index"`
+	// LastContact is the time since the node last heard from a leader: 0
+	// on the leader, -1 if never.
+	LastContact time.Duration `json:"last_contact_ns"`
+}
+
+// Stats reports this node's Raft progress.
+func (n *Node) Stats() ServerStats {
+	s := n.raft.Stats()
+	st := ServerStats{ID: n.cfg.ID, State: s["state"]}
+	st.Term, _ = strconv.ParseUint(s["term"], 10, 64)
+	st.LastIndex, _ = strconv.ParseUint(s["last_log_index"], 10, 64)
+	switch lc := s["last_contact"]; lc {
+	case "0":
+	case "never":
+		st.LastContact = -1
+	default:
+		d, err := time.ParseDuration(lc)
+		if err != nil {
+			d = -1
+		}
+		st.LastContact = d
+	}
+	return st
+}
