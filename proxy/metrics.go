@@ -19,6 +19,7 @@ type Metrics struct {
 	conns       prometheus.Gauge
 	sessions    prometheus.Gauge
 	reconnects  *prometheus.CounterVec
+	expired     prometheus.Counter
 	events      prometheus.Counter
 	badFrames   *prometheus.CounterVec
 	fourLetters *prometheus.CounterVec
@@ -55,6 +56,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sessions", Help: "Client sessions established through the proxy."}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "upstream_reconnects_total", Help: "Upstream server losses handled, by result: ok (moved, invisible to the client), client_reconnect (a write was in flight: the client reconnects), expired, failed."}, []string{"result"}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "sessions_expired_total", Help: "Sessions the proxy closed upstream because nothing was heard from the client (connected or not) for the session timeout, as ZooKeeper expires them."}),
 		events: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "watch_events_total", Help: "Watch notifications relayed to clients."}),
 		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -65,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.errors, m.duration, m.bytesIn, m.bytesOut, m.conns, m.sessions,
-			m.reconnects, m.events, m.badFrames, m.fourLetters)
+			m.reconnects, m.expired, m.events, m.badFrames, m.fourLetters)
 	}
 	for _, op := range jute.AllOps() {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}

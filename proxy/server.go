@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -171,12 +172,16 @@ func (s *Server) track(c net.Conn) bool {
 	return true
 }
 
+// untrack closes c and forgets it; calling it again does nothing.
 func (s *Server) untrack(c net.Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	c.Close()
+	if _, ok := s.conns[c]; !ok {
+		return
+	}
 	delete(s.conns, c)
 	s.m.conns.Dec()
-	c.Close()
 }
 
 // Close stops accepting, closes every client connection and its upstream
@@ -222,6 +227,21 @@ func (s *Server) registerSession(sess *session) {
 	s.mu.Unlock()
 	if old != nil {
 		old.shutdown("client reopened the session on a new connection")
+	}
+}
+
+// reconnecting is called when a client re-opens session id on a new
+// connection. With the session's password, the old relay is shut down at
+// once: the client has left that connection, and a relay left running could
+// re-attach the session to another server behind the new connection's back
+// when the server hands the session over. The new connection counts as
+// hearing from the client. A wrong password proves nothing, as on a server.
+func (s *Server) reconnecting(id int64, passwd []byte) {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	if sess != nil && bytes.Equal(sess.passwd, passwd) {
+		sess.shutdown("client is re-opening the session on a new connection")
 	}
 }
 

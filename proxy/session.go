@@ -70,6 +70,9 @@ func (cc *clientConn) serve() {
 		cc.badFrame("connect request", err)
 		return
 	}
+	if req.SessionID != 0 {
+		cc.srv.reconnecting(req.SessionID, req.Passwd)
+	}
 	sess := newSession(cc, &req)
 	if !sess.open(connectFrame) {
 		return
@@ -112,10 +115,12 @@ type session struct {
 	timeout time.Duration
 	connect jute.ConnectRequest // template for re-attaching
 
-	lastZxid atomic.Int64 // highest zxid any reply carried
-	lastSend atomic.Int64 // unix nanos of the last upstream write
-	closing  atomic.Bool  // closeSession sent: upstream EOF ends the session
-	sasl     atomic.Bool  // SASL used: cannot re-attach transparently
+	lastZxid  atomic.Int64 // highest zxid any reply carried
+	lastSend  atomic.Int64 // unix nanos of the last upstream write
+	lastHeard atomic.Int64 // unix nanos of the last frame from the client
+	closing   atomic.Bool  // closeSession sent: upstream EOF ends the session
+	detached  atomic.Bool  // the client connection has ended; the session waits for it
+	sasl      atomic.Bool  // SASL used: cannot re-attach transparently
 
 	wmu sync.Mutex
 	up  atomic.Pointer[upstream] // current upstream connection; stored under wmu
@@ -132,12 +137,14 @@ type session struct {
 }
 
 func newSession(cc *clientConn, req *jute.ConnectRequest) *session {
-	return &session{
+	s := &session{
 		cc: cc, srv: cc.srv, log: cc.log, connect: *req,
 		cw:      bufio.NewWriterSize(countingWriter{cc.conn, cc.srv.m}, bufSize),
 		watches: newWatchSet(),
 		done:    make(chan struct{}),
 	}
+	s.lastHeard.Store(time.Now().UnixNano())
+	return s
 }
 
 // open attaches the new session to an upstream server and relays the
@@ -180,8 +187,12 @@ func (s *session) open(connectFrame []byte) bool {
 	return true
 }
 
-// run relays the session until the client leaves, the session ends upstream,
-// or the proxy closes.
+// run relays the session until the session ends upstream (closed by the
+// client, or by the proxy when the client has been silent for the session
+// timeout), the client re-opens it on another connection, or the proxy
+// closes. When the client connection ends first, the relay stays, detached,
+// so a client that comes back within its timeout finds its session; the
+// supervisor closes the session upstream once the timeout has passed.
 func (s *session) run() {
 	s.startReader(s.up.Load())
 	s.wg.Add(1)
@@ -193,13 +204,46 @@ func (s *session) run() {
 	if err != nil {
 		s.cc.badFrame("request", err)
 	}
-	s.shutdown("client connection ended")
+	s.detach()
 	s.wg.Wait()
 }
 
+// detach ends the client side of the relay and keeps the upstream session
+// for the client to come back to.
+func (s *session) detach() {
+	s.detached.Store(true)
+	s.srv.untrack(s.cc.conn)
+	select {
+	case <-s.done:
+	default:
+		s.log.Debug("client connection ended; the session waits for the client until its timeout")
+	}
+}
+
+// expire closes the session upstream because nothing has been heard from
+// the client for the session timeout: what a ZooKeeper server does to a
+// silent client, which the proxy must do itself since it answers the
+// client's pings and keeps the upstream session alive with its own. The
+// ensemble deletes the session's ephemerals at once; a client that wakes
+// up reconnects and is told by the ensemble that its session expired.
+func (s *session) expire(silent time.Duration) {
+	s.srv.m.expired.Inc()
+	s.log.Warn("client silent for its session timeout: closing its session upstream, as ZooKeeper expires it",
+		"silent", silent.Round(time.Millisecond), "timeout", s.timeout, "connected", !s.detached.Load())
+	s.closing.Store(true)
+	s.cc.conn.Close()
+	s.sendInternal(xidProxyClose, jute.OpCloseSession, &jute.Empty{}, trackNone)
+}
+
+// xidProxyClose is the xid of the closeSession the proxy sends for a
+// silent client; no client uses negative xids other than ZooKeeper's
+// special ones.
+const xidProxyClose int32 = -16
+
 // shutdown ends the session's relay: it closes the client connection and the
-// upstream connection. The upstream session itself lives on until its
-// timeout, as when a client loses its connection to a server.
+// upstream connection. The upstream session itself lives on until the
+// ensemble's own timeout, as when a client loses its connection to a server
+// (this is what a proxy restart relies on).
 // It never waits for wmu, so it can interrupt a re-attach in progress
 // (which checks done after installing a new connection).
 func (s *session) shutdown(why string) {
@@ -220,6 +264,7 @@ func (s *session) readClient() error {
 		if err != nil {
 			return err
 		}
+		s.lastHeard.Store(time.Now().UnixNano())
 		if err := s.handleRequest(frame); err != nil {
 			return err
 		}

@@ -194,18 +194,24 @@ func (s *session) writeClientLocked(frame []byte, flush bool) {
 }
 
 // supervise keeps the upstream connection alive with pings, declares it dead
-// when the server stays silent, and re-attaches the session when it dies.
+// when the server stays silent, re-attaches the session when it dies, and
+// closes the session upstream when the client has been silent for the
+// session timeout (see expire).
 func (s *session) supervise() {
-	tick := time.NewTicker(max(s.timeout/10, 20*time.Millisecond))
+	tick := time.NewTicker(expiryTick(s.timeout))
 	defer tick.Stop()
+	var closingSince time.Time
 	for {
 		up := s.up.Load()
 		select {
 		case <-s.done:
 			return
+		case <-s.srv.ctx.Done():
+			s.shutdown("proxy closing")
+			return
 		case <-up.done:
 			if s.closing.Load() {
-				s.shutdown("session closed by the client")
+				s.shutdown("session closed")
 				return
 			}
 			if errors.Is(up.err, errReplayFailed) {
@@ -216,19 +222,40 @@ func (s *session) supervise() {
 			if !s.reattach(up) {
 				return
 			}
-		case <-tick.C:
-			now := time.Now().UnixNano()
-			if time.Duration(now-up.lastRecv.Load()) > s.timeout*2/3 {
+		case now := <-tick.C:
+			if s.closing.Load() {
+				// The server hangs up after answering closeSession; if it
+				// does not, the session is over anyway.
+				if closingSince.IsZero() {
+					closingSince = now
+				} else if now.Sub(closingSince) > s.timeout {
+					s.shutdown("upstream did not end the closed session")
+					return
+				}
+				continue
+			}
+			if silent := now.Sub(time.Unix(0, s.lastHeard.Load())); silent >= s.timeout {
+				s.expire(silent)
+				closingSince = now
+				continue
+			}
+			nanos := now.UnixNano()
+			if time.Duration(nanos-up.lastRecv.Load()) > s.timeout*2/3 {
 				s.log.Warn("upstream server silent for 2/3 of the session timeout; moving the session", "upstream", up.addr)
 				up.conn.Close()
 				continue
 			}
-			if time.Duration(now-s.lastSend.Load()) >= s.timeout/3 {
+			if time.Duration(nanos-s.lastSend.Load()) >= s.timeout/3 {
 				s.sendInternal(jute.XidPing, jute.OpPing, &jute.Empty{}, trackNone)
 			}
 		}
 	}
 }
+
+// expiryTick is how often the supervisor checks a session: a tenth of its
+// timeout (at least 20 ms). A silent client's session is closed upstream at
+// most one tick after its timeout.
+func expiryTick(timeout time.Duration) time.Duration { return max(timeout/10, 20*time.Millisecond) }
 
 // sendInternal sends a request of the proxy's own on the current upstream
 // connection; its reply is consumed.
@@ -262,6 +289,11 @@ func (s *session) reattach(dead *upstream) bool {
 	dead.conn.Close()
 	m := s.srv.m
 	s.omu.Lock()
+	if s.detached.Load() {
+		// Nobody waits for the answers: a write in flight need not be
+		// reported, and the session moves on for the client to come back.
+		s.queue.dropClient()
+	}
 	unsafe := s.queue.unsafeInFlight()
 	s.queue.dropInternal()
 	s.drainLocalLocked()
