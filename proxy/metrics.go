@@ -11,18 +11,19 @@ import (
 // Metrics are the proxy's Prometheus instruments. Per-opcode children are
 // resolved once at construction so the request path does no label lookups.
 type Metrics struct {
-	requests    *prometheus.CounterVec
-	errors      *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	bytesIn     prometheus.Counter
-	bytesOut    prometheus.Counter
-	conns       prometheus.Gauge
-	sessions    prometheus.Gauge
-	reconnects  *prometheus.CounterVec
-	expired     prometheus.Counter
-	events      prometheus.Counter
-	badFrames   *prometheus.CounterVec
-	fourLetters *prometheus.CounterVec
+	requests     *prometheus.CounterVec
+	errors       *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	bytesIn      prometheus.Counter
+	bytesOut     prometheus.Counter
+	conns        prometheus.Gauge
+	sessions     prometheus.Gauge
+	reconnects   *prometheus.CounterVec
+	expired      prometheus.Counter
+	backpressure *prometheus.CounterVec
+	events       prometheus.Counter
+	badFrames    *prometheus.CounterVec
+	fourLetters  *prometheus.CounterVec
 
 	byOp map[jute.Op]*opMetrics
 	// unknown serves opcodes outside ZooKeeper 3.4-3.8.
@@ -58,6 +59,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "upstream_reconnects_total", Help: "Upstream server losses handled, by result: ok (moved, invisible to the client), client_reconnect (a write was in flight: the client reconnects), expired, failed."}, []string{"result"}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "sessions_expired_total", Help: "Sessions the proxy closed upstream because nothing was heard from the client (connected or not) for the session timeout, as ZooKeeper expires them."}),
+		backpressure: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "backpressure_waits_total", Help: "Times a session stopped reading, by side (upstream: the server's replies; client: the client's requests) and reason (client_backlog: replies the client has not read reached --max-client-backlog; max_pending: requests in flight reached --max-pending)."}, []string{"side", "reason"}),
 		events: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "watch_events_total", Help: "Watch notifications relayed to clients."}),
 		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -68,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.errors, m.duration, m.bytesIn, m.bytesOut, m.conns, m.sessions,
-			m.reconnects, m.expired, m.events, m.badFrames, m.fourLetters)
+			m.reconnects, m.expired, m.backpressure, m.events, m.badFrames, m.fourLetters)
 	}
 	for _, op := range jute.AllOps() {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}

@@ -26,6 +26,16 @@ type Config struct {
 	// MaxReplyFrame bounds a server frame (default 16 MiB: replies such as
 	// a large getChildren may exceed the request limit).
 	MaxReplyFrame int
+	// MaxClientBacklog bounds the bytes of replies and events queued for a
+	// client that has not read them yet (default 2 MiB; one frame may pass
+	// it). At the bound the session stops reading from its upstream server
+	// and from its client until the client reads: backpressure, never
+	// unbounded buffering, and other sessions are unaffected.
+	MaxClientBacklog int
+	// MaxPending bounds a session's requests awaiting their reply (default
+	// 1000, ZooKeeper's globalOutstandingLimit); at the bound the proxy
+	// stops reading the client's requests until replies go out.
+	MaxPending int
 	// DialTimeout bounds one connection attempt to an upstream server,
 	// handshake included (default 3 s).
 	DialTimeout time.Duration
@@ -55,6 +65,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxReplyFrame == 0 {
 		c.MaxReplyFrame = 16 << 20
+	}
+	if c.MaxClientBacklog == 0 {
+		c.MaxClientBacklog = 2 << 20
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 1000
 	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 3 * time.Second

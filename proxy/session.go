@@ -45,18 +45,6 @@ func (c countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// countingWriter counts bytes sent to clients.
-type countingWriter struct {
-	w io.Writer
-	m *Metrics
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.m.bytesOut.Add(float64(n))
-	return n, err
-}
-
 // serve runs the handshake and then the session until either side ends it.
 func (cc *clientConn) serve() {
 	frame, err := cc.fr.Next()
@@ -126,10 +114,12 @@ type session struct {
 	up  atomic.Pointer[upstream] // current upstream connection; stored under wmu
 
 	omu     sync.Mutex
-	cw      *bufio.Writer
+	out     *clientOut // replies to the client, in order; appended under omu
 	queue   pendingQueue
 	watches *watchSet
 	auths   []*jute.AuthPacket
+
+	pendingRoom chan struct{} // 1-buffered: replies taken off the queue
 
 	done     chan struct{}
 	doneOnce sync.Once
@@ -139,9 +129,10 @@ type session struct {
 func newSession(cc *clientConn, req *jute.ConnectRequest) *session {
 	s := &session{
 		cc: cc, srv: cc.srv, log: cc.log, connect: *req,
-		cw:      bufio.NewWriterSize(countingWriter{cc.conn, cc.srv.m}, bufSize),
-		watches: newWatchSet(),
-		done:    make(chan struct{}),
+		out:         newClientOut(cc.conn, cc.srv.m, cc.srv.cfg.MaxClientBacklog),
+		watches:     newWatchSet(),
+		pendingRoom: make(chan struct{}, 1),
+		done:        make(chan struct{}),
 	}
 	s.lastHeard.Store(time.Now().UnixNano())
 	return s
@@ -169,9 +160,11 @@ func (s *session) open(connectFrame []byte) bool {
 			"session", fmt.Sprintf("0x%x", s.connect.SessionID), "err", err)
 		return false
 	}
-	if _, err := s.cw.Write(jute.AppendFrame(nil, raw)); err == nil {
-		err = s.cw.Flush()
-	}
+	// The writer goroutine starts with run; this one frame goes directly.
+	_ = s.cc.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	n, _ := s.cc.conn.Write(jute.AppendFrame(nil, raw))
+	s.srv.m.bytesOut.Add(float64(n))
+	_ = s.cc.conn.SetWriteDeadline(time.Time{})
 	if resp.Expired() {
 		up.conn.Close()
 		s.log.Info("session expired upstream; told the client", "session", fmt.Sprintf("0x%x", s.connect.SessionID))
@@ -194,8 +187,12 @@ func (s *session) open(connectFrame []byte) bool {
 // so a client that comes back within its timeout finds its session; the
 // supervisor closes the session upstream once the timeout has passed.
 func (s *session) run() {
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.out.run(s.done)
+	}()
 	s.startReader(s.up.Load())
-	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		s.supervise()
@@ -257,9 +254,15 @@ func (s *session) shutdown(why string) {
 	})
 }
 
-// readClient reads and dispatches client frames until an error.
+// readClient reads and dispatches client frames until an error. It stops
+// reading while the session has MaxPending requests in flight (as a
+// ZooKeeper server stops reading a connection at its outstanding limit) or
+// MaxClientBacklog bytes of replies the client has not read yet.
 func (s *session) readClient() error {
 	for {
+		if err := s.waitClientRoom(); err != nil {
+			return err
+		}
 		frame, err := s.cc.fr.Next()
 		if err != nil {
 			return err
@@ -291,7 +294,10 @@ func (s *session) handleRequest(frame []byte) error {
 		s.answerLocally(jute.XidPing, op, jute.CodeOK, now)
 		return nil
 	}
-	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now, body: req.Body}
+	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now}
+	if resendable(op) {
+		p.body = req.Body // kept to re-send it after a move; a write never is
+	}
 	switch b := req.Body.(type) {
 	case *jute.GetDataRequest:
 		if b.Watch {
@@ -354,6 +360,35 @@ func (s *session) forward(p pending, frame []byte, flush bool) error {
 	return nil
 }
 
+// waitClientRoom waits until the session may read another request.
+func (s *session) waitClientRoom() error {
+	counted := false
+	for {
+		s.omu.Lock()
+		n := s.queue.len()
+		s.omu.Unlock()
+		if n < s.srv.cfg.MaxPending && !s.out.full() {
+			return nil
+		}
+		if !counted {
+			counted = true
+			reason := "max_pending"
+			if n < s.srv.cfg.MaxPending {
+				reason = "client_backlog"
+			}
+			s.srv.m.backpressure.WithLabelValues("client", reason).Inc()
+		}
+		room := s.out.roomChan()
+		s.out.flush()
+		select {
+		case <-s.pendingRoom:
+		case <-room:
+		case <-s.done:
+			return net.ErrClosed
+		}
+	}
+}
+
 // answerLocally queues a reply made by the proxy; it leaves as soon as every
 // earlier request has been answered.
 func (s *session) answerLocally(xid int32, op jute.Op, code jute.Code, start time.Time) {
@@ -366,14 +401,14 @@ func (s *session) answerLocally(xid int32, op jute.Op, code jute.Code, start tim
 	defer s.omu.Unlock()
 	s.queue.push(pending{xid: xid, op: op, kind: pendingLocal, start: start, local: e.Bytes()})
 	s.drainLocalLocked()
-	_ = s.cw.Flush()
+	s.out.flush()
 }
 
 // drainLocalLocked sends the prepared replies at the head of the queue.
 func (s *session) drainLocalLocked() {
 	for h := s.queue.peek(); h != nil && h.kind == pendingLocal; h = s.queue.peek() {
 		p := s.queue.pop()
-		_, _ = s.cw.Write(p.local)
+		s.out.appendRaw(p.local)
 		s.srv.m.observeReply(p.op, jute.CodeOK, p.start)
 	}
 }

@@ -126,6 +126,19 @@ func (s *session) readUpstream(up *upstream) error {
 	m := s.srv.m
 	var ev jute.WatcherEvent
 	for {
+		if s.out.full() {
+			// The client does not read its replies: stop reading the server
+			// for this session until it does (the server's replies wait in
+			// the socket, then in the server), never buffering without bound.
+			m.backpressure.WithLabelValues("upstream", "client_backlog").Inc()
+			s.out.stalled.Store(true)
+			ok := s.out.waitRoom(s.done)
+			s.out.stalled.Store(false)
+			up.lastRecv.Store(time.Now().UnixNano())
+			if !ok {
+				return net.ErrClosed
+			}
+		}
 		frame, err := up.fr.Next()
 		if err != nil {
 			return err
@@ -175,21 +188,23 @@ func (s *session) readUpstream(up *upstream) error {
 		}
 		s.drainLocalLocked()
 		if flush {
-			_ = s.cw.Flush()
+			s.out.flush()
 		}
 		s.omu.Unlock()
+		select {
+		case s.pendingRoom <- struct{}{}:
+		default:
+		}
 	}
 }
 
-// writeClientLocked relays one frame to the client. A write error means the
-// client is gone; readClient notices and ends the session.
+// writeClientLocked queues one frame for the client (callers hold omu, so
+// frames leave in the order they were queued). A client that is gone drops
+// it; readClient notices and detaches the session.
 func (s *session) writeClientLocked(frame []byte, flush bool) {
-	var hdr [4]byte
-	hdr[0], hdr[1], hdr[2], hdr[3] = byte(len(frame)>>24), byte(len(frame)>>16), byte(len(frame)>>8), byte(len(frame))
-	_, _ = s.cw.Write(hdr[:])
-	_, _ = s.cw.Write(frame)
+	s.out.appendFrame(frame)
 	if flush {
-		_ = s.cw.Flush()
+		s.out.flush()
 	}
 }
 
@@ -240,7 +255,9 @@ func (s *session) supervise() {
 				continue
 			}
 			nanos := now.UnixNano()
-			if time.Duration(nanos-up.lastRecv.Load()) > s.timeout*2/3 {
+			// While the reader waits for the client to read, the server's
+			// replies wait unread: its silence proves nothing.
+			if time.Duration(nanos-up.lastRecv.Load()) > s.timeout*2/3 && !s.out.stalled.Load() {
 				s.log.Warn("upstream server silent for 2/3 of the session timeout; moving the session", "upstream", up.addr)
 				up.conn.Close()
 				continue
@@ -297,8 +314,12 @@ func (s *session) reattach(dead *upstream) bool {
 	unsafe := s.queue.unsafeInFlight()
 	s.queue.dropInternal()
 	s.drainLocalLocked()
-	_ = s.cw.Flush()
+	s.out.flush()
 	s.omu.Unlock()
+	select {
+	case s.pendingRoom <- struct{}{}:
+	default:
+	}
 	if unsafe {
 		m.reconnects.WithLabelValues("client_reconnect").Inc()
 		s.shutdown("a write was in flight on the lost server; the client reconnects to learn of it")

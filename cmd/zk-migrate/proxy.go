@@ -49,6 +49,8 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringFlag{Name: "upstream", Required: true, Usage: "ZooKeeper servers of the ensemble, host:port,host:port,...", EnvVars: []string{"ZKM_UPSTREAM"}},
 			&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9404", Usage: "address of the Prometheus /metrics endpoint (empty: off)", EnvVars: []string{"ZKM_METRICS_ADDR"}},
 			&cli.IntFlag{Name: "jute-maxbuffer", Value: jute.DefaultMaxBuffer, Usage: "largest client request in bytes, as the servers' jute.maxbuffer"},
+			&cli.IntFlag{Name: "max-client-backlog", Value: 2 << 20, Usage: "bytes of replies queued for a client that does not read them; beyond, the session stops reading its server and its client"},
+			&cli.IntFlag{Name: "max-pending", Value: 1000, Usage: "requests in flight per session; beyond, the proxy stops reading the client (ZooKeeper's outstanding limit)"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: 3 * time.Second, Usage: "timeout of one connection attempt to an upstream server"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises role, sessions, primary)"},
@@ -100,6 +102,11 @@ func runProxy(c *cli.Context) error {
 	if mb := c.Int("jute-maxbuffer"); mb < 1024 {
 		return usageError("--jute-maxbuffer %d: must be at least 1024 bytes (ZooKeeper's default is %d)", mb, jute.DefaultMaxBuffer)
 	}
+	for _, f := range []string{"max-client-backlog", "max-pending"} {
+		if c.Int(f) < 1 {
+			return usageError("--%s %d: must be at least 1 (the defaults are documented in --help)", f, c.Int(f))
+		}
+	}
 	if os.Getenv("GOGC") == "" {
 		// The proxy's live heap is small (about 40 KB a session) and its
 		// garbage is per-request; collecting less often costs little
@@ -109,11 +116,13 @@ func runProxy(c *cli.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(proxy.Config{
-		Upstream:    upstream,
-		MaxFrame:    c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
-		DialTimeout: c.Duration("dial-timeout"),
-		Metrics:     proxy.NewMetrics(reg),
-		Logger:      log,
+		Upstream:         upstream,
+		MaxFrame:         c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
+		DialTimeout:      c.Duration("dial-timeout"),
+		MaxClientBacklog: c.Int("max-client-backlog"),
+		MaxPending:       c.Int("max-pending"),
+		Metrics:          proxy.NewMetrics(reg),
+		Logger:           log,
 	})
 	if err != nil {
 		return usageError("%v", err)
