@@ -25,6 +25,11 @@ type Metrics struct {
 	badFrames    *prometheus.CounterVec
 	fourLetters  *prometheus.CounterVec
 
+	fourLettersRefused *prometheus.CounterVec
+	connsRefused       *prometheus.CounterVec
+	credsRefused       prometheus.Counter
+	logsDropped        *prometheus.CounterVec
+
 	byOp map[jute.Op]*opMetrics
 	// unknown serves opcodes outside ZooKeeper 3.4-3.8.
 	unknown *opMetrics
@@ -67,11 +72,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "bad_frames_total", Help: "Client frames rejected, by reason (too_large, malformed, unknown_opcode)."}, []string{"reason"}),
 		fourLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "four_letter_words_total", Help: "Four-letter admin commands answered, by word."}, []string{"word"}),
+		fourLettersRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "four_letter_words_refused_total", Help: "Four-letter admin commands refused because --four-letter-words does not allow them, by word."}, []string{"word"}),
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "client_connections_refused_total", Help: "Client connections closed by a limit, by reason: max_connections, max_connections_per_ip, handshake_timeout (no ConnectRequest within --handshake-timeout)."}, []string{"reason"}),
+		credsRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "credentials_refused_total", Help: "addAuth requests answered AUTHFAILED because the session already holds --max-credentials distinct credentials."}),
+		logsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "log_lines_dropped_total", Help: "Log lines dropped by the per-session, per-reason rate limit, by reason."}, []string{"reason"}),
 		byOp: map[jute.Op]*opMetrics{},
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.errors, m.duration, m.bytesIn, m.bytesOut, m.conns, m.sessions,
-			m.reconnects, m.expired, m.backpressure, m.events, m.badFrames, m.fourLetters)
+			m.reconnects, m.expired, m.backpressure, m.events, m.badFrames, m.fourLetters,
+			m.fourLettersRefused, m.connsRefused, m.credsRefused, m.logsDropped)
 	}
 	for _, op := range jute.AllOps() {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}
@@ -79,6 +93,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.unknown = &opMetrics{requests: m.requests.WithLabelValues("unknown"), duration: m.duration.WithLabelValues("unknown")}
 	for _, r := range []string{"ok", "client_reconnect", "expired", "failed"} {
 		m.reconnects.WithLabelValues(r)
+	}
+	for _, r := range []string{"max_connections", "max_connections_per_ip", "handshake_timeout"} {
+		m.connsRefused.WithLabelValues(r)
 	}
 	return m
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -23,13 +24,15 @@ type clientConn struct {
 	conn net.Conn
 	fr   *jute.FrameReader
 	log  *slog.Logger
+	logs *logLimiter // this connection's (and session's) log budget
 }
 
 func newClientConn(s *Server, c net.Conn) *clientConn {
 	return &clientConn{
 		srv: s, conn: c,
-		fr:  jute.NewFrameReader(bufio.NewReaderSize(countingReader{c, s.m}, bufSize), s.cfg.MaxFrame),
-		log: s.log.With("client", c.RemoteAddr().String()),
+		fr:   jute.NewFrameReader(bufio.NewReaderSize(countingReader{c, s.m}, bufSize), s.cfg.MaxFrame),
+		log:  s.log.With("client", c.RemoteAddr().String()),
+		logs: newLogLimiter(s.m),
 	}
 }
 
@@ -52,6 +55,7 @@ func (cc *clientConn) serve() {
 		cc.badFrame("connect request", err)
 		return
 	}
+	_ = cc.conn.SetReadDeadline(time.Time{})      // the handshake deadline is met
 	connectFrame := append([]byte(nil), frame...) // the reader reuses frame
 	var req jute.ConnectRequest
 	if err := jute.Unmarshal(connectFrame, &req); err != nil {
@@ -76,12 +80,21 @@ func (cc *clientConn) badFrame(what string, err error) {
 	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
 		return
 	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		cc.srv.m.connsRefused.WithLabelValues("handshake_timeout").Inc()
+		cc.srv.logs.warn(cc.log, "handshake_timeout", "closing client connection: no ConnectRequest within the handshake timeout",
+			"timeout", cc.srv.cfg.HandshakeTimeout)
+		return
+	}
 	reason := "malformed"
 	if errors.Is(err, jute.ErrFrameTooLarge) {
 		reason = "too_large"
 	}
 	cc.srv.m.badFrames.WithLabelValues(reason).Inc()
-	cc.log.Warn("closing client connection: bad "+what, "reason", reason, "err", err)
+	// One line per connection, and a flood of bad connections is limited
+	// server-wide.
+	cc.srv.logs.warn(cc.log, "bad_frame_"+reason, "closing client connection: bad "+what, "reason", reason, "err", err)
 }
 
 // session relays one ZooKeeper session between a client connection and an
@@ -156,7 +169,7 @@ func (s *session) open(connectFrame []byte) bool {
 		up, resp, raw, err = s.dial(connectFrame, "")
 	}
 	if err != nil {
-		s.log.Warn("closing client connection: no upstream server accepted the session",
+		s.srv.logs.warn(s.log, "no_upstream", "closing client connection: no upstream server accepted the session",
 			"session", fmt.Sprintf("0x%x", s.connect.SessionID), "err", err)
 		return false
 	}
@@ -283,7 +296,7 @@ func (s *session) handleRequest(frame []byte) error {
 	s.srv.m.op(op).requests.Inc()
 	if errors.Is(err, jute.ErrUnknownOpcode) {
 		s.srv.m.badFrames.WithLabelValues("unknown_opcode").Inc()
-		s.log.Warn("unknown opcode: answered UNIMPLEMENTED", "op", int32(op), "xid", req.Header.Xid)
+		s.cc.logs.warn(s.log, "unknown_opcode", "unknown opcode: answered UNIMPLEMENTED", "op", int32(op), "xid", req.Header.Xid)
 		s.answerLocally(req.Header.Xid, op, jute.CodeUnimplemented, now)
 		return nil
 	}
@@ -324,7 +337,18 @@ func (s *session) handleRequest(frame []byte) error {
 	case *jute.AuthPacket:
 		cp := *b
 		cp.Auth = append([]byte(nil), b.Auth...)
-		p.track, p.arg = trackAuth, &cp
+		admit, isNew := s.admitCredential(&cp)
+		if !admit {
+			s.srv.m.credsRefused.Inc()
+			s.cc.logs.warn(s.log, "max_credentials", "refused addAuth: the session already holds the most distinct credentials allowed; answered AUTHFAILED",
+				"scheme", cp.Scheme, "max_credentials", s.srv.cfg.MaxCredentials,
+				"hint", "raise --max-credentials if this client needs more identities")
+			s.answerLocally(req.Header.Xid, op, jute.CodeAuthFailed, now)
+			return nil
+		}
+		if isNew {
+			p.track, p.arg = trackAuth, &cp
+		}
 	case *jute.SASLRequest:
 		p.track = trackSASL
 		s.sasl.Store(true)
@@ -358,6 +382,35 @@ func (s *session) forward(p pending, frame []byte, flush bool) error {
 	}
 	s.lastSend.Store(time.Now().UnixNano())
 	return nil
+}
+
+// admitCredential decides whether an addAuth may go upstream: a credential
+// the session holds already may (it is not stored twice); a new one only
+// while the session holds, or awaits the answer for, fewer than
+// MaxCredentials. The proxy keeps every credential to replay it after a
+// move, so this bounds what a session can make it hold.
+func (s *session) admitCredential(a *jute.AuthPacket) (admit, isNew bool) {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	if s.holdsCredentialLocked(a) {
+		return true, false
+	}
+	n := len(s.auths)
+	for i := s.queue.head; i < len(s.queue.items); i++ {
+		if it := &s.queue.items[i]; it.track == trackAuth && it.kind == pendingClient {
+			n++
+		}
+	}
+	return n < s.srv.cfg.MaxCredentials, true
+}
+
+func (s *session) holdsCredentialLocked(a *jute.AuthPacket) bool {
+	for _, have := range s.auths {
+		if have.Type == a.Type && have.Scheme == a.Scheme && bytes.Equal(have.Auth, a.Auth) {
+			return true
+		}
+	}
+	return false
 }
 
 // waitClientRoom waits until the session may read another request.

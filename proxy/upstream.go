@@ -169,13 +169,15 @@ func (s *session) readUpstream(up *upstream) error {
 		p, ok := s.queue.take(h.Xid)
 		if !ok {
 			s.omu.Unlock()
-			s.log.Warn("dropping reply that matches no request", "xid", h.Xid, "upstream", up.addr)
+			s.cc.logs.warn(s.log, "unmatched_reply", "dropping reply that matches no request", "xid", h.Xid, "upstream", up.addr)
 			continue
 		}
 		code := jute.Code(h.Err)
 		s.watches.learn(&p, code)
 		if p.track == trackAuth && code == jute.CodeOK && p.kind == pendingClient {
-			s.auths = append(s.auths, p.arg.(*jute.AuthPacket))
+			if a := p.arg.(*jute.AuthPacket); !s.holdsCredentialLocked(a) {
+				s.auths = append(s.auths, a)
+			}
 		}
 		if p.kind == pendingClient {
 			m.observeReply(p.op, code, p.start)

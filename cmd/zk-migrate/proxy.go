@@ -51,6 +51,11 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.IntFlag{Name: "jute-maxbuffer", Value: jute.DefaultMaxBuffer, Usage: "largest client request in bytes, as the servers' jute.maxbuffer"},
 			&cli.IntFlag{Name: "max-client-backlog", Value: 2 << 20, Usage: "bytes of replies queued for a client that does not read them; beyond, the session stops reading its server and its client"},
 			&cli.IntFlag{Name: "max-pending", Value: 1000, Usage: "requests in flight per session; beyond, the proxy stops reading the client (ZooKeeper's outstanding limit)"},
+			&cli.IntFlag{Name: "max-credentials", Value: 16, Usage: "distinct addauth credentials a session may hold; beyond, addauth is answered AUTHFAILED"},
+			&cli.DurationFlag{Name: "handshake-timeout", Value: 10 * time.Second, Usage: "a new connection must send its ConnectRequest (or four-letter word) within this time"},
+			&cli.IntFlag{Name: "max-connections", Value: 4096, Usage: "open client connections in all; beyond, new ones are closed at once"},
+			&cli.IntFlag{Name: "max-connections-per-ip", Value: 1024, Usage: "open client connections from one address, as ZooKeeper's maxClientCnxns"},
+			&cli.StringFlag{Name: "four-letter-words", Value: strings.Join(proxy.DefaultFourLetterWords, ","), Usage: "four-letter words answered, as ZooKeeper's 4lw.commands.whitelist (* for all); dump, cons, wchp, wchc expose other clients"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: 3 * time.Second, Usage: "timeout of one connection attempt to an upstream server"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises role, sessions, primary)"},
@@ -102,9 +107,18 @@ func runProxy(c *cli.Context) error {
 	if mb := c.Int("jute-maxbuffer"); mb < 1024 {
 		return usageError("--jute-maxbuffer %d: must be at least 1024 bytes (ZooKeeper's default is %d)", mb, jute.DefaultMaxBuffer)
 	}
-	for _, f := range []string{"max-client-backlog", "max-pending"} {
+	for _, f := range []string{"max-client-backlog", "max-pending", "max-credentials", "max-connections", "max-connections-per-ip"} {
 		if c.Int(f) < 1 {
 			return usageError("--%s %d: must be at least 1 (the defaults are documented in --help)", f, c.Int(f))
+		}
+	}
+	if c.Duration("handshake-timeout") <= 0 {
+		return usageError("--handshake-timeout %v: must be positive (default 10s)", c.Duration("handshake-timeout"))
+	}
+	words := []string{}
+	for _, w := range strings.Split(c.String("four-letter-words"), ",") {
+		if w = strings.TrimSpace(w); w != "" {
+			words = append(words, w)
 		}
 	}
 	if os.Getenv("GOGC") == "" {
@@ -116,13 +130,18 @@ func runProxy(c *cli.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(proxy.Config{
-		Upstream:         upstream,
-		MaxFrame:         c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
-		DialTimeout:      c.Duration("dial-timeout"),
-		MaxClientBacklog: c.Int("max-client-backlog"),
-		MaxPending:       c.Int("max-pending"),
-		Metrics:          proxy.NewMetrics(reg),
-		Logger:           log,
+		Upstream:            upstream,
+		MaxFrame:            c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
+		DialTimeout:         c.Duration("dial-timeout"),
+		MaxClientBacklog:    c.Int("max-client-backlog"),
+		MaxPending:          c.Int("max-pending"),
+		MaxCredentials:      c.Int("max-credentials"),
+		HandshakeTimeout:    c.Duration("handshake-timeout"),
+		MaxConnections:      c.Int("max-connections"),
+		MaxConnectionsPerIP: c.Int("max-connections-per-ip"),
+		FourLetterWords:     words,
+		Metrics:             proxy.NewMetrics(reg),
+		Logger:              log,
 	})
 	if err != nil {
 		return usageError("%v", err)
