@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/go-zookeeper/zk"
+
+	"github.com/zk-migrate/zk-migrate/jute"
 )
 
 // expiryMargin is how late after the session timeout the proxy promises to
@@ -225,4 +227,70 @@ func (c *cutter) restore() {
 	c.mu.Lock()
 	c.refusing = false
 	c.mu.Unlock()
+}
+
+// TestSilentHandshakesExpire opens 50 sessions on raw connections that then
+// send nothing at all, not even pings: each must be closed upstream within
+// its 2 s timeout plus the margin, and a reconnect with its id and password
+// is told it expired. Before, the proxy kept such sessions alive for as
+// long as the connections stayed open.
+func TestSilentHandshakesExpire(t *testing.T) {
+	p := startProxy(t)
+	const n, timeout = 50, 2 * time.Second
+	type creds struct {
+		id     int64
+		passwd []byte
+	}
+	var sessions []creds
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		conn, err := net.Dial("tcp", p.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		fr := jute.NewFrameReader(bufioReader(conn), 1<<20)
+		cr := jute.ConnectRequest{TimeOut: int32(timeout / time.Millisecond), Passwd: make([]byte, 16)}
+		if _, err := conn.Write(jute.AppendFrame(nil, jute.Marshal(&cr))); err != nil {
+			t.Fatal(err)
+		}
+		frame, err := fr.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var resp jute.ConnectResponse
+		if err := jute.Unmarshal(frame, &resp); err != nil || resp.TimeOut != int32(timeout/time.Millisecond) {
+			t.Fatalf("connect response %+v, %v (want the %v timeout)", resp, err, timeout)
+		}
+		sessions = append(sessions, creds{resp.SessionID, append([]byte(nil), resp.Passwd...)})
+	}
+	for metricValue(t, p.Registry, "zkmigrate_proxy_sessions_expired_total") < n {
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("%v of %d silent sessions expired after 30 s", metricValue(t, p.Registry, "zkmigrate_proxy_sessions_expired_total"), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	took := time.Since(start)
+	t.Logf("%d silent sessions closed upstream %v after the first handshake", n, took.Round(time.Millisecond))
+	if took > timeout+expiryMargin(timeout)+2*time.Second { // +2 s: the handshakes themselves
+		t.Fatalf("silent sessions closed after %v, want within the timeout %v plus the margin", took, timeout)
+	}
+	for _, s := range sessions[:3] {
+		conn, err := net.Dial("tcp", p.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fr := jute.NewFrameReader(bufioReader(conn), 1<<20)
+		cr := jute.ConnectRequest{TimeOut: int32(timeout / time.Millisecond), SessionID: s.id, Passwd: s.passwd}
+		_, _ = conn.Write(jute.AppendFrame(nil, jute.Marshal(&cr)))
+		frame, err := fr.Next()
+		conn.Close()
+		if err != nil {
+			t.Fatalf("reconnect 0x%x: %v", s.id, err)
+		}
+		var resp jute.ConnectResponse
+		if err := jute.Unmarshal(frame, &resp); err != nil || !resp.Expired() {
+			t.Fatalf("reconnect 0x%x after its expiry: %+v, %v; want the expired answer", s.id, resp, err)
+		}
+	}
 }
