@@ -95,7 +95,7 @@ func waitStable(f func() float64) float64 {
 // replies once --max-client-backlog bytes wait for the client: its heap
 // stays within the bound, and a well-behaved client on the same proxy is
 // served meanwhile. Before, the proxy read every request (226,000 in 3 s)
-// and grew without bound.
+// and grew without bound. Its session then expires (6 s of silence).
 func TestClientThatNeverReadsIsBounded(t *testing.T) {
 	root := testRoot(t)
 	big := bytes.Repeat([]byte("x"), 900<<10)
@@ -110,7 +110,7 @@ func TestClientThatNeverReadsIsBounded(t *testing.T) {
 	const maxPending = 20
 	p := startProxyWith(t, proxy.Config{MaxPending: maxPending})
 	good, _ := connect(t, []string{p.Addr}, 10*time.Second)
-	conn, _ := rawSession(t, p.Addr, 10000)
+	conn, _ := rawSession(t, p.Addr, 6000)
 	_ = conn.(*net.TCPConn).SetReadBuffer(4096) // the kernel holds little of what it never reads
 	getData := func() float64 {
 		return metricValue(t, p.Registry, "zkmigrate_proxy_requests_total", "op", "getData")
@@ -167,6 +167,17 @@ func TestClientThatNeverReadsIsBounded(t *testing.T) {
 		t.Fatalf("well-behaved client: %v", err)
 	}
 	t.Logf("well-behaved client served in %v beside the stalled one", time.Since(start).Round(time.Millisecond))
+	// The stalled client is heard from no more (the proxy stopped reading
+	// it), so its session expires like any silent one: the supervisor is
+	// never blocked behind a write to a client that does not read.
+	for deadline := time.Now().Add(30 * time.Second); metricValue(t, p.Registry, "zkmigrate_proxy_sessions_expired_total") < 1; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the session of a client that never reads did not expire within 30 s (6 s timeout)")
+		}
+	}
+	if _, _, err := good.Exists("/"); err != nil {
+		t.Fatalf("well-behaved client after the stalled session expired: %v", err)
+	}
 }
 
 // readReplies reads n reply frames from fr and counts them by error code.
