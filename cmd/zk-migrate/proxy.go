@@ -35,7 +35,15 @@ Every session keeps its id and password. When the upstream server a session
 is attached to dies, the proxy moves the session to another server of the
 ensemble, replaying its credentials and watches; requests that were in flight
 get CONNECTIONLOSS (the standard "may or may not have happened" answer) and
-the session never expires.
+the session does not expire.
+
+Sessions expire as on ZooKeeper: when nothing (no request, no ping) has been
+heard from a client for its session timeout, connected or not, the proxy
+closes its session upstream, so a hung process loses its ephemerals and leadership within the
+timeout plus timeout/10 + 1 s. Per-session and per-connection limits
+(--max-client-backlog, --max-pending, --max-credentials, --handshake-timeout,
+--max-connections, --max-connections-per-ip, --four-letter-words) keep one
+broken or hostile client from exhausting the proxy.
 
 Example:
 
