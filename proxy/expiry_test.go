@@ -26,6 +26,7 @@ func expiryMargin(timeout time.Duration) time.Duration { return timeout/10 + tim
 // would, so another client sees the node go within the timeout plus the
 // margin. Before the fix the proxy kept the session alive forever.
 func TestStoppedClientSessionExpires(t *testing.T) {
+	t.Parallel() // after the tests that kill servers; these measure no heap
 	requireFile(t, "/usr/lib/python3/dist-packages/kazoo/client.py", "python3-kazoo")
 	root := testRoot(t)
 	p := startProxy(t)
@@ -76,6 +77,7 @@ func TestStoppedClientSessionExpires(t *testing.T) {
 // ephemeral. Cut again and kept away, its session must be closed within
 // the timeout plus the margin, and the client told it expired on return.
 func TestDisconnectedClientKeepsSessionWithinItsTimeout(t *testing.T) {
+	t.Parallel() // after the tests that kill servers; these measure no heap
 	root := testRoot(t)
 	p := startProxy(t)
 	cut := startCutter(t, p.Addr)
@@ -235,6 +237,7 @@ func (c *cutter) restore() {
 // is told it expired. Before, the proxy kept such sessions alive for as
 // long as the connections stayed open.
 func TestSilentHandshakesExpire(t *testing.T) {
+	t.Parallel() // after the tests that kill servers; these measure no heap
 	p := startProxy(t)
 	const n, timeout = 50, 2 * time.Second
 	type creds struct {
