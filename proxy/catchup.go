@@ -111,6 +111,6 @@ func (s *session) catchUp(persistent, recursive []string, from int64, registered
 		s.writeClientLocked(e.Bytes(), false)
 		s.srv.m.events.Inc()
 	}
-	_ = s.cw.Flush()
+	s.out.flush()
 	s.log.Info("persistent watches caught up after the move", "events", len(events))
 }

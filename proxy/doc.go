@@ -12,7 +12,10 @@
 //	defer srv.Close()
 //
 // Each client connection is owned by one goroutine (reading requests); its
-// session adds a supervisor (pings, liveness, re-attach) and one reader per
-// upstream connection. Session.run waits for all of them, and Server.Close
-// waits for every connection. SPEC.md describes the protocol decisions.
+// session adds a client writer (the only goroutine writing to the client),
+// a supervisor (pings, liveness, re-attach, and expiry of a client silent
+// for its session timeout) and one reader per upstream connection.
+// Session.run waits for all of them, and Server.Close waits for every
+// connection. Config documents the per-session and per-connection limits.
+// SPEC.md describes the protocol decisions.
 package proxy

@@ -11,17 +11,24 @@ import (
 // Metrics are the proxy's Prometheus instruments. Per-opcode children are
 // resolved once at construction so the request path does no label lookups.
 type Metrics struct {
-	requests    *prometheus.CounterVec
-	errors      *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	bytesIn     prometheus.Counter
-	bytesOut    prometheus.Counter
-	conns       prometheus.Gauge
-	sessions    prometheus.Gauge
-	reconnects  *prometheus.CounterVec
-	events      prometheus.Counter
-	badFrames   *prometheus.CounterVec
-	fourLetters *prometheus.CounterVec
+	requests     *prometheus.CounterVec
+	errors       *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	bytesIn      prometheus.Counter
+	bytesOut     prometheus.Counter
+	conns        prometheus.Gauge
+	sessions     prometheus.Gauge
+	reconnects   *prometheus.CounterVec
+	expired      prometheus.Counter
+	backpressure *prometheus.CounterVec
+	events       prometheus.Counter
+	badFrames    *prometheus.CounterVec
+	fourLetters  *prometheus.CounterVec
+
+	fourLettersRefused *prometheus.CounterVec
+	connsRefused       *prometheus.CounterVec
+	credsRefused       prometheus.Counter
+	logsDropped        *prometheus.CounterVec
 
 	byOp map[jute.Op]*opMetrics
 	// unknown serves opcodes outside ZooKeeper 3.4-3.8.
@@ -55,17 +62,30 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sessions", Help: "Client sessions established through the proxy."}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "upstream_reconnects_total", Help: "Upstream server losses handled, by result: ok (moved, invisible to the client), client_reconnect (a write was in flight: the client reconnects), expired, failed."}, []string{"result"}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "sessions_expired_total", Help: "Sessions the proxy closed upstream because nothing was heard from the client (connected or not) for the session timeout, as ZooKeeper expires them."}),
+		backpressure: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "backpressure_waits_total", Help: "Times a session stopped reading, by side (upstream: the server's replies; client: the client's requests) and reason (client_backlog: replies the client has not read reached --max-client-backlog; max_pending: requests in flight reached --max-pending)."}, []string{"side", "reason"}),
 		events: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "watch_events_total", Help: "Watch notifications relayed to clients."}),
 		badFrames: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "bad_frames_total", Help: "Client frames rejected, by reason (too_large, malformed, unknown_opcode)."}, []string{"reason"}),
 		fourLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "four_letter_words_total", Help: "Four-letter admin commands answered, by word."}, []string{"word"}),
+		fourLettersRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "four_letter_words_refused_total", Help: "Four-letter admin commands refused because --four-letter-words does not allow them, by word."}, []string{"word"}),
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "client_connections_refused_total", Help: "Client connections closed by a limit, by reason: max_connections, max_connections_per_ip, handshake_timeout (no ConnectRequest within --handshake-timeout)."}, []string{"reason"}),
+		credsRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "credentials_refused_total", Help: "addAuth requests answered AUTHFAILED because the session already holds --max-credentials distinct credentials."}),
+		logsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "log_lines_dropped_total", Help: "Log lines dropped by the per-session, per-reason rate limit, by reason."}, []string{"reason"}),
 		byOp: map[jute.Op]*opMetrics{},
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.errors, m.duration, m.bytesIn, m.bytesOut, m.conns, m.sessions,
-			m.reconnects, m.events, m.badFrames, m.fourLetters)
+			m.reconnects, m.expired, m.backpressure, m.events, m.badFrames, m.fourLetters,
+			m.fourLettersRefused, m.connsRefused, m.credsRefused, m.logsDropped)
 	}
 	for _, op := range jute.AllOps() {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}
@@ -73,6 +93,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.unknown = &opMetrics{requests: m.requests.WithLabelValues("unknown"), duration: m.duration.WithLabelValues("unknown")}
 	for _, r := range []string{"ok", "client_reconnect", "expired", "failed"} {
 		m.reconnects.WithLabelValues(r)
+	}
+	for _, r := range []string{"max_connections", "max_connections_per_ip", "handshake_timeout"} {
+		m.connsRefused.WithLabelValues(r)
 	}
 	return m
 }

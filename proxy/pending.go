@@ -123,10 +123,15 @@ const bufSize = 16 << 10
 
 // dropInternal removes the proxy's own requests: after their connection is
 // lost no reply will ever come for them.
-func (q *pendingQueue) dropInternal() {
+func (q *pendingQueue) dropInternal() { q.drop(pendingInternal) }
+
+// dropClient removes the client's requests, once its connection has ended.
+func (q *pendingQueue) dropClient() { q.drop(pendingClient) }
+
+func (q *pendingQueue) drop(kind pendingKind) {
 	kept := q.items[:q.head]
 	for i := q.head; i < len(q.items); i++ {
-		if q.items[i].kind != pendingInternal {
+		if q.items[i].kind != kind {
 			kept = append(kept, q.items[i])
 		}
 	}

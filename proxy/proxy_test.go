@@ -213,7 +213,7 @@ func TestFourLetterWordsOnProxyPort(t *testing.T) {
 	if out, err := zktest.FourLetterWord(p.Addr, "ruok", 5*time.Second); err != nil || out != "imok" {
 		t.Fatalf("ruok = %q, %v", out, err)
 	}
-	for _, w := range []string{"srvr", "stat", "mntr", "cons", "envi", "isro"} {
+	for _, w := range []string{"srvr", "stat", "mntr", "envi", "isro"} {
 		out, err := zktest.FourLetterWord(p.Addr, w, 5*time.Second)
 		if err != nil || out == "" {
 			t.Fatalf("%s = %q, %v", w, out, err)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +27,35 @@ type Config struct {
 	// MaxReplyFrame bounds a server frame (default 16 MiB: replies such as
 	// a large getChildren may exceed the request limit).
 	MaxReplyFrame int
+	// MaxClientBacklog bounds the bytes of replies and events queued for a
+	// client that has not read them yet (default 2 MiB; one frame may pass
+	// it). At the bound the session stops reading from its upstream server
+	// and from its client until the client reads: backpressure, never
+	// unbounded buffering, and other sessions are unaffected.
+	MaxClientBacklog int
+	// MaxPending bounds a session's requests awaiting their reply (default
+	// 1000, ZooKeeper's globalOutstandingLimit); at the bound the proxy
+	// stops reading the client's requests until replies go out.
+	MaxPending int
+	// MaxCredentials bounds the distinct credentials (addAuth packets) a
+	// session may hold (default 16); the proxy keeps them to replay after a
+	// move. One beyond is answered AUTHFAILED, not forwarded, with a log line.
+	MaxCredentials int
+	// HandshakeTimeout bounds the time from accepting a connection to
+	// receiving its ConnectRequest or four-letter word (default 10 s, as
+	// ZooKeeper's sessionlessCnxnTimeout).
+	HandshakeTimeout time.Duration
+	// MaxConnections bounds the open client connections (default 4096).
+	MaxConnections int
+	// MaxConnectionsPerIP bounds the open client connections from one
+	// address, as ZooKeeper's maxClientCnxns (default 1024: a sidecar sees
+	// every local client as 127.0.0.1; ZooKeeper's own default is 60).
+	MaxConnectionsPerIP int
+	// FourLetterWords lists the admin commands answered, as ZooKeeper's
+	// 4lw.commands.whitelist ("*" for all; default ruok, srvr, stat, mntr,
+	// isro, envi). Others are refused as ZooKeeper refuses them: dump, cons,
+	// wchp, wchc list other clients' sessions and watches.
+	FourLetterWords []string
 	// DialTimeout bounds one connection attempt to an upstream server,
 	// handshake included (default 3 s).
 	DialTimeout time.Duration
@@ -36,6 +67,10 @@ type Config struct {
 	// Logger receives one line per notable event (default slog.Default()).
 	Logger *slog.Logger
 }
+
+// DefaultFourLetterWords are the admin commands answered by default: those
+// that show the server's health and figures, not other clients' sessions.
+var DefaultFourLetterWords = []string{"ruok", "srvr", "stat", "mntr", "isro", "envi"}
 
 // ErrNoUpstream means Config.Upstream is empty.
 var ErrNoUpstream = errors.New("proxy: no upstream servers (set --upstream host:port[,host:port...])")
@@ -54,6 +89,32 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxReplyFrame == 0 {
 		c.MaxReplyFrame = 16 << 20
+	}
+	if c.MaxClientBacklog == 0 {
+		c.MaxClientBacklog = 2 << 20
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 1000
+	}
+	if c.MaxCredentials == 0 {
+		c.MaxCredentials = 16
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 4096
+	}
+	if c.MaxConnectionsPerIP == 0 {
+		c.MaxConnectionsPerIP = 1024
+	}
+	if c.FourLetterWords == nil {
+		c.FourLetterWords = DefaultFourLetterWords
+	}
+	for _, w := range c.FourLetterWords {
+		if w != "*" && !slices.Contains(jute.FourLetterWords, w) {
+			return fmt.Errorf("proxy: %q is not a four-letter word ZooKeeper knows (%s, or * for all)", w, strings.Join(jute.FourLetterWords, ", "))
+		}
 	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 3 * time.Second
@@ -81,9 +142,13 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	logs     *logLimiter // for events before a session exists
+	allow4lw map[string]bool
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	conns     map[net.Conn]string // the remote address's IP
+	perIP     map[string]int
 	sessions  map[int64]*session
 	closed    bool
 	wg        sync.WaitGroup
@@ -95,9 +160,15 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	allow := map[string]bool{}
+	for _, w := range cfg.FourLetterWords {
+		allow[w] = true
+	}
 	return &Server{
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics, ctx: ctx, cancel: cancel,
-		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}, sessions: map[int64]*session{},
+		logs: newLogLimiter(cfg.Metrics), allow4lw: allow,
+		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]string{}, perIP: map[string]int{},
+		sessions: map[int64]*session{},
 	}, nil
 }
 
@@ -132,9 +203,13 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("proxy: accept: %w", err)
 		}
 		backoff = 0
-		if !s.track(c) {
+		ok, refused := s.track(c)
+		if !ok {
 			c.Close()
 			return ErrServerClosed
+		}
+		if refused != "" {
+			continue
 		}
 		s.wg.Add(1)
 		go func() {
@@ -160,23 +235,53 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-func (s *Server) track(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
+// track admits a new connection. It returns false once the server is
+// closed; refused names the limit that made it close c instead.
+func (s *Server) track(c net.Conn) (ok bool, refused string) {
+	ip := c.RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(ip); err == nil {
+		ip = host
 	}
-	s.conns[c] = struct{}{}
-	s.m.conns.Inc()
-	return true
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return false, ""
+	case len(s.conns) >= s.cfg.MaxConnections:
+		refused = "max_connections"
+	case s.perIP[ip] >= s.cfg.MaxConnectionsPerIP:
+		refused = "max_connections_per_ip"
+	default:
+		s.conns[c] = ip
+		s.perIP[ip]++
+		s.m.conns.Inc()
+	}
+	s.mu.Unlock()
+	if refused != "" {
+		c.Close()
+		s.m.connsRefused.WithLabelValues(refused).Inc()
+		s.logs.warn(s.log, refused, "refused a client connection: too many connections",
+			"client", c.RemoteAddr().String(), "limit", refused,
+			"max_connections", s.cfg.MaxConnections, "max_connections_per_ip", s.cfg.MaxConnectionsPerIP,
+			"hint", "raise --max-connections / --max-connections-per-ip if these clients are legitimate")
+	}
+	return true, refused
 }
 
+// untrack closes c and forgets it; calling it again does nothing.
 func (s *Server) untrack(c net.Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.conns, c)
-	s.m.conns.Dec()
 	c.Close()
+	ip, ok := s.conns[c]
+	if !ok {
+		return
+	}
+	delete(s.conns, c)
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+	s.m.conns.Dec()
 }
 
 // Close stops accepting, closes every client connection and its upstream
@@ -225,6 +330,21 @@ func (s *Server) registerSession(sess *session) {
 	}
 }
 
+// reconnecting is called when a client re-opens session id on a new
+// connection. With the session's password, the old relay is shut down at
+// once: the client has left that connection, and a relay left running could
+// re-attach the session to another server behind the new connection's back
+// when the server hands the session over. The new connection counts as
+// hearing from the client. A wrong password proves nothing, as on a server.
+func (s *Server) reconnecting(id int64, passwd []byte) {
+	s.mu.Lock()
+	sess := s.sessions[id]
+	s.mu.Unlock()
+	if sess != nil && bytes.Equal(sess.passwd, passwd) {
+		sess.shutdown("client is re-opening the session on a new connection")
+	}
+}
+
 func (s *Server) unregisterSession(sess *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -237,9 +357,11 @@ func (s *Server) unregisterSession(sess *session) {
 // serveConn owns one client connection from accept to close.
 func (s *Server) serveConn(c net.Conn) {
 	cc := newClientConn(s, c)
+	_ = c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	first, err := cc.fr.PeekLength()
 	if err != nil {
-		return // closed before sending anything
+		cc.badFrame("handshake", err) // closed before sending anything, or too late
+		return
 	}
 	if jute.IsFourLetterWord(first) {
 		s.serveFourLetterWord(c, string(first[:]))
@@ -270,8 +392,13 @@ func (s *Server) pickUpstreams(after string) []string {
 // proxy itself (it is running); the others are relayed to the first upstream
 // server that answers, so monitoring sees the ensemble's figures.
 func (s *Server) serveFourLetterWord(c net.Conn, word string) {
-	s.m.fourLetters.WithLabelValues(word).Inc()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if !s.allow4lw["*"] && !s.allow4lw[word] {
+		s.m.fourLettersRefused.WithLabelValues(word).Inc()
+		_, _ = io.WriteString(c, word+" is not executed because it is not in the whitelist.\n")
+		return
+	}
+	s.m.fourLetters.WithLabelValues(word).Inc()
 	if word == "ruok" {
 		_, _ = io.WriteString(c, "imok")
 		return
@@ -299,7 +426,7 @@ func (s *Server) serveFourLetterWord(c net.Conn, word string) {
 		up.Close()
 		lastErr = err
 	}
-	s.log.Warn("four-letter word: no upstream server answered", "word", word, "err", lastErr)
+	s.logs.warn(s.log, "four_letter_word_failed", "four-letter word: no upstream server answered", "word", word, "err", lastErr)
 	_, _ = fmt.Fprintf(c, "zk-migrate proxy: no upstream server answered %q: %v\n", word, lastErr)
 }
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -23,13 +24,15 @@ type clientConn struct {
 	conn net.Conn
 	fr   *jute.FrameReader
 	log  *slog.Logger
+	logs *logLimiter // this connection's (and session's) log budget
 }
 
 func newClientConn(s *Server, c net.Conn) *clientConn {
 	return &clientConn{
 		srv: s, conn: c,
-		fr:  jute.NewFrameReader(bufio.NewReaderSize(countingReader{c, s.m}, bufSize), s.cfg.MaxFrame),
-		log: s.log.With("client", c.RemoteAddr().String()),
+		fr:   jute.NewFrameReader(bufio.NewReaderSize(countingReader{c, s.m}, bufSize), s.cfg.MaxFrame),
+		log:  s.log.With("client", c.RemoteAddr().String()),
+		logs: newLogLimiter(s.m),
 	}
 }
 
@@ -45,18 +48,6 @@ func (c countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// countingWriter counts bytes sent to clients.
-type countingWriter struct {
-	w io.Writer
-	m *Metrics
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.m.bytesOut.Add(float64(n))
-	return n, err
-}
-
 // serve runs the handshake and then the session until either side ends it.
 func (cc *clientConn) serve() {
 	frame, err := cc.fr.Next()
@@ -64,11 +55,15 @@ func (cc *clientConn) serve() {
 		cc.badFrame("connect request", err)
 		return
 	}
+	_ = cc.conn.SetReadDeadline(time.Time{})      // the handshake deadline is met
 	connectFrame := append([]byte(nil), frame...) // the reader reuses frame
 	var req jute.ConnectRequest
 	if err := jute.Unmarshal(connectFrame, &req); err != nil {
 		cc.badFrame("connect request", err)
 		return
+	}
+	if req.SessionID != 0 {
+		cc.srv.reconnecting(req.SessionID, req.Passwd)
 	}
 	sess := newSession(cc, &req)
 	if !sess.open(connectFrame) {
@@ -85,12 +80,21 @@ func (cc *clientConn) badFrame(what string, err error) {
 	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
 		return
 	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		cc.srv.m.connsRefused.WithLabelValues("handshake_timeout").Inc()
+		cc.srv.logs.warn(cc.log, "handshake_timeout", "closing client connection: no ConnectRequest within the handshake timeout",
+			"timeout", cc.srv.cfg.HandshakeTimeout)
+		return
+	}
 	reason := "malformed"
 	if errors.Is(err, jute.ErrFrameTooLarge) {
 		reason = "too_large"
 	}
 	cc.srv.m.badFrames.WithLabelValues(reason).Inc()
-	cc.log.Warn("closing client connection: bad "+what, "reason", reason, "err", err)
+	// One line per connection, and a flood of bad connections is limited
+	// server-wide.
+	cc.srv.logs.warn(cc.log, "bad_frame_"+reason, "closing client connection: bad "+what, "reason", reason, "err", err)
 }
 
 // session relays one ZooKeeper session between a client connection and an
@@ -112,19 +116,23 @@ type session struct {
 	timeout time.Duration
 	connect jute.ConnectRequest // template for re-attaching
 
-	lastZxid atomic.Int64 // highest zxid any reply carried
-	lastSend atomic.Int64 // unix nanos of the last upstream write
-	closing  atomic.Bool  // closeSession sent: upstream EOF ends the session
-	sasl     atomic.Bool  // SASL used: cannot re-attach transparently
+	lastZxid  atomic.Int64 // highest zxid any reply carried
+	lastSend  atomic.Int64 // unix nanos of the last upstream write
+	lastHeard atomic.Int64 // unix nanos of the last frame from the client
+	closing   atomic.Bool  // closeSession sent: upstream EOF ends the session
+	detached  atomic.Bool  // the client connection has ended; the session waits for it
+	sasl      atomic.Bool  // SASL used: cannot re-attach transparently
 
 	wmu sync.Mutex
 	up  atomic.Pointer[upstream] // current upstream connection; stored under wmu
 
 	omu     sync.Mutex
-	cw      *bufio.Writer
+	out     *clientOut // replies to the client, in order; appended under omu
 	queue   pendingQueue
 	watches *watchSet
 	auths   []*jute.AuthPacket
+
+	pendingRoom chan struct{} // 1-buffered: replies taken off the queue
 
 	done     chan struct{}
 	doneOnce sync.Once
@@ -132,12 +140,15 @@ type session struct {
 }
 
 func newSession(cc *clientConn, req *jute.ConnectRequest) *session {
-	return &session{
+	s := &session{
 		cc: cc, srv: cc.srv, log: cc.log, connect: *req,
-		cw:      bufio.NewWriterSize(countingWriter{cc.conn, cc.srv.m}, bufSize),
-		watches: newWatchSet(),
-		done:    make(chan struct{}),
+		out:         newClientOut(cc.conn, cc.srv.m, cc.srv.cfg.MaxClientBacklog),
+		watches:     newWatchSet(),
+		pendingRoom: make(chan struct{}, 1),
+		done:        make(chan struct{}),
 	}
+	s.lastHeard.Store(time.Now().UnixNano())
+	return s
 }
 
 // open attaches the new session to an upstream server and relays the
@@ -158,13 +169,15 @@ func (s *session) open(connectFrame []byte) bool {
 		up, resp, raw, err = s.dial(connectFrame, "")
 	}
 	if err != nil {
-		s.log.Warn("closing client connection: no upstream server accepted the session",
+		s.srv.logs.warn(s.log, "no_upstream", "closing client connection: no upstream server accepted the session",
 			"session", fmt.Sprintf("0x%x", s.connect.SessionID), "err", err)
 		return false
 	}
-	if _, err := s.cw.Write(jute.AppendFrame(nil, raw)); err == nil {
-		err = s.cw.Flush()
-	}
+	// The writer goroutine starts with run; this one frame goes directly.
+	_ = s.cc.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	n, _ := s.cc.conn.Write(jute.AppendFrame(nil, raw))
+	s.srv.m.bytesOut.Add(float64(n))
+	_ = s.cc.conn.SetWriteDeadline(time.Time{})
 	if resp.Expired() {
 		up.conn.Close()
 		s.log.Info("session expired upstream; told the client", "session", fmt.Sprintf("0x%x", s.connect.SessionID))
@@ -180,11 +193,19 @@ func (s *session) open(connectFrame []byte) bool {
 	return true
 }
 
-// run relays the session until the client leaves, the session ends upstream,
-// or the proxy closes.
+// run relays the session until the session ends upstream (closed by the
+// client, or by the proxy when the client has been silent for the session
+// timeout), the client re-opens it on another connection, or the proxy
+// closes. When the client connection ends first, the relay stays, detached,
+// so a client that comes back within its timeout finds its session; the
+// supervisor closes the session upstream once the timeout has passed.
 func (s *session) run() {
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.out.run(s.done)
+	}()
 	s.startReader(s.up.Load())
-	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		s.supervise()
@@ -193,13 +214,46 @@ func (s *session) run() {
 	if err != nil {
 		s.cc.badFrame("request", err)
 	}
-	s.shutdown("client connection ended")
+	s.detach()
 	s.wg.Wait()
 }
 
+// detach ends the client side of the relay and keeps the upstream session
+// for the client to come back to.
+func (s *session) detach() {
+	s.detached.Store(true)
+	s.srv.untrack(s.cc.conn)
+	select {
+	case <-s.done:
+	default:
+		s.log.Debug("client connection ended; the session waits for the client until its timeout")
+	}
+}
+
+// expire closes the session upstream because nothing has been heard from
+// the client for the session timeout: what a ZooKeeper server does to a
+// silent client, which the proxy must do itself since it answers the
+// client's pings and keeps the upstream session alive with its own. The
+// ensemble deletes the session's ephemerals at once; a client that wakes
+// up reconnects and is told by the ensemble that its session expired.
+func (s *session) expire(silent time.Duration) {
+	s.srv.m.expired.Inc()
+	s.log.Warn("client silent for its session timeout: closing its session upstream, as ZooKeeper expires it",
+		"silent", silent.Round(time.Millisecond), "timeout", s.timeout, "connected", !s.detached.Load())
+	s.closing.Store(true)
+	s.cc.conn.Close()
+	s.sendInternal(xidProxyClose, jute.OpCloseSession, &jute.Empty{}, trackNone)
+}
+
+// xidProxyClose is the xid of the closeSession the proxy sends for a
+// silent client; no client uses negative xids other than ZooKeeper's
+// special ones.
+const xidProxyClose int32 = -16
+
 // shutdown ends the session's relay: it closes the client connection and the
-// upstream connection. The upstream session itself lives on until its
-// timeout, as when a client loses its connection to a server.
+// upstream connection. The upstream session itself lives on until the
+// ensemble's own timeout, as when a client loses its connection to a server
+// (this is what a proxy restart relies on).
 // It never waits for wmu, so it can interrupt a re-attach in progress
 // (which checks done after installing a new connection).
 func (s *session) shutdown(why string) {
@@ -213,13 +267,20 @@ func (s *session) shutdown(why string) {
 	})
 }
 
-// readClient reads and dispatches client frames until an error.
+// readClient reads and dispatches client frames until an error. It stops
+// reading while the session has MaxPending requests in flight (as a
+// ZooKeeper server stops reading a connection at its outstanding limit) or
+// MaxClientBacklog bytes of replies the client has not read yet.
 func (s *session) readClient() error {
 	for {
+		if err := s.waitClientRoom(); err != nil {
+			return err
+		}
 		frame, err := s.cc.fr.Next()
 		if err != nil {
 			return err
 		}
+		s.lastHeard.Store(time.Now().UnixNano())
 		if err := s.handleRequest(frame); err != nil {
 			return err
 		}
@@ -235,7 +296,7 @@ func (s *session) handleRequest(frame []byte) error {
 	s.srv.m.op(op).requests.Inc()
 	if errors.Is(err, jute.ErrUnknownOpcode) {
 		s.srv.m.badFrames.WithLabelValues("unknown_opcode").Inc()
-		s.log.Warn("unknown opcode: answered UNIMPLEMENTED", "op", int32(op), "xid", req.Header.Xid)
+		s.cc.logs.warn(s.log, "unknown_opcode", "unknown opcode: answered UNIMPLEMENTED", "op", int32(op), "xid", req.Header.Xid)
 		s.answerLocally(req.Header.Xid, op, jute.CodeUnimplemented, now)
 		return nil
 	}
@@ -246,7 +307,10 @@ func (s *session) handleRequest(frame []byte) error {
 		s.answerLocally(jute.XidPing, op, jute.CodeOK, now)
 		return nil
 	}
-	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now, body: req.Body}
+	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now}
+	if resendable(op) {
+		p.body = req.Body // kept to re-send it after a move; a write never is
+	}
 	switch b := req.Body.(type) {
 	case *jute.GetDataRequest:
 		if b.Watch {
@@ -273,7 +337,18 @@ func (s *session) handleRequest(frame []byte) error {
 	case *jute.AuthPacket:
 		cp := *b
 		cp.Auth = append([]byte(nil), b.Auth...)
-		p.track, p.arg = trackAuth, &cp
+		admit, isNew := s.admitCredential(&cp)
+		if !admit {
+			s.srv.m.credsRefused.Inc()
+			s.cc.logs.warn(s.log, "max_credentials", "refused addAuth: the session already holds the most distinct credentials allowed; answered AUTHFAILED",
+				"scheme", cp.Scheme, "max_credentials", s.srv.cfg.MaxCredentials,
+				"hint", "raise --max-credentials if this client needs more identities")
+			s.answerLocally(req.Header.Xid, op, jute.CodeAuthFailed, now)
+			return nil
+		}
+		if isNew {
+			p.track, p.arg = trackAuth, &cp
+		}
 	case *jute.SASLRequest:
 		p.track = trackSASL
 		s.sasl.Store(true)
@@ -309,6 +384,64 @@ func (s *session) forward(p pending, frame []byte, flush bool) error {
 	return nil
 }
 
+// admitCredential decides whether an addAuth may go upstream: a credential
+// the session holds already may (it is not stored twice); a new one only
+// while the session holds, or awaits the answer for, fewer than
+// MaxCredentials. The proxy keeps every credential to replay it after a
+// move, so this bounds what a session can make it hold.
+func (s *session) admitCredential(a *jute.AuthPacket) (admit, isNew bool) {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	if s.holdsCredentialLocked(a) {
+		return true, false
+	}
+	n := len(s.auths)
+	for i := s.queue.head; i < len(s.queue.items); i++ {
+		if it := &s.queue.items[i]; it.track == trackAuth && it.kind == pendingClient {
+			n++
+		}
+	}
+	return n < s.srv.cfg.MaxCredentials, true
+}
+
+func (s *session) holdsCredentialLocked(a *jute.AuthPacket) bool {
+	for _, have := range s.auths {
+		if have.Type == a.Type && have.Scheme == a.Scheme && bytes.Equal(have.Auth, a.Auth) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitClientRoom waits until the session may read another request.
+func (s *session) waitClientRoom() error {
+	counted := false
+	for {
+		s.omu.Lock()
+		n := s.queue.len()
+		s.omu.Unlock()
+		if n < s.srv.cfg.MaxPending && !s.out.full() {
+			return nil
+		}
+		if !counted {
+			counted = true
+			reason := "max_pending"
+			if n < s.srv.cfg.MaxPending {
+				reason = "client_backlog"
+			}
+			s.srv.m.backpressure.WithLabelValues("client", reason).Inc()
+		}
+		room := s.out.roomChan()
+		s.out.flush()
+		select {
+		case <-s.pendingRoom:
+		case <-room:
+		case <-s.done:
+			return net.ErrClosed
+		}
+	}
+}
+
 // answerLocally queues a reply made by the proxy; it leaves as soon as every
 // earlier request has been answered.
 func (s *session) answerLocally(xid int32, op jute.Op, code jute.Code, start time.Time) {
@@ -321,14 +454,14 @@ func (s *session) answerLocally(xid int32, op jute.Op, code jute.Code, start tim
 	defer s.omu.Unlock()
 	s.queue.push(pending{xid: xid, op: op, kind: pendingLocal, start: start, local: e.Bytes()})
 	s.drainLocalLocked()
-	_ = s.cw.Flush()
+	s.out.flush()
 }
 
 // drainLocalLocked sends the prepared replies at the head of the queue.
 func (s *session) drainLocalLocked() {
 	for h := s.queue.peek(); h != nil && h.kind == pendingLocal; h = s.queue.peek() {
 		p := s.queue.pop()
-		_, _ = s.cw.Write(p.local)
+		s.out.appendRaw(p.local)
 		s.srv.m.observeReply(p.op, jute.CodeOK, p.start)
 	}
 }

@@ -126,6 +126,19 @@ func (s *session) readUpstream(up *upstream) error {
 	m := s.srv.m
 	var ev jute.WatcherEvent
 	for {
+		if s.out.full() {
+			// The client does not read its replies: stop reading the server
+			// for this session until it does (the server's replies wait in
+			// the socket, then in the server), never buffering without bound.
+			m.backpressure.WithLabelValues("upstream", "client_backlog").Inc()
+			s.out.stalled.Store(true)
+			ok := s.out.waitRoom(s.done)
+			s.out.stalled.Store(false)
+			up.lastRecv.Store(time.Now().UnixNano())
+			if !ok {
+				return net.ErrClosed
+			}
+		}
 		frame, err := up.fr.Next()
 		if err != nil {
 			return err
@@ -156,13 +169,15 @@ func (s *session) readUpstream(up *upstream) error {
 		p, ok := s.queue.take(h.Xid)
 		if !ok {
 			s.omu.Unlock()
-			s.log.Warn("dropping reply that matches no request", "xid", h.Xid, "upstream", up.addr)
+			s.cc.logs.warn(s.log, "unmatched_reply", "dropping reply that matches no request", "xid", h.Xid, "upstream", up.addr)
 			continue
 		}
 		code := jute.Code(h.Err)
 		s.watches.learn(&p, code)
 		if p.track == trackAuth && code == jute.CodeOK && p.kind == pendingClient {
-			s.auths = append(s.auths, p.arg.(*jute.AuthPacket))
+			if a := p.arg.(*jute.AuthPacket); !s.holdsCredentialLocked(a) {
+				s.auths = append(s.auths, a)
+			}
 		}
 		if p.kind == pendingClient {
 			m.observeReply(p.op, code, p.start)
@@ -175,37 +190,45 @@ func (s *session) readUpstream(up *upstream) error {
 		}
 		s.drainLocalLocked()
 		if flush {
-			_ = s.cw.Flush()
+			s.out.flush()
 		}
 		s.omu.Unlock()
+		select {
+		case s.pendingRoom <- struct{}{}:
+		default:
+		}
 	}
 }
 
-// writeClientLocked relays one frame to the client. A write error means the
-// client is gone; readClient notices and ends the session.
+// writeClientLocked queues one frame for the client (callers hold omu, so
+// frames leave in the order they were queued). A client that is gone drops
+// it; readClient notices and detaches the session.
 func (s *session) writeClientLocked(frame []byte, flush bool) {
-	var hdr [4]byte
-	hdr[0], hdr[1], hdr[2], hdr[3] = byte(len(frame)>>24), byte(len(frame)>>16), byte(len(frame)>>8), byte(len(frame))
-	_, _ = s.cw.Write(hdr[:])
-	_, _ = s.cw.Write(frame)
+	s.out.appendFrame(frame)
 	if flush {
-		_ = s.cw.Flush()
+		s.out.flush()
 	}
 }
 
 // supervise keeps the upstream connection alive with pings, declares it dead
-// when the server stays silent, and re-attaches the session when it dies.
+// when the server stays silent, re-attaches the session when it dies, and
+// closes the session upstream when the client has been silent for the
+// session timeout (see expire).
 func (s *session) supervise() {
-	tick := time.NewTicker(max(s.timeout/10, 20*time.Millisecond))
+	tick := time.NewTicker(expiryTick(s.timeout))
 	defer tick.Stop()
+	var closingSince time.Time
 	for {
 		up := s.up.Load()
 		select {
 		case <-s.done:
 			return
+		case <-s.srv.ctx.Done():
+			s.shutdown("proxy closing")
+			return
 		case <-up.done:
 			if s.closing.Load() {
-				s.shutdown("session closed by the client")
+				s.shutdown("session closed")
 				return
 			}
 			if errors.Is(up.err, errReplayFailed) {
@@ -216,19 +239,42 @@ func (s *session) supervise() {
 			if !s.reattach(up) {
 				return
 			}
-		case <-tick.C:
-			now := time.Now().UnixNano()
-			if time.Duration(now-up.lastRecv.Load()) > s.timeout*2/3 {
+		case now := <-tick.C:
+			if s.closing.Load() {
+				// The server hangs up after answering closeSession; if it
+				// does not, the session is over anyway.
+				if closingSince.IsZero() {
+					closingSince = now
+				} else if now.Sub(closingSince) > s.timeout {
+					s.shutdown("upstream did not end the closed session")
+					return
+				}
+				continue
+			}
+			if silent := now.Sub(time.Unix(0, s.lastHeard.Load())); silent >= s.timeout {
+				s.expire(silent)
+				closingSince = now
+				continue
+			}
+			nanos := now.UnixNano()
+			// While the reader waits for the client to read, the server's
+			// replies wait unread: its silence proves nothing.
+			if time.Duration(nanos-up.lastRecv.Load()) > s.timeout*2/3 && !s.out.stalled.Load() {
 				s.log.Warn("upstream server silent for 2/3 of the session timeout; moving the session", "upstream", up.addr)
 				up.conn.Close()
 				continue
 			}
-			if time.Duration(now-s.lastSend.Load()) >= s.timeout/3 {
+			if time.Duration(nanos-s.lastSend.Load()) >= s.timeout/3 {
 				s.sendInternal(jute.XidPing, jute.OpPing, &jute.Empty{}, trackNone)
 			}
 		}
 	}
 }
+
+// expiryTick is how often the supervisor checks a session: a tenth of its
+// timeout (at least 20 ms). A silent client's session is closed upstream at
+// most one tick after its timeout.
+func expiryTick(timeout time.Duration) time.Duration { return max(timeout/10, 20*time.Millisecond) }
 
 // sendInternal sends a request of the proxy's own on the current upstream
 // connection; its reply is consumed.
@@ -262,11 +308,20 @@ func (s *session) reattach(dead *upstream) bool {
 	dead.conn.Close()
 	m := s.srv.m
 	s.omu.Lock()
+	if s.detached.Load() {
+		// Nobody waits for the answers: a write in flight need not be
+		// reported, and the session moves on for the client to come back.
+		s.queue.dropClient()
+	}
 	unsafe := s.queue.unsafeInFlight()
 	s.queue.dropInternal()
 	s.drainLocalLocked()
-	_ = s.cw.Flush()
+	s.out.flush()
 	s.omu.Unlock()
+	select {
+	case s.pendingRoom <- struct{}{}:
+	default:
+	}
 	if unsafe {
 		m.reconnects.WithLabelValues("client_reconnect").Inc()
 		s.shutdown("a write was in flight on the lost server; the client reconnects to learn of it")

@@ -64,6 +64,8 @@ func TestBadConfigurationIsAUsageErrorWithAHint(t *testing.T) {
 		{[]string{"proxy", "--upstream", " , "}, "--upstream is empty"},
 		{[]string{"proxy", "--upstream", "zk1:2181", "--log-level", "chatty"}, "want debug, info, warn or error"},
 		{[]string{"proxy", "--upstream", "zk1:2181", "--jute-maxbuffer", "10"}, "at least 1024"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--max-pending", "0"}, "must be at least 1"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--four-letter-words", "ruok,dunp"}, "not a four-letter word"},
 		{[]string{"sandbox", "--duration", "1s"}, "at least 5s"},
 	} {
 		out, code := run(t, c.args...)
@@ -96,7 +98,7 @@ func TestProxyBinaryServesClientsAndMetrics(t *testing.T) {
 	defer ens.Close()
 	listen, metrics, gossip := freeAddr(t), freeAddr(t), freeAddr(t)
 	cmd := exec.Command(bin, "proxy", "--listen", listen, "--upstream", ens.ConnectString(), "--metrics-addr", metrics,
-		"--gossip-addr", gossip, "--name", "proxy-test")
+		"--gossip-addr", gossip, "--name", "proxy-test", "--four-letter-words", "ruok,srvr,dump", "--max-connections-per-ip", "50")
 	var logs bytes.Buffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
@@ -107,6 +109,14 @@ func TestProxyBinaryServesClientsAndMetrics(t *testing.T) {
 		out, err := zktest.FourLetterWord(listen, "ruok", time.Second)
 		return err == nil && out == "imok"
 	})
+
+	// The allowlist flag is applied: dump is allowed here, cons is not.
+	if out, err := zktest.FourLetterWord(listen, "cons", 5*time.Second); err != nil || !strings.Contains(out, "not in the whitelist") {
+		t.Errorf("cons with --four-letter-words ruok,srvr,dump: %q, %v", out, err)
+	}
+	if out, err := zktest.FourLetterWord(listen, "dump", 5*time.Second); err != nil || out == "" || strings.Contains(out, "whitelist") {
+		t.Errorf("dump allowed by --four-letter-words: %q, %v", out, err)
+	}
 
 	c, _, err := zk.Connect([]string{listen}, 10*time.Second, zk.WithLogInfo(false))
 	if err != nil {
@@ -148,6 +158,9 @@ func TestProxyBinaryServesClientsAndMetrics(t *testing.T) {
 		`zkmigrate_proxy_client_connections 1`,
 		`zkmigrate_proxy_upstream_reconnects_total{result="ok"} 0`,
 		`zkmigrate_proxy_client_received_bytes_total`,
+		`zkmigrate_proxy_four_letter_words_refused_total{word="cons"} 1`,
+		`zkmigrate_proxy_client_connections_refused_total{reason="max_connections_per_ip"} 0`,
+		`zkmigrate_proxy_sessions_expired_total 0`,
 		`process_resident_memory_bytes`,
 	} {
 		if !strings.Contains(string(body), want) {

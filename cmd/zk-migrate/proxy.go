@@ -35,7 +35,15 @@ Every session keeps its id and password. When the upstream server a session
 is attached to dies, the proxy moves the session to another server of the
 ensemble, replaying its credentials and watches; requests that were in flight
 get CONNECTIONLOSS (the standard "may or may not have happened" answer) and
-the session never expires.
+the session does not expire.
+
+Sessions expire as on ZooKeeper: when nothing (no request, no ping) has been
+heard from a client for its session timeout, connected or not, the proxy
+closes its session upstream, so a hung process loses its ephemerals and leadership within the
+timeout plus timeout/10 + 1 s. Per-session and per-connection limits
+(--max-client-backlog, --max-pending, --max-credentials, --handshake-timeout,
+--max-connections, --max-connections-per-ip, --four-letter-words) keep one
+broken or hostile client from exhausting the proxy.
 
 Example:
 
@@ -49,6 +57,13 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringFlag{Name: "upstream", Required: true, Usage: "ZooKeeper servers of the ensemble, host:port,host:port,...", EnvVars: []string{"ZKM_UPSTREAM"}},
 			&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9404", Usage: "address of the Prometheus /metrics endpoint (empty: off)", EnvVars: []string{"ZKM_METRICS_ADDR"}},
 			&cli.IntFlag{Name: "jute-maxbuffer", Value: jute.DefaultMaxBuffer, Usage: "largest client request in bytes, as the servers' jute.maxbuffer"},
+			&cli.IntFlag{Name: "max-client-backlog", Value: 2 << 20, Usage: "bytes of replies queued for a client that does not read them; beyond, the session stops reading its server and its client"},
+			&cli.IntFlag{Name: "max-pending", Value: 1000, Usage: "requests in flight per session; beyond, the proxy stops reading the client (ZooKeeper's outstanding limit)"},
+			&cli.IntFlag{Name: "max-credentials", Value: 16, Usage: "distinct addauth credentials a session may hold; beyond, addauth is answered AUTHFAILED"},
+			&cli.DurationFlag{Name: "handshake-timeout", Value: 10 * time.Second, Usage: "a new connection must send its ConnectRequest (or four-letter word) within this time"},
+			&cli.IntFlag{Name: "max-connections", Value: 4096, Usage: "open client connections in all; beyond, new ones are closed at once"},
+			&cli.IntFlag{Name: "max-connections-per-ip", Value: 1024, Usage: "open client connections from one address, as ZooKeeper's maxClientCnxns"},
+			&cli.StringFlag{Name: "four-letter-words", Value: strings.Join(proxy.DefaultFourLetterWords, ","), Usage: "four-letter words answered, as ZooKeeper's 4lw.commands.whitelist (* for all); dump, cons, wchp, wchc expose other clients"},
 			&cli.DurationFlag{Name: "dial-timeout", Value: 3 * time.Second, Usage: "timeout of one connection attempt to an upstream server"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises role, sessions, primary)"},
@@ -101,6 +116,20 @@ func runProxy(c *cli.Context) error {
 	if mb := c.Int("jute-maxbuffer"); mb < 1024 {
 		return usageError("--jute-maxbuffer %d: must be at least 1024 bytes (ZooKeeper's default is %d)", mb, jute.DefaultMaxBuffer)
 	}
+	for _, f := range []string{"max-client-backlog", "max-pending", "max-credentials", "max-connections", "max-connections-per-ip"} {
+		if c.Int(f) < 1 {
+			return usageError("--%s %d: must be at least 1 (the defaults are documented in --help)", f, c.Int(f))
+		}
+	}
+	if c.Duration("handshake-timeout") <= 0 {
+		return usageError("--handshake-timeout %v: must be positive (default 10s)", c.Duration("handshake-timeout"))
+	}
+	words := []string{}
+	for _, w := range strings.Split(c.String("four-letter-words"), ",") {
+		if w = strings.TrimSpace(w); w != "" {
+			words = append(words, w)
+		}
+	}
 	if os.Getenv("GOGC") == "" {
 		// The proxy's live heap is small (about 40 KB a session) and its
 		// garbage is per-request; collecting less often costs little
@@ -110,11 +139,18 @@ func runProxy(c *cli.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(proxy.Config{
-		Upstream:    upstream,
-		MaxFrame:    c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
-		DialTimeout: c.Duration("dial-timeout"),
-		Metrics:     proxy.NewMetrics(reg),
-		Logger:      log,
+		Upstream:            upstream,
+		MaxFrame:            c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
+		DialTimeout:         c.Duration("dial-timeout"),
+		MaxClientBacklog:    c.Int("max-client-backlog"),
+		MaxPending:          c.Int("max-pending"),
+		MaxCredentials:      c.Int("max-credentials"),
+		HandshakeTimeout:    c.Duration("handshake-timeout"),
+		MaxConnections:      c.Int("max-connections"),
+		MaxConnectionsPerIP: c.Int("max-connections-per-ip"),
+		FourLetterWords:     words,
+		Metrics:             proxy.NewMetrics(reg),
+		Logger:              log,
 	})
 	if err != nil {
 		return usageError("%v", err)
