@@ -130,9 +130,9 @@ type Migration struct {
 	LastError  string          `json:"last_error,omitempty"`
 	// Epoch is the highest flip epoch ever begun; Primary the ensemble the
 	// proxies must use ("A" until a flip completes).
-	Epoch   int64     `json:"epoch"`
-	Primary string    `json:"primary"`
-	Flip    *Flip     `json:"flip,omitempty"`
+	Epoch   int64  `json:"epoch"`
+	Primary string `json:"primary"`
+	Flip    *Flip  `json:"flip,omitempty"`
 	// Sync is what the replicated state knows of the replicator: the
 	// leader records each start and stop, so every node can tell whether
 	// it runs (SPEC.md, "Work that follows leadership").
