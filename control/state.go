@@ -156,8 +156,9 @@ type SyncState struct {
 }
 
 // SyncRequired reports whether the replicator must run now: from phase 1's
-// start (once the executor has started it) until phase 6 runs, in every
-// status, and while rolling back to phase 1 or later.
+// start until phase 6 runs, in every status, and while rolling back to
+// phase 1 or later. (The first start is the executor's, after phase 1's
+// pre-flight; the leader restarts it after that.)
 func (m *Migration) SyncRequired() bool {
 	switch {
 	case m.Step < StepDeployB || m.Step >= StepDone:
@@ -165,8 +166,7 @@ func (m *Migration) SyncRequired() bool {
 	case m.Status == StatusRollingBack:
 		return m.RollbackTo >= StepDeployB
 	case m.Step == StepDeployB:
-		// Before the executor's first start (pre-flight) nothing runs yet.
-		return m.Status != StatusAwaitingApproval && m.Sync.Node != ""
+		return m.Status != StatusAwaitingApproval
 	case m.Step == StepRemoveA:
 		return m.Status == StatusAwaitingApproval // phase 6's action stops it
 	}
@@ -180,6 +180,8 @@ func (m *Migration) SyncProblem(leader string) string {
 	switch {
 	case !m.SyncRequired():
 		return ""
+	case !m.Sync.Running && m.Sync.Node == "":
+		return "sync has not started yet"
 	case !m.Sync.Running && m.Sync.Stopped != "":
 		return "sync is not running: " + m.Sync.Stopped
 	case !m.Sync.Running:

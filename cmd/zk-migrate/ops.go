@@ -126,6 +126,8 @@ func (a *apiClient) show(ms ...control.Migration) {
 	for _, m := range ms {
 		note := ""
 		switch {
+		case m.SyncRequired() && !m.Sync.Running && m.Sync.Node != "":
+			note = "SYNC NOT RUNNING: " + m.SyncProblem("") + " (the leader restarts it; zk-migrate audit shows the gap)"
 		case m.Paused:
 			note = "paused (zk-migrate resume)"
 		case m.Status == control.StatusAwaitingApproval:

@@ -98,6 +98,13 @@ type Server struct {
 	Health func(id string) any
 	// SyncStatus answers GET /api/v1/sync/status.
 	SyncStatus func() any
+	// SyncProblem, if set, says why a migration's sync is not healthy
+	// ("" if it is), given the leader's id; by default the replicated
+	// state's verdict (control.Migration.SyncProblem).
+	SyncProblem func(m *control.Migration, leader string) string
+	// FlipCheck, if set, is asked before an advance to the flip is
+	// accepted: an error refuses it with the reason (409).
+	FlipCheck func(ctx context.Context, m *control.Migration) error
 	Logger     *slog.Logger
 }
 
@@ -288,6 +295,17 @@ func (s *Server) action(verb string) http.HandlerFunc {
 				return
 			}
 			c.Step = step
+			if m := s.Node.State().Migrations[c.Migration]; verb == "advance" && step == control.StepFlip && s.FlipCheck != nil &&
+				m != nil && m.Step == control.StepDeployB && m.Status == control.StatusSucceeded {
+				ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+				err := s.FlipCheck(ctx, m)
+				cancel()
+				if err != nil {
+					writeJSON(w, http.StatusConflict, apiError{"flip refused: " + err.Error(),
+						"zk-migrate validate --phase current shows the sync's health; fix it and advance again"})
+					return
+				}
+			}
 		}
 		if s.apply(w, r, c) {
 			writeJSON(w, http.StatusOK, s.Node.State().Migrations[c.Migration])
@@ -301,7 +319,15 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{"no migration " + r.PathValue("id"), ""})
 		return
 	}
-	out := map[string]any{"migration": m, "healthy": m.Status != control.StatusFailed}
+	_, leader := s.Node.Leader()
+	problem := m.SyncProblem(leader)
+	if s.SyncProblem != nil {
+		problem = s.SyncProblem(m, leader)
+	}
+	out := map[string]any{"migration": m, "healthy": m.Status != control.StatusFailed && problem == ""}
+	if problem != "" {
+		out["sync_problem"] = problem
+	}
 	if s.Health != nil {
 		out["detail"] = s.Health(m.ID)
 	}
