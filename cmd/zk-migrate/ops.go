@@ -121,13 +121,14 @@ func (a *apiClient) show(ms ...control.Migration) {
 		}
 		return
 	}
+	leader := a.leader()
 	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MIGRATION\tPHASE\tSTEP\tSTATUS\tPRIMARY\tEPOCH\tNOTE")
 	for _, m := range ms {
 		note := ""
 		switch {
-		case m.SyncRequired() && !m.Sync.Running && m.Sync.Node != "":
-			note = "SYNC NOT RUNNING: " + m.SyncProblem("") + " (the leader restarts it; zk-migrate audit shows the gap)"
+		case m.Sync.Node != "" && m.SyncProblem(leader) != "":
+			note = "SYNC NOT RUNNING: " + m.SyncProblem(leader) + " (the leader restarts it; zk-migrate audit shows the gap)"
 		case m.Paused:
 			note = "paused (zk-migrate resume)"
 		case m.Status == control.StatusAwaitingApproval:
@@ -145,6 +146,22 @@ func (a *apiClient) show(ms ...control.Migration) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", m.ID, m.Step.Phase(), m.Step, m.Status, m.Primary, m.Epoch, note)
 	}
 	tw.Flush()
+}
+
+// leader is the control-plane leader's id as the node asked knows it ("" if
+// none).
+func (a *apiClient) leader() string {
+	var h struct {
+		Leader string `json:"leader"`
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(a.base + "/healthz")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	_ = json.NewDecoder(resp.Body).Decode(&h)
+	return h.Leader
 }
 
 func (a *apiClient) post(c *cli.Context, verb string, body any) error {

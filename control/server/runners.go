@@ -54,6 +54,7 @@ type Syncer struct {
 
 	mu      sync.Mutex
 	running map[string]*syncRun
+	noteMu  sync.Mutex // one note at a time
 }
 
 type syncRun struct {
@@ -203,7 +204,9 @@ func (s *Syncer) Verify(ctx context.Context, m *control.Migration) error {
 			all = all && eq[root]
 		}
 		if all && len(r.cont.Conflicts()) == 0 {
-			return nil
+			// Recorded before the step can succeed: a new leader resumes
+			// without a copy.
+			return s.note(ctx, m.ID, r)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("ensembles not verified equal after %v (digests %v, %d open conflicts)", timeout, eq, len(r.cont.Conflicts()))

@@ -132,7 +132,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /api/v1/migrations", read(s.list))
 	mux.Handle("POST /api/v1/migrations", write(s.create))
 	mux.Handle("GET /api/v1/migrations/{id}", read(s.get))
-	mux.Handle("GET /api/v1/migrations/{id}/health", read(s.health))
+	mux.Handle("GET /api/v1/migrations/{id}/health", s.auth(RoleViewer, s.leaderView(s.health)))
 	mux.Handle("GET /api/v1/migrations/{id}/report", read(s.report))
 	for _, verb := range []string{"start", "approve", "pause", "resume", "retry", "advance", "rollback"} {
 		mux.Handle("POST /api/v1/migrations/{id}/"+verb, write(s.action(verb)))
@@ -190,6 +190,33 @@ func (s *Server) onLeader(h http.Handler) http.Handler {
 		httputil.NewSingleHostReverseProxy(u).ServeHTTP(w, r)
 	})
 }
+
+// leaderView forwards a read whose live detail only the leader has (the
+// sync runs there) to the leader; with no leader known it answers here,
+// from the replicated state.
+func (s *Server) leaderView(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, leader := s.Node.Leader()
+		api := s.Node.State().Nodes[leader]
+		if s.Node.IsLeader() || leader == "" || api == "" || r.Header.Get(forwardedHeader) != "" {
+			h(w, r)
+			return
+		}
+		u, err := url.Parse(api)
+		if err != nil {
+			h(w, r)
+			return
+		}
+		rp := httputil.NewSingleHostReverseProxy(u)
+		rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, _ error) { h(w, r) } // leader unreachable: answer here
+		r.Header.Set(forwardedHeader, "1")
+		rp.ServeHTTP(w, r)
+	})
+}
+
+// forwardedHeader marks a request one node forwarded to another, so it is
+// forwarded once at most.
+const forwardedHeader = "X-Zkm-Forwarded"
 
 func (s *Server) apply(w http.ResponseWriter, r *http.Request, c control.Command) bool {
 	c.By = identity(r).Name

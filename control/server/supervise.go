@@ -86,22 +86,13 @@ func (s *Syncer) supervise(ctx context.Context, m *control.Migration) error {
 				DedupKey: fmt.Sprintf("sync_stopped/%s/%s/%s", m.ID, m.Sync.Node, m.Sync.Since.Format(time.RFC3339Nano))})
 		}
 		s.Logger.Info("starting the sync", "migration", m.ID, "initial_copy", !m.Sync.Copied, "step", m.Step)
-		var err error
-		if r, err = s.start(m); err != nil {
+		r, err := s.start(m)
+		if err != nil {
 			return err
 		}
-		fallthrough
-	case want && (!m.Sync.Running || m.Sync.Node != s.NodeID):
-		detail := "resumed: continuous sync reconciles both sides, no copy"
-		if r.initial {
-			detail = "initial copy A to B, then continuous sync"
-		}
-		c := s.syncCmd(control.CmdSyncStarted, m, s.NodeID, "")
-		c.Detail = detail
-		return s.Apply(ctx, c)
-	case want && r.initial && !m.Sync.Copied && len(r.cont.DigestsEqual()) > 0:
-		// The first reconcile follows the copy: from now on no start copies.
-		return s.Apply(ctx, s.syncCmd(control.CmdSyncCopied, m, s.NodeID, ""))
+		return s.note(ctx, m.ID, r)
+	case want && r != nil:
+		return s.note(ctx, m.ID, r)
 	case !want && (r != nil || m.Sync.Running && m.Sync.Node == s.NodeID):
 		if r != nil {
 			s.Logger.Info("stopping the sync", "migration", m.ID, "step", m.Step, "status", m.Status)
@@ -113,6 +104,32 @@ func (s *Syncer) supervise(ctx context.Context, m *control.Migration) error {
 		return s.Apply(ctx, s.syncCmd(control.CmdSyncStopped, m, s.NodeID, fmt.Sprintf("not needed in %s (%s)", m.Step, m.Status)))
 	case !want && m.Sync.Running:
 		return s.Apply(ctx, s.syncCmd(control.CmdSyncStopped, m, m.Sync.Node, fmt.Sprintf("%s no longer leads; not needed in %s (%s)", m.Sync.Node, m.Step, m.Status)))
+	}
+	return nil
+}
+
+// note records in the replicated state that r runs here and, once its
+// initial copy is done (the first reconcile follows it), that no later
+// start may copy again.
+func (s *Syncer) note(ctx context.Context, id string, r *syncRun) error {
+	s.noteMu.Lock()
+	defer s.noteMu.Unlock()
+	m := s.State().Migrations[id]
+	if m == nil {
+		return nil
+	}
+	if !m.Sync.Running || m.Sync.Node != s.NodeID {
+		c := s.syncCmd(control.CmdSyncStarted, m, s.NodeID, "")
+		c.Detail = "resumed: continuous sync reconciles both sides, no copy"
+		if r.initial {
+			c.Detail = "initial copy A to B, then continuous sync"
+		}
+		if err := s.Apply(ctx, c); err != nil {
+			return err
+		}
+	}
+	if r.initial && !m.Sync.Copied && len(r.cont.DigestsEqual()) > 0 {
+		return s.Apply(ctx, s.syncCmd(control.CmdSyncCopied, m, s.NodeID, ""))
 	}
 	return nil
 }
