@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +29,21 @@ type cluster struct {
 	dir, cfg string
 	apis     []string
 	cmds     []*exec.Cmd
+	// hooks are the alerts a webhook receiver got.
+	hookMu sync.Mutex
+	hooks  []string
+}
+
+// alerted reports whether an alert containing s arrived.
+func (c *cluster) alerted(s string) bool {
+	c.hookMu.Lock()
+	defer c.hookMu.Unlock()
+	for _, h := range c.hooks {
+		if strings.Contains(h, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func newCluster(t *testing.T, name string) *cluster {
@@ -36,12 +53,12 @@ func newCluster(t *testing.T, name string) *cluster {
 	}
 	c := &cluster{t: t, dir: t.TempDir()}
 	c.a, c.b = startPair(t, context.Background(), name)
-	var err error
 	for _, z := range []struct {
 		e    *zktest.Ensemble
 		conn **zk.Conn
 	}{{c.a, &c.za}, {c.b, &c.zb}} {
-		if *z.conn, _, err = zk.Connect(z.e.Addrs(), 10*time.Second, zk.WithLogInfo(false)); err != nil {
+		var err error
+		if *z.conn, _, err = zk.Connect(z.e.Addrs(), 10*time.Second, zk.WithLogger(quiet{})); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup((*z.conn).Close)
@@ -53,6 +70,18 @@ func newCluster(t *testing.T, name string) *cluster {
 	if err := os.WriteFile(tokens, []byte(opToken+" operator alice\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	hookLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hookSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		c.hookMu.Lock()
+		c.hooks = append(c.hooks, string(b))
+		c.hookMu.Unlock()
+	})}
+	go func() { _ = hookSrv.Serve(hookLn) }()
+	t.Cleanup(func() { _ = hookSrv.Close() })
 	c.cfg = filepath.Join(c.dir, "migration.yaml")
 	if err := os.WriteFile(c.cfg, []byte(fmt.Sprintf(`
 migration:
@@ -62,12 +91,19 @@ migration:
   paths: [/mesos]
 sync:
   lag_threshold_ms: 500
-`, c.a.ConnectString(), c.b.ConnectString())), 0o644); err != nil {
+alerts:
+  slack_webhook: http://%s/hook
+`, c.a.ConnectString(), c.b.ConnectString(), hookLn.Addr())), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c.apis, c.cmds = startControlPlane(t, c.dir, tokens)
 	return c
 }
+
+// quiet drops the ZooKeeper client's log lines (B is down on purpose).
+type quiet struct{}
+
+func (quiet) Printf(string, ...any) {}
 
 func (c *cluster) create(z *zk.Conn, p, v string) {
 	c.t.Helper()
@@ -283,6 +319,7 @@ func TestSyncFollowsTheControlLeader(t *testing.T) {
 		out, _ := c.cli(second, "audit")
 		t.Fatalf("the gap is not in the audit trail:\n%s", out)
 	}
+	within(t, 10*time.Second, "a sync_stopped alert", func() bool { return c.alerted("sync_stopped") })
 	if m := c.migration(second); m["step_name"] != "1-deploy-b-and-sync" || m["status"] != "succeeded" {
 		t.Fatalf("after the failover: %v", m)
 	}
@@ -367,5 +404,100 @@ func TestSyncFollowsTheControlLeader(t *testing.T) {
 	t.Log(out)
 	if out := c.must(survivor, "status"); !strings.Contains(out, "SYNC NOT RUNNING") {
 		t.Fatalf("status without a leader:\n%s", out)
+	}
+}
+
+// TestFlipRefusedWhileTheSyncCannotReachB: with B unreachable from the
+// replicator, validate --phase current says phase 1 is not healthy (also on
+// a follower), and advance --phase flip is refused with the reason (exit
+// 4); the primary stays A. Once B is back the flip goes through.
+func TestFlipRefusedWhileTheSyncCannotReachB(t *testing.T) {
+	c := newCluster(t, "fo2")
+	c.must(2, "start", "--config", c.cfg)
+	c.waitStep(2, "1-deploy-b-and-sync", "succeeded")
+	follower := (c.leader() + 1) % 3
+	if err := c.b.Kill(1); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 15*time.Second, "validate on a follower says NOT healthy", func() bool {
+		out, code := c.cli(follower, "validate", "--phase", "current")
+		return code == exitDifferent && strings.Contains(out, "NOT healthy") && strings.Contains(out, "not replicating")
+	})
+	out, code := c.cli(follower, "advance", "--phase", "flip", "--confirm")
+	if code != exitRefused || !strings.Contains(out, "flip refused") || !strings.Contains(out, "not replicating") {
+		t.Fatalf("flip with B unreachable: exit %d\n%s", code, out)
+	}
+	t.Log(strings.TrimSpace(out))
+	if m := c.migration(follower); m["step_name"] != "1-deploy-b-and-sync" || m["primary"] != "A" {
+		t.Fatalf("after the refused flip: %v", m)
+	}
+	if err := c.b.Restart(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 30*time.Second, "phase 1 healthy again", func() bool {
+		_, code := c.cli(follower, "validate", "--phase", "current")
+		return code == 0
+	})
+	c.must(follower, "advance", "--phase", "flip", "--confirm")
+	if m := c.waitStep(follower, "flip", "succeeded"); m["primary"] != "B" {
+		t.Fatalf("after the flip: %v", m)
+	}
+}
+
+// TestRollbackAcrossTheFlipKeepsWritesMadeOnB: after the flip, writes land
+// on B (and, while the control leader is down, a conflicting write on both
+// sides); rolling back across the flip is a guarded reverse flip that
+// deletes nothing: every write made on B is on A afterwards, both sides end
+// equal, and the conflict is in the audit trail.
+func TestRollbackAcrossTheFlipKeepsWritesMadeOnB(t *testing.T) {
+	c := newCluster(t, "fo3")
+	c.create(c.za, "/mesos/contended", "before")
+	c.must(2, "start", "--config", c.cfg)
+	c.waitStep(2, "1-deploy-b-and-sync", "succeeded")
+	c.must(2, "advance", "--phase", "flip", "--confirm")
+	c.waitStep(2, "flip", "succeeded")
+	c.must(2, "advance", "--phase", "2", "--confirm")
+	c.waitStep(2, "2-masters-on-b", "succeeded")
+	var onB []string
+	for i := 0; i < 20; i++ {
+		p := fmt.Sprintf("/mesos/state/written-on-b-%02d", i)
+		c.create(c.zb, p, "b")
+		onB = append(onB, p)
+	}
+	// The control leader dies; while no sync runs, the same znode is
+	// written on both sides.
+	leader := c.leader()
+	c.kill(leader)
+	if _, err := c.za.Set("/mesos/contended", []byte("written on A"), -1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.zb.Set("/mesos/contended", []byte("written on B"), -1); err != nil {
+		t.Fatal(err)
+	}
+	for i := 20; i < 30; i++ {
+		p := fmt.Sprintf("/mesos/state/written-on-b-%02d", i)
+		c.create(c.zb, p, "b")
+		onB = append(onB, p)
+	}
+	next := c.leader()
+	within(t, 10*time.Second, "sync runs on the new leader", func() bool { return c.syncRunsOn(next) })
+	within(t, 10*time.Second, "the conflict is in the audit trail", func() bool {
+		return c.auditHas(next, "conflict", "/mesos/contended")
+	})
+	c.must(next, "rollback", "--to-phase", "1")
+	m := c.waitStep(next, "1-deploy-b-and-sync", "succeeded")
+	if m["primary"] != "A" {
+		t.Fatalf("after the rollback: %v", m)
+	}
+	for _, p := range onB {
+		if !exists(c.za, p) || !exists(c.zb, p) {
+			t.Fatalf("write %s made on B: on A %v, on B %v after the rollback", p, exists(c.za, p), exists(c.zb, p))
+		}
+	}
+	c.equalOnBoth(15 * time.Second)
+	va, _, _ := c.za.Get("/mesos/contended")
+	t.Logf("the contended znode holds %q on both sides", va)
+	if !c.auditHas(next, "rolled-back") {
+		t.Fatal("no rolled-back entry")
 	}
 }
