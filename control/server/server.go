@@ -105,7 +105,7 @@ type Server struct {
 	// FlipCheck, if set, is asked before an advance to the flip is
 	// accepted: an error refuses it with the reason (409).
 	FlipCheck func(ctx context.Context, m *control.Migration) error
-	Logger     *slog.Logger
+	Logger    *slog.Logger
 }
 
 type apiError struct {
