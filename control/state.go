@@ -157,14 +157,16 @@ type SyncState struct {
 
 // SyncRequired reports whether the replicator must run now: from phase 1's
 // start until phase 6 runs, in every status, and while rolling back to
-// phase 1 or later. (The first start is the executor's, after phase 1's
+// phase 1 or later (or to 0 across the flip, until the reverse flip). (The first start is the executor's, after phase 1's
 // pre-flight; the leader restarts it after that.)
 func (m *Migration) SyncRequired() bool {
 	switch {
 	case m.Step < StepDeployB || m.Step >= StepDone:
 		return false
 	case m.Status == StatusRollingBack:
-		return m.RollbackTo >= StepDeployB
+		// Below phase 1 too while B is primary: the reverse flip needs A
+		// to have every change first.
+		return m.RollbackTo >= StepDeployB || m.Primary == "B"
 	case m.Step == StepDeployB:
 		return m.Status != StatusAwaitingApproval
 	case m.Step == StepRemoveA:
