@@ -54,7 +54,7 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 	if r == nil || !s.IsLeader() {
 		return fmt.Errorf("the replicator is not running on the leader (%s)", s.NodeID)
 	}
-	if p := r.replicating(); p != "" {
+	if p := r.replicating(true); p != "" {
 		return errors.New(p)
 	}
 	threshold := time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond

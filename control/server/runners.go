@@ -160,7 +160,7 @@ func (s *Syncer) Status() any {
 		st := map[string]any{"running": true, "node": s.NodeID, "since": r.started.UTC(), "initial_copy": r.initial,
 			"lag_a_to_b_ms": ab.Milliseconds(), "lag_b_to_a_ms": ba.Milliseconds(),
 			"digests_equal": r.cont.DigestsEqual(), "open_conflicts": r.cont.Conflicts()}
-		if p := r.replicating(); p != "" {
+		if p := r.replicating(false); p != "" {
 			st["problem"] = p
 		}
 		out[id] = st

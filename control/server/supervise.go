@@ -175,7 +175,7 @@ func (s *Syncer) Problem(m *control.Migration, leader string) string {
 	if r == nil {
 		return "sync is not running on the leader " + s.NodeID
 	}
-	if p := r.replicating(); p != "" {
+	if p := r.replicating(false); p != "" {
 		return p
 	}
 	if n := len(r.cont.Conflicts()); n > 0 {
@@ -193,8 +193,10 @@ func (s *Syncer) Problem(m *control.Migration, leader string) string {
 // replicating.
 const stale = 3 * time.Second
 
-// replicating says whether heartbeats cross both ways, or why not.
-func (r *syncRun) replicating() string {
+// replicating says whether heartbeats cross both ways, or why not. A run
+// younger than stale counts as replicating unless strict (the flip's guard
+// wants a heartbeat seen each way).
+func (r *syncRun) replicating(strict bool) string {
 	now := time.Now()
 	for _, d := range []struct {
 		from, to string
@@ -203,6 +205,9 @@ func (r *syncRun) replicating() string {
 		since := r.started
 		if d.at != 0 {
 			since = time.Unix(0, d.at)
+		} else if strict {
+			return fmt.Sprintf("the replicator has not replicated yet: no heartbeat from %s has reached %s since it started %v ago",
+				d.from, d.to, now.Sub(r.started).Round(100*time.Millisecond))
 		}
 		if age := now.Sub(since); age > stale {
 			return fmt.Sprintf("the replicator is not replicating: no heartbeat from %s has reached %s for %v (is %s reachable from the control leader?)",
