@@ -137,7 +137,7 @@ func (s *Server) Handler() http.Handler {
 	for _, verb := range []string{"start", "approve", "pause", "resume", "retry", "advance", "rollback"} {
 		mux.Handle("POST /api/v1/migrations/{id}/"+verb, write(s.action(verb)))
 	}
-	mux.Handle("GET /api/v1/sync/status", read(s.syncStatus))
+	mux.Handle("GET /api/v1/sync/status", s.auth(RoleViewer, s.leaderView(s.syncStatus)))
 	mux.Handle("GET /api/v1/audit", read(s.audit))
 	mux.Handle("GET /api/v1/events", read(s.events))
 	mux.Handle("POST /api/v1/cluster/join", write(s.join))
