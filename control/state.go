@@ -175,6 +175,13 @@ func (m *Migration) SyncRequired() bool {
 	return true
 }
 
+// SyncCopied reports whether the initial copy A to B is done: recorded, or
+// implied by phase 1 having succeeded (state written before the record
+// existed). A sync started after it never copies.
+func (m *Migration) SyncCopied() bool {
+	return m.Sync.Copied || m.Step > StepDeployB || m.Step == StepDeployB && m.Status == StatusSucceeded
+}
+
 // SyncProblem says why the sync is not healthy by the replicated state
 // alone, or "" (leader is the current control-plane leader's id, "" if
 // none): a replicator that must run is recorded as running on the leader.

@@ -52,4 +52,18 @@ func TestSyncRequiredFromPhase1ToPhase6(t *testing.T) {
 	if got := m.SyncProblem("c2"); !strings.Contains(got, "sync is not running: c1 stopped running it") {
 		t.Errorf("stopped: %q", got)
 	}
+	// A start after phase 1 succeeded never copies, recorded or not.
+	for _, c := range []struct {
+		m    Migration
+		want bool
+	}{
+		{Migration{Step: StepDeployB, Status: StatusRunning}, false},
+		{Migration{Step: StepDeployB, Status: StatusRunning, Sync: SyncState{Copied: true}}, true},
+		{Migration{Step: StepDeployB, Status: StatusSucceeded}, true},
+		{Migration{Step: StepFlip, Status: StatusFailed}, true},
+	} {
+		if got := c.m.SyncCopied(); got != c.want {
+			t.Errorf("%s %s copied=%v: SyncCopied %v", c.m.Step, c.m.Status, c.m.Sync.Copied, got)
+		}
+	}
 }

@@ -85,7 +85,7 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &syncRun{roots: cfg.Migration.Paths, cfg: cfg, initial: !m.Sync.Copied, started: time.Now(), done: make(chan struct{})}
+	r := &syncRun{roots: cfg.Migration.Paths, cfg: cfg, initial: !m.SyncCopied(), started: time.Now(), done: make(chan struct{})}
 	ensembles := [2][]string{strings.Split(cfg.Migration.SourceZK, ","), strings.Split(cfg.Migration.TargetZK, ",")}
 	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
 		Dial: func(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {

@@ -70,7 +70,7 @@ func (s *Syncer) supervise(ctx context.Context, m *control.Migration) error {
 	want := m.SyncRequired()
 	r := s.run(m.ID)
 	switch {
-	case want && r == nil && m.Sync.Node == "":
+	case want && r == nil && m.Sync.Node == "" && m.Step == control.StepDeployB:
 		return nil // the executor's first start follows phase 1's pre-flight
 	case want && r == nil:
 		if m.Sync.Running {
@@ -85,7 +85,7 @@ func (s *Syncer) supervise(ctx context.Context, m *control.Migration) error {
 				Summary:  "sync A<->B stopped: " + why + "; restarting it on " + s.NodeID,
 				DedupKey: fmt.Sprintf("sync_stopped/%s/%s/%s", m.ID, m.Sync.Node, m.Sync.Since.Format(time.RFC3339Nano))})
 		}
-		s.Logger.Info("starting the sync", "migration", m.ID, "initial_copy", !m.Sync.Copied, "step", m.Step)
+		s.Logger.Info("starting the sync", "migration", m.ID, "initial_copy", !m.SyncCopied(), "step", m.Step)
 		r, err := s.start(m)
 		if err != nil {
 			return err
