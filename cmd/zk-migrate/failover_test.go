@@ -444,7 +444,9 @@ func TestFlipRefusedWhileTheSyncCannotReachB(t *testing.T) {
 	}
 }
 
-// TestRollbackAcrossTheFlipKeepsWritesMadeOnB: after the flip, writes land
+// TestRollbackAcrossTheFlipKeepsWritesMadeOnB: the flip raises B's sequence
+// counters to A's (the next sequential node on B sorts above every one made
+// on A). After the flip, writes land
 // on B (and, while the control leader is down, a conflicting write on both
 // sides); rolling back across the flip is a guarded reverse flip that
 // deletes nothing: every write made on B is on A afterwards, both sides end
@@ -454,8 +456,26 @@ func TestRollbackAcrossTheFlipKeepsWritesMadeOnB(t *testing.T) {
 	c.create(c.za, "/mesos/contended", "before")
 	c.must(2, "start", "--config", c.cfg)
 	c.waitStep(2, "1-deploy-b-and-sync", "succeeded")
+	// Sequential nodes created and deleted on A in one multi: the
+	// replicator sees only the last, so B's counter under log_replicas is
+	// behind A's. The flip's guard raises it.
+	var ops []any
+	for i := 0; i < 5; i++ {
+		p := fmt.Sprintf("/mesos/log_replicas/r_%010d", i)
+		ops = append(ops, &zk.CreateRequest{Path: "/mesos/log_replicas/r_", Data: []byte("x"), Acl: zk.WorldACL(zk.PermAll), Flags: zk.FlagSequence})
+		if i < 4 {
+			ops = append(ops, &zk.DeleteRequest{Path: p, Version: -1})
+		}
+	}
+	if _, err := c.za.Multi(ops...); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 10*time.Second, "the last sequential node reaches B", func() bool { return exists(c.zb, "/mesos/log_replicas/r_0000000004") })
 	c.must(2, "advance", "--phase", "flip", "--confirm")
 	c.waitStep(2, "flip", "succeeded")
+	if name, err := c.zb.Create("/mesos/log_replicas/r_", nil, zk.FlagSequence, zk.WorldACL(zk.PermAll)); err != nil || name <= "/mesos/log_replicas/r_0000000004" {
+		t.Fatalf("first sequential node on B after the flip: %s (%v), want above r_0000000004", name, err)
+	}
 	c.must(2, "advance", "--phase", "2", "--confirm")
 	c.waitStep(2, "2-masters-on-b", "succeeded")
 	var onB []string
