@@ -89,7 +89,7 @@ func runControl(c *cli.Context) error {
 
 	hub := &server.AlertHub{Ctx: ctx, Logger: log}
 	sy := &server.Syncer{IsLeader: node.IsLeader, Logger: log, Alerts: hub.For, NodeID: c.String("id"),
-		Apply: node.Apply, State: node.State,
+		Apply: node.Apply, State: node.State, Barrier: node.Barrier,
 		Current: func(id string) *control.Migration { return node.State().Migrations[id] },
 		Record: func(m *control.Migration, event, detail string) {
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)

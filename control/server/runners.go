@@ -40,6 +40,10 @@ type Syncer struct {
 	NodeID string
 	Apply  func(ctx context.Context, c control.Command) error
 	State  func() *control.State
+	// Barrier, if set, waits until this node has applied every committed
+	// command (raftstore.Node.Barrier); a new leader calls it before it
+	// acts on the state.
+	Barrier func(timeout time.Duration) error
 	// Alerts, if set, returns the migration's alert dispatcher.
 	Alerts func(m *control.Migration) *alert.Dispatcher
 	// Current, if set, returns the migration's current state (the health

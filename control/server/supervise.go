@@ -29,6 +29,7 @@ func (s *Syncer) Supervise(ctx context.Context) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	defer s.stopAll()
+	caughtUp := false // this node applied everything committed since it leads
 	for {
 		select {
 		case <-ctx.Done():
@@ -36,11 +37,21 @@ func (s *Syncer) Supervise(ctx context.Context) {
 		case <-t.C:
 		}
 		if !s.IsLeader() {
+			caughtUp = false
 			if n := s.stopAll(); n > 0 {
 				s.Logger.Warn("leadership lost: stopped the sync here; the new leader starts its own", "migrations", n)
 			}
 			continue
 		}
+		if !caughtUp && s.Barrier != nil {
+			// A new leader may not have applied what its predecessor
+			// committed: act on the whole state, not part of it.
+			if err := s.Barrier(5 * time.Second); err != nil {
+				s.Logger.Warn("sync supervisor: catching up with the log", "err", err)
+				continue
+			}
+		}
+		caughtUp = true
 		st := s.State()
 		for _, id := range st.MigrationIDs() {
 			if err := s.supervise(ctx, st.Migrations[id]); err != nil && ctx.Err() == nil {
@@ -78,12 +89,14 @@ func (s *Syncer) supervise(ctx context.Context, m *control.Migration) error {
 			if m.Sync.Node == s.NodeID {
 				why = s.NodeID + "'s replicator stopped"
 			}
-			if err := s.Apply(ctx, s.syncCmd(control.CmdSyncStopped, m, m.Sync.Node, why)); err != nil {
-				return err
-			}
+			// Alert first: a record whose outcome is unknown (leadership
+			// lost while committing) is retried, and the alert deduplicated.
 			s.notify(m, alert.Alert{Kind: "sync_stopped", Severity: alert.Critical, Migration: m.ID,
 				Summary:  "sync A<->B stopped: " + why + "; restarting it on " + s.NodeID,
 				DedupKey: fmt.Sprintf("sync_stopped/%s/%s/%s", m.ID, m.Sync.Node, m.Sync.Since.Format(time.RFC3339Nano))})
+			if err := s.Apply(ctx, s.syncCmd(control.CmdSyncStopped, m, m.Sync.Node, why)); err != nil {
+				return err
+			}
 		}
 		s.Logger.Info("starting the sync", "migration", m.ID, "initial_copy", !m.SyncCopied(), "step", m.Step)
 		r, err := s.start(m)
