@@ -35,6 +35,10 @@ const (
 	CmdRecord        Kind = "record"         // an audit entry only (Event, Detail): conflicts, alerts
 	CmdDelete        Kind = "delete"         // forget a finished, never started or rolled-back-to-0 migration
 	CmdRefused       Kind = "refused"        // an API call refused (bad token, wrong role): Error says why
+	CmdFlipAbort     Kind = "flip-abort"     // executor: a precondition failed mid-barrier (Error); the old primary stays
+	CmdSyncStarted   Kind = "sync-started"   // leader: the replicator runs on Node
+	CmdSyncCopied    Kind = "sync-copied"    // leader: the initial copy A to B is done
+	CmdSyncStopped   Kind = "sync-stopped"   // leader: the replicator of Node no longer runs (Error: why)
 )
 
 // Command is one change to the state. Time and By are set by whoever
@@ -74,6 +78,8 @@ func (s *State) Apply(c Command, index uint64) error {
 		detail = strings.TrimSpace(detail + " step=" + c.Step.String())
 	case c.Epoch != 0:
 		detail = strings.TrimSpace(fmt.Sprintf("%s epoch=%d proxy=%s", detail, c.Epoch, c.Proxy))
+	case c.Node != "" && c.Kind != CmdNodeJoin:
+		detail = strings.TrimSpace(detail + " node=" + c.Node)
 	}
 	if c.Error != "" && c.Kind != CmdRefused && c.Kind != CmdStepFailed {
 		detail = strings.TrimSpace(detail + " error=" + c.Error)
@@ -245,6 +251,7 @@ func (m *Migration) apply(c Command) error {
 		m.Status = StatusRunning
 		if m.Step == StepNone {
 			m.Status = StatusPending
+			m.Sync = SyncState{} // stopped by the rollback; a new start copies A to B again
 		}
 	case CmdStepRunning:
 		if m.Status != StatusRunning && m.Status != StatusFailed || c.Step != m.Step {
@@ -267,6 +274,10 @@ func (m *Migration) apply(c Command) error {
 			m.enter(StepDone)
 		}
 	case CmdStepFailed:
+		if m.Status == StatusRollingBack && c.Step == m.Step {
+			m.LastError = c.Error // what holds the rollback up; it is retried
+			break
+		}
 		if m.Status != StatusRunning || c.Step != m.Step {
 			return invalid(m, c, "the step is not running")
 		}
@@ -311,6 +322,28 @@ func (m *Migration) apply(c Command) error {
 		}
 		m.Flip.Done = true
 		m.Primary = m.Flip.Primary
+	case CmdFlipAbort:
+		if m.Flip == nil || m.Flip.Done || c.Epoch != m.Flip.Epoch {
+			return invalid(m, c, "no flip barrier open at that epoch")
+		}
+		// The primary stays; the proxies that acknowledged were sent back
+		// to it under the next epoch, which a later flip goes above.
+		m.Flip = nil
+		m.Epoch = c.Epoch + 1
+		m.Status = StatusFailed
+		m.LastError = "flip aborted, primary stays " + m.Primary + ": " + c.Error
+	case CmdSyncStarted:
+		if c.Node == "" {
+			return invalid(m, c, "sync-started needs the node")
+		}
+		m.Sync.Running, m.Sync.Node, m.Sync.Since, m.Sync.Stopped = true, c.Node, c.Time, ""
+	case CmdSyncCopied:
+		m.Sync.Copied = true
+	case CmdSyncStopped:
+		if !m.Sync.Running || c.Node != m.Sync.Node {
+			return invalid(m, c, fmt.Sprintf("the sync of %s is not recorded as running", c.Node))
+		}
+		m.Sync.Running, m.Sync.Stopped = false, c.Error
 	default:
 		return invalid(m, c, "unknown command")
 	}

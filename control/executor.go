@@ -38,6 +38,17 @@ type ProxyFleet interface {
 	Flip(ctx context.Context, migration string, epoch int64, primary string, proxies []string) (acked []string, err error)
 }
 
+// FlipGuard checks the preconditions of a flip of the primary from one
+// ensemble ("A" or "B") to the other: the replicator runs on this node (the
+// leader), the digests of every path are equal, the lag is under the
+// threshold, no conflict is open, and every sequence counter on the new
+// primary is at or above the old one's. It returns nil when they hold, or
+// the reason they do not, once ctx ends. It may pad the new primary's
+// sequence counters (that changes no data).
+type FlipGuard interface {
+	FlipReady(ctx context.Context, m *Migration, from, to string) error
+}
+
 // Executor drives migrations on the leader: it runs the current step when
 // its status is running, reports the result, runs the flip barrier, and
 // undoes steps on rollback. It does nothing on followers, and nothing while
@@ -54,6 +65,29 @@ type Executor struct {
 	Name string
 	// OnFail, if set, hears of every failed step (for alerts).
 	OnFail func(m *Migration, err error)
+	// Guard, if set, checks every flip, forward and reverse, before its
+	// barrier opens and again before it completes; GuardTimeout bounds each
+	// check (default 10 s).
+	Guard        FlipGuard
+	GuardTimeout time.Duration
+}
+
+// ready runs the guard, if any, for a flip of m's primary to primary.
+func (e *Executor) ready(ctx context.Context, m *Migration, primary string) error {
+	if e.Guard == nil {
+		return nil
+	}
+	timeout := e.GuardTimeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	gctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	from := "A"
+	if primary == "A" {
+		from = "B"
+	}
+	return e.Guard.FlipReady(gctx, m, from, primary)
 }
 
 // Run executes until ctx ends.
@@ -145,6 +179,9 @@ func (e *Executor) flip(ctx context.Context, m *Migration, primary string) error
 		return e.P.Apply(ctx, e.cmd(CmdStepSucceeded, m))
 	}
 	if f == nil || f.Done && m.Primary != primary {
+		if err := e.ready(ctx, m, primary); err != nil {
+			return e.fail(ctx, m, fmt.Errorf("flip refused: %w", err))
+		}
 		live, err := e.Fleet.Live(ctx)
 		if err != nil {
 			return fmt.Errorf("flip: list proxies: %w", err)
@@ -191,6 +228,11 @@ func (e *Executor) flip(ctx context.Context, m *Migration, primary string) error
 				}
 			}
 		}
+		// The preconditions again, now that the proxies hold still: one
+		// that failed meanwhile aborts the flip and keeps the old primary.
+		if err := e.ready(ctx, m, f.Primary); err != nil {
+			return e.abort(ctx, m, f, err)
+		}
 		c := e.cmd(CmdFlipDone, m)
 		c.Epoch = f.Epoch
 		if err := e.P.Apply(ctx, c); err != nil {
@@ -203,6 +245,35 @@ func (e *Executor) flip(ctx context.Context, m *Migration, primary string) error
 	return nil
 }
 
+// abort ends the open barrier f without a flip: the proxies go back to the
+// old primary under the next epoch, then flip-abort fails the step with the
+// reason. A new leader that finds the barrier still open checks again and
+// aborts again (sending the proxies back is idempotent).
+func (e *Executor) abort(ctx context.Context, m *Migration, f *Flip, why error) error {
+	live, err := e.Fleet.Live(ctx)
+	if err != nil {
+		return fmt.Errorf("abort flip: list proxies: %w", err)
+	}
+	fctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+	acked, err := e.Fleet.Flip(fctx, m.ID, f.Epoch+1, m.Primary, live)
+	cancel()
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
+	if len(acked) < len(live) {
+		e.Logger.Warn("abort flip: proxies did not acknowledge the return to the old primary; they keep the fenced epoch", "acked", acked, "live", live)
+	}
+	c := e.cmd(CmdFlipAbort, m)
+	c.Epoch, c.Error = f.Epoch, why.Error()
+	if err := e.P.Apply(ctx, c); err != nil {
+		return errors.Join(why, err)
+	}
+	if e.OnFail != nil {
+		e.OnFail(m, fmt.Errorf("flip aborted: %w", why))
+	}
+	return why
+}
+
 // rollback undoes the steps above RollbackTo, newest first, then reports
 // it. Undoing the flip is a reverse flip to A under a new epoch.
 func (e *Executor) rollback(ctx context.Context, m *Migration) error {
@@ -210,6 +281,13 @@ func (e *Executor) rollback(ctx context.Context, m *Migration) error {
 	for s := m.Step; s > m.RollbackTo; s-- {
 		if s == StepFlip {
 			if m.Primary == "B" || m.Flip != nil {
+				// B is the source of truth until A has every change: the
+				// reverse flip has the forward flip's guard.
+				if m.Primary == "B" {
+					if err := e.ready(ctx, m, "A"); err != nil {
+						return e.holdRollback(ctx, m, fmt.Errorf("reverse flip refused, primary stays B: %w", err))
+					}
+				}
 				epoch = m.Epoch + 1
 				if err := e.reverseFlip(ctx, m, epoch); err != nil {
 					return err
@@ -228,6 +306,22 @@ func (e *Executor) rollback(ctx context.Context, m *Migration) error {
 	c := e.cmd(CmdRolledBack, m)
 	c.Step, c.Epoch = m.RollbackTo, epoch
 	return e.P.Apply(ctx, c)
+}
+
+// holdRollback records why a rollback cannot go on yet (once per reason:
+// it is retried every pass) and returns it.
+func (e *Executor) holdRollback(ctx context.Context, m *Migration, why error) error {
+	if m.LastError != why.Error() {
+		c := e.cmd(CmdStepFailed, m)
+		c.Error = why.Error()
+		if err := e.P.Apply(ctx, c); err != nil {
+			return errors.Join(why, err)
+		}
+		if e.OnFail != nil {
+			e.OnFail(m, why)
+		}
+	}
+	return why
 }
 
 // reverseFlip moves the proxies back to A. It runs while the migration is

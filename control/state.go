@@ -133,11 +133,77 @@ type Migration struct {
 	LastError  string          `json:"last_error,omitempty"`
 	// Epoch is the highest flip epoch ever begun; Primary the ensemble the
 	// proxies must use ("A" until a flip completes).
-	Epoch   int64     `json:"epoch"`
-	Primary string    `json:"primary"`
-	Flip    *Flip     `json:"flip,omitempty"`
+	Epoch   int64  `json:"epoch"`
+	Primary string `json:"primary"`
+	Flip    *Flip  `json:"flip,omitempty"`
+	// Sync is what the replicated state knows of the replicator: the
+	// leader records each start and stop, so every node can tell whether
+	// it runs (SPEC.md, "Work that follows leadership").
+	Sync    SyncState `json:"sync"`
 	Created time.Time `json:"created"`
 	Updated time.Time `json:"updated"`
+}
+
+// SyncState is the replicator's state as the leader recorded it.
+type SyncState struct {
+	// Running: the node Node runs the replicator since Since.
+	Running bool      `json:"running"`
+	Node    string    `json:"node,omitempty"`
+	Since   time.Time `json:"since,omitempty"`
+	// Copied: the initial copy A to B is done. Every later start (a new
+	// leader, a rollback) resumes continuous sync without a copy: a copy
+	// deletes what is only on the target.
+	Copied bool `json:"copied"`
+	// Stopped says why the replicator last stopped.
+	Stopped string `json:"stopped,omitempty"`
+}
+
+// SyncRequired reports whether the replicator must run now: from phase 1's
+// start until phase 6 runs, in every status, and while rolling back to
+// phase 1 or later (or to 0 across the flip, until the reverse flip). (The first start is the executor's, after phase 1's
+// pre-flight; the leader restarts it after that.)
+func (m *Migration) SyncRequired() bool {
+	switch {
+	case m.Step < StepDeployB || m.Step >= StepDone:
+		return false
+	case m.Status == StatusRollingBack:
+		// Below phase 1 too while B is primary: the reverse flip needs A
+		// to have every change first.
+		return m.RollbackTo >= StepDeployB || m.Primary == "B"
+	case m.Step == StepDeployB:
+		return m.Status != StatusAwaitingApproval
+	case m.Step == StepRemoveA:
+		return m.Status == StatusAwaitingApproval // phase 6's action stops it
+	}
+	return true
+}
+
+// SyncCopied reports whether the initial copy A to B is done: recorded, or
+// implied by phase 1 having succeeded (state written before the record
+// existed). A sync started after it never copies.
+func (m *Migration) SyncCopied() bool {
+	return m.Sync.Copied || m.Step > StepDeployB || m.Step == StepDeployB && m.Status == StatusSucceeded
+}
+
+// SyncProblem says why the sync is not healthy by the replicated state
+// alone, or "" (leader is the current control-plane leader's id, "" if
+// none): a replicator that must run is recorded as running on the leader.
+func (m *Migration) SyncProblem(leader string) string {
+	switch {
+	case !m.SyncRequired():
+		return ""
+	case !m.Sync.Running && m.Sync.Node == "":
+		return "sync has not started yet"
+	case !m.Sync.Running && m.Sync.Stopped != "":
+		return "sync is not running: " + m.Sync.Stopped
+	case !m.Sync.Running:
+		return "sync is not running"
+	case leader == "":
+		return "no control-plane leader: sync is not running"
+	case m.Sync.Node != leader:
+		return fmt.Sprintf("sync is not running: it ran on %s, which no longer leads; %s has not started it yet", m.Sync.Node, leader)
+	}
+	return ""
 }
 
 // AuditEntry records one applied command or one refused one.

@@ -98,6 +98,9 @@ func runCommand(s *State, c Command) []string {
 	if m.LastError != "" {
 		st += " last-error=" + strconv.Quote(m.LastError)
 	}
+	if m.Sync != (SyncState{}) {
+		st += fmt.Sprintf(" sync{running=%v node=%s copied=%v stopped=%q}", m.Sync.Running, m.Sync.Node, m.Sync.Copied, m.Sync.Stopped)
+	}
 	if f := m.Flip; f != nil {
 		st += fmt.Sprintf(" flip{epoch=%d expected=%v acked=%v fenced=%v done=%v}", f.Epoch, f.Expected, f.Acked, f.Fenced, f.Done)
 	}
@@ -154,6 +157,8 @@ func parseCommand(line string, now time.Time) (Command, error) {
 			c.Error = v
 		case "event":
 			c.Event = v
+		case "node":
+			c.Node = v
 		case "approval":
 			approval = v == "true"
 		case "source":

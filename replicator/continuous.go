@@ -76,6 +76,14 @@ type ContinuousConfig struct {
 	// Initial, if set, is run once before continuous sync starts (the
 	// snapshot copy A to B).
 	InitialSync bool
+	// InheritGrace applies to a start without the initial copy (a new
+	// control leader resuming the sync): an ephemeral node found on both
+	// sides may be a copy a previous replicator's session owns, which
+	// vanishes when that session expires. For this long after the start
+	// such a node gone from one side is not deleted from the other; after
+	// it, the side that still has it decides (default 15 s, above the
+	// replicator's 10 s session timeout).
+	InheritGrace time.Duration
 	// MaxBatch bounds the paths handled in one round (default 2000).
 	MaxBatch int
 	// OneShotWatches watches with one-shot watch trees (a data and a child
@@ -128,6 +136,10 @@ type Continuous struct {
 	lastLag    [2]time.Duration
 	lagSince   time.Time
 	rounds     int64
+	// begun and inherited: when a start without the initial copy began,
+	// and the ephemeral nodes it found on both sides (see InheritGrace).
+	begun     time.Time
+	inherited map[string]bool
 
 	conns [2]*zkclient.Conn // writers (and readers); replaced on reconnect
 	// watchers and oneShot are the current session's watcher connections
@@ -164,6 +176,9 @@ func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
 	if cfg.ReconcileEvery == 0 {
 		cfg.ReconcileEvery = 30 * time.Second
 	}
+	if cfg.InheritGrace == 0 {
+		cfg.InheritGrace = 15 * time.Second
+	}
 	if cfg.MaxBatch == 0 {
 		cfg.MaxBatch = 2000
 	}
@@ -175,7 +190,7 @@ func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
 	}
 	return &Continuous{cfg: cfg, log: cfg.Logger, synced: map[string][2]version{}, conflicts: map[string]Conflict{},
 		forced: map[string]Side{}, kick: make(chan string, 1024), digestEqual: map[string]bool{},
-		unreadable: map[sidePath]UnreadableACL{}}, nil
+		unreadable: map[sidePath]UnreadableACL{}, inherited: map[string]bool{}}, nil
 }
 
 type sidePath struct {
@@ -292,6 +307,11 @@ type event struct {
 // watches and reconciles every path, so nothing that changed meanwhile is
 // missed. It returns ctx's error.
 func (c *Continuous) Run(ctx context.Context) error {
+	if !c.cfg.InitialSync {
+		c.mu.Lock()
+		c.begun = time.Now()
+		c.mu.Unlock()
+	}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := c.runSession(ctx)
@@ -722,9 +742,21 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 			acts = append(acts, action{p, w, [2]read{a, b}[w], [2]read{a, b}[w.other()]})
 			continue
 		}
+		if c.inherited[p] && a.exists != b.exists {
+			if time.Since(c.begun) < c.cfg.InheritGrace {
+				continue // maybe a former replicator's copy expiring: wait
+			}
+			delete(c.inherited, p) // the side that still has it decides
+			delete(c.synced, p)
+			known = false
+		}
 		changed := [2]bool{cur[SideA] != st[SideA], cur[SideB] != st[SideB]}
 		if !known {
 			changed = [2]bool{a.exists, b.exists}
+		}
+		if !known && !c.begun.IsZero() && time.Since(c.begun) < c.cfg.InheritGrace && equalReads(&a, &b) &&
+			(a.stat.EphemeralOwner != 0 || b.stat.EphemeralOwner != 0) {
+			c.inherited[p] = true
 		}
 		switch {
 		case !changed[SideA] && !changed[SideB]:
@@ -754,6 +786,7 @@ func equalReads(a, b *read) bool {
 func (c *Continuous) adoptLocked(p string, cur [2]version) {
 	if !cur[SideA].exists && !cur[SideB].exists {
 		delete(c.synced, p)
+		delete(c.inherited, p)
 		return
 	}
 	c.synced[p] = cur

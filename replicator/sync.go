@@ -514,6 +514,14 @@ func isSequentialName(name string) bool {
 // creates = (cversion + numChildren) / 2.
 func CreateCounter(st jute.Stat) int64 { return (int64(st.Cversion) + int64(st.NumChildren)) / 2 }
 
+// PadSequenceCounters raises, on c's ensemble, the creation counter of
+// every parent with sequential children in src to at least src's (the
+// flip's guard does it on the new primary). It returns the parents padded
+// and the creates that took.
+func PadSequenceCounters(ctx context.Context, c *zkclient.Conn, src *Tree) (parents, creates int, err error) {
+	return padSequenceCounters(ctx, c, src, func(string) bool { return false })
+}
+
 // padName is the child the padding creates and deletes.
 const padName = "zk-migrate-pad"
 

@@ -103,7 +103,8 @@ func runControl(c *cli.Context) error {
 	defer stop()
 
 	hub := &server.AlertHub{Ctx: ctx, Logger: log}
-	sy := &server.Syncer{IsLeader: node.IsLeader, Logger: log, Alerts: hub.For,
+	sy := &server.Syncer{IsLeader: node.IsLeader, Logger: log, Alerts: hub.For, NodeID: c.String("id"),
+		Apply: node.Apply, State: node.State, Barrier: node.Barrier,
 		Current: func(id string) *control.Migration { return node.State().Migrations[id] },
 		Record: func(m *control.Migration, event, detail string) {
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -112,7 +113,8 @@ func runControl(c *cli.Context) error {
 				By: "replicator:" + c.String("id"), Time: time.Now().UTC()})
 		}}
 	srv := &server.Server{Node: node, Tokens: tokens, Logger: log, SyncStatus: sy.Status,
-		Health: func(string) any { return sy.Status() }}
+		Health: func(string) any { return sy.Status() }, SyncProblem: sy.Problem,
+		FlipCheck: func(ctx context.Context, m *control.Migration) error { return sy.FlipReady(ctx, m, "A", "B") }}
 	ln, err := net.Listen("tcp", c.String("api-addr"))
 	if err != nil {
 		return fmt.Errorf("api listen on %s: %w", c.String("api-addr"), err)
@@ -157,7 +159,13 @@ func runControl(c *cli.Context) error {
 		}
 	}
 	log.Info("control node running", "id", c.String("id"), "raft", node.Addr(), "api", apiURL)
-	ex := &control.Executor{P: node, Steps: server.Steps(sy), Fleet: fleet, Logger: log, Name: c.String("id"),
+	// The replicator follows leadership: the supervisor starts it on the
+	// leader from the replicated state and stops it elsewhere.
+	sctx, scancel := context.WithCancel(ctx)
+	supervised := make(chan struct{})
+	go func() { defer close(supervised); sy.Supervise(sctx) }()
+	defer func() { scancel(); <-supervised }()
+	ex := &control.Executor{P: node, Steps: server.Steps(sy), Fleet: fleet, Logger: log, Name: c.String("id"), Guard: sy,
 		OnFail: func(m *control.Migration, err error) {
 			hub.For(m).Notify(alert.Alert{Kind: "phase_failed", Severity: alert.Critical, Migration: m.ID,
 				Summary: fmt.Sprintf("%s failed", m.Step), Detail: err.Error(), DedupKey: fmt.Sprintf("phase_failed/%s/%s", m.ID, m.Step)})

@@ -163,7 +163,12 @@ alerts:
 			waitFor(t, func() bool {
 				hookMu.Lock()
 				defer hookMu.Unlock()
-				return len(hooks) > 0 && strings.Contains(hooks[0], "phase_failed") && strings.Contains(hooks[0], "3-masters-off-a failed")
+				for _, h := range hooks { // the leader killed in phase 2 also sent sync_stopped
+					if strings.Contains(h, "phase_failed") && strings.Contains(h, "3-masters-off-a failed") {
+						return true
+					}
+				}
+				return false
 			})
 			if out, code := cli("validate", "--phase", "current"); code != exitDifferent || !strings.Contains(out, "NOT healthy") {
 				t.Fatalf("validate on a failed phase: exit %d\n%s", code, out)

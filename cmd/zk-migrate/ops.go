@@ -158,8 +158,10 @@ func (a *apiClient) migrationID(c *cli.Context) (string, error) {
 }
 
 // nextAction says what the operator does next for m, or "".
-func nextAction(m control.Migration) string {
+func nextAction(m control.Migration, leader string) string {
 	switch {
+	case m.Sync.Node != "" && m.SyncProblem(leader) != "":
+		return "SYNC NOT RUNNING: " + m.SyncProblem(leader) + " (the leader restarts it; zk-migrate audit shows the gap)"
 	case m.Paused:
 		return "paused (zk-migrate resume)"
 	case m.Status == control.StatusAwaitingApproval:
@@ -202,12 +204,13 @@ func (a *apiClient) show(ms ...control.Migration) {
 func (a *apiClient) table(ms []control.Migration, syncs map[string]*syncView) {
 	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MIGRATION\tPHASE\tSTEP\tSTATUS\tPRIMARY\tEPOCH\tSYNC\tNOTE")
+	leader := a.leader()
 	for _, m := range ms {
 		sync := "-"
 		if v := syncs[m.ID]; v != nil {
 			sync = v.String()
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.Step.Phase(), m.Step, m.Status, m.Primary, m.Epoch, sync, nextAction(m))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.Step.Phase(), m.Step, m.Status, m.Primary, m.Epoch, sync, nextAction(m, leader))
 	}
 	tw.Flush()
 }
@@ -292,12 +295,29 @@ func (a *apiClient) status(ms []control.Migration) error {
 		return nil
 	}
 	rows := []statusRow{}
+	leader := a.leader()
 	for _, m := range ms {
-		rows = append(rows, statusRow{Migration: m, Phase: m.Step.Phase(), NextAction: nextAction(m), LastError: m.LastError, Sync: syncs[m.ID]})
+		rows = append(rows, statusRow{Migration: m, Phase: m.Step.Phase(), NextAction: nextAction(m, leader), LastError: m.LastError, Sync: syncs[m.ID]})
 	}
 	enc := json.NewEncoder(a.out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(rows)
+}
+
+// leader is the control-plane leader's id as the node asked knows it ("" if
+// none).
+func (a *apiClient) leader() string {
+	var h struct {
+		Leader string `json:"leader"`
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(a.bases[a.cur] + "/healthz")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	_ = json.NewDecoder(resp.Body).Decode(&h)
+	return h.Leader
 }
 
 func (a *apiClient) post(c *cli.Context, verb string, body any) error {

@@ -361,7 +361,8 @@ it) cannot be verified: it is never reported equal (exit 6), and the fix is
 printed.
 
 With --phase current: asks the control plane whether the current phase is
-healthy (not failed; in phase 1 also equal digests and no open conflict).
+healthy (not failed; in phase 1 also equal digests and no open conflict;
+from phase 1 to phase 6 the sync must run and replicate on the leader).
 
 Exit status: 0 equal/healthy, 3 different/unhealthy, 6 cannot verify
 (ACLs hidden from --auth; 3 wins when something also differs), 1 error,
@@ -429,6 +430,7 @@ func validateCurrentPhase(c *cli.Context) error {
 	var h struct {
 		Migration control.Migration `json:"migration"`
 		Healthy   bool              `json:"healthy"`
+		Problem   string            `json:"sync_problem"`
 		Detail    json.RawMessage   `json:"detail"`
 	}
 	if err := a.do(http.MethodGet, "/api/v1/migrations/"+id+"/health", nil, &h); err != nil {
@@ -439,13 +441,16 @@ func validateCurrentPhase(c *cli.Context) error {
 		healthy = false // phase 1 is healthy once it verified
 	}
 	if a.json {
-		_ = json.NewEncoder(a.out).Encode(map[string]any{"healthy": healthy, "migration": h.Migration, "detail": h.Detail})
+		_ = json.NewEncoder(a.out).Encode(map[string]any{"healthy": healthy, "migration": h.Migration, "sync_problem": h.Problem, "detail": h.Detail})
 	} else {
 		verdict := "healthy"
 		if !healthy {
 			verdict = "NOT healthy"
 		}
 		fmt.Fprintf(a.out, "%s: phase %d (%s) %s: %s\n", id, h.Migration.Step.Phase(), h.Migration.Step, h.Migration.Status, verdict)
+		if h.Problem != "" {
+			fmt.Fprintf(a.out, "  sync: %s\n", h.Problem)
+		}
 		if h.Migration.LastError != "" {
 			fmt.Fprintf(a.out, "  last error: %s\n", h.Migration.LastError)
 		}

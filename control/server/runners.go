@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/alert"
@@ -25,13 +26,24 @@ func configOf(m *control.Migration) (*control.Config, error) {
 	return &c, nil
 }
 
-// Syncer runs phase 1 on the leader: continuous sync of A and B (the
-// replicator), verified by equal digests and no open conflicts. It stops
-// the sync when the node loses leadership (the next leader starts its own)
-// and on rollback below phase 1 and in phase 6.
+// Syncer runs the replicator (continuous sync of A and B) on the leader.
+// Phase 1's runner starts it after the pre-flight and verifies equal
+// digests and no open conflicts; Supervise then keeps it running on
+// whichever node leads, from phase 1 until phase 6 stops it; FlipReady is
+// the flip's guard.
 type Syncer struct {
 	IsLeader func() bool
 	Logger   *slog.Logger
+	// NodeID is this control node's id; Apply proposes a command to the
+	// replicated state (the leader's raftstore.Node.Apply); State returns
+	// the applied state.
+	NodeID string
+	Apply  func(ctx context.Context, c control.Command) error
+	State  func() *control.State
+	// Barrier, if set, waits until this node has applied every committed
+	// command (raftstore.Node.Barrier); a new leader calls it before it
+	// acts on the state.
+	Barrier func(timeout time.Duration) error
 	// Alerts, if set, returns the migration's alert dispatcher.
 	Alerts func(m *control.Migration) *alert.Dispatcher
 	// Current, if set, returns the migration's current state (the health
@@ -40,20 +52,30 @@ type Syncer struct {
 	// Record, if set, writes an entry to the replicated audit trail
 	// (conflicts and alerts of the sync).
 	Record func(m *control.Migration, event, detail string)
-	// VerifyTimeout bounds the wait for equal digests (default 2 min).
-	VerifyTimeout time.Duration
+	// VerifyTimeout bounds the wait for equal digests (default 2 min);
+	// SuperviseEvery is the supervisor's period (500 ms).
+	VerifyTimeout, SuperviseEvery time.Duration
 
 	mu      sync.Mutex
 	running map[string]*syncRun
+	noteMu  sync.Mutex // one note at a time
 }
 
 type syncRun struct {
-	cont   *replicator.Continuous
-	cancel context.CancelFunc
-	done   chan struct{}
-	roots  []string
+	cont    *replicator.Continuous
+	cancel  context.CancelFunc
+	done    chan struct{}
+	roots   []string
+	cfg     *control.Config
+	initial bool // this run began with the initial copy A to B
+	started time.Time
+	// beat holds when a heartbeat written on A (0) or B (1) last reached
+	// the other side (unix nanoseconds).
+	beat [2]atomic.Int64
 }
 
+// start starts the migration's sync unless it runs. The initial copy A to
+// B runs only if the replicated state says it never completed.
 func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -67,15 +89,11 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 	if err != nil {
 		return nil, err
 	}
-	var auth []zkclient.Auth
-	for _, a := range cfg.Sync.Auth {
-		scheme, secret, _ := strings.Cut(a, ":")
-		auth = append(auth, zkclient.Auth{Scheme: scheme, Secret: []byte(secret)})
-	}
+	r := &syncRun{roots: cfg.Migration.Paths, cfg: cfg, initial: !m.SyncCopied(), started: time.Now(), done: make(chan struct{})}
 	ensembles := [2][]string{strings.Split(cfg.Migration.SourceZK, ","), strings.Split(cfg.Migration.TargetZK, ",")}
 	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
 		Dial: func(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
-			o := zkclient.Options{Auth: auth}
+			o := zkclient.Options{Auth: syncAuth(cfg)}
 			if resume != nil {
 				o.SessionID, o.Passwd = resume.SessionID(), resume.Passwd()
 			}
@@ -90,39 +108,27 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 				s.Alerts(m).Notify(alert.Alert{Kind: a.Kind, Severity: sev, Summary: a.Message, Migration: m.ID})
 			}
 		},
+		OnLag: func(from replicator.Side, _ time.Duration) { r.beat[from].Store(time.Now().UnixNano()) },
 		Audit: auditLines(func(event, line string) {
 			if s.Record != nil {
 				s.Record(m, event, line)
 			}
 		}),
-		Roots: cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: true, Logger: s.Logger,
+		Roots: cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: r.initial, Logger: s.Logger,
 		LagThreshold: time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond, ReconcileEvery: 5 * time.Second,
 	})
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &syncRun{cont: cont, cancel: cancel, done: make(chan struct{}), roots: cfg.Migration.Paths}
+	r.cont, r.cancel = cont, cancel
 	s.running[m.ID] = r
 	go func() {
 		defer close(r.done)
-		go s.watchHealth(ctx, m, cfg)
+		health := make(chan struct{})
+		go func() { defer close(health); s.watchHealth(ctx, m, cfg) }()
 		_ = cont.Run(ctx)
-	}()
-	go func() { // stop when leadership is lost
-		t := time.NewTicker(500 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-r.done:
-				return
-			case <-t.C:
-				if !s.IsLeader() {
-					s.stop(m.ID)
-					return
-				}
-			}
-		}
+		<-health
 	}()
 	return r, nil
 }
@@ -145,13 +151,19 @@ func (s *Syncer) Status() any {
 	out := map[string]any{}
 	for id, r := range s.running {
 		ab, ba := r.cont.Lag()
-		out[id] = map[string]any{"running": true, "lag_a_to_b_ms": ab.Milliseconds(), "lag_b_to_a_ms": ba.Milliseconds(),
+		st := map[string]any{"running": true, "node": s.NodeID, "since": r.started.UTC(), "initial_copy": r.initial,
+			"lag_a_to_b_ms": ab.Milliseconds(), "lag_b_to_a_ms": ba.Milliseconds(),
 			"digests_equal": r.cont.DigestsEqual(), "open_conflicts": r.cont.Conflicts()}
+		if p := r.replicating(false); p != "" {
+			st["problem"] = p
+		}
+		out[id] = st
 	}
 	return out
 }
 
-// Run checks the ensembles (pre-flight) and starts the sync (idempotent).
+// Run checks the ensembles (pre-flight) and starts the sync (idempotent);
+// Supervise records the start and keeps it running.
 func (s *Syncer) Run(_ context.Context, m *control.Migration) error {
 	cfg, err := configOf(m)
 	if err != nil {
@@ -189,7 +201,9 @@ func (s *Syncer) Verify(ctx context.Context, m *control.Migration) error {
 			all = all && eq[root]
 		}
 		if all && len(r.cont.Conflicts()) == 0 {
-			return nil
+			// Recorded before the step can succeed: a new leader resumes
+			// without a copy.
+			return s.note(ctx, m.ID, r)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("ensembles not verified equal after %v (digests %v, %d open conflicts)", timeout, eq, len(r.cont.Conflicts()))

@@ -101,7 +101,14 @@ type Server struct {
 	Health func(id string) any
 	// SyncStatus answers GET /api/v1/sync/status.
 	SyncStatus func() any
-	Logger     *slog.Logger
+	// SyncProblem, if set, says why a migration's sync is not healthy
+	// ("" if it is), given the leader's id; by default the replicated
+	// state's verdict (control.Migration.SyncProblem).
+	SyncProblem func(m *control.Migration, leader string) string
+	// FlipCheck, if set, is asked before an advance to the flip is
+	// accepted: an error refuses it with the reason (409).
+	FlipCheck func(ctx context.Context, m *control.Migration) error
+	Logger    *slog.Logger
 
 	refusals refusalLimiter
 }
@@ -133,12 +140,12 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /api/v1/migrations", write(s.create))
 	mux.Handle("GET /api/v1/migrations/{id}", read(s.get))
 	mux.Handle("DELETE /api/v1/migrations/{id}", write(s.delete))
-	mux.Handle("GET /api/v1/migrations/{id}/health", read(s.health))
+	mux.Handle("GET /api/v1/migrations/{id}/health", s.auth(RoleViewer, false, s.leaderView(s.health)))
 	mux.Handle("GET /api/v1/migrations/{id}/report", read(s.report))
 	for _, verb := range []string{"start", "approve", "pause", "resume", "retry", "advance", "rollback"} {
 		mux.Handle("POST /api/v1/migrations/{id}/"+verb, write(s.action(verb)))
 	}
-	mux.Handle("GET /api/v1/sync/status", read(s.syncStatus))
+	mux.Handle("GET /api/v1/sync/status", s.auth(RoleViewer, false, s.leaderView(s.syncStatus)))
 	mux.Handle("GET /api/v1/audit", read(s.audit))
 	mux.Handle("GET /api/v1/events", read(s.events))
 	mux.Handle("POST /api/v1/cluster/join", write(s.join))
@@ -202,6 +209,33 @@ func (s *Server) onLeader(h http.Handler) http.Handler {
 		httputil.NewSingleHostReverseProxy(u).ServeHTTP(w, r)
 	})
 }
+
+// leaderView forwards a read whose live detail only the leader has (the
+// sync runs there) to the leader; with no leader known it answers here,
+// from the replicated state.
+func (s *Server) leaderView(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, leader := s.Node.Leader()
+		api := s.Node.State().Nodes[leader]
+		if s.Node.IsLeader() || leader == "" || api == "" || r.Header.Get(forwardedHeader) != "" {
+			h(w, r)
+			return
+		}
+		u, err := url.Parse(api)
+		if err != nil {
+			h(w, r)
+			return
+		}
+		rp := httputil.NewSingleHostReverseProxy(u)
+		rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, _ error) { h(w, r) } // leader unreachable: answer here
+		r.Header.Set(forwardedHeader, "1")
+		rp.ServeHTTP(w, r)
+	})
+}
+
+// forwardedHeader marks a request one node forwarded to another, so it is
+// forwarded once at most.
+const forwardedHeader = "X-Zkm-Forwarded"
 
 func (s *Server) apply(w http.ResponseWriter, r *http.Request, c control.Command) bool {
 	c.By = identity(r).Name
@@ -315,6 +349,17 @@ func (s *Server) action(verb string) http.HandlerFunc {
 				return
 			}
 			c.Step = step
+			if m := s.Node.State().Migrations[c.Migration]; verb == "advance" && step == control.StepFlip && s.FlipCheck != nil &&
+				m != nil && m.Step == control.StepDeployB && m.Status == control.StatusSucceeded {
+				ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+				err := s.FlipCheck(ctx, m)
+				cancel()
+				if err != nil {
+					writeJSON(w, http.StatusConflict, apiError{"flip refused: " + err.Error(),
+						"zk-migrate validate --phase current shows the sync's health; fix it and advance again"})
+					return
+				}
+			}
 		}
 		if s.apply(w, r, c) {
 			writeJSON(w, http.StatusOK, s.Node.State().Migrations[c.Migration].Redacted())
@@ -347,7 +392,15 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, apiError{"no migration " + r.PathValue("id"), ""})
 		return
 	}
-	out := map[string]any{"migration": m.Redacted(), "healthy": m.Status != control.StatusFailed}
+	_, leader := s.Node.Leader()
+	problem := m.SyncProblem(leader)
+	if s.SyncProblem != nil {
+		problem = s.SyncProblem(m, leader)
+	}
+	out := map[string]any{"migration": m.Redacted(), "healthy": m.Status != control.StatusFailed && problem == ""}
+	if problem != "" {
+		out["sync_problem"] = problem
+	}
 	if s.Health != nil {
 		out["detail"] = s.Health(m.ID)
 	}

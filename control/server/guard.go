@@ -1,0 +1,135 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/replicator"
+	"github.com/zk-migrate/zk-migrate/zkclient"
+)
+
+var _ control.FlipGuard = (*Syncer)(nil)
+
+// FlipReady is the flip's guard (control.FlipGuard): it checks, again and
+// again until they hold or ctx ends, that the replicator runs on this node
+// and replicates both ways, the lag is under the threshold, no conflict is
+// open, both ensembles read now have equal digests on every path, and every
+// sequence counter on the new primary (to) is at or above the old one's
+// (from); it pads the counters that are below. It returns the last reason
+// they did not hold.
+func (s *Syncer) FlipReady(ctx context.Context, m *control.Migration, from, to string) error {
+	cfg, err := configOf(m)
+	if err != nil {
+		return err
+	}
+	ensemble := map[string]string{"A": cfg.Migration.SourceZK, "B": cfg.Migration.TargetZK}
+	var conns [2]*zkclient.Conn // from, to; dialled when first needed
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	var last error
+	for {
+		last = s.flipProblem(ctx, m, cfg, &conns, [2]string{from, to}, [2]string{ensemble[from], ensemble[to]})
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return last
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *control.Config, conns *[2]*zkclient.Conn, side, connect [2]string) error {
+	r := s.run(m.ID)
+	if r == nil || !s.IsLeader() {
+		return fmt.Errorf("the replicator is not running on the leader (%s)", s.NodeID)
+	}
+	if p := r.replicating(true); p != "" {
+		return errors.New(p)
+	}
+	threshold := time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond
+	if ab, ba := r.cont.Lag(); max(ab, ba) > threshold {
+		return fmt.Errorf("sync lag %v (A to B) / %v (B to A) above the threshold %v", ab.Round(time.Millisecond), ba.Round(time.Millisecond), threshold)
+	}
+	if cs := r.cont.Conflicts(); len(cs) > 0 {
+		paths := make([]string, 0, len(cs))
+		for _, c := range cs {
+			paths = append(paths, c.Path)
+		}
+		return fmt.Errorf("%d open conflict(s) on %s: resolve them first", len(cs), strings.Join(paths, ", "))
+	}
+	for i := range conns {
+		if conns[i] != nil && conns[i].Err() != nil {
+			_ = conns[i].Close()
+			conns[i] = nil
+		}
+		if conns[i] == nil {
+			dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			c, err := zkclient.Dial(dctx, strings.Split(connect[i], ","), zkclient.Options{Auth: syncAuth(cfg)})
+			cancel()
+			if err != nil {
+				return fmt.Errorf("cannot reach ensemble %s to compare digests: %w", side[i], err)
+			}
+			conns[i] = c
+		}
+	}
+	for _, root := range cfg.Migration.Paths {
+		var trees [2]*replicator.Tree
+		for i, c := range conns {
+			t, err := replicator.ReadTree(ctx, []*zkclient.Conn{c}, root, replicator.ReadOptions{})
+			if err != nil {
+				return fmt.Errorf("read %s on %s: %w", root, side[i], err)
+			}
+			trees[i] = t
+		}
+		if trees[0].Digest() != trees[1].Digest() {
+			return fmt.Errorf("digests of %s differ between %s and %s: %v", root, side[0], side[1], replicator.Compare(trees[0], trees[1], 3))
+		}
+		if _, _, err := replicator.PadSequenceCounters(ctx, conns[1], trees[0]); err != nil {
+			return fmt.Errorf("sequence counters on %s: %w", side[1], err)
+		}
+		for _, p := range trees[0].Sorted() {
+			n := trees[0].Nodes[p]
+			if !hasSequential(n.Children) {
+				continue
+			}
+			st, err := conns[1].Exists(ctx, p)
+			if err != nil {
+				return fmt.Errorf("stat %s on %s: %w", p, side[1], err)
+			}
+			if replicator.CreateCounter(st) < replicator.CreateCounter(n.Stat) {
+				return fmt.Errorf("the sequence counter of %s on %s (%d) is below %s's (%d)", p, side[1],
+					replicator.CreateCounter(st), side[0], replicator.CreateCounter(n.Stat))
+			}
+		}
+	}
+	return nil
+}
+
+// hasSequential reports whether a child name ends in ZooKeeper's ten-digit
+// sequence suffix: its parent's counter names the next one.
+func hasSequential(children []string) bool {
+	for _, k := range children {
+		if len(k) < 10 {
+			continue
+		}
+		seq := true
+		for _, c := range k[len(k)-10:] {
+			seq = seq && c >= '0' && c <= '9'
+		}
+		if seq {
+			return true
+		}
+	}
+	return false
+}
