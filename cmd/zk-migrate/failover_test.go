@@ -199,12 +199,12 @@ func (c *cluster) syncRunsOn(i int) bool {
 // migration reads the migration's state from node i.
 func (c *cluster) migration(i int) map[string]any {
 	c.t.Helper()
-	var m map[string]any
+	var rows []map[string]any // status --output json is always a list
 	out := c.must(i, "status", "--migration", "prod", "--output", "json")
-	if err := json.Unmarshal([]byte(out), &m); err != nil {
-		c.t.Fatalf("status: %v\n%s", err, out)
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 {
+		c.t.Fatalf("status: %v (%d rows)\n%s", err, len(rows), out)
 	}
-	return m
+	return rows[0]
 }
 
 // waitStep waits until node i shows the migration at step with status.
@@ -521,7 +521,7 @@ func TestRollbackAcrossTheFlipKeepsWritesMadeOnB(t *testing.T) {
 	within(t, 10*time.Second, "the conflict is in the audit trail", func() bool {
 		return c.auditHas(next, "conflict", "/mesos/contended")
 	})
-	c.must(next, "rollback", "--to-phase", "1")
+	c.must(next, "rollback", "--to-phase", "1", "--confirm")
 	m := c.waitStep(next, "1-deploy-b-and-sync", "succeeded")
 	if m["primary"] != "A" {
 		t.Fatalf("after the rollback: %v", m)
