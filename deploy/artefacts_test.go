@@ -145,3 +145,26 @@ func TestEveryAlertHasAUnitTest(t *testing.T) {
 		}
 	}
 }
+
+// exampleJobs are the scrape job names of prometheus/prometheus.yml, which
+// the rules and dashboards select with job="...".
+func exampleJobs(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("prometheus/prometheus.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName string `yaml:"job_name"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(b, &cfg); err != nil {
+		t.Fatalf("prometheus/prometheus.yml: %v", err)
+	}
+	var jobs []string
+	for _, sc := range cfg.ScrapeConfigs {
+		jobs = append(jobs, sc.JobName)
+	}
+	return jobs
+}

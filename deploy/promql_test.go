@@ -80,9 +80,9 @@ func TestMetricNames(t *testing.T) {
 	for expr, want := range map[string]string{
 		`histogram_quantile(0.99, sum by (le, op) (rate(zkmigrate_proxy_request_duration_seconds_bucket[$__rate_interval])))`: "zkmigrate_proxy_request_duration_seconds_bucket",
 		`count(up{job="zk-migrate-proxy"} == 0) or vector(0)`:                                                                 "up",
-		`sum by (instance, direction) (rate(zkmigrate_replicator_lag_seconds_count[1m])) == 0`:                                 "zkmigrate_replicator_lag_seconds_count",
-		`a_total / on (instance) group_left (x) b{l="by (c)"} > bool 1e-3 unless c offset 5m`:                                  "a_total b c",
-		`max(deriv(zkmigrate_replicator_snapshot_written_ops[1m]))`:                                                            "zkmigrate_replicator_snapshot_written_ops",
+		`sum by (instance, direction) (rate(zkmigrate_replicator_lag_seconds_count[1m])) == 0`:                                "zkmigrate_replicator_lag_seconds_count",
+		`a_total / on (instance) group_left (x) b{l="by (c)"} > bool 1e-3 unless c offset 5m`:                                 "a_total b c",
+		`max(deriv(zkmigrate_replicator_snapshot_written_ops[1m]))`:                                                           "zkmigrate_replicator_snapshot_written_ops",
 	} {
 		if got := strings.Join(metricNames(expr), " "); got != want {
 			t.Errorf("metricNames(%s) = %q, want %q", expr, got, want)
