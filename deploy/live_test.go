@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -105,6 +106,41 @@ func TestDashboardsAndRulesAgainstLiveProcesses(t *testing.T) {
 		})
 		for _, m := range missing {
 			t.Error(m)
+		}
+	})
+
+	t.Run("README lists every exported metric", func(t *testing.T) {
+		readme, err := os.ReadFile("../README.md")
+		if err != nil {
+			t.Fatal(err)
+		}
+		documented := map[string]bool{}
+		for _, m := range regexp.MustCompile(`zkmigrate_[a-z0-9_]+`).FindAllString(string(readme), -1) {
+			if !strings.HasSuffix(m, "_") { // zkmigrate_replicator_* names a family of metrics
+				documented[m] = true
+			}
+		}
+		exportedNow := map[string]bool{}
+		for _, proc := range byJob {
+			f, err := proc.scrape()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name := range f {
+				if strings.HasPrefix(name, "zkmigrate_") {
+					exportedNow[name] = true
+				}
+			}
+		}
+		for name := range exportedNow {
+			if !documented[name] {
+				t.Errorf("%s is exported but README.md does not list it (add it to a metrics table)", name)
+			}
+		}
+		for name := range documented {
+			if !exportedNow[name] {
+				t.Errorf("README.md lists %s, which no binary exports", name)
+			}
 		}
 	})
 
