@@ -138,8 +138,13 @@ func traffic(t *testing.T, root string, addrs ...string) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	var conns []*zk.Conn
 	for i, addr := range addrs {
-		c := connect(t, []string{addr}, 2*time.Second)
+		c, _, err := zk.Connect([]string{addr}, 2*time.Second, zk.WithLogInfo(false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -158,7 +163,15 @@ func traffic(t *testing.T, root string, addrs ...string) (stop func()) {
 			}
 		}()
 	}
-	return func() { cancel(); wg.Wait() }
+	// Closing the sessions ends requests waiting for a server that no
+	// longer comes (after the quorum loss).
+	return func() {
+		cancel()
+		for _, c := range conns {
+			c.Close()
+		}
+		wg.Wait()
+	}
 }
 
 // badFrame sends the proxy at addr a frame longer than jute.maxbuffer, as
