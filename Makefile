@@ -7,7 +7,7 @@ BIN       := bin/zk-migrate
 PKGS      := ./...
 FUZZTIME  ?= 60s
 
-.PHONY: golden build test test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean
+.PHONY: golden build test test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean dashboards verify-dashboards
 
 build: ## build bin/zk-migrate
 	$(GO) build -o $(BIN) ./cmd/zk-migrate
@@ -33,7 +33,7 @@ demo: build ## the local sandbox: real ensemble, proxies, live load, a server ki
 fuzz: ## fuzz every jute decoder for FUZZTIME each
 	bash scripts/fuzz.sh $(FUZZTIME)
 
-lint: verify-fmt verify-gen ## gofmt, go vet, generated code current
+lint: verify-fmt verify-gen verify-dashboards ## gofmt, go vet, generated code and dashboards current
 	$(GO) vet $(PKGS)
 
 gen fix-gen: ## regenerate jute record codecs
@@ -41,6 +41,12 @@ gen fix-gen: ## regenerate jute record codecs
 
 verify-gen: ## fail if jute/records_gen.go is stale
 	cd jute && $(GO) run ./internal/gen -in records.go -out /tmp/zkm-records_gen.go && diff -u records_gen.go /tmp/zkm-records_gen.go
+
+dashboards: ## regenerate deploy/grafana/*.json from deploy/grafana/gen
+	$(GO) run ./deploy/grafana/gen -dir deploy/grafana
+
+verify-dashboards: ## fail if deploy/grafana/*.json is stale
+	$(GO) run ./deploy/grafana/gen -dir deploy/grafana -check
 
 verify-fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out (run make fix-fmt)"; exit 1; fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what zk-migrate's tests and sandbox need on a Debian machine:
-# ZooKeeper 3.8 (servers, Java CLI), its C client CLI, kazoo, and Go modules.
+# ZooKeeper 3.8 (servers, Java CLI), its C client CLI, kazoo, Prometheus
+# (deploy/ tests run prometheus and promtool), and Go modules.
 set -euo pipefail
 need=()
 [ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
@@ -9,6 +10,7 @@ need=()
 [ -f /usr/include/zookeeper/zookeeper.h ] || need+=(libzookeeper-mt-dev)
 command -v java >/dev/null || need+=(default-jre-headless)
 command -v gcc >/dev/null || need+=(gcc)
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "installing Debian packages: ${need[*]}"
