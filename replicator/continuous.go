@@ -935,6 +935,9 @@ func (c *Continuous) createWithParents(ctx context.Context, from Side, p string)
 			return version{}, fmt.Errorf("read %s on %s: %w", q, from, err)
 		}
 		acl, _, err := src.GetACL(ctx, q)
+		if jute.CodeOf(err) == jute.CodeNoNode {
+			return version{}, nil // deleted between the two reads: its deletion event follows
+		}
 		if err != nil {
 			return version{}, fmt.Errorf("read ACL of %s on %s: %w", q, from, err)
 		}

@@ -423,3 +423,57 @@ func mustDial(t *testing.T, ens *zktest.Ensemble) *zkclient.Conn {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestChurnNeverInterruptsTheSync creates and deletes nested znodes on A as
+// fast as one client can while the sync copies them. A znode that vanishes
+// between the replicator's reads of it (data, then ACL) is simply gone: it
+// must not end the round and restart the whole sync (a sync_failure alert).
+func TestChurnNeverInterruptsTheSync(t *testing.T) {
+	root := testRoot(t)
+	a := dial(t, ensA)
+	build(t, a, []zkclient.MultiOp{create(root, nil, nil, 0)})
+	var mu sync.Mutex
+	var failures []Alert
+	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true, Heartbeat: -1,
+		ReconcileEvery: time.Hour,
+		OnAlert: func(al Alert) {
+			if al.Kind == "sync_failure" {
+				mu.Lock()
+				failures = append(failures, al)
+				mu.Unlock()
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	ep := endpoints(t, 1)
+	waitEqual(t, ep, root, 20*time.Second)
+	// Pipelined multis: each creates a parent and its child and deletes
+	// both again, so the replicator keeps finding half-gone subtrees.
+	deadline := time.Now().Add(3 * time.Second)
+	var calls []*zkclient.Call
+	for i := 0; time.Now().Before(deadline) && i < 20000; i++ {
+		d := fmt.Sprintf("%s/d%d", root, i%8)
+		calls = append(calls,
+			a.GoMulti([]zkclient.MultiOp{create(d, []byte("x"), nil, 0), create(d+"/e", []byte("y"), nil, 0)}),
+			a.GoMulti([]zkclient.MultiOp{
+				{Op: jute.OpDelete, Req: &jute.DeleteRequest{Path: d + "/e", Version: -1}},
+				{Op: jute.OpDelete, Req: &jute.DeleteRequest{Path: d, Version: -1}}}))
+		if len(calls) >= 64 {
+			for _, call := range calls {
+				<-call.Done
+			}
+			calls = calls[:0]
+		}
+	}
+	for _, call := range calls {
+		<-call.Done
+	}
+	waitEqual(t, ep, root, 20*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(failures) > 0 {
+		t.Fatalf("churn interrupted the sync %d time(s); first: %s", len(failures), failures[0].Message)
+	}
+}
