@@ -59,9 +59,9 @@ func (m *Master) handleV1(l *leader, w http.ResponseWriter, r *http.Request) {
 				Hostname string  `json:"hostname"`
 				Port     int     `json:"port"`
 			} `json:"agent_info"`
-			Active         bool       `json:"active"`
-			Deactivated    bool       `json:"deactivated"`
-			PID            string     `json:"pid"`
+			Active         bool   `json:"active"`
+			Deactivated    bool   `json:"deactivated"`
+			PID            string `json:"pid"`
 			RegisteredTime struct {
 				Nanoseconds int64 `json:"nanoseconds"`
 			} `json:"registered_time"`
