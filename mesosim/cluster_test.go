@@ -20,10 +20,11 @@ type cluster struct {
 	fw      *proc
 	hist    string
 	dir     string
+	quorum  int
 }
 
 func (c *cluster) startMaster(t *testing.T, i int, port int) *proc {
-	p := start(t, fmt.Sprintf("master%d", i+1), port, "master", "--zk", c.zkURL, "--quorum", "2",
+	p := start(t, fmt.Sprintf("master%d", i+1), port, "master", "--zk", c.zkURL, "--quorum", fmt.Sprint(c.quorum),
 		"--hostname", fmt.Sprintf("master%d", i+1),
 		"--zk_session_timeout", sessionTimeout.String(), "--registry_fetch_timeout", "20s", "--registry_store_timeout", "10s",
 		"--agent_ping_timeout", "500ms", "--max_agent_ping_timeouts", "6")
@@ -36,21 +37,20 @@ func (c *cluster) startMaster(t *testing.T, i int, port int) *proc {
 }
 
 func (c *cluster) startAgent(t *testing.T, i int, port int) *proc {
-	p := start(t, fmt.Sprintf("agent%d", i+1), port, "agent", "--master", c.zkURL,
+	return start(t, fmt.Sprintf("agent%d", i+1), port, "agent", "--master", c.zkURL,
 		"--hostname", fmt.Sprintf("agent%d", i+1), "--work_dir", t.TempDir(),
 		"--zk_session_timeout", sessionTimeout.String(), "--heartbeat", "200ms")
-	if i < len(c.agents) {
-		p.args = c.agents[i].args
-	}
-	return p
 }
 
-func newCluster(t *testing.T, agents, tasks int) *cluster {
+// restart starts p again with the same arguments and port.
+func restart(t *testing.T, p *proc) *proc { return start(t, p.name, p.port, p.args...) }
+
+func newCluster(t *testing.T, masters, quorum, agents, tasks int) *cluster {
 	t.Helper()
-	c := &cluster{path: "/" + strings.ReplaceAll(t.Name(), "/", "_") + "/mesos", dir: t.TempDir()}
+	c := &cluster{path: "/" + strings.ReplaceAll(t.Name(), "/", "_") + "/mesos", dir: t.TempDir(), quorum: quorum}
 	c.zkURL = "zk://" + ens.ConnectString() + c.path
 	c.hist = filepath.Join(c.dir, "tasks.jsonl")
-	for i := 0; i < 3; i++ {
+	for i := 0; i < masters; i++ {
 		c.startMaster(t, i, freePort(t))
 	}
 	for i := 0; i < agents; i++ {
@@ -94,7 +94,7 @@ func (c *cluster) waitSteady(t *testing.T, wantAgents, running int) {
 // exits when it runs again, as Mesos does), with no task lost.
 func TestMastersAgentsAndFrameworkFollowTheLeader(t *testing.T) {
 	needZK(t)
-	c := newCluster(t, 3, 6)
+	c := newCluster(t, 3, 2, 3, 6)
 	zc := zkConn(t)
 
 	leader := waitOneLeader(t, c.masters, 30*time.Second)

@@ -452,6 +452,18 @@ func (l *leader) drain(id string, markGone bool) error {
 	return nil
 }
 
+// reactivate is REACTIVATE_AGENT: a drained (or draining) agent takes
+// tasks again.
+func (l *leader) reactivate(id string) error {
+	return l.updateRegistry(func(r *Registry) error {
+		if _, ok := r.Draining[id]; !ok {
+			return fmt.Errorf("%w: agent %s is not deactivated", errBadRequest, id)
+		}
+		delete(r.Draining, id)
+		return nil
+	})
+}
+
 // markGone is MARK_AGENT_GONE: the agent may never come back; its tasks
 // are LOST (the emulated framework is not partition-aware) and it is told
 // to shut down.

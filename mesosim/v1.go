@@ -32,6 +32,9 @@ type v1Call struct {
 	MarkAgentGone *struct {
 		AgentID v1Value `json:"agent_id"`
 	} `json:"mark_agent_gone"`
+	ReactivateAgent *struct {
+		AgentID v1Value `json:"agent_id"`
+	} `json:"reactivate_agent"`
 	UpdateMaintenanceSchedule *struct {
 		Schedule Schedule `json:"schedule"`
 	} `json:"update_maintenance_schedule"`
@@ -118,6 +121,12 @@ func (m *Master) handleV1(l *leader, w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		answer(w, l.markGone(c.MarkAgentGone.AgentID.Value))
+	case "REACTIVATE_AGENT":
+		if c.ReactivateAgent == nil || c.ReactivateAgent.AgentID.Value == "" {
+			httpError(w, http.StatusBadRequest, "Expecting 'reactivate_agent.agent_id' to be present")
+			return
+		}
+		answer(w, l.reactivate(c.ReactivateAgent.AgentID.Value))
 	case "UPDATE_MAINTENANCE_SCHEDULE":
 		if c.UpdateMaintenanceSchedule == nil {
 			httpError(w, http.StatusBadRequest, "Expecting 'update_maintenance_schedule' to be present")
@@ -140,6 +149,6 @@ func (m *Master) handleV1(l *leader, w http.ResponseWriter, r *http.Request) {
 		b, _ := json.Marshal(c.Type)
 		httpError(w, http.StatusBadRequest, "call type %s is not emulated (supported: GET_AGENTS, GET_TASKS, GET_FRAMEWORKS, "+
 			"GET_MASTER, GET_MAINTENANCE_SCHEDULE, GET_MAINTENANCE_STATUS, UPDATE_MAINTENANCE_SCHEDULE, START_MAINTENANCE, "+
-			"STOP_MAINTENANCE, DRAIN_AGENT, MARK_AGENT_GONE)", b)
+			"STOP_MAINTENANCE, DRAIN_AGENT, REACTIVATE_AGENT, MARK_AGENT_GONE)", b)
 	}
 }
