@@ -21,12 +21,13 @@ type cluster struct {
 	hist    string
 	dir     string
 	quorum  int
+	st      time.Duration // session timeout
 }
 
 func (c *cluster) startMaster(t *testing.T, i int, port int) *proc {
 	p := start(t, fmt.Sprintf("master%d", i+1), port, "master", "--zk", c.zkURL, "--quorum", fmt.Sprint(c.quorum),
 		"--hostname", fmt.Sprintf("master%d", i+1),
-		"--zk_session_timeout", sessionTimeout.String(), "--registry_fetch_timeout", "20s", "--registry_store_timeout", "10s",
+		"--zk_session_timeout", c.st.String(), "--registry_fetch_timeout", "20s", "--registry_store_timeout", "10s",
 		"--agent_ping_timeout", "500ms", "--max_agent_ping_timeouts", "6")
 	if i < len(c.masters) {
 		c.masters[i] = p
@@ -39,16 +40,22 @@ func (c *cluster) startMaster(t *testing.T, i int, port int) *proc {
 func (c *cluster) startAgent(t *testing.T, i int, port int) *proc {
 	return start(t, fmt.Sprintf("agent%d", i+1), port, "agent", "--master", c.zkURL,
 		"--hostname", fmt.Sprintf("agent%d", i+1), "--work_dir", t.TempDir(),
-		"--zk_session_timeout", sessionTimeout.String(), "--heartbeat", "200ms")
+		"--zk_session_timeout", c.st.String(), "--heartbeat", "200ms")
 }
 
 // restart starts p again with the same arguments and port.
 func restart(t *testing.T, p *proc) *proc { return start(t, p.name, p.port, p.args...) }
 
 func newCluster(t *testing.T, masters, quorum, agents, tasks int) *cluster {
+	return newClusterOn(t, ens.ConnectString(), sessionTimeout, masters, quorum, agents, tasks)
+}
+
+// newClusterOn is newCluster with every process reaching ZooKeeper at
+// hosts with session timeout st.
+func newClusterOn(t *testing.T, hosts string, st time.Duration, masters, quorum, agents, tasks int) *cluster {
 	t.Helper()
-	c := &cluster{path: "/" + strings.ReplaceAll(t.Name(), "/", "_") + "/mesos", dir: t.TempDir(), quorum: quorum}
-	c.zkURL = "zk://" + ens.ConnectString() + c.path
+	c := &cluster{path: "/" + strings.ReplaceAll(t.Name(), "/", "_") + "/mesos", dir: t.TempDir(), quorum: quorum, st: st}
+	c.zkURL = "zk://" + hosts + c.path
 	c.hist = filepath.Join(c.dir, "tasks.jsonl")
 	for i := 0; i < masters; i++ {
 		c.startMaster(t, i, freePort(t))
@@ -57,7 +64,7 @@ func newCluster(t *testing.T, masters, quorum, agents, tasks int) *cluster {
 		c.agents = append(c.agents, c.startAgent(t, i, freePort(t)))
 	}
 	c.fw = start(t, "framework", freePort(t), "framework", "--master", c.zkURL, "--tasks", fmt.Sprint(tasks),
-		"--churn", "300ms", "--history", c.hist, "--zk_session_timeout", sessionTimeout.String())
+		"--churn", "300ms", "--history", c.hist, "--zk_session_timeout", c.st.String())
 	return c
 }
 

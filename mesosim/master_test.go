@@ -106,3 +106,36 @@ func TestFollowerWithExpiredSessionContendsAgain(t *testing.T) {
 		t.Fatalf("leadership moved from master%d to master%d", leader+1, l+1)
 	}
 }
+
+// TestCredentialsGiveMesosACL: with digest credentials in the zk URL a
+// master authenticates and creates its znodes with Mesos' ACL,
+// EVERYONE_READ_CREATOR_ALL, so that it alone can delete them.
+func TestCredentialsGiveMesosACL(t *testing.T) {
+	needZK(t)
+	path := "/" + t.Name() + "/mesos"
+	m := start(t, "master1", freePort(t), "master", "--zk", "zk://mesos:secret@"+ens.ConnectString()+path,
+		"--quorum", "1", "--zk_session_timeout", sessionTimeout.String())
+	waitOneLeader(t, []*proc{m}, 30*time.Second)
+	zc := zkConn(t)
+	nodes, _ := masterNodes(t, zc, path)
+	if len(nodes) != 1 {
+		t.Fatalf("json.info_ nodes: %v", nodes)
+	}
+	acl, _, err := zc.GetACL(path + "/" + nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range acl {
+		got = append(got, fmt.Sprintf("%s:%s:%d", a.Scheme, strings.SplitN(a.ID, ":", 2)[0], a.Perms))
+	}
+	if strings.Join(got, ",") != "world:anyone:1,digest:mesos:31" {
+		t.Fatalf("ACL of %s: %v; want world:anyone READ and digest mesos ALL", nodes[0], got)
+	}
+	if err := zc.Delete(path+"/"+nodes[0], -1); err == nil {
+		t.Fatal("an unauthenticated client deleted the master's znode")
+	}
+	if strings.Contains(m.out.String(), "secret") {
+		t.Fatal("the password is in the log")
+	}
+}
