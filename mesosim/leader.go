@@ -373,6 +373,8 @@ func (l *leader) launch(fid, tid, name string) (Task, error) {
 		if cur := l.tasks[tid]; cur != nil && cur.State == TaskStaging {
 			cur.State, cur.Reason, cur.Message = TaskFailed, "REASON_AGENT_UNREACHABLE", "agent did not take the task: "+err.Error()
 			l.finishLocked(cur, "SOURCE_MASTER")
+			// It may have arrived with only the answer lost: no orphan.
+			l.killOnAgent(info, tid, "launch reported FAILED")
 		}
 		l.mu.Unlock()
 	}
