@@ -68,3 +68,25 @@ func TestClusterBehindAProxySurvivesAServerKill(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaderCutOffFromZooKeeperExits: a leader that cannot reach ZooKeeper
+// at all (its proxy is gone) gives its session up itself once it has been
+// disconnected for the session timeout, and exits, as Mesos' GroupProcess
+// and master do; the C client alone would keep trying to reconnect.
+func TestLeaderCutOffFromZooKeeperExits(t *testing.T) {
+	needZK(t)
+	p, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newClusterOn(t, p.Addr, sessionTimeout, 1, 1, 0, 0)
+	waitOneLeader(t, c.masters, 30*time.Second)
+	p.Close()
+	if code := c.masters[0].waitExit(t, 10*sessionTimeout); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	out := c.masters[0].out.String()
+	if !strings.Contains(out, "timed out waiting to reconnect to ZooKeeper") || !strings.Contains(out, "Lost leadership") {
+		t.Fatalf("the leader's last words do not say it gave its session up:\n%s", tail(out, 6))
+	}
+}
