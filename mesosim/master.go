@@ -57,6 +57,7 @@ type ExitError struct {
 	Err    error
 }
 
+// Error is the reason and its cause.
 func (e *ExitError) Error() string {
 	if e.Err == nil {
 		return e.Reason
@@ -64,6 +65,7 @@ func (e *ExitError) Error() string {
 	return e.Reason + ": " + e.Err.Error()
 }
 
+// Unwrap returns the cause.
 func (e *ExitError) Unwrap() error { return e.Err }
 
 // Master is one emulated Mesos master.

@@ -29,6 +29,7 @@ const (
 	StateAuthFailed
 )
 
+// String is the C client's name for the state.
 func (s State) String() string {
 	return [...]string{"UNKNOWN", "CONNECTING", "ASSOCIATING", "CONNECTED", "EXPIRED_SESSION", "AUTH_FAILED"}[s]
 }
@@ -47,6 +48,7 @@ const (
 	EventNotWatching
 )
 
+// String is the C client's name for the event type.
 func (t EventType) String() string {
 	return [...]string{"UNKNOWN", "SESSION", "CREATED", "DELETED", "CHANGED", "CHILD", "NOTWATCHING"}[t]
 }
