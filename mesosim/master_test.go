@@ -139,3 +139,25 @@ func TestCredentialsGiveMesosACL(t *testing.T) {
 		t.Fatal("the password is in the log")
 	}
 }
+
+// TestLeaderWhoseZnodeIsDeletedExits: deleting the leader's json.info_
+// ends its candidacy: it exits 1 saying so, and the next lowest leads.
+func TestLeaderWhoseZnodeIsDeletedExits(t *testing.T) {
+	needZK(t)
+	c := newCluster(t, 3, 2, 0, 0)
+	leader := waitOneLeader(t, c.masters, 30*time.Second)
+	zc := zkConn(t)
+	nodes, _ := masterNodes(t, zc, c.path)
+	if err := zc.Delete(c.path+"/"+nodes[0], -1); err != nil {
+		t.Fatal(err)
+	}
+	if code := c.masters[leader].waitExit(t, 10*time.Second); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	if out := c.masters[leader].out.String(); !strings.Contains(out, "Lost leadership") || !strings.Contains(out, "was deleted") {
+		t.Fatalf("no reason:\n%s", tail(out, 5))
+	}
+	if next := waitOneLeader(t, c.masters, 30*time.Second); next == leader {
+		t.Fatal("no new leader")
+	}
+}
