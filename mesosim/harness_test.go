@@ -136,6 +136,14 @@ func start(t *testing.T, name string, port int, args ...string) *proc {
 		<-p.done
 		if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
 			t.Errorf("%s: data race:\n%s", p.name, p.out.String())
+		} else {
+			// The emulator's own JSON lines only: no C client log.
+			for _, line := range strings.Split(p.out.String(), "\n") {
+				if line != "" && !strings.HasPrefix(line, "{") && !strings.HasPrefix(line, "mesos-sim: ") {
+					t.Errorf("%s printed a line that is not its own: %q", p.name, line)
+					break
+				}
+			}
 		}
 		if t.Failed() {
 			t.Logf("---- %s (%v) output:\n%s", p.name, p.args, tail(p.out.String(), 60))

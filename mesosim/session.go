@@ -50,7 +50,7 @@ func openSession(ctx context.Context, name string, url ZKURL, timeout time.Durat
 					return nil, fmt.Errorf("mesosim: %s session: digest auth for %s: %w", name, url, err)
 				}
 			}
-			log.Info("ZooKeeper session established", "session", name, "session_id", fmt.Sprintf("0x%x", s.sessionID),
+			log.Info("ZooKeeper session established", "session_id", fmt.Sprintf("0x%x", s.sessionID),
 				"negotiated_timeout", conn.NegotiatedTimeout().String())
 			return s, nil
 		}
@@ -59,7 +59,7 @@ func openSession(ctx context.Context, name string, url ZKURL, timeout time.Durat
 			return nil, ctx.Err()
 		}
 		log.Warn("could not connect to ZooKeeper within the session timeout; retrying with a new session",
-			"session", name, "zk", url.String(), "timeout", timeout.String())
+			"zk", url.String(), "timeout", timeout.String())
 	}
 }
 
@@ -102,14 +102,14 @@ func (s *session) poll(now time.Time) ([]czk.Event, error) {
 		switch ev.State {
 		case czk.StateConnected:
 			if !s.disconnectedAt.IsZero() {
-				s.log.Info("reconnected to ZooKeeper", "session", s.name, "session_id", fmt.Sprintf("0x%x", s.sessionID),
+				s.log.Info("reconnected to ZooKeeper", "session_id", fmt.Sprintf("0x%x", s.sessionID),
 					"disconnected_for", now.Sub(s.disconnectedAt).Round(time.Millisecond).String())
 			}
 			s.disconnectedAt = time.Time{}
 		case czk.StateConnecting, czk.StateAssociating:
 			if s.disconnectedAt.IsZero() {
 				s.disconnectedAt = now
-				s.log.Warn("disconnected from ZooKeeper; reconnecting", "session", s.name,
+				s.log.Warn("disconnected from ZooKeeper; reconnecting",
 					"session_id", fmt.Sprintf("0x%x", s.sessionID))
 			}
 		case czk.StateExpired:

@@ -81,7 +81,7 @@ func commonFlags(port int) []cli.Flag {
 }
 
 func newLogger() *slog.Logger {
-	return slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("pid", os.Getpid())
+	return slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("os_pid", os.Getpid())
 }
 
 func listen(c *cli.Context) (net.Listener, error) {
