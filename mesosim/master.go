@@ -181,7 +181,7 @@ func (m *Master) Run(ctx context.Context) error {
 				m.log.Info("following the leading master", "leader", l.PID)
 			}
 		case err := <-recovered:
-			if err != nil {
+			if err != nil && ctx.Err() == nil {
 				return m.exit("Recovery failed", err)
 			}
 		case <-m.replicas.changed():
