@@ -4,13 +4,17 @@ SHELL := /bin/bash
 
 GO        ?= go
 BIN       := bin/zk-migrate
+SIM       := bin/mesos-sim
 PKGS      := ./...
 FUZZTIME  ?= 60s
 
-.PHONY: golden build test test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean dashboards verify-dashboards
+.PHONY: golden build mesos-sim test test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean dashboards verify-dashboards
 
-build: ## build bin/zk-migrate
+build: mesos-sim ## build bin/zk-migrate and bin/mesos-sim
 	$(GO) build -o $(BIN) ./cmd/zk-migrate
+
+mesos-sim: ## build bin/mesos-sim, the Mesos emulator (cgo: needs libzookeeper-mt-dev)
+	$(GO) build -o $(SIM) ./cmd/mesos-sim
 
 deps: ## install Debian packages (ZooKeeper, clients) and Go modules
 	bash scripts/deps.sh
