@@ -89,19 +89,25 @@ func mesosMasters(t *testing.T, c *zk.Conn, n int) []string {
 	return out
 }
 
-// burst sends 50 concurrent reads through one session to a proxy started
-// with a small --max-pending, so that it stops reading that client
-// (backpressure_waits_total{side="client",reason="max_pending"}).
-func burst(t *testing.T, addr string) {
+// burst sends concurrent reads through one session to proxy p (started
+// with --max-pending 2) until it has stopped reading that client once
+// (backpressure_waits_total{side="client",reason="max_pending"}). The
+// session's timeout is short: a stalled session currently resumes only
+// at the client's next ping (a third of the timeout).
+func burst(t *testing.T, p *process, addr string) {
 	t.Helper()
-	c := connect(t, []string{addr}, 10*time.Second)
-	var wg sync.WaitGroup
-	for range 50 {
-		wg.Add(1)
-		go func() { defer wg.Done(); _, _, _ = c.Exists("/mesos") }()
-	}
-	wg.Wait()
-	c.Close()
+	c := connect(t, []string{addr}, 2*time.Second)
+	defer c.Close()
+	waitFor(t, 20*time.Second, "the proxy stopping to read a client at --max-pending", func() bool {
+		var wg sync.WaitGroup
+		for range 5 {
+			wg.Add(1)
+			go func() { defer wg.Done(); _, _, _ = c.Exists("/mesos") }()
+		}
+		wg.Wait()
+		f, err := p.scrape()
+		return err == nil && f["zkmigrate_proxy_backpressure_waits_total"] != ""
+	})
 }
 
 // connectionFlood opens n connections to a proxy started with a small

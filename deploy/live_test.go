@@ -79,7 +79,7 @@ func TestDashboardsAndRulesAgainstLiveProcesses(t *testing.T) {
 		}
 	}
 	makeConflict(t, syncer, ca, cb)
-	burst(t, listens[0])
+	burst(t, proxies[0], listens[0])
 	connectionFlood(t, proxies[0], listens[0], 30)
 	waitFor(t, 20*time.Second, "the control node seeing both proxies and the Mesos leader", func() bool {
 		f, err := control.scrape()
