@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/zk-migrate/zk-migrate/control/server"
 	"github.com/zk-migrate/zk-migrate/proxy"
 	"github.com/zk-migrate/zk-migrate/replicator"
 )
@@ -18,13 +19,14 @@ func (c *capture) Unregister(prometheus.Collector) bool      { return false }
 
 var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
 
-// declared lists the metric families the proxy's and the replicator's
-// instruments declare, including labelled ones no scrape shows until an
+// declared lists the metric families the proxy's, the replicator's and the
+// control node's instruments declare, including labelled ones no scrape shows until an
 // event creates a series.
 func declared() map[string]bool {
 	var reg capture
 	proxy.NewMetrics(&reg)
 	replicator.NewMetrics(&reg)
+	server.NewMetrics(&reg, nil, nil)
 	out := map[string]bool{}
 	for _, c := range reg.cs {
 		ch := make(chan *prometheus.Desc, 64)

@@ -7,9 +7,10 @@
 //     and an example scrape configuration with the job names both use;
 //   - systemd/: the proxy's unit file.
 //
-// The tests start real ZooKeeper servers, the zk-migrate proxy and sync
-// binaries and a real Prometheus (Debian's prometheus package), and check
-// that every metric a dashboard panel or an alert rule names is one the
-// binaries export, that the rules pass promtool, and that killing a proxy
-// fires ZkMigrateProxyDown.
+// The tests start real ZooKeeper servers, the zk-migrate control, proxy
+// and sync binaries and a real Prometheus (Debian's prometheus package),
+// and check that every metric a dashboard panel or an alert rule names is
+// one the binaries export, that the rules pass promtool, and that real
+// faults (a Mesos leader failing over, a lost quorum, a killed proxy, sync
+// or control node) fire their alerts.
 package deploy

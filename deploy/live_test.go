@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"fmt"
 	"os"
 	"regexp"
 	"slices"
@@ -22,18 +23,23 @@ var scrapeGenerated = map[string]bool{"up": true, "scrape_duration_seconds": tru
 	"scrape_samples_post_metric_relabeling": true, "scrape_series_added": true}
 
 // TestDashboardsAndRulesAgainstLiveProcesses runs what an operator runs:
-// ensembles A and B, two `zk-migrate proxy` processes on A, `zk-migrate
-// sync` in continuous mode between A and B, and Prometheus scraping them
-// with the shipped rules. The control plane (`zk-migrate control`) exports
-// no Prometheus metrics, so no panel or rule reads it and it is not started.
+// ensembles A and B, a `zk-migrate control` node with a migration from A
+// to B waiting in phase 1 for approval (its health checks watch A, B and
+// the Mesos masters contending on A), two `zk-migrate proxy` processes on A
+// in its gossip pool, `zk-migrate sync` in continuous mode between A and B,
+// and Prometheus scraping them with the shipped rules.
 //
 // It checks that every metric a dashboard panel or a rule names is exported
-// by the process its job scrapes (after traffic, so labelled series exist),
-// that Prometheus runs every panel's query and evaluates every rule without
-// error, that A losing its quorum fires ZkMigrateEnsembleUnavailable (seen
-// by the proxies: ZooKeeper exports no metrics of its own here), and that
-// killing a proxy or the sync fires ZkMigrateProxyDown for that proxy only,
-// and ZkMigrateSyncDown.
+// by the process its job scrapes (after traffic, a burst past --max-pending
+// and a connection flood past --max-connections-per-ip, so labelled series
+// exist), that Prometheus runs every panel's query and evaluates every rule
+// without error, that the Mesos leader failing over during phase 1 fires
+// ZkMigrateMesosLeaderChanged, that A losing its quorum fires
+// ZkMigrateEnsembleUnavailable (seen by the proxies) and
+// ZkMigrateEnsembleQuorumLost for side A only (seen by the control node),
+// and that killing a proxy, the sync or the control node fires
+// ZkMigrateProxyDown for that proxy only, ZkMigrateSyncDown and
+// ZkMigrateControlNodeDown.
 func TestDashboardsAndRulesAgainstLiveProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts ZooKeeper, zk-migrate and Prometheus")
@@ -45,13 +51,20 @@ func TestDashboardsAndRulesAgainstLiveProcesses(t *testing.T) {
 	if _, err := ca.Create("/mesos", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
+	masters := mesosMasters(t, ca, 2)
+	control := startControl(t, bin)
+	control.startMigration(t, a.ConnectString(), b.ConnectString())
 
 	var proxies []*process
 	var listens []string
-	for range 2 {
+	for i := range 2 {
 		listen, metrics := freeAddr(t), freeAddr(t)
-		proxies = append(proxies, start(t, bin, metrics, "proxy", "--listen", listen, "--upstream", a.ConnectString(),
-			"--metrics-addr", metrics, "--log-level", "warn"))
+		args := []string{"proxy", "--listen", listen, "--upstream", a.ConnectString(), "--metrics-addr", metrics, "--log-level", "warn",
+			"--gossip-addr", freeAddr(t), "--gossip-join", control.gossip, "--name", fmt.Sprintf("proxy-%d", i)}
+		if i == 0 { // limits low enough for the test to reach them
+			args = append(args, "--max-pending", "2", "--max-connections-per-ip", "8")
+		}
+		proxies = append(proxies, start(t, bin, metrics, args...))
 		listens = append(listens, listen)
 	}
 	syncMetrics := freeAddr(t)
@@ -66,10 +79,17 @@ func TestDashboardsAndRulesAgainstLiveProcesses(t *testing.T) {
 		}
 	}
 	makeConflict(t, syncer, ca, cb)
+	burst(t, proxies[0], listens[0])
+	connectionFlood(t, proxies[0], listens[0], 30)
+	waitFor(t, 20*time.Second, "the control node seeing both proxies and the Mesos leader", func() bool {
+		f, err := control.scrape()
+		return err == nil && f["zkmigrate_control_mesos_leader_sequence"] != "" && f["zkmigrate_control_ensemble_quorum"] != "" &&
+			control.value(t, "zkmigrate_control_proxies_live") == "2"
+	})
 
-	byJob := map[string]*process{"zk-migrate-proxy": proxies[0], "zk-migrate-sync": syncer}
-	if jobs := exampleJobs(t); !slices.Equal(jobs, []string{"zk-migrate-proxy", "zk-migrate-sync"}) {
-		t.Fatalf("prometheus/prometheus.yml scrapes jobs %v; this test (and startPrometheus) scrape zk-migrate-proxy and zk-migrate-sync", jobs)
+	byJob := map[string]*process{"zk-migrate-proxy": proxies[0], "zk-migrate-sync": syncer, "zk-migrate-control": control.process}
+	if jobs := exampleJobs(t); !slices.Equal(jobs, []string{"zk-migrate-proxy", "zk-migrate-sync", "zk-migrate-control"}) {
+		t.Fatalf("prometheus/prometheus.yml scrapes jobs %v; this test (and startPrometheus) scrape zk-migrate-proxy, zk-migrate-sync and zk-migrate-control", jobs)
 	}
 	queries := append(dashboardQueries(t), ruleQueries(t)...)
 	t.Run("every metric named is exported", func(t *testing.T) {
@@ -148,10 +168,10 @@ func TestDashboardsAndRulesAgainstLiveProcesses(t *testing.T) {
 		}
 	})
 
-	p := startPrometheus(t, prometheus, 2*time.Second, []string{proxies[0].metrics, proxies[1].metrics}, syncer.metrics)
+	p := startPrometheus(t, prometheus, 2*time.Second, []string{proxies[0].metrics, proxies[1].metrics}, syncer.metrics, control.metrics)
 	waitFor(t, 20*time.Second, "every target scraped 4 times", func() bool {
 		s, err := p.query(`count(count_over_time(up[10s]) >= 4)`)
-		return err == nil && len(s) == 1 && s[0].Value[1] == "3"
+		return err == nil && len(s) == 1 && s[0].Value[1] == "4"
 	})
 
 	t.Run("Prometheus runs every panel's query", func(t *testing.T) {
@@ -193,9 +213,24 @@ func TestDashboardsAndRulesAgainstLiveProcesses(t *testing.T) {
 		}
 	})
 
-	t.Run("quorum loss fires ZkMigrateEnsembleUnavailable", func(t *testing.T) {
+	t.Run("the Mesos leader failing over in phase 1 fires ZkMigrateMesosLeaderChanged", func(t *testing.T) {
+		if f := p.firingLabel(t, "ZkMigrateMesosLeaderChanged", "path"); len(f) > 0 {
+			t.Fatalf("ZkMigrateMesosLeaderChanged firing for %v before any change", f)
+		}
+		if err := ca.Delete(masters[0], -1); err != nil { // the leading master's session ends
+			t.Fatal(err)
+		}
+		waitFor(t, 20*time.Second, "ZkMigrateMesosLeaderChanged firing", func() bool {
+			return slices.Equal(p.firingLabel(t, "ZkMigrateMesosLeaderChanged", "path"), []string{"/mesos"})
+		})
+	})
+
+	t.Run("quorum loss fires ZkMigrateEnsembleUnavailable and ZkMigrateEnsembleQuorumLost", func(t *testing.T) {
 		if f := p.firing(t, "ZkMigrateEnsembleUnavailable"); len(f) > 0 {
 			t.Fatalf("ZkMigrateEnsembleUnavailable firing for %v while A serves", f)
+		}
+		if f := p.firingLabel(t, "ZkMigrateEnsembleQuorumLost", "side"); len(f) > 0 {
+			t.Fatalf("ZkMigrateEnsembleQuorumLost firing for %v while A and B serve", f)
 		}
 		for _, id := range []int{1, 2} {
 			if err := a.Kill(id); err != nil {
@@ -207,22 +242,29 @@ func TestDashboardsAndRulesAgainstLiveProcesses(t *testing.T) {
 		waitFor(t, 20*time.Second, "ZkMigrateEnsembleUnavailable firing", func() bool {
 			return len(p.firing(t, "ZkMigrateEnsembleUnavailable")) > 0
 		})
+		waitFor(t, 20*time.Second, "ZkMigrateEnsembleQuorumLost firing for A", func() bool {
+			return slices.Equal(p.firingLabel(t, "ZkMigrateEnsembleQuorumLost", "side"), []string{"A"})
+		})
 	})
 
-	t.Run("killing a proxy or the sync fires ZkMigrateProxyDown or ZkMigrateSyncDown for it", func(t *testing.T) {
-		for _, name := range []string{"ZkMigrateProxyDown", "ZkMigrateSyncDown"} {
+	t.Run("killing a proxy, the sync or the control node fires ZkMigrateProxyDown, ZkMigrateSyncDown or ZkMigrateControlNodeDown for it", func(t *testing.T) {
+		for _, name := range []string{"ZkMigrateProxyDown", "ZkMigrateSyncDown", "ZkMigrateControlNodeDown"} {
 			if f := p.firing(t, name); len(f) > 0 {
 				t.Fatalf("%s firing for %v while every process runs", name, f)
 			}
 		}
-		for _, proc := range []*process{proxies[0], syncer} {
+		for _, proc := range []*process{proxies[0], syncer, control.process} {
 			if err := proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
 		}
-		waitFor(t, 20*time.Second, "ZkMigrateProxyDown and ZkMigrateSyncDown firing", func() bool {
-			return len(p.firing(t, "ZkMigrateProxyDown")) > 0 && len(p.firing(t, "ZkMigrateSyncDown")) > 0
+		waitFor(t, 20*time.Second, "ZkMigrateProxyDown, ZkMigrateSyncDown and ZkMigrateControlNodeDown firing", func() bool {
+			return len(p.firing(t, "ZkMigrateProxyDown")) > 0 && len(p.firing(t, "ZkMigrateSyncDown")) > 0 &&
+				len(p.firing(t, "ZkMigrateControlNodeDown")) > 0
 		})
+		if f := p.firing(t, "ZkMigrateControlNodeDown"); !slices.Equal(f, []string{control.metrics}) {
+			t.Errorf("ZkMigrateControlNodeDown fires for %v, want %s", f, control.metrics)
+		}
 		if f := p.firing(t, "ZkMigrateProxyDown"); !slices.Equal(f, []string{proxies[0].metrics}) {
 			t.Errorf("ZkMigrateProxyDown fires for %v, want only the killed proxy %s", f, proxies[0].metrics)
 		}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -24,11 +25,11 @@ type prom struct {
 var forClause = regexp.MustCompile(`(?m)^(\s+for:\s*)\S+\s*$`)
 
 // startPrometheus runs the prometheus binary on a loopback port with a
-// temporary data directory, scraping every second the proxies and the sync
-// under the job names of prometheus/prometheus.yml and evaluating the
+// temporary data directory, scraping every second the proxies, the sync
+// and the control node under the job names of prometheus/prometheus.yml and evaluating the
 // shipped rule files every second. Each rule's "for" is cut to hold so the
 // test does not wait minutes; rules_test.yml checks the shipped holds.
-func startPrometheus(t *testing.T, bin string, hold time.Duration, proxies []string, syncer string) *prom {
+func startPrometheus(t *testing.T, bin string, hold time.Duration, proxies []string, syncer, control string) *prom {
 	t.Helper()
 	dir := t.TempDir()
 	var rules []string
@@ -51,7 +52,9 @@ scrape_configs:
     static_configs: [{targets: %s}]
   - job_name: zk-migrate-sync
     static_configs: [{targets: %s}]
-`, quoted(rules), quoted(proxies), quoted([]string{syncer})))
+  - job_name: zk-migrate-control
+    static_configs: [{targets: %s}]
+`, quoted(rules), quoted(proxies), quoted([]string{syncer}), quoted([]string{control})))
 	p := &prom{addr: freeAddr(t), logs: &syncBuffer{}}
 	cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+p.addr, "--log.level=warn")
@@ -139,6 +142,12 @@ func (p *prom) alerts() ([]alert, error) {
 // firing lists the instances for which alert name fires.
 func (p *prom) firing(t *testing.T, name string) []string {
 	t.Helper()
+	return p.firingLabel(t, name, "instance")
+}
+
+// firingLabel lists label's value in each firing alert name, sorted.
+func (p *prom) firingLabel(t *testing.T, name, label string) []string {
+	t.Helper()
 	as, err := p.alerts()
 	if err != nil {
 		t.Fatal(err)
@@ -146,9 +155,10 @@ func (p *prom) firing(t *testing.T, name string) []string {
 	var out []string
 	for _, a := range as {
 		if a.Labels["alertname"] == name && a.State == "firing" {
-			out = append(out, a.Labels["instance"])
+			out = append(out, a.Labels[label])
 		}
 	}
+	sort.Strings(out)
 	return out
 }
 

@@ -127,6 +127,8 @@ type ServerStats struct {
 	Term  uint64 `json:"term"`
 	// LastIndex is the last log index the node stored.
 	LastIndex uint64 `json:"last_index"`
+	// AppliedIndex is the last log index applied to the state machine.
+	AppliedIndex uint64 `json:"applied_index"`
 	// LastContact is the time since the node last heard from a leader: 0
 	// on the leader, -1 if never.
 	LastContact time.Duration `json:"last_contact_ns"`
@@ -138,6 +140,7 @@ func (n *Node) Stats() ServerStats {
 	st := ServerStats{ID: n.cfg.ID, State: s["state"]}
 	st.Term, _ = strconv.ParseUint(s["term"], 10, 64)
 	st.LastIndex, _ = strconv.ParseUint(s["last_log_index"], 10, 64)
+	st.AppliedIndex, _ = strconv.ParseUint(s["applied_index"], 10, 64)
 	switch lc := s["last_contact"]; lc {
 	case "0":
 	case "never":

@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -77,6 +78,8 @@ type Node struct {
 	observer *raft.Observer
 	done     chan struct{}
 	watched  chan struct{}
+	// leaderChanges counts the leaders this node has seen take over.
+	leaderChanges atomic.Uint64
 }
 
 // Open starts a node, recovering its state from Dir.
@@ -238,7 +241,11 @@ func (n *Node) Close() error {
 	return err
 }
 
-// watchLeader logs every leader change this node sees, until Close.
+// LeaderChanges counts the times this node saw a new leader take over
+// since it started (its first leader included).
+func (n *Node) LeaderChanges() uint64 { return n.leaderChanges.Load() }
+
+// watchLeader logs and counts every leader change this node sees, until Close.
 func (n *Node) watchLeader() {
 	ch := make(chan raft.Observation, 8)
 	n.observer = raft.NewObserver(ch, false, func(o *raft.Observation) bool {
@@ -248,6 +255,7 @@ func (n *Node) watchLeader() {
 	n.raft.RegisterObserver(n.observer)
 	go func() {
 		defer close(n.watched)
+		var last raft.ServerID
 		for {
 			select {
 			case <-n.done:
@@ -257,6 +265,10 @@ func (n *Node) watchLeader() {
 				if lo.LeaderID == "" {
 					n.cfg.Logger.Warn("raft: no leader", "node", n.cfg.ID)
 					continue
+				}
+				if lo.LeaderID != last {
+					last = lo.LeaderID
+					n.leaderChanges.Add(1)
 				}
 				n.cfg.Logger.Info("raft: leader changed", "node", n.cfg.ID, "leader", string(lo.LeaderID),
 					"leader_raft", string(lo.LeaderAddr), "this_node_leads", string(lo.LeaderID) == n.cfg.ID)

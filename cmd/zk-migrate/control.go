@@ -59,6 +59,7 @@ shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
 			&cli.StringFlag{Name: "gossip-addr", Usage: "join the gossip pool on host:port (proxies found there take part in flips)"},
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 			gossipKeyFlag(),
+			&cli.StringFlag{Name: "metrics-addr", Usage: "address of the Prometheus /metrics endpoint, plain HTTP without a token, e.g. 127.0.0.1:9406 (empty: off)"},
 		},
 		Action: runControl,
 	}
@@ -157,6 +158,9 @@ func runControl(c *cli.Context) error {
 			detail["live_proxies"] = live
 			return detail
 		}
+	}
+	if err := serveControlMetrics(ctx, c.String("metrics-addr"), node, sy, fleet, log); err != nil {
+		return err
 	}
 	log.Info("control node running", "id", c.String("id"), "raft", node.Addr(), "api", apiURL)
 	// The replicator follows leadership: the supervisor starts it on the

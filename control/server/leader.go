@@ -39,6 +39,9 @@ func MesosLeader(ctx context.Context, c *zkclient.Conn, path string) (leader str
 // leaderWatch remembers the Mesos leader per path and reports changes.
 type leaderWatch struct {
 	last map[string]string
+	// observe, if set, is told each leader read and whether it is an
+	// unexpected change (the metrics).
+	observe func(path, leader string, unexpected bool)
 }
 
 // check reads the leaders on the primary ensemble and alerts on a change
@@ -58,7 +61,11 @@ func (w *leaderWatch) check(ctx context.Context, c *zkclient.Conn, m *control.Mi
 		prev, seen := w.last[p]
 		w.last[p] = leader
 		expected := m.Step == control.StepMastersOnB || m.Step == control.StepMastersOffA
-		if seen && prev != leader && !expected {
+		unexpected := seen && prev != leader && !expected
+		if w.observe != nil {
+			w.observe(p, leader, unexpected)
+		}
+		if unexpected {
 			notify(alert.Alert{Kind: "leader_change", Severity: alert.Warning, Migration: m.ID,
 				Summary:  fmt.Sprintf("Mesos leader under %s changed from %s to %s during %s", p, prev, leader, m.Step),
 				DedupKey: "leader_change/" + m.ID + "/" + leader})

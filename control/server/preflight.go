@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/zk-migrate/zk-migrate/alert"
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/replicator"
 	"github.com/zk-migrate/zk-migrate/zkclient"
@@ -137,49 +136,4 @@ func redactAuth(auth []string) []string {
 		out[i] = scheme + ":" + user + ":***"
 	}
 	return out
-}
-
-// watchHealth checks both ensembles every health_check_interval_sec while
-// the sync runs: quorum loss and unexpected Mesos leader changes (on the
-// current primary) raise alerts.
-func (s *Syncer) watchHealth(ctx context.Context, m *control.Migration, cfg *control.Config) {
-	t := time.NewTicker(time.Duration(cfg.Migration.HealthCheckIntervalSec) * time.Second)
-	defer t.Stop()
-	var leaders leaderWatch
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if s.Alerts == nil {
-			continue
-		}
-		notify := s.Alerts(m).Notify
-		for _, side := range []struct{ name, connect string }{{"A", cfg.Migration.SourceZK}, {"B", cfg.Migration.TargetZK}} {
-			h := CheckEnsemble(side.connect)
-			if !h.Quorum() {
-				notify(alert.Alert{Kind: "quorum_loss", Severity: alert.Critical, Migration: m.ID,
-					Summary:  fmt.Sprintf("ensemble %s has lost quorum: %d of %d serving", side.name, h.Serving, h.Total),
-					Detail:   strings.Join(h.Problems, "\n"),
-					DedupKey: "quorum_loss/" + m.ID + "/" + side.name})
-			}
-		}
-		cur := m
-		if s.Current != nil {
-			if c := s.Current(m.ID); c != nil {
-				cur = c
-			}
-		}
-		primary := cfg.Migration.SourceZK
-		if cur.Primary == "B" {
-			primary = cfg.Migration.TargetZK
-		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if conn, err := zkclient.Dial(cctx, strings.Split(primary, ","), zkclient.Options{}); err == nil {
-			_ = leaders.check(cctx, conn, cur, cfg.Migration.Paths, func(a alert.Alert) { notify(a) })
-			_ = conn.Close() // end the session, not just the connection
-		}
-		cancel()
-	}
 }

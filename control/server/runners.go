@@ -55,10 +55,15 @@ type Syncer struct {
 	// VerifyTimeout bounds the wait for equal digests (default 2 min);
 	// SuperviseEvery is the supervisor's period (500 ms).
 	VerifyTimeout, SuperviseEvery time.Duration
+	// Metrics, if set, receives the health checks' results.
+	Metrics *Metrics
 
 	mu      sync.Mutex
 	running map[string]*syncRun
 	noteMu  sync.Mutex // one note at a time
+	// health holds the health checks running here (on the leader).
+	healthMu sync.Mutex
+	health   map[string]*healthRun
 }
 
 type syncRun struct {
@@ -125,10 +130,7 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 	s.running[m.ID] = r
 	go func() {
 		defer close(r.done)
-		health := make(chan struct{})
-		go func() { defer close(health); s.watchHealth(ctx, m, cfg) }()
 		_ = cont.Run(ctx)
-		<-health
 	}()
 	return r, nil
 }

@@ -9,11 +9,14 @@ import (
 	"github.com/zk-migrate/zk-migrate/control"
 )
 
-// Supervise makes the replicator follow leadership until ctx ends: every
-// SuperviseEvery (500 ms) the leader starts the sync of every migration
-// that needs one (control.Migration.SyncRequired) from the replicated
-// state, and stops the ones that no longer do; a node that is not the
-// leader stops all of its own. Each start and stop is recorded in the
+// Supervise makes the replicator and the ensembles' health checks follow
+// leadership until ctx ends: every SuperviseEvery (500 ms) the leader
+// starts the sync of every migration that needs one
+// (control.Migration.SyncRequired) from the replicated state, and stops
+// the ones that no longer do, and runs the health checks of every
+// migration between phase 1's start and done (quorum of A and B, the Mesos
+// leader: alerts and metrics); a node that is not the leader stops all of
+// its own. Each start and stop is recorded in the
 // replicated state (sync-started, sync-stopped), so the audit trail shows
 // the gap a leader change leaves, and taking over from a node that stopped
 // without saying so (killed, partitioned) raises a sync_stopped alert.
@@ -29,6 +32,7 @@ func (s *Syncer) Supervise(ctx context.Context) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	defer s.stopAll()
+	defer s.stopHealth()
 	caughtUp := false // this node applied everything committed since it leads
 	for {
 		select {
@@ -38,6 +42,7 @@ func (s *Syncer) Supervise(ctx context.Context) {
 		}
 		if !s.IsLeader() {
 			caughtUp = false
+			s.stopHealth()
 			if n := s.stopAll(); n > 0 {
 				s.Logger.Warn("leadership lost: stopped the sync here; the new leader starts its own", "migrations", n)
 			}
@@ -53,6 +58,7 @@ func (s *Syncer) Supervise(ctx context.Context) {
 		}
 		caughtUp = true
 		st := s.State()
+		s.superviseHealth(ctx, st)
 		for _, id := range st.MigrationIDs() {
 			if err := s.supervise(ctx, st.Migrations[id]); err != nil && ctx.Err() == nil {
 				s.Logger.Warn("sync supervisor", "migration", id, "err", err)
