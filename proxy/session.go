@@ -433,12 +433,26 @@ func (s *session) waitClientRoom() error {
 		}
 		room := s.out.roomChan()
 		s.out.flush()
+		// Requests forwarded while more client frames were buffered were
+		// not flushed (the next one would do it). No next one is read
+		// until room is made, and room is made only by their replies:
+		// send them now.
+		s.flushUpstream()
 		select {
 		case <-s.pendingRoom:
 		case <-room:
 		case <-s.done:
 			return net.ErrClosed
 		}
+	}
+}
+
+// flushUpstream sends what the current upstream connection holds buffered.
+func (s *session) flushUpstream() {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if up := s.up.Load(); up != nil {
+		_ = up.w.Flush()
 	}
 }
 
