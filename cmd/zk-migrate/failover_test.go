@@ -339,6 +339,14 @@ func TestSyncFollowsTheControlLeader(t *testing.T) {
 	if m := c.migration(second); m["step_name"] != "1-deploy-b-and-sync" || m["status"] != "succeeded" {
 		t.Fatalf("after the failover: %v", m)
 	}
+	// status shows the sync the new leader runs: running, lag, digests.
+	if !eventually(10*time.Second, func() bool {
+		sy, _ := c.migration(second)["sync"].(map[string]any)
+		eq, _ := sy["digests_equal"].(map[string]any)
+		return sy["running"] == true && sy["lag_a_to_b_ms"] != nil && eq["/mesos"] == true
+	}) {
+		t.Fatalf("status --output json does not show the running sync: %v", c.migration(second)["sync"])
+	}
 
 	// 2. The killed node comes back; a write stream runs on A and on B;
 	// the leader is killed again in the middle of it.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -215,13 +216,16 @@ func (a *apiClient) table(ms []control.Migration, syncs map[string]*syncView) {
 	tw.Flush()
 }
 
-// syncView is the sync of one migration as the leader reports it.
+// syncView is the sync of one migration as the leader reports it
+// (control/server Syncer.Status).
 type syncView struct {
-	Running       bool   `json:"running"`
-	LagAToBMS     *int64 `json:"lag_a_to_b_ms,omitempty"`
-	LagBToAMS     *int64 `json:"lag_b_to_a_ms,omitempty"`
-	DigestsEqual  *bool  `json:"digests_equal,omitempty"`
-	OpenConflicts *int   `json:"open_conflicts,omitempty"`
+	Running   bool   `json:"running"`
+	Problem   string `json:"problem,omitempty"`
+	LagAToBMS *int64 `json:"lag_a_to_b_ms,omitempty"`
+	LagBToAMS *int64 `json:"lag_b_to_a_ms,omitempty"`
+	// DigestsEqual is per root; a root not yet compared is absent.
+	DigestsEqual  map[string]bool   `json:"digests_equal,omitempty"`
+	OpenConflicts []json.RawMessage `json:"open_conflicts,omitempty"`
 }
 
 func (v *syncView) String() string {
@@ -229,15 +233,29 @@ func (v *syncView) String() string {
 		return "stopped"
 	}
 	out := "running"
+	if v.Problem != "" {
+		out += " (" + v.Problem + ")"
+	}
 	if v.LagAToBMS != nil && v.LagBToAMS != nil {
 		out += fmt.Sprintf(" lag %d/%d ms", *v.LagAToBMS, *v.LagBToAMS)
 	}
-	if v.DigestsEqual != nil {
-		if *v.DigestsEqual {
-			out += " digests equal"
-		} else {
-			out += " digests DIFFER"
+	var differ []string
+	for root, eq := range v.DigestsEqual {
+		if !eq {
+			differ = append(differ, root)
 		}
+	}
+	sort.Strings(differ)
+	switch {
+	case len(v.DigestsEqual) == 0:
+		out += " digests not compared yet"
+	case len(differ) > 0:
+		out += " digests DIFFER on " + strings.Join(differ, ",")
+	default:
+		out += " digests equal"
+	}
+	if n := len(v.OpenConflicts); n > 0 {
+		out += fmt.Sprintf(" %d open conflict(s)", n)
 	}
 	return out
 }
@@ -264,9 +282,10 @@ func syncOf(id string, detail json.RawMessage) *syncView {
 	for _, m := range []map[string]json.RawMessage{top, nested(top["sync"])} {
 		if raw, ok := m[id]; ok {
 			var v syncView
-			if json.Unmarshal(raw, &v) == nil {
+			if err := json.Unmarshal(raw, &v); err == nil {
 				return &v
 			}
+			return &syncView{Running: true, Problem: "sync status unreadable by this CLI (version mismatch?)"}
 		}
 	}
 	return &syncView{Running: false}
