@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -177,6 +178,14 @@ func startCutter(t *testing.T, target string) *cutter {
 
 func (c *cutter) addr() string { return c.ln.Addr().String() }
 
+// retarget sends new connections to another address (the client "moves" to
+// another proxy while its address list stays the same).
+func (c *cutter) retarget(target string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.target = target
+}
+
 func (c *cutter) accept() {
 	defer c.wg.Done()
 	for {
@@ -191,7 +200,10 @@ func (c *cutter) accept() {
 			in.Close()
 			continue
 		}
-		out, err := net.Dial("tcp", c.target)
+		c.mu.Lock()
+		target := c.target
+		c.mu.Unlock()
+		out, err := net.Dial("tcp", target)
 		if err != nil {
 			in.Close()
 			continue
@@ -295,5 +307,52 @@ func TestSilentHandshakesExpire(t *testing.T) {
 		if err := jute.Unmarshal(frame, &resp); err != nil || !resp.Expired() {
 			t.Fatalf("reconnect 0x%x after its expiry: %+v, %v; want the expired answer", s.id, resp, err)
 		}
+	}
+}
+
+// TestSessionMovedToAnotherProxyIsNotExpiredByTheFirst cuts a client off
+// its proxy and lets it reconnect, with the same session, through a second
+// proxy (a connect string listing two proxies, or a fall-back to ZooKeeper
+// directly). The first proxy's relay, left without its client, must not
+// take the session back when the ensemble hands it to the new connection,
+// nor close it when the client's timeout has passed there: the client is
+// alive elsewhere. Before the fix the first proxy closed the session about
+// one timeout later and the healthy client lost its ephemeral.
+func TestSessionMovedToAnotherProxyIsNotExpiredByTheFirst(t *testing.T) {
+	t.Parallel()
+	root := testRoot(t)
+	first, second := startProxy(t), startProxy(t)
+	cut := startCutter(t, first.Addr)
+	const timeout = 4 * time.Second
+	c, events := connect(t, []string{cut.addr()}, timeout)
+	sid := c.SessionID()
+	eph, err := c.Create(root+"/moved", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut.cut(true)
+	cut.retarget(second.Addr)
+	cut.restore()
+	// Three timeouts: the first proxy's relay has long given up or closed
+	// the session by then.
+	for end := time.Now().Add(3 * timeout); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		_, st, err := c.Get(eph)
+		if err != nil && !errors.Is(err, zk.ErrConnectionClosed) && !errors.Is(err, zk.ErrNoServer) {
+			t.Fatalf("the moved client's ephemeral: %v", err)
+		}
+		if err == nil && st.EphemeralOwner != sid {
+			t.Fatalf("ephemeral owned by %x, want the client's session %x", st.EphemeralOwner, sid)
+		}
+	}
+	for len(events) > 0 {
+		if e := <-events; e.State == zk.StateExpired {
+			t.Fatal("the session expired although its client reconnected through another proxy within its timeout")
+		}
+	}
+	if c.SessionID() != sid {
+		t.Fatalf("client session %x, want %x", c.SessionID(), sid)
+	}
+	if _, _, err := c.Get(eph); err != nil {
+		t.Fatalf("the moved client's ephemeral after %v: %v", 3*timeout, err)
 	}
 }

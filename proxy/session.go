@@ -236,7 +236,24 @@ func (s *session) detach() {
 // client's pings and keeps the upstream session alive with its own. The
 // ensemble deletes the session's ephemerals at once; a client that wakes
 // up reconnects and is told by the ensemble that its session expired.
+//
+// The client may instead be alive elsewhere: it re-opened its session
+// through another proxy (or ZooKeeper directly) while this relay lost
+// sight of it (a cut connection, a half-open one). ZooKeeper does not
+// check who sends a closeSession, so closing it from here would kill the
+// session under the live client. First the proxy asks whether its
+// connection still owns the session: a write the leader refuses with
+// SESSIONMOVED when another server's connection holds it (ownsSession; a
+// connection to the same server is closed by the server when the session
+// re-opens there, and the relay then lets go: see supervise). Only an
+// owner closes.
 func (s *session) expire(silent time.Duration) {
+	if !s.out.stalled.Load() && !s.ownsSession() {
+		s.log.Info("client silent here for its session timeout, but this connection no longer owns the session (the client re-opened it elsewhere, or the server is gone): leaving it to the ensemble",
+			"silent", silent.Round(time.Millisecond))
+		s.shutdown("session no longer owned by this relay")
+		return
+	}
 	s.srv.m.expired.Inc()
 	s.log.Warn("client silent for its session timeout: closing its session upstream, as ZooKeeper expires it",
 		"silent", silent.Round(time.Millisecond), "timeout", s.timeout, "connected", !s.detached.Load())
@@ -245,10 +262,45 @@ func (s *session) expire(silent time.Duration) {
 	s.sendInternal(xidProxyClose, jute.OpCloseSession, &jute.Empty{}, trackNone)
 }
 
+// ownsSession asks the leader whether this relay's upstream connection
+// still owns the session: a multi holding one version check of "/" that
+// matches any version (ZooKeeper 3.8 closes the connection on a check sent
+// alone).
+// The leader checks a write's session owner and answers SESSIONMOVED when
+// another server's connection holds it (a sync is not checked in 3.8: tried
+// and seen to pass). A relay whose reader waits for a client that does not
+// read skips it (expire): the server is still sending this connection the
+// session's replies, so it owns it, and the answer could not be read anyway.
+func (s *session) ownsSession() bool {
+	owned := make(chan jute.Code, 1)
+	var e jute.Encoder
+	(&jute.RequestHeader{Xid: xidProxyOwner, Type: int32(jute.OpMulti)}).Encode(&e)
+	(&jute.MultiRequest{Ops: []jute.MultiOp{{
+		Header: jute.MultiHeader{Type: int32(jute.OpCheck), Err: -1},
+		Req:    &jute.CheckVersionRequest{Path: "/", Version: -1},
+	}}}).Encode(&e)
+	_ = s.forward(pending{xid: xidProxyOwner, op: jute.OpMulti, kind: pendingInternal, start: time.Now(), arg: owned}, e.Bytes(), true)
+	select {
+	case code := <-owned:
+		if code != jute.CodeOK {
+			s.log.Debug("owner check before closing a silent client's session", "code", code.String())
+		}
+		return code == jute.CodeOK
+	case <-time.After(max(s.timeout/3, time.Second)):
+		return false // no answer: the server is gone, and so is this connection's hold
+	case <-s.done:
+		return false
+	}
+}
+
 // xidProxyClose is the xid of the closeSession the proxy sends for a
 // silent client; no client uses negative xids other than ZooKeeper's
 // special ones.
 const xidProxyClose int32 = -16
+
+// xidProxyOwner is the xid of the version check that checks, before closing a silent
+// client's session, that this relay's connection still owns it.
+const xidProxyOwner int32 = -17
 
 // shutdown ends the session's relay: it closes the client connection and the
 // upstream connection. The upstream session itself lives on until the

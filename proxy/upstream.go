@@ -182,6 +182,8 @@ func (s *session) readUpstream(up *upstream) error {
 		if p.kind == pendingClient {
 			m.observeReply(p.op, code, p.start)
 			s.writeClientLocked(frame, false)
+		} else if owned, ok := p.arg.(chan jute.Code); ok {
+			owned <- multiCode(code, d) // the owner check before closing a silent client's session
 		} else if reg, ok := p.arg.(chan int64); ok && code == jute.CodeOK {
 			reg <- h.Zxid // the replayed watches are registered at this zxid
 		} else if code != jute.CodeOK && p.op != jute.OpPing {
@@ -234,6 +236,17 @@ func (s *session) supervise() {
 			if errors.Is(up.err, errReplayFailed) {
 				s.log.Warn("closing client connection: replaying its credentials or watches failed", "err", up.err)
 				s.shutdown("replay failed")
+				return
+			}
+			if s.detached.Load() {
+				// Nobody to serve, and the likeliest cause is the client
+				// itself: it re-opened the session on another connection
+				// (through another proxy, or directly) and the server
+				// closed this one. Re-attaching would take the session
+				// back from under the live client; let the ensemble keep
+				// it or expire it.
+				s.log.Info("upstream connection ended while the client is away: leaving the session to the ensemble", "upstream", up.addr, "err", up.err)
+				s.shutdown("upstream connection ended while detached")
 				return
 			}
 			if !s.reattach(up) {
@@ -444,4 +457,22 @@ func (s *session) replayLocked(up *upstream, registered chan int64) {
 	}
 	_ = up.w.Flush()
 	s.lastSend.Store(time.Now().UnixNano())
+}
+
+// multiCode is the outcome of a multi: the reply's error, else the first
+// failing operation's.
+func multiCode(code jute.Code, d *jute.Decoder) jute.Code {
+	if code != jute.CodeOK {
+		return code
+	}
+	var r jute.MultiResponse
+	if err := r.Decode(d); err != nil {
+		return jute.CodeMarshallingError
+	}
+	for _, res := range r.Results {
+		if res.Header.Type == int32(jute.OpError) && res.Header.Err != 0 {
+			return jute.Code(res.Header.Err)
+		}
+	}
+	return jute.CodeOK
 }
