@@ -59,6 +59,8 @@ shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
 			&cli.StringFlag{Name: "gossip-addr", Usage: "join the gossip pool on host:port (proxies found there take part in flips)"},
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 			gossipKeyFlag(),
+			&cli.DurationFlag{Name: "audit-retention", Value: server.DefaultAuditRetention,
+				Usage: "drop audit entries older than this (the leader prunes hourly; the chain stays verifiable from an anchor); 0 keeps every entry"},
 		},
 		Action: runControl,
 	}
@@ -67,6 +69,9 @@ shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
 func runControl(c *cli.Context) error {
 	if c.Bool("bootstrap") == (c.String("join") != "") {
 		return usageError("give exactly one of --bootstrap (first node) or --join URL (the others)")
+	}
+	if c.Duration("audit-retention") < 0 {
+		return usageError("--audit-retention %s: want a positive duration, or 0 to keep every entry", c.Duration("audit-retention"))
 	}
 	tokens, err := server.LoadTokens(c.String("tokens"))
 	if err != nil {
@@ -130,6 +135,11 @@ func runControl(c *cli.Context) error {
 	apDone := make(chan struct{})
 	go func() { defer close(apDone); _ = ap.Run(ctx) }()
 	defer func() { stop(); <-apDone }()
+	pruner := &server.AuditPruner{Apply: node.Apply, State: node.State, IsLeader: node.IsLeader, NodeID: c.String("id"),
+		Retention: c.Duration("audit-retention"), Logger: log}
+	prDone := make(chan struct{})
+	go func() { defer close(prDone); pruner.Run(ctx) }()
+	defer func() { stop(); <-prDone }()
 
 	if c.Bool("bootstrap") {
 		if err := announceSelf(ctx, node, c.String("id"), apiURL); err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -492,36 +491,7 @@ can then be used again; its flip epochs continue above the old ones.
 		simple("pause", "stop the executor between actions"),
 		simple("resume", "continue a paused migration"),
 		simple("retry", "run a failed phase again"),
-		{
-			Name: "audit", Usage: "print the audit trail (who did what, when, with what result; --migration: only its entries)", Flags: apiFlags(),
-			Action: func(c *cli.Context) error {
-				a, err := newAPIClient(c)
-				if err != nil {
-					return err
-				}
-				path := "/api/v1/audit"
-				if id := c.String("migration"); id != "" {
-					path += "?migration=" + url.QueryEscape(id)
-				}
-				var entries []control.AuditEntry
-				if err := a.do(http.MethodGet, path, nil, &entries); err != nil {
-					return err
-				}
-				if a.json { // JSON lines: one entry per line
-					enc := json.NewEncoder(a.out)
-					for _, e := range entries {
-						if err := enc.Encode(e); err != nil {
-							return err
-						}
-					}
-					return nil
-				}
-				for _, e := range entries {
-					fmt.Fprintf(a.out, "%s %-10s %-14s %-12s %s %s\n", e.Time.Format(time.RFC3339), e.By, e.Action, e.Migration, e.Detail, e.Result)
-				}
-				return nil
-			},
-		},
+		auditCommand(),
 	}
 }
 

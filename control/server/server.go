@@ -439,9 +439,11 @@ func (s *Server) audit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// events streams audit entries as server-sent events, starting after
-// ?after=N (the first N entries are skipped; default: the current end),
-// only one migration's with ?migration=ID, until the client leaves.
+// events streams audit entries as server-sent events (the event id is the
+// entry's Seq), starting after ?after=N (entries with Seq above N; default:
+// the current end), only one migration's with ?migration=ID, until the
+// client leaves. Seq survives pruning, so a resumed stream loses nothing
+// that is still retained.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	q, ok := query(w, r, "after", "migration")
 	if !ok {
@@ -452,9 +454,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusInternalServerError, apiError{"streaming unsupported", ""})
 		return
 	}
-	next := len(s.Node.State().Audit)
+	var after uint64
+	if a := s.Node.State().Audit; len(a) > 0 {
+		after = a[len(a)-1].Seq
+	}
 	if q.after >= 0 {
-		next = q.after
+		after = uint64(q.after)
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -463,13 +468,16 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
-		audit := s.Node.State().Audit
-		for ; next < len(audit); next++ {
-			if q.migration != "" && audit[next].Migration != q.migration {
+		for _, e := range s.Node.State().Audit {
+			if e.Seq <= after {
 				continue
 			}
-			b, _ := json.Marshal(audit[next])
-			fmt.Fprintf(w, "id: %d\nevent: audit\ndata: %s\n\n", next+1, b)
+			after = e.Seq
+			if q.migration != "" && e.Migration != q.migration {
+				continue
+			}
+			b, _ := json.Marshal(e)
+			fmt.Fprintf(w, "id: %d\nevent: audit\ndata: %s\n\n", e.Seq, b)
 		}
 		fl.Flush()
 		select {
