@@ -24,12 +24,12 @@ const (
 )
 
 func apiFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:8080", Usage: "control-plane node APIs, comma-separated: the first that answers is used", EnvVars: []string{"ZKM_API"}},
 		&cli.StringFlag{Name: "token", Usage: "API token", EnvVars: []string{"ZKM_TOKEN"}},
 		&cli.StringFlag{Name: "migration", Usage: "migration id (default: the only one)"},
 		&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"},
-	}
+	}, apiTLSFlags()...)
 }
 
 type apiClient struct {
@@ -40,6 +40,9 @@ type apiClient struct {
 	token string
 	out   io.Writer
 	json  bool
+	// transport reaches an HTTPS API (--ca-cert, --client-cert); nil: the
+	// default.
+	transport http.RoundTripper
 }
 
 // parseAPIs splits --api into URLs.
@@ -72,7 +75,11 @@ func newAPIClient(c *cli.Context) (*apiClient, error) {
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	return &apiClient{bases: bases, token: c.String("token"), out: c.App.Writer, json: c.String("output") == "json"}, nil
+	rt, err := apiTransport(c)
+	if err != nil {
+		return nil, err
+	}
+	return &apiClient{bases: bases, token: c.String("token"), out: c.App.Writer, json: c.String("output") == "json", transport: rt}, nil
 }
 
 // send makes one request to the first control node that answers,
@@ -102,7 +109,7 @@ func (a *apiClient) send(client *http.Client, method, path string, body []byte) 
 // do calls the API and decodes the JSON answer into v; API errors become
 // exit codes scripts can rely on.
 func (a *apiClient) do(method, path string, body []byte, v any) error {
-	client := &http.Client{Timeout: 5 * time.Minute}
+	client := &http.Client{Timeout: 5 * time.Minute, Transport: a.transport}
 	var resp *http.Response
 	var b []byte
 	// A leader election answers 503 for a moment: wait it out (15 s).
@@ -309,7 +316,7 @@ func (a *apiClient) leader() string {
 	var h struct {
 		Leader string `json:"leader"`
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: a.transport}
 	resp, err := client.Get(a.bases[a.cur] + "/healthz")
 	if err != nil {
 		return ""

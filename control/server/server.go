@@ -108,6 +108,10 @@ type Server struct {
 	// FlipCheck, if set, is asked before an advance to the flip is
 	// accepted: an error refuses it with the reason (409).
 	FlipCheck func(ctx context.Context, m *control.Migration) error
+	// Transport carries requests forwarded to the leader (nil: the
+	// default); with TLS between control nodes it verifies their
+	// certificates (tlsconf.Files.HTTPTransport).
+	Transport http.RoundTripper
 	Logger    *slog.Logger
 
 	refusals refusalLimiter
@@ -206,7 +210,9 @@ func (s *Server) onLeader(h http.Handler) http.Handler {
 			writeJSON(w, http.StatusInternalServerError, apiError{"bad leader address " + api, ""})
 			return
 		}
-		httputil.NewSingleHostReverseProxy(u).ServeHTTP(w, r)
+		rp := httputil.NewSingleHostReverseProxy(u)
+		rp.Transport = s.Transport
+		rp.ServeHTTP(w, r)
 	})
 }
 
@@ -227,6 +233,7 @@ func (s *Server) leaderView(h http.HandlerFunc) http.Handler {
 			return
 		}
 		rp := httputil.NewSingleHostReverseProxy(u)
+		rp.Transport = s.Transport
 		rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, _ error) { h(w, r) } // leader unreachable: answer here
 		r.Header.Set(forwardedHeader, "1")
 		rp.ServeHTTP(w, r)
