@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/replicator"
+	"github.com/zk-migrate/zk-migrate/tlsconf"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
@@ -43,6 +45,9 @@ func ensembleFlags() []cli.Flag {
 		&cli.StringFlag{Name: "paths", Value: "/mesos", Usage: "subtrees to sync, comma-separated (e.g. /mesos,/marathon)"},
 		&cli.StringSliceFlag{Name: "auth", Usage: "credentials used on both ensembles, scheme:secret (digest:user:password); the ACLs must grant them what the copy needs"},
 		&cli.IntFlag{Name: "readers", Value: 4, Usage: "sessions reading each side in parallel"},
+		&cli.StringFlag{Name: "tls-ca", Usage: "connect to both ensembles' secureClientPort over TLS, verifying the servers against this CA (PEM)", EnvVars: []string{"ZKM_ZK_TLS_CA"}},
+		&cli.StringFlag{Name: "tls-cert", Usage: "client certificate for the ensembles (PEM; needed when the servers set ssl.clientAuth=need)", EnvVars: []string{"ZKM_ZK_TLS_CERT"}},
+		&cli.StringFlag{Name: "tls-key", Usage: "the key of --tls-cert (PEM)", EnvVars: []string{"ZKM_ZK_TLS_KEY"}},
 	}
 }
 
@@ -51,6 +56,8 @@ type ensembleArgs struct {
 	paths          []string
 	auth           []zkclient.Auth
 	readers        int
+	// tls, if set, is the TLS configuration of each connection.
+	tls func(serverName string) *tls.Config
 }
 
 func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
@@ -88,6 +95,16 @@ func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
 	if a.readers = c.Int("readers"); a.readers < 1 || a.readers > 64 {
 		return a, fmt.Errorf("--readers %d: want 1 to 64", a.readers)
 	}
+	if ca, cert, key := c.String("tls-ca"), c.String("tls-cert"), c.String("tls-key"); ca != "" || cert != "" || key != "" {
+		if ca == "" {
+			return a, fmt.Errorf("--tls-cert/--tls-key need --tls-ca (the CA of the ensembles' certificates)")
+		}
+		f, err := tlsconf.Load(tlsconf.Paths{Cert: cert, Key: key, CA: ca})
+		if err != nil {
+			return a, err
+		}
+		a.tls = f.ClientConfig
+	}
 	return a, nil
 }
 
@@ -99,11 +116,15 @@ func (a ensembleArgs) addrs(side replicator.Side) []string {
 }
 
 func (a ensembleArgs) dial(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
-	opts := zkclient.Options{Auth: a.auth}
+	opts := zkclient.Options{Auth: a.auth, TLS: a.tls}
 	if resume != nil {
 		opts.SessionID, opts.Passwd = resume.SessionID(), resume.Passwd()
 	}
 	c, err := zkclient.Dial(ctx, a.addrs(side), opts)
+	if err != nil && a.tls == nil && errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("ensemble %s (%s): %w (the server closed the connection unanswered: if it serves TLS only on a secureClientPort, give --tls-ca, and --tls-cert/--tls-key)",
+			side, strings.Join(a.addrs(side), ","), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ensemble %s (%s): %w", side, strings.Join(a.addrs(side), ","), err)
 	}
@@ -171,6 +192,10 @@ client without ADMIN permission on the znode. Such an ACL cannot be copied
 without locking its owner out on B, so sync refuses before writing anything,
 lists every such znode on A and B, and exits 6. Give --auth the identity that
 owns them (digest:mesos:secret), or the ensembles' super digest.
+
+TLS: with --tls-ca (and --tls-cert/--tls-key when the servers require client
+certificates, ssl.clientAuth=need) every connection to both ensembles is TLS
+1.2+ to their secureClientPort; the files are reloaded when they change.
 
 Exit status: 0 done (--once) or stopped by a signal, 1 error, 2 usage,
 3 the copy did not verify, 6 ACLs hidden from --auth (nothing written for
@@ -373,7 +398,7 @@ Exit status: 0 equal/healthy, 3 different/unhealthy, 6 cannot verify
 			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:8080", Usage: "control plane API (with --phase)", EnvVars: []string{"ZKM_API"}},
 			&cli.StringFlag{Name: "token", Usage: "API token (with --phase)", EnvVars: []string{"ZKM_TOKEN"}},
 			&cli.StringFlag{Name: "migration", Usage: "migration id (with --phase; default: the only one)"}),
-			&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"}),
+			append([]cli.Flag{&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"}}, apiTLSFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if p := c.String("phase"); p != "" {
 				if p != "current" {
