@@ -19,6 +19,10 @@ import (
 func TestAuditVerifyThroughTheCLI(t *testing.T) {
 	dir := t.TempDir()
 	api, _ := controlNode(t, dir, writeTokens(t, dir), "c1", "")
+	waitFor(t, func() bool { // the node records its API address first
+		out, code := run(t, "audit", "--api", api, "--token", opToken)
+		return code == 0 && strings.Contains(out, "node-join")
+	})
 	for i := 0; i < 3; i++ { // refused attempts are audited too
 		if out, code := run(t, "advance", "--phase", "2", "--confirm", "--migration", "m1", "--api", api, "--token", viewerToken); code != exitAuth {
 			t.Fatalf("viewer advance: exit %d\n%s", code, out)
@@ -60,7 +64,13 @@ func TestAuditVerifyThroughTheCLI(t *testing.T) {
 	}
 
 	edited := append([]string(nil), lines...)
-	edited[1] = strings.Replace(edited[1], `"by":"victor"`, `"by":"alice"`, 1)
+	var e2 control.AuditEntry
+	if err := json.Unmarshal([]byte(lines[1]), &e2); err != nil {
+		t.Fatal(err)
+	}
+	e2.By = "alice" // hash and prev_hash left as they were
+	b2, _ := json.Marshal(e2)
+	edited[1] = string(b2)
 	reordered := append([]string(nil), lines...)
 	reordered[1], reordered[2] = reordered[2], reordered[1]
 	for _, c := range []struct {

@@ -90,7 +90,11 @@ func httpErrorLog(logger *slog.Logger) *log.Logger {
 				"hint", "use https:// in --api / ZKM_API, and --ca-cert / ZKM_CA_CERT")
 			return
 		}
-		logger.Warn("api: "+msg, "hint", "a TLS client needs --ca-cert (and --client-cert/--client-key with --tls-client-ca)")
+		if strings.Contains(msg, "TLS handshake error") {
+			logger.Warn("api: "+msg, "hint", "a TLS client needs --ca-cert (and --client-cert/--client-key with --tls-client-ca)")
+			return
+		}
+		logger.Warn("api: " + msg)
 	}), "", 0)
 }
 

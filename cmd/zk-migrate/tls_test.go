@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/tlsconf"
 	"github.com/zk-migrate/zk-migrate/tlsconf/tlstest"
+	"github.com/zk-migrate/zk-migrate/zkclient"
+	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
 // tlsPlane is three control processes with HTTPS (mutual TLS) on the API
@@ -105,9 +108,10 @@ func (p *tlsPlane) logHas(i int, want string) bool {
 }
 
 // TestControlPlaneOverTLS runs three control processes with HTTPS and
-// mutual TLS on the API and on Raft and drives a migration through a
-// follower (writes forwarded to the leader over TLS): phase 1 syncs real
-// ensembles. Plaintext is refused on the API port and the Raft port, each
+// mutual TLS on the API and on Raft, in front of two TLS-only ensembles,
+// and drives a migration through a follower (writes forwarded to the
+// leader over TLS): phase 1 syncs the ensembles over TLS and the flip's
+// guard compares them over TLS. Plaintext is refused on the API port and the Raft port, each
 // with a log line; a CLI without a client certificate or without the CA is
 // refused; a certificate replaced on disk is served to new connections
 // without a restart; the audit trail verifies over HTTPS.
@@ -116,12 +120,38 @@ func TestControlPlaneOverTLS(t *testing.T) {
 		t.Skip("starts ZooKeeper and three control nodes")
 	}
 	ctx := context.Background()
-	a, b := startPair(t, ctx, "tls")
 	dir := t.TempDir()
+	// Both ensembles serve TLS only (secureClientPort, client certificates
+	// required): the control node's replicator, pre-flight and flip guard
+	// reach them with migration.yaml's sync.tls.
+	zm, err := zktest.MakeTLS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ens []*zktest.Ensemble
+	for _, name := range []string{"tls-cp-a", "tls-cp-b"} {
+		e, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: name, TLS: zm.Server})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		ens = append(ens, e)
+	}
+	za, err := zkclient.Dial(ctx, ens[0].Addrs(), zkclient.Options{TLS: zm.Client.ClientConfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer za.Close()
+	for _, path := range []string{"/mesos", "/mesos/json.info_0000000001"} {
+		if _, err := za.Create(ctx, path, []byte("m"), zkclient.OpenACL, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
 	p := startTLSPlane(t, dir, writeTokens(t, dir))
 	cfg := filepath.Join(dir, "migration.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("migration: {id: sec, source_zk: %q, target_zk: %q}\n",
-		a.ConnectString(), b.ConnectString())), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`migration: {id: sec, source_zk: %q, target_zk: %q, paths: [/mesos]}
+sync: {tls: {ca: %q, cert: %q, key: %q}}
+`, ens[0].ConnectString(), ens[1].ConnectString(), zm.CA, zm.ClientCert, zm.ClientKey)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// Through a follower (node 3): forwarded to the leader over TLS.
@@ -135,6 +165,29 @@ func TestControlPlaneOverTLS(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("phase 1 never succeeded over TLS:\n%s", out)
+		}
+	}
+	zb, err := zkclient.Dial(ctx, ens[1].Addrs(), zkclient.Options{TLS: zm.Client.ClientConfig})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zb.Close()
+	if _, _, err := zb.Get(ctx, "/mesos/json.info_0000000001"); err != nil {
+		t.Fatalf("phase 1 succeeded but B lacks A's node: %v", err)
+	}
+	// The flip's guard compares digests over TLS too.
+	if out, code := p.cli(t, 0, "advance", "--phase", "flip", "--confirm"); code != 0 {
+		t.Fatalf("advance to the flip over TLS: exit %d\n%s", code, out)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out, _ := p.cli(t, 0, "status", "--output", "json")
+		var rows []map[string]any
+		_ = json.Unmarshal([]byte(out), &rows)
+		if len(rows) == 1 && rows[0]["step_name"] == "flip" && rows[0]["status"] == "succeeded" && rows[0]["primary"] == "B" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the flip never succeeded over TLS:\n%s", out)
 		}
 	}
 	if out, code := p.cli(t, 1, "audit", "verify"); code != 0 || !strings.Contains(out, "verified") {
