@@ -159,7 +159,9 @@ func syncCommand() *cli.Command {
 	flags := append(ensembleFlags(),
 		&cli.BoolFlag{Name: "once", Usage: "copy and verify once, then exit (no continuous sync)"},
 		&cli.StringFlag{Name: "conflict", Value: replicator.LastWriteWins, Usage: "what to do with a znode changed on both sides: last-write-wins or manual"},
-		&cli.StringFlag{Name: "audit-log", Usage: "append conflicts and alerts as JSON lines to this file (default: stderr)"},
+		&cli.StringFlag{Name: "audit-log", Usage: "append conflicts and alerts to this file as hash-chained JSON lines (zk-migrate audit verify --file checks it; default: plain lines on stderr)"},
+		&cli.IntFlag{Name: "audit-log-max-mb", Value: 100, Usage: "rotate --audit-log when it would grow past this size (FILE.1 is the newest rotated file)"},
+		&cli.IntFlag{Name: "audit-log-keep", Value: 10, Usage: "rotated --audit-log files to keep; older ones are deleted"},
 		&cli.IntFlag{Name: "lag-threshold-ms", Value: 50, Usage: "alert when sync lag stays above this"},
 		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9405", Usage: "Prometheus /metrics address (empty: off)"},
 		&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises the lag)"},
@@ -209,6 +211,9 @@ func runSync(c *cli.Context) error {
 	args, err := parseEnsembleArgs(c)
 	if err != nil {
 		return usageError("%v", err)
+	}
+	if c.Int("audit-log-max-mb") < 1 || c.Int("audit-log-keep") < 1 {
+		return usageError("--audit-log-max-mb %d, --audit-log-keep %d: want at least 1 each", c.Int("audit-log-max-mb"), c.Int("audit-log-keep"))
 	}
 	strategy := c.String("conflict")
 	if strategy != replicator.LastWriteWins && strategy != replicator.Manual {
@@ -264,7 +269,7 @@ func runSync(c *cli.Context) error {
 	closeAll()
 	audit := io.Writer(os.Stderr)
 	if p := c.String("audit-log"); p != "" {
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		f, err := control.OpenAuditLog(p, "sync", int64(c.Int("audit-log-max-mb"))<<20, c.Int("audit-log-keep"))
 		if err != nil {
 			return fmt.Errorf("--audit-log: %w", err)
 		}
