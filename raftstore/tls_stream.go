@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -28,14 +29,23 @@ type TLS struct {
 // handshakeTimeout bounds a TLS handshake on the Raft port.
 const handshakeTimeout = 5 * time.Second
 
-// tlsStream is a raft.StreamLayer over mutual TLS. Accept completes the
-// handshake before it hands a connection to Raft, so a peer without a
-// valid certificate, or speaking plaintext, is refused with a log line.
+// tlsStream is a raft.StreamLayer over mutual TLS. Connections are
+// handshaken in their own goroutines before Raft sees them, so a peer
+// without a valid certificate, or speaking plaintext, is refused with a
+// log line, and a peer that stalls its handshake holds up nobody else.
+// The accept loop and the handshakes belong to the stream; Close stops
+// them and waits for them.
 type tlsStream struct {
 	ln  net.Listener
 	adv net.Addr
 	cfg *TLS
 	log *slog.Logger
+
+	conns chan net.Conn // handshaken connections for Accept
+	done  chan struct{} // closed by Close
+	errc  chan error    // the listener's final error
+	wg    sync.WaitGroup
+	once  sync.Once
 }
 
 var _ raft.StreamLayer = (*tlsStream)(nil)
@@ -51,40 +61,79 @@ func newTLSStream(bind string, adv net.Addr, cfg *TLS, log *slog.Logger) (*tlsSt
 	if a, ok := adv.(*net.TCPAddr); adv == nil || ok && a.Port == 0 {
 		adv = ln.Addr()
 	}
-	return &tlsStream{ln: ln, adv: adv, cfg: cfg, log: log}, nil
+	s := &tlsStream{ln: ln, adv: adv, cfg: cfg, log: log, conns: make(chan net.Conn), done: make(chan struct{}), errc: make(chan error, 1)}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+func (s *tlsStream) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			s.errc <- err
+			return
+		}
+		s.wg.Add(1)
+		go s.handshake(c)
+	}
+}
+
+// handshake completes one connection's TLS handshake and hands it to
+// Accept, or closes it and says why.
+func (s *tlsStream) handshake(c net.Conn) {
+	defer s.wg.Done()
+	tc := tls.Server(c, s.cfg.Server)
+	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
+	err := tc.Handshake()
+	_ = c.SetDeadline(time.Time{})
+	if err == nil {
+		select {
+		case s.conns <- tc:
+		case <-s.done:
+			tc.Close()
+		}
+		return
+	}
+	c.Close()
+	var rec tls.RecordHeaderError
+	switch {
+	case errors.As(err, &rec):
+		s.log.Warn("raft: refused a plaintext connection on the TLS-only Raft port", "remote", c.RemoteAddr().String(),
+			"hint", "every control node needs the same --raft-tls-cert/--raft-tls-key/--raft-tls-ca flags")
+	case errors.Is(err, io.EOF):
+		// A connection closed before any byte: the join probe, a port scan.
+	default:
+		s.log.Warn("raft: refused a connection: TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err,
+			"hint", "the peer needs a certificate signed by --raft-tls-ca that names its address")
+	}
 }
 
 // Accept returns the next connection whose TLS handshake succeeded.
 func (s *tlsStream) Accept() (net.Conn, error) {
-	for {
-		c, err := s.ln.Accept()
-		if err != nil {
-			return nil, err
-		}
-		tc := tls.Server(c, s.cfg.Server)
-		_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
-		err = tc.Handshake()
-		_ = c.SetDeadline(time.Time{})
-		if err == nil {
-			return tc, nil
-		}
-		c.Close()
-		var rec tls.RecordHeaderError
-		switch {
-		case errors.As(err, &rec):
-			s.log.Warn("raft: refused a plaintext connection on the TLS-only Raft port", "remote", c.RemoteAddr().String(),
-				"hint", "every control node needs the same --raft-tls-cert/--raft-tls-key/--raft-tls-ca flags")
-		case errors.Is(err, io.EOF):
-			// A connection closed before any byte: the join probe, a port scan.
-		default:
-			s.log.Warn("raft: refused a connection: TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err,
-				"hint", "the peer needs a certificate signed by --raft-tls-ca that names its address")
-		}
+	select {
+	case c := <-s.conns:
+		return c, nil
+	case err := <-s.errc:
+		s.errc <- err // every later Accept fails the same way
+		return nil, err
+	case <-s.done:
+		return nil, net.ErrClosed
 	}
 }
 
-// Close stops the listener.
-func (s *tlsStream) Close() error { return s.ln.Close() }
+// Close stops the listener and the handshakes in progress, and waits for
+// them.
+func (s *tlsStream) Close() error {
+	var err error
+	s.once.Do(func() {
+		close(s.done)
+		err = s.ln.Close()
+		s.wg.Wait()
+	})
+	return err
+}
 
 // Addr is the advertised address.
 func (s *tlsStream) Addr() net.Addr { return s.adv }

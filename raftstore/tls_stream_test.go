@@ -3,10 +3,13 @@ package raftstore
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -120,6 +123,25 @@ func TestRaftOverMutualTLS(t *testing.T) {
 		}
 	}
 	waitLog("refused a plaintext connection on the TLS-only Raft port")
+
+	// A connection that never sends its ClientHello holds up nobody: a
+	// valid peer completes its handshake while the stalled one is still
+	// open.
+	stalled, err := net.Dial("tcp", nodes[0].Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	peer := tlsFor(t, ca, base, "peer")
+	tc, err := tls.Dial("tcp", nodes[0].Addr(), peer.Client("127.0.0.1"))
+	if err != nil {
+		t.Fatalf("a valid peer behind a stalled handshake: %v", err)
+	}
+	tc.Close()
+	_ = stalled.SetReadDeadline(time.Now())
+	if _, err := stalled.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the stalled connection should still be open, waiting: %v", err)
+	}
 
 	// A node with a certificate from another CA: joins the configuration
 	// (its port answers) but the handshake fails both ways, so it never
