@@ -89,10 +89,12 @@ func TestRotationMinVersionAndMutualTLS(t *testing.T) {
 	}
 
 	old := cf.ClientConfig("127.0.0.1")
-	old.MaxVersion = tls.VersionTLS11
+	old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11 // a client that offers only TLS 1.0 and 1.1
 	if c, err := tls.Dial("tcp", addr, old); err == nil {
 		c.Close()
 		t.Fatal("TLS 1.1 accepted")
+	} else if !strings.Contains(err.Error(), "protocol version") {
+		t.Fatalf("TLS 1.1 refused, but not by the server's minimum version: %v", err)
 	}
 	anon, _ := Load(Paths{CA: caFile})
 	c, err := tls.Dial("tcp", addr, anon.ClientConfig("127.0.0.1"))
