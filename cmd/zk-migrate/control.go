@@ -44,7 +44,14 @@ The tokens file has one "TOKEN ROLE NAME" per line, ROLE viewer or operator;
 the same file on every node. Every change is attributed to the token's NAME
 in the audit trail. The leader runs the phases: phase 1 starts the
 replicator (sync A <-> B) and waits for equal digests; phases 2-6 run the
-shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
+shell commands of migration.yaml's actions; the flip runs the epoch barrier.
+
+TLS (TLS 1.2+, certificates reloaded when the files change): --tls-cert and
+--tls-key serve the API over HTTPS (--join https://...), --tls-client-ca
+requires client certificates, --tls-ca verifies the other nodes' APIs;
+--raft-tls-cert, --raft-tls-key and --raft-tls-ca make Raft mutual TLS. The
+audit trail is hash-chained (zk-migrate audit verify); --audit-retention
+prunes it.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "id", Required: true, Usage: "this node's id (c1, c2...)"},
 			&cli.StringFlag{Name: "raft-addr", Required: true, Usage: "Raft address, host:port, reachable by the other nodes"},
