@@ -175,6 +175,10 @@ sync: {tls: {ca: %q, cert: %q, key: %q}}
 	if _, _, err := zb.Get(ctx, "/mesos/json.info_0000000001"); err != nil {
 		t.Fatalf("phase 1 succeeded but B lacks A's node: %v", err)
 	}
+	// The leader's live view (sync over TLS, heartbeats, digests), over HTTPS.
+	if out, code := p.cli(t, 2, "validate", "--phase", "current"); code != 0 || !strings.Contains(out, "healthy") || strings.Contains(out, "NOT") {
+		t.Fatalf("validate --phase current over HTTPS: exit %d\n%s", code, out)
+	}
 	// The flip's guard compares digests over TLS too.
 	if out, code := p.cli(t, 0, "advance", "--phase", "flip", "--confirm"); code != 0 {
 		t.Fatalf("advance to the flip over TLS: exit %d\n%s", code, out)
