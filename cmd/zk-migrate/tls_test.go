@@ -194,8 +194,23 @@ sync: {tls: {ca: %q, cert: %q, key: %q}}
 			t.Fatalf("the flip never succeeded over TLS:\n%s", out)
 		}
 	}
-	if out, code := p.cli(t, 1, "audit", "verify"); code != 0 || !strings.Contains(out, "verified") {
-		t.Fatalf("audit verify over HTTPS: exit %d\n%s", code, out)
+	// Every node computed the same chain: the same head once caught up.
+	head := func(i int) string {
+		out, code := p.cli(t, i, "audit", "verify")
+		if code != 0 || !strings.Contains(out, "verified") {
+			t.Fatalf("audit verify over HTTPS on node %d: exit %d\n%s", i+1, code, out)
+		}
+		_, h, _ := strings.Cut(out, "head   ")
+		return strings.TrimSpace(h)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		h0, h1, h2 := head(0), head(1), head(2)
+		if h0 != "" && h0 == h1 && h1 == h2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the nodes' audit heads differ: %s %s %s", h0, h1, h2)
+		}
 	}
 
 	// Plaintext HTTP to the HTTPS port: refused (400), and logged.
