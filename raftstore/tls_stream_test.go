@@ -98,7 +98,7 @@ func TestRaftOverMutualTLS(t *testing.T) {
 	promote(t, nodes[0], nodes, 3)
 	create := cmd(control.CmdCreate, 0)
 	create.Config = &control.MigrationConfig{}
-	if err := leaderOf(t, nodes).Apply(ctx, create); err != nil {
+	if err := onLeader(t, nodes, func(l *Node) error { return l.Apply(ctx, create) }); err != nil {
 		t.Fatal(err)
 	}
 	if st := waitSame(t, nodes); st.Migrations["m1"] == nil {
@@ -148,12 +148,24 @@ func TestRaftOverMutualTLS(t *testing.T) {
 	// gets the log.
 	rogueCA, _ := tlstest.NewCA("rogue CA")
 	rogue := openTLS("rogue", tlsFor(t, rogueCA, base, "rogue"), false)
-	if err := leaderOf(t, nodes[:3]).Join(rogue.ID(), rogue.Addr()); err != nil {
+	if err := onLeader(t, nodes[:3], func(l *Node) error { return l.Join(rogue.ID(), rogue.Addr()) }); err != nil {
 		t.Fatal(err)
 	}
 	waitLog("TLS handshake failed")
 	time.Sleep(500 * time.Millisecond)
 	if st := rogue.State(); st.Migrations["m1"] != nil {
 		t.Fatal("a node with a foreign certificate received the log")
+	}
+}
+
+// onLeader runs f on the node that leads, again on the next leader while
+// leadership moves (elections under load), for up to 10 s.
+func onLeader(t *testing.T, nodes []*Node, f func(*Node) error) error {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		err := f(leaderOf(t, nodes))
+		if err == nil || !errors.Is(err, ErrNotLeader) || time.Now().After(deadline) {
+			return err
+		}
 	}
 }
