@@ -39,6 +39,7 @@ const (
 	CmdSyncStarted   Kind = "sync-started"   // leader: the replicator runs on Node
 	CmdSyncCopied    Kind = "sync-copied"    // leader: the initial copy A to B is done
 	CmdSyncStopped   Kind = "sync-stopped"   // leader: the replicator of Node no longer runs (Error: why)
+	CmdAuditPrune    Kind = "audit-prune"    // leader: drop audit entries older than Time - Retention (the anchor keeps the chain)
 )
 
 // Command is one change to the state. Time and By are set by whoever
@@ -58,13 +59,24 @@ type Command struct {
 	Event     string           `json:"event,omitempty"` // for record: what happened
 	Node      string           `json:"node,omitempty"`
 	API       string           `json:"api,omitempty"`
+	// Retention is audit-prune's: entries older than Time - Retention go.
+	Retention time.Duration `json:"retention,omitempty"`
 }
 
 // Apply validates c and applies it. index is the Raft log index (0 outside
 // Raft); it numbers the audit entry. A refused command changes nothing but
-// the audit trail.
+// the audit trail. Every entry is hash-chained to the one before it
+// (audit.go).
 func (s *State) Apply(c Command, index uint64) error {
-	err := s.apply(c)
+	var err error
+	if c.Kind == CmdAuditPrune {
+		var d string
+		if d, err = s.applyPrune(c); err == nil {
+			c.Detail = d
+		}
+	} else {
+		err = s.apply(c)
+	}
 	res := "ok"
 	switch {
 	case err != nil:
@@ -88,7 +100,7 @@ func (s *State) Apply(c Command, index uint64) error {
 	if c.Kind == CmdRecord && c.Event != "" {
 		action = c.Event
 	}
-	s.Audit = append(s.Audit, AuditEntry{Index: index, Time: c.Time, Migration: c.Migration, By: c.By,
+	s.appendAudit(AuditEntry{Index: index, Time: c.Time, Migration: c.Migration, By: c.By,
 		Action: action, Detail: detail, Result: res})
 	return err
 }

@@ -28,6 +28,7 @@ import (
 //	  conflict_strategy: last-write-wins
 //	  lag_threshold_ms: 50
 //	  auth: [digest:mesos:secret]
+//	  tls: {ca: /etc/zk-migrate/zk-ca.pem, cert: /etc/zk-migrate/repl.pem, key: /etc/zk-migrate/repl-key.pem}
 //	flip:
 //	  timeout_sec: 30
 //	actions:            # commands run for each phase (Mesos automation)
@@ -45,12 +46,24 @@ type Config struct {
 		ConflictStrategy string   `yaml:"conflict_strategy"`
 		LagThresholdMS   int      `yaml:"lag_threshold_ms"`
 		Auth             []string `yaml:"auth"`
+		// TLS makes the control node's replicator, health checks and flip
+		// guard reach both ensembles' secureClientPort over TLS.
+		TLS ZKTLS `yaml:"tls"`
 	} `yaml:"sync"`
 	Flip struct {
 		TimeoutSec int `yaml:"timeout_sec"`
 	} `yaml:"flip"`
 	Actions map[string]Action `yaml:"actions"`
 	Alerts  Alerts            `yaml:"alerts"`
+}
+
+// ZKTLS names PEM files on every control node: the CA of the ensembles'
+// certificates and, for servers with ssl.clientAuth=need, a client
+// certificate and its key.
+type ZKTLS struct {
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
 }
 
 // Alerts says where alerts go; every destination is optional.
@@ -201,6 +214,11 @@ func (c *Config) Validate() error {
 		if scheme, secret, ok := strings.Cut(a, ":"); !ok || scheme == "" || secret == "" {
 			bad(fmt.Sprintf("sync.auth[%d]", i), a, "scheme:secret, e.g. digest:mesos:password")
 		}
+	}
+	if t := c.Sync.TLS; (t.Cert == "") != (t.Key == "") {
+		bad("sync.tls.key", t.Key, "set together with sync.tls.cert (PEM files on every control node)")
+	} else if t.Cert != "" && t.CA == "" {
+		bad("sync.tls.ca", "", "the CA of the ensembles' certificates (PEM file on every control node)")
 	}
 	if n := c.Flip.TimeoutSec; n < 1 || n > 3600 {
 		bad("flip.timeout_sec", fmt.Sprint(n), "1 to 3600")

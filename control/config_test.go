@@ -43,6 +43,7 @@ migration:
 sync:
   conflict_strategy: newest
   auth: [digest]
+  tls: {cert: /etc/repl.pem, key: /etc/repl-key.pem}
 actions:
   reboot_everything: {run: "true"}
 `
@@ -57,6 +58,7 @@ actions:
 		`migration.health_check_interval_sec: "-5" is not valid: 1 to 3600`,
 		`sync.conflict_strategy: "newest" is not valid: last-write-wins or manual`,
 		`sync.auth[0]: "digest" is not valid: scheme:secret`,
+		`sync.tls.ca: "" is not valid: the CA of the ensembles' certificates`,
 		`actions.reboot_everything: "reboot_everything" is not valid: one of agents_on_b, drain_agents_a, masters_off_a, masters_on_b, remove_a`,
 	} {
 		if !strings.Contains(err.Error(), want) {

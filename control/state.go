@@ -206,8 +206,10 @@ func (m *Migration) SyncProblem(leader string) string {
 	return ""
 }
 
-// AuditEntry records one applied command or one refused one.
+// AuditEntry records one applied command or one refused one. Seq, PrevHash
+// and Hash chain it to the entry before it (audit.go).
 type AuditEntry struct {
+	Seq       uint64    `json:"seq"`
 	Index     uint64    `json:"index"`
 	Time      time.Time `json:"time"`
 	Migration string    `json:"migration"`
@@ -215,12 +217,17 @@ type AuditEntry struct {
 	Action    string    `json:"action"`
 	Detail    string    `json:"detail,omitempty"`
 	Result    string    `json:"result"` // "ok" or the error
+	PrevHash  string    `json:"prev_hash"`
+	Hash      string    `json:"hash"`
 }
 
 // State is every migration and the audit trail.
 type State struct {
 	Migrations map[string]*Migration `json:"migrations"`
 	Audit      []AuditEntry          `json:"audit"`
+	// AuditAnchor is the last entry pruned from Audit (nil before any
+	// pruning): the first retained entry chains to its hash.
+	AuditAnchor *AuditAnchor `json:"audit_anchor,omitempty"`
 	// Nodes maps control-plane node ids to their API base URLs, so any
 	// node can forward a write to the leader.
 	Nodes map[string]string `json:"nodes,omitempty"`

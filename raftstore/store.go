@@ -46,6 +46,9 @@ type Config struct {
 	// Bootstrap makes this node start a new single-node cluster when it has
 	// no state yet. Other nodes join it through the leader's Join.
 	Bootstrap bool
+	// TLS, if set, makes the Raft transport mutual TLS (tls_stream.go);
+	// every node of the cluster needs it.
+	TLS *TLS
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 	// Timing, for tests (defaults are hashicorp/raft's).
@@ -123,7 +126,15 @@ func Open(cfg Config) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("raftstore: advertise address %q: %w", adv, err)
 	}
-	trans, err := raft.NewTCPTransport(cfg.BindAddr, tcpAdv, 3, 5*time.Second, io.Discard)
+	var trans *raft.NetworkTransport
+	if cfg.TLS != nil {
+		var st *tlsStream
+		if st, err = newTLSStream(cfg.BindAddr, tcpAdv, cfg.TLS, cfg.Logger); err == nil {
+			trans = raft.NewNetworkTransport(st, 3, 5*time.Second, io.Discard)
+		}
+	} else {
+		trans, err = raft.NewTCPTransport(cfg.BindAddr, tcpAdv, 3, 5*time.Second, io.Discard)
+	}
 	if err != nil {
 		store.Close()
 		return nil, fmt.Errorf("raftstore: listen %s: %w", cfg.BindAddr, err)

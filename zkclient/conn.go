@@ -22,6 +22,7 @@ package zkclient
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -46,6 +47,10 @@ type Options struct {
 	Auth []Auth
 	// MaxFrame bounds a reply frame (default 16 MiB).
 	MaxFrame int
+	// TLS, if set, returns the TLS configuration of one connection to the
+	// host serverName (a server's secureClientPort); nil: plaintext. Each
+	// dial asks again, so a reloaded certificate is used by the next one.
+	TLS func(serverName string) *tls.Config
 	// EventBuffer is the capacity of the watch event channel (default 4096).
 	// When it is full the connection stops reading until there is room:
 	// events are never dropped.
@@ -147,6 +152,15 @@ func dialOne(ctx context.Context, addr string, opts Options) (*Conn, error) {
 	nc, err := (&net.Dialer{}).DialContext(dctx, "tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if opts.TLS != nil {
+		host, _, _ := net.SplitHostPort(addr)
+		tc := tls.Client(nc, opts.TLS(host))
+		if err := tc.HandshakeContext(dctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("TLS handshake (is this the server's secureClientPort, and does its certificate chain to the CA?): %w", err)
+		}
+		nc = tc
 	}
 	_ = nc.SetDeadline(time.Now().Add(opts.DialTimeout))
 	req := jute.ConnectRequest{TimeOut: int32(opts.SessionTimeout / time.Millisecond), SessionID: opts.SessionID,

@@ -2,6 +2,7 @@ package zkclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"os"
@@ -121,7 +122,19 @@ func MultiErr(call *Call) (int, error) {
 // to addr and returns the whole answer. A server closes the connection
 // after answering; a timeout before that is an error.
 func FourLetterWord(addr, word string, timeout time.Duration) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+	return FourLetterWordTLS(addr, word, timeout, nil)
+}
+
+// FourLetterWordTLS is FourLetterWord over TLS with cfg (a server's
+// secureClientPort); a nil cfg is plaintext.
+func FourLetterWordTLS(addr, word string, timeout time.Duration, cfg *tls.Config) (string, error) {
+	var c net.Conn
+	var err error
+	if cfg != nil {
+		c, err = tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", addr, cfg)
+	} else {
+		c, err = net.DialTimeout("tcp", addr, timeout)
+	}
 	if err != nil {
 		return "", err
 	}

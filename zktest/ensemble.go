@@ -20,6 +20,7 @@ package zktest
 import (
 	"context"
 	"crypto/sha1"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -39,6 +40,10 @@ import (
 const (
 	DefaultJava      = "java"
 	DefaultClassPath = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
+	// NettyClassPath is added for a TLS ensemble: the Netty connection
+	// factory's codec and handler jars, which zookeeper.jar's manifest
+	// does not pull in.
+	NettyClassPath = "/usr/share/java/netty-handler.jar:/usr/share/java/netty-codec.jar"
 )
 
 // ErrNotInstalled means ZooKeeper's jars or java were not found.
@@ -68,6 +73,23 @@ type Config struct {
 	// JVMFlags are added to every server's java command line, before the
 	// main class (e.g. SuperDigestFlag).
 	JVMFlags []string
+	// TLS, if set, makes the servers TLS-only: the Netty connection
+	// factory on a secureClientPort and no plaintext client port.
+	TLS *TLS
+}
+
+// TLS configures a TLS-only ensemble from PEM files (ZooKeeper reads PEM
+// key and trust stores with ssl.*.type=PEM).
+type TLS struct {
+	// KeyStore holds the servers' certificate and private key (PEM, one
+	// file); TrustStore the CA their clients' certificates chain to.
+	KeyStore, TrustStore string
+	// ClientAuth is ssl.clientAuth: "need" (default: clients present a
+	// certificate), "want" or "none".
+	ClientAuth string
+	// Client is the harness's own client configuration (four-letter
+	// words while waiting for the servers), for server name host.
+	Client func(host string) *tls.Config
 }
 
 // SuperDigestFlag is the JVM flag that makes user:password ZooKeeper's
@@ -134,6 +156,9 @@ func Start(ctx context.Context, cfg Config) (*Ensemble, error) {
 	}
 	if cfg.ClassPath == "" {
 		cfg.ClassPath = DefaultClassPath
+		if cfg.TLS != nil {
+			cfg.ClassPath += ":" + NettyClassPath
+		}
 	}
 	if cfg.HeapMB == 0 {
 		cfg.HeapMB = 256
@@ -222,7 +247,17 @@ func (e *Ensemble) writeConfig(s *Server) error {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "tickTime=%d\ninitLimit=20\nsyncLimit=10\n", e.cfg.TickTime)
-	fmt.Fprintf(&b, "dataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\n", s.dataDir, s.ClientPort)
+	if t := e.cfg.TLS; t != nil {
+		auth := t.ClientAuth
+		if auth == "" {
+			auth = "need"
+		}
+		fmt.Fprintf(&b, "dataDir=%s\nsecureClientPort=%d\nsecureClientPortAddress=127.0.0.1\n", s.dataDir, s.ClientPort)
+		fmt.Fprintf(&b, "ssl.keyStore.location=%s\nssl.keyStore.type=PEM\nssl.trustStore.location=%s\nssl.trustStore.type=PEM\nssl.clientAuth=%s\n",
+			t.KeyStore, t.TrustStore, auth)
+	} else {
+		fmt.Fprintf(&b, "dataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\n", s.dataDir, s.ClientPort)
+	}
 	fmt.Fprintf(&b, "maxClientCnxns=0\n4lw.commands.whitelist=*\nadmin.enableServer=false\n")
 	fmt.Fprintf(&b, "maxSessionTimeout=%d\nautopurge.purgeInterval=0\n", e.cfg.MaxSessionTimeout)
 	if len(e.Servers) > 1 {
@@ -258,6 +293,9 @@ func (e *Ensemble) startServer(s *Server) error {
 	args := []string{fmt.Sprintf("-Xmx%dm", e.cfg.HeapMB), "-XX:+UseSerialGC", "-Xss512k", "-XX:TieredStopAtLevel=1",
 		"-Dzookeeper.admin.enableServer=false", "-Djava.net.preferIPv4Stack=true",
 		"-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"}
+	if e.cfg.TLS != nil {
+		args = append(args, "-Dzookeeper.serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory")
+	}
 	args = append(args, e.cfg.JVMFlags...)
 	cmd := exec.Command(e.cfg.Java, append(args, "-cp", e.cfg.ClassPath, main, s.cfgPath)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -280,7 +318,7 @@ func (e *Ensemble) WaitServing(ctx context.Context, timeout time.Duration) error
 			continue
 		}
 		for {
-			out, err := FourLetterWord(s.Addr(), "srvr", time.Second)
+			out, err := e.fourLetterWord(s, "srvr")
 			if err == nil && strings.Contains(out, "Mode: ") {
 				break
 			}
@@ -376,6 +414,14 @@ func (e *Ensemble) Close() {
 	if e.ownDir && os.Getenv("ZKTEST_KEEP") == "" {
 		_ = os.RemoveAll(e.cfg.Dir)
 	}
+}
+
+// fourLetterWord asks server s, over TLS on a TLS-only ensemble.
+func (e *Ensemble) fourLetterWord(s *Server, word string) (string, error) {
+	if t := e.cfg.TLS; t != nil && t.Client != nil {
+		return zkclient.FourLetterWordTLS(s.Addr(), word, time.Second, t.Client("127.0.0.1"))
+	}
+	return FourLetterWord(s.Addr(), word, time.Second)
 }
 
 // FourLetterWord sends a four-letter admin command to addr and returns the

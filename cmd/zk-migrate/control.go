@@ -44,8 +44,15 @@ The tokens file has one "TOKEN ROLE NAME" per line, ROLE viewer or operator;
 the same file on every node. Every change is attributed to the token's NAME
 in the audit trail. The leader runs the phases: phase 1 starts the
 replicator (sync A <-> B) and waits for equal digests; phases 2-6 run the
-shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
-		Flags: []cli.Flag{
+shell commands of migration.yaml's actions; the flip runs the epoch barrier.
+
+TLS (TLS 1.2+, certificates reloaded when the files change): --tls-cert and
+--tls-key serve the API over HTTPS (--join https://...), --tls-client-ca
+requires client certificates, --tls-ca verifies the other nodes' APIs;
+--raft-tls-cert, --raft-tls-key and --raft-tls-ca make Raft mutual TLS. The
+audit trail is hash-chained (zk-migrate audit verify); --audit-retention
+prunes it.`,
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "id", Required: true, Usage: "this node's id (c1, c2...)"},
 			&cli.StringFlag{Name: "raft-addr", Required: true, Usage: "Raft address, host:port, reachable by the other nodes"},
 			&cli.StringFlag{Name: "api-addr", Value: "127.0.0.1:8080", Usage: "REST API address"},
@@ -60,7 +67,9 @@ shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 			gossipKeyFlag(),
 			&cli.StringFlag{Name: "metrics-addr", Usage: "address of the Prometheus /metrics endpoint, plain HTTP without a token, e.g. 127.0.0.1:9406 (empty: off)"},
-		},
+			&cli.DurationFlag{Name: "audit-retention", Value: server.DefaultAuditRetention,
+				Usage: "drop audit entries older than this (the leader prunes hourly; the chain stays verifiable from an anchor); 0 keeps every entry"},
+		}, controlTLSFlags()...),
 		Action: runControl,
 	}
 }
@@ -68,6 +77,9 @@ shell commands of migration.yaml's actions; the flip runs the epoch barrier.`,
 func runControl(c *cli.Context) error {
 	if c.Bool("bootstrap") == (c.String("join") != "") {
 		return usageError("give exactly one of --bootstrap (first node) or --join URL (the others)")
+	}
+	if c.Duration("audit-retention") < 0 {
+		return usageError("--audit-retention %s: want a positive duration, or 0 to keep every entry", c.Duration("audit-retention"))
 	}
 	tokens, err := server.LoadTokens(c.String("tokens"))
 	if err != nil {
@@ -90,8 +102,12 @@ func runControl(c *cli.Context) error {
 		return usageError("--tokens: no operator token (nodes join with one)")
 	}
 	log, _ := newLogger("info")
+	tlsc, err := loadControlTLS(c, log)
+	if err != nil {
+		return err
+	}
 	node, err := raftstore.Open(raftstore.Config{ID: c.String("id"), Dir: filepath.Clean(c.String("data-dir")),
-		BindAddr: c.String("raft-addr"), Bootstrap: c.Bool("bootstrap"), Logger: log})
+		BindAddr: c.String("raft-addr"), Bootstrap: c.Bool("bootstrap"), Logger: log, TLS: tlsc.Raft})
 	if err != nil {
 		return err
 	}
@@ -99,6 +115,9 @@ func runControl(c *cli.Context) error {
 	apiURL := c.String("api-url")
 	if apiURL == "" {
 		apiURL = "http://" + c.String("api-addr")
+		if tlsc.API != nil {
+			apiURL = "https://" + c.String("api-addr")
+		}
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -115,28 +134,39 @@ func runControl(c *cli.Context) error {
 		}}
 	srv := &server.Server{Node: node, Tokens: tokens, Logger: log, SyncStatus: sy.Status,
 		Health: func(string) any { return sy.Status() }, SyncProblem: sy.Problem,
-		FlipCheck: func(ctx context.Context, m *control.Migration) error { return sy.FlipReady(ctx, m, "A", "B") }}
+		FlipCheck: func(ctx context.Context, m *control.Migration) error { return sy.FlipReady(ctx, m, "A", "B") },
+		Transport: tlsc.Peer}
 	ln, err := net.Listen("tcp", c.String("api-addr"))
 	if err != nil {
 		return fmt.Errorf("api listen on %s: %w", c.String("api-addr"), err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = hs.Serve(ln) }()
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: httpErrorLog(log)}
+	if tlsc.API != nil {
+		hs.TLSConfig = tlsc.API.ServerConfig(tlsc.ClientAuth)
+		go func() { _ = hs.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { _ = hs.Serve(ln) }()
+	}
 	defer hs.Close()
 
 	// Autopilot promotes joined nodes once they have caught up (on the
 	// leader); it stops before the node closes.
-	ap := &raftstore.Autopilot{Node: node, Stats: server.StatsOverAPI(node.State, joinToken),
+	ap := &raftstore.Autopilot{Node: node, Stats: server.StatsOverAPI(node.State, joinToken, tlsc.Peer),
 		StabilizationTime: c.Duration("raft-stabilization"), Logger: log}
 	apDone := make(chan struct{})
 	go func() { defer close(apDone); _ = ap.Run(ctx) }()
 	defer func() { stop(); <-apDone }()
+	pruner := &server.AuditPruner{Apply: node.Apply, State: node.State, IsLeader: node.IsLeader, NodeID: c.String("id"),
+		Retention: c.Duration("audit-retention"), Logger: log}
+	prDone := make(chan struct{})
+	go func() { defer close(prDone); pruner.Run(ctx) }()
+	defer func() { stop(); <-prDone }()
 
 	if c.Bool("bootstrap") {
 		if err := announceSelf(ctx, node, c.String("id"), apiURL); err != nil {
 			return err
 		}
-	} else if err := joinCluster(ctx, c.String("join"), joinToken, c.String("id"), node.Addr(), apiURL); err != nil {
+	} else if err := joinCluster(ctx, &http.Client{Transport: tlsc.Peer, Timeout: 30 * time.Second}, c.String("join"), joinToken, c.String("id"), node.Addr(), apiURL); err != nil {
 		return err
 	}
 	var fleet control.ProxyFleet = server.NoProxies{}
@@ -199,13 +229,13 @@ func announceSelf(ctx context.Context, node *raftstore.Node, id, api string) err
 }
 
 // joinCluster asks a running node (forwarded to the leader) to add us.
-func joinCluster(ctx context.Context, url, token, id, raftAddr, api string) error {
+func joinCluster(ctx context.Context, client *http.Client, url, token, id, raftAddr, api string) error {
 	body, _ := json.Marshal(map[string]string{"id": id, "raft_addr": raftAddr, "api": api})
 	var last error
 	for i := 0; i < 60; i++ {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url+"/api/v1/cluster/join", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

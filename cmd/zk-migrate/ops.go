@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -26,12 +25,12 @@ const (
 )
 
 func apiFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:8080", Usage: "control-plane node APIs, comma-separated: the first that answers is used", EnvVars: []string{"ZKM_API"}},
 		&cli.StringFlag{Name: "token", Usage: "API token", EnvVars: []string{"ZKM_TOKEN"}},
 		&cli.StringFlag{Name: "migration", Usage: "migration id (default: the only one)"},
 		&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"},
-	}
+	}, apiTLSFlags()...)
 }
 
 type apiClient struct {
@@ -42,6 +41,9 @@ type apiClient struct {
 	token string
 	out   io.Writer
 	json  bool
+	// transport reaches an HTTPS API (--ca-cert, --client-cert); nil: the
+	// default.
+	transport http.RoundTripper
 }
 
 // parseAPIs splits --api into URLs.
@@ -74,7 +76,11 @@ func newAPIClient(c *cli.Context) (*apiClient, error) {
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	return &apiClient{bases: bases, token: c.String("token"), out: c.App.Writer, json: c.String("output") == "json"}, nil
+	rt, err := apiTransport(c)
+	if err != nil {
+		return nil, err
+	}
+	return &apiClient{bases: bases, token: c.String("token"), out: c.App.Writer, json: c.String("output") == "json", transport: rt}, nil
 }
 
 // send makes one request to the first control node that answers,
@@ -104,7 +110,7 @@ func (a *apiClient) send(client *http.Client, method, path string, body []byte) 
 // do calls the API and decodes the JSON answer into v; API errors become
 // exit codes scripts can rely on.
 func (a *apiClient) do(method, path string, body []byte, v any) error {
-	client := &http.Client{Timeout: 5 * time.Minute}
+	client := &http.Client{Timeout: 5 * time.Minute, Transport: a.transport}
 	var resp *http.Response
 	var b []byte
 	// A leader election answers 503 for a moment: wait it out (15 s).
@@ -329,7 +335,7 @@ func (a *apiClient) leader() string {
 	var h struct {
 		Leader string `json:"leader"`
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: a.transport}
 	resp, err := client.Get(a.bases[a.cur] + "/healthz")
 	if err != nil {
 		return ""
@@ -511,36 +517,7 @@ can then be used again; its flip epochs continue above the old ones.
 		simple("pause", "stop the executor between actions"),
 		simple("resume", "continue a paused migration"),
 		simple("retry", "run a failed phase again"),
-		{
-			Name: "audit", Usage: "print the audit trail (who did what, when, with what result; --migration: only its entries)", Flags: apiFlags(),
-			Action: func(c *cli.Context) error {
-				a, err := newAPIClient(c)
-				if err != nil {
-					return err
-				}
-				path := "/api/v1/audit"
-				if id := c.String("migration"); id != "" {
-					path += "?migration=" + url.QueryEscape(id)
-				}
-				var entries []control.AuditEntry
-				if err := a.do(http.MethodGet, path, nil, &entries); err != nil {
-					return err
-				}
-				if a.json { // JSON lines: one entry per line
-					enc := json.NewEncoder(a.out)
-					for _, e := range entries {
-						if err := enc.Encode(e); err != nil {
-							return err
-						}
-					}
-					return nil
-				}
-				for _, e := range entries {
-					fmt.Fprintf(a.out, "%s %-10s %-14s %-12s %s %s\n", e.Time.Format(time.RFC3339), e.By, e.Action, e.Migration, e.Detail, e.Result)
-				}
-				return nil
-			},
-		},
+		auditCommand(),
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/replicator"
+	"github.com/zk-migrate/zk-migrate/tlsconf"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
@@ -43,6 +45,9 @@ func ensembleFlags() []cli.Flag {
 		&cli.StringFlag{Name: "paths", Value: "/mesos", Usage: "subtrees to sync, comma-separated (e.g. /mesos,/marathon)"},
 		&cli.StringSliceFlag{Name: "auth", Usage: "credentials used on both ensembles, scheme:secret (digest:user:password); the ACLs must grant them what the copy needs"},
 		&cli.IntFlag{Name: "readers", Value: 4, Usage: "sessions reading each side in parallel"},
+		&cli.StringFlag{Name: "tls-ca", Usage: "connect to both ensembles' secureClientPort over TLS, verifying the servers against this CA (PEM)", EnvVars: []string{"ZKM_ZK_TLS_CA"}},
+		&cli.StringFlag{Name: "tls-cert", Usage: "client certificate for the ensembles (PEM; needed when the servers set ssl.clientAuth=need)", EnvVars: []string{"ZKM_ZK_TLS_CERT"}},
+		&cli.StringFlag{Name: "tls-key", Usage: "the key of --tls-cert (PEM)", EnvVars: []string{"ZKM_ZK_TLS_KEY"}},
 	}
 }
 
@@ -51,6 +56,8 @@ type ensembleArgs struct {
 	paths          []string
 	auth           []zkclient.Auth
 	readers        int
+	// tls, if set, is the TLS configuration of each connection.
+	tls func(serverName string) *tls.Config
 }
 
 func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
@@ -88,6 +95,16 @@ func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
 	if a.readers = c.Int("readers"); a.readers < 1 || a.readers > 64 {
 		return a, fmt.Errorf("--readers %d: want 1 to 64", a.readers)
 	}
+	if ca, cert, key := c.String("tls-ca"), c.String("tls-cert"), c.String("tls-key"); ca != "" || cert != "" || key != "" {
+		if ca == "" {
+			return a, fmt.Errorf("--tls-cert/--tls-key need --tls-ca (the CA of the ensembles' certificates)")
+		}
+		f, err := tlsconf.Load(tlsconf.Paths{Cert: cert, Key: key, CA: ca})
+		if err != nil {
+			return a, err
+		}
+		a.tls = f.ClientConfig
+	}
 	return a, nil
 }
 
@@ -99,11 +116,15 @@ func (a ensembleArgs) addrs(side replicator.Side) []string {
 }
 
 func (a ensembleArgs) dial(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
-	opts := zkclient.Options{Auth: a.auth}
+	opts := zkclient.Options{Auth: a.auth, TLS: a.tls}
 	if resume != nil {
 		opts.SessionID, opts.Passwd = resume.SessionID(), resume.Passwd()
 	}
 	c, err := zkclient.Dial(ctx, a.addrs(side), opts)
+	if err != nil && a.tls == nil && errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("ensemble %s (%s): %w (the server closed the connection unanswered: if it serves TLS only on a secureClientPort, give --tls-ca, and --tls-cert/--tls-key)",
+			side, strings.Join(a.addrs(side), ","), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ensemble %s (%s): %w", side, strings.Join(a.addrs(side), ","), err)
 	}
@@ -138,7 +159,9 @@ func syncCommand() *cli.Command {
 	flags := append(ensembleFlags(),
 		&cli.BoolFlag{Name: "once", Usage: "copy and verify once, then exit (no continuous sync)"},
 		&cli.StringFlag{Name: "conflict", Value: replicator.LastWriteWins, Usage: "what to do with a znode changed on both sides: last-write-wins or manual"},
-		&cli.StringFlag{Name: "audit-log", Usage: "append conflicts and alerts as JSON lines to this file (default: stderr)"},
+		&cli.StringFlag{Name: "audit-log", Usage: "append conflicts and alerts to this file as hash-chained JSON lines (zk-migrate audit verify --file checks it; default: plain lines on stderr)"},
+		&cli.IntFlag{Name: "audit-log-max-mb", Value: 100, Usage: "rotate --audit-log when it would grow past this size (FILE.1 is the newest rotated file)"},
+		&cli.IntFlag{Name: "audit-log-keep", Value: 10, Usage: "rotated --audit-log files to keep; older ones are deleted"},
 		&cli.IntFlag{Name: "lag-threshold-ms", Value: 50, Usage: "alert when sync lag stays above this"},
 		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9405", Usage: "Prometheus /metrics address (empty: off)"},
 		&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises the lag)"},
@@ -172,6 +195,10 @@ without locking its owner out on B, so sync refuses before writing anything,
 lists every such znode on A and B, and exits 6. Give --auth the identity that
 owns them (digest:mesos:secret), or the ensembles' super digest.
 
+TLS: with --tls-ca (and --tls-cert/--tls-key when the servers require client
+certificates, ssl.clientAuth=need) every connection to both ensembles is TLS
+1.2+ to their secureClientPort; the files are reloaded when they change.
+
 Exit status: 0 done (--once) or stopped by a signal, 1 error, 2 usage,
 3 the copy did not verify, 6 ACLs hidden from --auth (nothing written for
 them).`,
@@ -184,6 +211,9 @@ func runSync(c *cli.Context) error {
 	args, err := parseEnsembleArgs(c)
 	if err != nil {
 		return usageError("%v", err)
+	}
+	if c.Int("audit-log-max-mb") < 1 || c.Int("audit-log-keep") < 1 {
+		return usageError("--audit-log-max-mb %d, --audit-log-keep %d: want at least 1 each", c.Int("audit-log-max-mb"), c.Int("audit-log-keep"))
 	}
 	strategy := c.String("conflict")
 	if strategy != replicator.LastWriteWins && strategy != replicator.Manual {
@@ -239,7 +269,7 @@ func runSync(c *cli.Context) error {
 	closeAll()
 	audit := io.Writer(os.Stderr)
 	if p := c.String("audit-log"); p != "" {
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		f, err := control.OpenAuditLog(p, "sync", int64(c.Int("audit-log-max-mb"))<<20, c.Int("audit-log-keep"))
 		if err != nil {
 			return fmt.Errorf("--audit-log: %w", err)
 		}
@@ -373,7 +403,7 @@ Exit status: 0 equal/healthy, 3 different/unhealthy, 6 cannot verify
 			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:8080", Usage: "control plane API (with --phase)", EnvVars: []string{"ZKM_API"}},
 			&cli.StringFlag{Name: "token", Usage: "API token (with --phase)", EnvVars: []string{"ZKM_TOKEN"}},
 			&cli.StringFlag{Name: "migration", Usage: "migration id (with --phase; default: the only one)"}),
-			&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"}),
+			append([]cli.Flag{&cli.StringFlag{Name: "output", Value: "text", Usage: "text or json"}}, apiTLSFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if p := c.String("phase"); p != "" {
 				if p != "current" {

@@ -110,9 +110,10 @@ func (s *Server) removeNode(w http.ResponseWriter, r *http.Request) {
 }
 
 // StatsOverAPI returns an Autopilot Stats function that asks a node's API
-// (from the replicated node list) for its Raft progress, with token.
-func StatsOverAPI(state func() *control.State, token string) func(ctx context.Context, id, addr string) (raftstore.ServerStats, error) {
-	client := &http.Client{Timeout: 2 * time.Second}
+// (from the replicated node list) for its Raft progress, with token, over
+// rt (nil: the default transport).
+func StatsOverAPI(state func() *control.State, token string, rt http.RoundTripper) func(ctx context.Context, id, addr string) (raftstore.ServerStats, error) {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: rt}
 	return func(ctx context.Context, id, _ string) (raftstore.ServerStats, error) {
 		var st raftstore.ServerStats
 		api := state().Nodes[id]

@@ -75,7 +75,12 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 		}
 		if conns[i] == nil {
 			dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			c, err := zkclient.Dial(dctx, strings.Split(connect[i], ","), zkclient.Options{Auth: syncAuth(cfg)})
+			opts, err := zkOptions(cfg)
+			if err != nil {
+				cancel()
+				return err
+			}
+			c, err := zkclient.Dial(dctx, strings.Split(connect[i], ","), opts)
 			cancel()
 			if err != nil {
 				return fmt.Errorf("cannot reach ensemble %s to compare digests: %w", side[i], err)

@@ -81,9 +81,10 @@ func (s *Syncer) watchHealth(ctx context.Context, m *control.Migration, cfg *con
 		s.Metrics.observeMesosLeader(m.ID, path, leader, unexpected)
 	}}
 	notify := func(a alert.Alert) { s.notify(m, a) }
+	tlsFor, _ := zkTLS(cfg) // Preflight refused a sync.tls that does not load
 	for {
 		for _, side := range []struct{ name, connect string }{{"A", cfg.Migration.SourceZK}, {"B", cfg.Migration.TargetZK}} {
-			h := CheckEnsemble(side.connect)
+			h := CheckEnsembleTLS(side.connect, tlsFor)
 			if ctx.Err() != nil {
 				return
 			}
@@ -106,7 +107,7 @@ func (s *Syncer) watchHealth(ctx context.Context, m *control.Migration, cfg *con
 			primary = cfg.Migration.TargetZK
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if conn, err := zkclient.Dial(cctx, strings.Split(primary, ","), zkclient.Options{}); err == nil {
+		if conn, err := zkclient.Dial(cctx, strings.Split(primary, ","), zkclient.Options{TLS: tlsFor}); err == nil {
 			_ = leaders.check(cctx, conn, cur, cfg.Migration.Paths, notify)
 			_ = conn.Close() // end the session, not just the connection
 		}

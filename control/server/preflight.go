@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -22,12 +24,21 @@ type EnsembleHealth struct {
 func (h EnsembleHealth) Quorum() bool { return h.Serving*2 > h.Total }
 
 // CheckEnsemble asks every server of a connect string for srvr.
-func CheckEnsemble(connect string) EnsembleHealth {
+func CheckEnsemble(connect string) EnsembleHealth { return CheckEnsembleTLS(connect, nil) }
+
+// CheckEnsembleTLS is CheckEnsemble over TLS (tlsFor non-nil: the servers'
+// secureClientPort).
+func CheckEnsembleTLS(connect string, tlsFor func(serverName string) *tls.Config) EnsembleHealth {
 	var h EnsembleHealth
 	for _, addr := range strings.Split(connect, ",") {
 		addr = strings.TrimSpace(addr)
 		h.Total++
-		out, err := zkclient.FourLetterWord(addr, "srvr", 3*time.Second)
+		var cfg *tls.Config
+		if tlsFor != nil {
+			host, _, _ := net.SplitHostPort(addr)
+			cfg = tlsFor(host)
+		}
+		out, err := zkclient.FourLetterWordTLS(addr, "srvr", 3*time.Second, cfg)
 		if err != nil || !strings.Contains(out, "Mode: ") {
 			h.Problems = append(h.Problems, fmt.Sprintf("%s not serving (%v%s)", addr, err, firstLine(out)))
 			continue
@@ -56,8 +67,12 @@ func firstLine(s string) string {
 // (CheckACLs); it notes servers older than 3.6 (sync then uses one-shot
 // watch trees).
 func Preflight(cfg *control.Config) (notes []string, err error) {
+	tlsFor, err := zkTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
 	for _, side := range []struct{ name, connect string }{{"A (source_zk)", cfg.Migration.SourceZK}, {"B (target_zk)", cfg.Migration.TargetZK}} {
-		h := CheckEnsemble(side.connect)
+		h := CheckEnsembleTLS(side.connect, tlsFor)
 		if !h.Quorum() {
 			return notes, fmt.Errorf("pre-flight: ensemble %s has no quorum reachable from the control plane: %d of %d serving: %s",
 				side.name, h.Serving, h.Total, strings.Join(h.Problems, "; "))
@@ -94,11 +109,14 @@ const aclScanTimeout = 2 * time.Minute
 // ZooKeeper hides (user:x: no ADMIN permission on the node). Phase 1 could
 // neither copy nor verify them.
 func CheckACLs(ctx context.Context, cfg *control.Config) ([]replicator.UnreadableACL, error) {
-	auth := syncAuth(cfg)
+	opts, err := zkOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
 	var out []replicator.UnreadableACL
 	for _, side := range []replicator.Side{replicator.SideA, replicator.SideB} {
 		connect := []string{cfg.Migration.SourceZK, cfg.Migration.TargetZK}[side]
-		conn, err := zkclient.Dial(ctx, strings.Split(connect, ","), zkclient.Options{Auth: auth})
+		conn, err := zkclient.Dial(ctx, strings.Split(connect, ","), opts)
 		if err != nil {
 			return nil, fmt.Errorf("ACL check on ensemble %s: %w", side, err)
 		}

@@ -38,8 +38,8 @@ func query(w http.ResponseWriter, r *http.Request, allowed ...string) (params, b
 		case "after":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
-				writeJSON(w, http.StatusBadRequest, apiError{fmt.Sprintf("after=%q is not a count of audit entries", v),
-					"after=N skips the first N entries (0 for all); leave it out to follow from now"})
+				writeJSON(w, http.StatusBadRequest, apiError{fmt.Sprintf("after=%q is not an audit seq", v),
+					"after=N streams the entries with seq above N (0 for all); leave it out to follow from now"})
 				return p, false
 			}
 			p.after = n

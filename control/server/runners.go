@@ -98,7 +98,10 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 	ensembles := [2][]string{strings.Split(cfg.Migration.SourceZK, ","), strings.Split(cfg.Migration.TargetZK, ",")}
 	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
 		Dial: func(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
-			o := zkclient.Options{Auth: syncAuth(cfg)}
+			o, err := zkOptions(cfg)
+			if err != nil {
+				return nil, err
+			}
 			if resume != nil {
 				o.SessionID, o.Passwd = resume.SessionID(), resume.Passwd()
 			}

@@ -108,6 +108,10 @@ type Server struct {
 	// FlipCheck, if set, is asked before an advance to the flip is
 	// accepted: an error refuses it with the reason (409).
 	FlipCheck func(ctx context.Context, m *control.Migration) error
+	// Transport carries requests forwarded to the leader (nil: the
+	// default); with TLS between control nodes it verifies their
+	// certificates (tlsconf.Files.HTTPTransport).
+	Transport http.RoundTripper
 	Logger    *slog.Logger
 
 	refusals refusalLimiter
@@ -206,7 +210,9 @@ func (s *Server) onLeader(h http.Handler) http.Handler {
 			writeJSON(w, http.StatusInternalServerError, apiError{"bad leader address " + api, ""})
 			return
 		}
-		httputil.NewSingleHostReverseProxy(u).ServeHTTP(w, r)
+		rp := httputil.NewSingleHostReverseProxy(u)
+		rp.Transport = s.Transport
+		rp.ServeHTTP(w, r)
 	})
 }
 
@@ -227,6 +233,7 @@ func (s *Server) leaderView(h http.HandlerFunc) http.Handler {
 			return
 		}
 		rp := httputil.NewSingleHostReverseProxy(u)
+		rp.Transport = s.Transport
 		rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, _ error) { h(w, r) } // leader unreachable: answer here
 		r.Header.Set(forwardedHeader, "1")
 		rp.ServeHTTP(w, r)
@@ -439,9 +446,11 @@ func (s *Server) audit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// events streams audit entries as server-sent events, starting after
-// ?after=N (the first N entries are skipped; default: the current end),
-// only one migration's with ?migration=ID, until the client leaves.
+// events streams audit entries as server-sent events (the event id is the
+// entry's Seq), starting after ?after=N (entries with Seq above N; default:
+// the current end), only one migration's with ?migration=ID, until the
+// client leaves. Seq survives pruning, so a resumed stream loses nothing
+// that is still retained.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	q, ok := query(w, r, "after", "migration")
 	if !ok {
@@ -452,9 +461,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusInternalServerError, apiError{"streaming unsupported", ""})
 		return
 	}
-	next := len(s.Node.State().Audit)
+	var after uint64
+	if a := s.Node.State().Audit; len(a) > 0 {
+		after = a[len(a)-1].Seq
+	}
 	if q.after >= 0 {
-		next = q.after
+		after = uint64(q.after)
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -463,13 +475,16 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
-		audit := s.Node.State().Audit
-		for ; next < len(audit); next++ {
-			if q.migration != "" && audit[next].Migration != q.migration {
+		for _, e := range s.Node.State().Audit {
+			if e.Seq <= after {
 				continue
 			}
-			b, _ := json.Marshal(audit[next])
-			fmt.Fprintf(w, "id: %d\nevent: audit\ndata: %s\n\n", next+1, b)
+			after = e.Seq
+			if q.migration != "" && e.Migration != q.migration {
+				continue
+			}
+			b, _ := json.Marshal(e)
+			fmt.Fprintf(w, "id: %d\nevent: audit\ndata: %s\n\n", e.Seq, b)
 		}
 		fl.Flush()
 		select {
