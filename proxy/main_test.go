@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	ens.Close()
+	if ensB != nil {
+		ensB.Close()
+	}
 	os.Exit(code)
 }
 

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
@@ -34,6 +35,11 @@ type Config struct {
 	// not queued: it is counted in mirror_failures_total{reason="backlog_full"}
 	// and left for the replicator to repair.
 	MaxMirrorBacklog int
+	// StateDir, if set, keeps each client session's shadow session id and
+	// password, so a restarted proxy resumes the shadow session of a client
+	// that reconnects within its timeout (and its ephemerals on the
+	// secondary) instead of opening another.
+	StateDir string
 	// MaxFrame bounds a client frame (default jute.maxbuffer + extrasize,
 	// 1 MiB + 1 KiB, what a ZooKeeper server accepts).
 	MaxFrame int
@@ -177,8 +183,12 @@ type Server struct {
 	conns     map[net.Conn]string // the remote address's IP
 	perIP     map[string]int
 	sessions  map[int64]*session
+	shadows   map[int64]*shadow // two-ensemble mode, by client session id
 	closed    bool
-	wg        sync.WaitGroup
+
+	readers       primaryReaders
+	mirrorBacklog atomic.Int64 // paths queued on every shadow
+	wg            sync.WaitGroup
 }
 
 // New validates cfg and returns a Server that is not yet listening.
@@ -191,12 +201,20 @@ func New(cfg Config) (*Server, error) {
 	for _, w := range cfg.FourLetterWords {
 		allow[w] = true
 	}
-	return &Server{
+	s := &Server{
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics, ctx: ctx, cancel: cancel,
 		logs: newLogLimiter(cfg.Metrics), allow4lw: allow,
 		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]string{}, perIP: map[string]int{},
-		sessions: map[int64]*session{},
-	}, nil
+		sessions: map[int64]*session{}, shadows: map[int64]*shadow{},
+	}
+	if s.TwoEnsembles() {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchMirrorLag()
+		}()
+	}
+	return s, nil
 }
 
 // ErrServerClosed is returned by Serve after Close.

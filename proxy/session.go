@@ -72,6 +72,10 @@ func (cc *clientConn) serve() {
 	}
 	cc.srv.registerSession(sess)
 	defer cc.srv.unregisterSession(sess)
+	if cc.srv.TwoEnsembles() {
+		sess.attachShadow()
+		defer sess.releaseShadow()
+	}
 	sess.run()
 }
 
@@ -122,6 +126,9 @@ type session struct {
 	// In single-ensemble mode only the primary leg exists.
 	legs    [2]*leg
 	primary ensemble.Name
+	shadow  *shadow // two-ensemble mode: the secondary leg's shadow session
+
+	ended atomic.Bool // the session itself ended (expired upstream)
 
 	lastHeard atomic.Int64 // unix nanos of the last frame from the client
 	closing   atomic.Bool  // closeSession sent: upstream EOF ends the session
@@ -190,6 +197,7 @@ func (s *session) open(connectFrame []byte) bool {
 	_ = s.cc.conn.SetWriteDeadline(time.Time{})
 	if resp.Expired() {
 		up.conn.Close()
+		s.srv.sessionExpired(s.connect.SessionID)
 		s.log.Info("session expired upstream; told the client", "session", fmt.Sprintf("0x%x", s.connect.SessionID))
 		return false
 	}
@@ -367,6 +375,15 @@ func (s *session) handleRequest(frame []byte) error {
 	if op == jute.OpCloseSession {
 		p.track = trackClose
 		s.closing.Store(true)
+	}
+	if s.shadow != nil {
+		if op == jute.OpReconfig {
+			s.cc.logs.warn(s.log, "reconfig_refused", "refused reconfig: the proxy writes to two ensembles and cannot reconfigure both as one; answered RECONFIGDISABLED",
+				"hint", "reconfigure each ensemble directly, not through the proxy, outside a migration")
+			s.answerLocally(req.Header.Xid, op, jute.CodeReconfigDisabled, now)
+			return nil
+		}
+		p.mirror = mirrorPaths(req.Body)
 	}
 	return s.forward(p, frame, s.cc.fr.Buffered() == 0)
 }

@@ -114,7 +114,13 @@ func (s *session) readUpstream(up *upstream) error {
 		if p.track == trackAuth && code == jute.CodeOK && p.kind == pendingClient {
 			if a := p.arg.(*jute.AuthPacket); !s.holdsCredentialLocked(a) {
 				s.auths = append(s.auths, a)
+				if s.shadow != nil {
+					s.shadow.addAuth(a)
+				}
 			}
+		}
+		if s.shadow != nil && code == jute.CodeOK && p.kind == pendingClient && mirrored(p.op) {
+			s.shadow.mark(writtenPaths(&p, d)...)
 		}
 		if p.kind == pendingClient {
 			m.observeReply(p.op, code, p.start)
@@ -284,6 +290,7 @@ func (s *session) reattach(dead *upstream) bool {
 		}
 		if err == nil && resp.Expired() {
 			up.conn.Close()
+			s.ended.Store(true)
 			m.reconnects.WithLabelValues("expired").Inc()
 			s.shutdown("session expired upstream while re-attaching")
 			return false
