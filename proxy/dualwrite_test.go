@@ -238,3 +238,39 @@ func TestReconfigIsRefusedInTwoEnsembleMode(t *testing.T) {
 		t.Fatalf("session after the refused reconfig: %v", err)
 	}
 }
+
+// TestDualWriteSecondaryDownThenRepaired: with the secondary down, clients
+// keep writing through the proxy without an error; the backlog holds the
+// writes and is mirrored once the secondary returns.
+func TestDualWriteSecondaryDownThenRepaired(t *testing.T) {
+	root := testRoot(t)
+	p, _ := startDualProxy(t, root)
+	c, _ := connect(t, []string{p.Addr}, 4*time.Second)
+	if _, err := c.Create(root+"/eph", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	if err := ensB.Kill(1); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 50; i++ {
+		if _, err := c.Create(fmt.Sprintf("%s/n%d", root, i), []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+			t.Fatalf("write %d with the secondary down: %v", i, err)
+		}
+		if _, err := c.Set(root, []byte(fmt.Sprint(i)), -1); err != nil {
+			t.Fatalf("set %d with the secondary down: %v", i, err)
+		}
+	}
+	if n := p.MirrorBacklog(); n != 51 {
+		t.Errorf("backlog with the secondary down: %d paths, want 51", n)
+	}
+	// Down for longer than the session timeout: the shadow session must
+	// still be there (ZooKeeper restores sessions at start-up) or be
+	// replaced, its ephemeral re-created.
+	time.Sleep(5 * time.Second)
+	if err := ensB.Restart(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	assertSameTree(t, ens.Addrs(), ensB.Addrs(), root)
+}

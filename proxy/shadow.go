@@ -198,12 +198,13 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 		opts.SessionID, opts.Passwd, resumed = 0, nil, false
 		c, err = zkclient.Dial(ctx, sh.leg.addrs, opts)
 		if err == nil {
+			var paths []string
 			sh.mu.Lock()
 			for p := range sh.ephemerals {
-				sh.queue.add(p, time.Now())
+				paths = append(paths, p)
 			}
 			sh.mu.Unlock()
-			sh.srv.noteBacklog()
+			sh.mark(paths...)
 		}
 	}
 	if err != nil {
@@ -272,8 +273,9 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 		}
 		err := sh.mirror(ctx, c, p)
 		sh.done1(p, err)
-		if err != nil && !isZKCode(err) {
+		if err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) {
 			// The connection failed: the path stays queued; re-attach.
+			sh.log.Info("mirror interrupted; re-attaching the shadow session", "path", p, "upstream", c.Addr(), "err", err)
 			c.Abandon()
 			return false
 		}
@@ -298,6 +300,7 @@ func (s *Server) forgetShadow(sh *shadow) {
 	n := sh.queue.len()
 	sh.queue = mirrorQueue{}
 	sh.mu.Unlock()
+	s.mirrorBacklog.Add(-int64(n))
 	if n > 0 {
 		s.m.mirrorFailures.WithLabelValues("session_ended").Add(float64(n))
 		s.logs.warn(sh.log, "mirror_abandoned", "session ended with writes not yet mirrored; the replicator repairs them",
