@@ -28,9 +28,9 @@ import (
 
 // dualProxy is one `zk-migrate proxy --source --target` process.
 type dualProxy struct {
-	cmd                   *exec.Cmd
+	cmd                    *exec.Cmd
 	listen, metrics, admin string
-	logs                  *syncBuffer
+	logs                   *syncBuffer
 }
 
 type syncBuffer struct {
