@@ -7,7 +7,7 @@ BIN       := bin/zk-migrate
 PKGS      := ./...
 FUZZTIME  ?= 60s
 
-.PHONY: golden build test test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean
+.PHONY: golden build test test-dual test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean
 
 build: ## build bin/zk-migrate
 	$(GO) build -o $(BIN) ./cmd/zk-migrate
@@ -17,6 +17,9 @@ deps: ## install Debian packages (ZooKeeper, clients) and Go modules
 
 test: ## the whole suite against real ZooKeeper ensembles (what CI runs)
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+test-dual: ## the real-client proxy tests (go-zookeeper, kazoo, C, zkCli) through a two-ensemble proxy
+	$(GO) test -race -count=1 -timeout 10m ./proxy/ -run 'TestGoClient|TestWatches|TestDigest|TestSessionSurvivesUpstream|TestCClient|TestKazoo|TestZkCli|TestCCli|TestBadClients|TestFourLetter' -args -two-ensembles
 
 test-short: ## unit tests only, no JVMs
 	$(GO) test -short -count=1 $(PKGS)

@@ -38,8 +38,8 @@ type shadow struct {
 	log     *slog.Logger
 
 	mu         sync.Mutex
-	conn       *zkclient.Conn // nil while (re)connecting
 	auths      []zkclient.Auth
+	authsSent  int // auths presented on conn
 	ephemerals map[string]struct{} // the client's ephemerals, seen on the primary
 	queue      mirrorQueue
 	relays     int       // relays (client connections) serving the session
@@ -117,12 +117,31 @@ func (sh *shadow) addAuth(a *jute.AuthPacket) {
 		}
 	}
 	sh.auths = append(sh.auths, zkclient.Auth{Scheme: a.Scheme, Secret: append([]byte(nil), a.Auth...)})
-	c := sh.conn
 	sh.mu.Unlock()
-	if c != nil {
-		// Its outcome shows in the mirror's reads; a reconnect presents it
-		// again with the others.
-		c.Go(jute.OpAuth, &jute.AuthPacket{Scheme: a.Scheme, Auth: a.Auth}, nil)
+	sh.poke() // the shadow's goroutine presents it before mirroring more
+}
+
+// presentAuths presents on c, one at a time, the credentials added since c
+// was opened (Dial presented the earlier ones). The primary accepted them,
+// so a refusal ends the connection like any failure.
+func (sh *shadow) presentAuths(ctx context.Context, c *zkclient.Conn) error {
+	for {
+		sh.mu.Lock()
+		if sh.authsSent >= len(sh.auths) {
+			sh.mu.Unlock()
+			return nil
+		}
+		a := sh.auths[sh.authsSent]
+		sh.mu.Unlock()
+		actx, cancel := context.WithTimeout(ctx, sh.timeout)
+		err := c.Do(actx, jute.OpAuth, &jute.AuthPacket{Scheme: a.Scheme, Auth: a.Secret}, nil)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("present credential %s on the shadow session: %w", a.Scheme, err)
+		}
+		sh.mu.Lock()
+		sh.authsSent++
+		sh.mu.Unlock()
 	}
 }
 
@@ -151,10 +170,11 @@ func (sh *shadow) run() {
 			}
 			sh.srv.logs.warn(sh.log, "shadow_connect", "secondary ensemble unreachable: writes wait in the mirror backlog",
 				"err", err, "backlog", sh.backlog())
+			// New writes do not hurry a reconnect (they only wait in the
+			// backlog); a closing session is noticed at the next attempt.
 			select {
 			case <-ctx.Done():
 				return
-			case <-sh.wake:
 			case <-time.After(backoff):
 			}
 			backoff = min(2*backoff, time.Second)
@@ -212,7 +232,7 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	}
 	sh.mu.Lock()
 	sh.leg.id, sh.leg.passwd = c.SessionID(), c.Passwd()
-	sh.conn = c
+	sh.authsSent = len(opts.Auth)
 	sh.mu.Unlock()
 	sh.srv.saveShadow(sh.key, c.SessionID(), c.Passwd())
 	if resumed {
@@ -228,11 +248,6 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 // shadow ends (true). While idle it probes the server every third of the
 // timeout and drops a connection silent for two thirds, as the relay does.
 func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
-	defer func() {
-		sh.mu.Lock()
-		sh.conn = nil
-		sh.mu.Unlock()
-	}()
 	probe := time.NewTicker(max(sh.timeout/3, 20*time.Millisecond))
 	defer probe.Stop()
 	for {
@@ -249,6 +264,11 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 				sh.log.Debug("no relay serves the session any more; the shadow session is left to expire")
 			}
 			return true
+		}
+		if err := sh.presentAuths(ctx, c); err != nil {
+			sh.log.Warn("shadow session lost while presenting a credential; re-attaching", "err", err)
+			c.Abandon()
+			return false
 		}
 		p, ok := sh.next()
 		if !ok {
