@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/pprof"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -61,7 +63,9 @@ func waitMirrored(t *testing.T, p *proxytest.Proxy) {
 	deadline := time.Now().Add(20 * time.Second)
 	for p.MirrorBacklog() > 0 || metricValue(t, p.Registry, "zkmigrate_proxy_mirror_lag_seconds") > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("mirror backlog still %d after 20s", p.MirrorBacklog())
+			var stacks strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+			t.Fatalf("mirror backlog still %d after 20s; goroutines:\n%s", p.MirrorBacklog(), stacks.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -273,4 +277,55 @@ func TestDualWriteSecondaryDownThenRepaired(t *testing.T) {
 	}
 	waitMirrored(t, p)
 	assertSameTree(t, ens.Addrs(), ensB.Addrs(), root)
+}
+
+// TestShadowSessionSurvivesProxyRestartWithStateDir: a proxy restarted
+// with the same --state-dir resumes the shadow session of a client that
+// reconnects within its timeout, so the client's ephemeral on the
+// secondary stays, owned by the same shadow session.
+func TestShadowSessionSurvivesProxyRestartWithStateDir(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := proxy.Config{Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: t.TempDir(), Logger: testLogger(t)}
+	p1, err := proxytest.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := connect(t, []string{p1.Addr}, 4*time.Second)
+	if _, err := c.Create(root+"/eph", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p1)
+	before, ok := p1.ShadowSession(c.SessionID())
+	if !ok {
+		t.Fatal("no shadow session")
+	}
+	p1.Close()
+	p2, err := proxytest.StartOn(p1.Addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p2.Close)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if after, ok := p2.ShadowSession(c.SessionID()); ok {
+			if after != before {
+				t.Fatalf("restarted proxy opened shadow session 0x%x, want the recorded 0x%x", after, before)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client's session did not come back through the restarted proxy")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(5 * time.Second) // past the session timeout: an abandoned shadow would have expired
+	_, st, err := cb.Get(root + "/eph")
+	if err != nil || st.EphemeralOwner != before {
+		t.Fatalf("ephemeral on B after the restart: owner 0x%x, %v; want 0x%x", st.EphemeralOwner, err, before)
+	}
 }

@@ -76,6 +76,11 @@ func (sh *shadow) mark(paths ...string) {
 	now := time.Now()
 	added := 0
 	sh.mu.Lock()
+	if sh.gone {
+		sh.mu.Unlock()
+		sh.srv.m.mirrorFailures.WithLabelValues("session_ended").Add(float64(len(paths)))
+		return
+	}
 	for _, p := range paths {
 		if sh.srv.mirrorBacklog.Load() >= int64(sh.srv.cfg.MaxMirrorBacklog) {
 			sh.mu.Unlock()

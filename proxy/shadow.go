@@ -39,12 +39,13 @@ type shadow struct {
 
 	mu         sync.Mutex
 	auths      []zkclient.Auth
-	authsSent  int // auths presented on conn
+	authsSent  int                 // auths presented on conn
 	ephemerals map[string]struct{} // the client's ephemerals, seen on the primary
 	queue      mirrorQueue
 	relays     int       // relays (client connections) serving the session
 	unrelayed  time.Time // when relays last dropped to 0
 	closing    bool      // the client's session ended: drain, then close
+	gone       bool      // run is ending: a relay arriving now needs a new shadow
 	closeBy    time.Time // give up draining at this time
 	wake       chan struct{}
 	done       chan struct{} // closed when run has ended
@@ -56,6 +57,13 @@ func (s *Server) shadowFor(key int64, timeout time.Duration) *shadow {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sh := s.shadows[key]
+	if sh != nil {
+		sh.mu.Lock()
+		if sh.gone {
+			sh = nil // ending; its goroutine forgets only itself
+		}
+		sh.mu.Unlock()
+	}
 	if sh == nil {
 		sh = &shadow{
 			srv: s, leg: newLeg(s, s.cfg.PrimaryName.Other(), s.cfg.Secondary), key: key, timeout: timeout,
@@ -69,11 +77,13 @@ func (s *Server) shadowFor(key int64, timeout time.Duration) *shadow {
 			sh.leg.id, sh.leg.passwd = id, pw // recorded by this proxy before a restart
 		}
 		s.shadows[key] = sh
+		sh.relays = 1 // before run looks at it
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			sh.run()
 		}()
+		return sh
 	}
 	sh.mu.Lock()
 	sh.relays++
@@ -196,9 +206,12 @@ func (sh *shadow) finished() bool {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if sh.closing && (sh.queue.len() == 0 || time.Now().After(sh.closeBy)) {
-		return true
+		sh.gone = true
 	}
-	return sh.relays <= 0 && !sh.closing && time.Since(sh.unrelayed) > sh.timeout
+	if sh.relays <= 0 && !sh.closing && time.Since(sh.unrelayed) > sh.timeout {
+		sh.gone = true
+	}
+	return sh.gone
 }
 
 // connect opens the shadow session, or resumes it on another server.
