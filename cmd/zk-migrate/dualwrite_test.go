@@ -21,6 +21,8 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
+	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/replicator"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 	"github.com/zk-migrate/zk-migrate/zktest"
@@ -432,5 +434,47 @@ func TestDualWriteThroughThreeProxies(t *testing.T) {
 		if ok, _, _ := cb.Exists(c.ephemeral); !ok {
 			t.Errorf("%s of a live client vanished from B", c.ephemeral)
 		}
+	}
+}
+
+// TestRecordedPrimaryWinsOverTheFlag: a two-ensemble proxy that finds a
+// control node in the gossip pool advertising the primary it recorded
+// uses that one, whatever --primary says, so a proxy restarted with a
+// stale flag after a flip never comes back on the wrong side.
+func TestRecordedPrimaryWinsOverTheFlag(t *testing.T) {
+	ctl, err := membership.Join(membership.Config{Name: "control-test", BindAddr: freeAddr(t), Fast: true,
+		Meta: membership.Meta{Role: membership.RoleControl, Primary: ensemble.Target, Epoch: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Leave()
+	seed := ctl.Members()[0].Addr
+	listen, admin := freeAddr(t), freeAddr(t)
+	// The ensembles are never dialled: no client connects.
+	cmd := exec.Command(bin, "proxy", "--listen", listen, "--source", "127.0.0.1:1", "--target", "127.0.0.1:2",
+		"--primary", "source", "--admin-addr", admin, "--metrics-addr", "", "--gossip-addr", freeAddr(t), "--gossip-join", seed)
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	var primary string
+	waitFor(t, func() bool {
+		resp, err := http.Get("http://" + admin + "/admin/v1/sessions")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var body struct{ Primary string }
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		primary = body.Primary
+		return true
+	})
+	if primary != "target" {
+		t.Fatalf("proxy uses %q as primary, want the recorded target\n%s", primary, logs.String())
+	}
+	if !strings.Contains(logs.String(), "it wins over --primary") {
+		t.Errorf("no log line says the recorded primary overrode the flag:\n%s", logs.String())
 	}
 }

@@ -207,6 +207,32 @@ func runProxy(c *cli.Context) error {
 		// memory and gives the CPU back to the requests.
 		debug.SetGCPercent(400)
 	}
+	var agent *membership.Agent
+	if addr := c.String("gossip-addr"); addr != "" {
+		name := c.String("name")
+		if name == "" {
+			host, _ := os.Hostname()
+			name = "proxy-" + host
+		}
+		key, err := gossipKey(c)
+		if err != nil {
+			return err
+		}
+		agent, err = membership.Join(membership.Config{Name: name, BindAddr: addr, Seeds: c.StringSlice("gossip-join"),
+			Meta: membership.Meta{Role: membership.RoleProxy, Primary: primaryName}, SecretKey: key})
+		if err != nil {
+			return err
+		}
+		defer agent.Leave()
+		if secondary != nil && len(c.StringSlice("gossip-join")) > 0 {
+			if rec, epoch, ok := recordedPrimary(agent, 3*time.Second); ok && rec != primaryName {
+				log.Warn("the control plane recorded another primary ensemble; it wins over --primary, so a restarted proxy never comes back on the wrong side",
+					"flag", primaryName.Flag(), "recorded", rec.Flag(), "epoch", epoch)
+				upstream, secondary, primaryName = secondary, upstream, rec
+				_ = agent.SetMeta(func(m *membership.Meta) { m.Primary = rec })
+			}
+		}
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(proxy.Config{
@@ -269,24 +295,7 @@ func runProxy(c *cli.Context) error {
 		defer adminSrv.Close()
 		log.Info("admin endpoint listening", "addr", aln.Addr().String())
 	}
-	if addr := c.String("gossip-addr"); addr != "" {
-		name := c.String("name")
-		if name == "" {
-			host, _ := os.Hostname()
-			name = "proxy-" + host
-		}
-		key, err := gossipKey(c)
-		if err != nil {
-			srv.Close()
-			return err
-		}
-		agent, err := membership.Join(membership.Config{Name: name, BindAddr: addr, Seeds: c.StringSlice("gossip-join"),
-			Meta: membership.Meta{Role: membership.RoleProxy, Primary: primaryName}, SecretKey: key})
-		if err != nil {
-			srv.Close()
-			return err
-		}
-		defer agent.Leave()
+	if agent != nil {
 		go advertiseSessions(ctx, agent, srv)
 	}
 	select {
@@ -347,4 +356,30 @@ func proxyAdmin(srv *proxy.Server, primary ensemble.Name) http.Handler {
 			"mirror_backlog": srv.MirrorBacklog(), "sessions": rows})
 	})
 	return mux
+}
+
+// recordedPrimary waits up to wait for a control node in the gossip pool
+// and returns the primary it advertises (the last completed flip's, with
+// its epoch), the highest epoch winning among control nodes. ok is false
+// when no control node is seen in time or none advertises a primary: the
+// --primary flag stands.
+func recordedPrimary(agent *membership.Agent, wait time.Duration) (ensemble.Name, int64, bool) {
+	deadline := time.Now().Add(wait)
+	for {
+		var best membership.Meta
+		seen := false
+		for _, m := range agent.Members() {
+			if m.Meta.Role != membership.RoleControl {
+				continue
+			}
+			seen = true
+			if m.Meta.Primary.Valid() && (best.Primary == "" || m.Meta.Epoch > best.Epoch) {
+				best = m.Meta
+			}
+		}
+		if seen || time.Now().After(deadline) {
+			return best.Primary, best.Epoch, best.Primary != ""
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
