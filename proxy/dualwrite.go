@@ -32,7 +32,7 @@ type primaryReaders struct {
 }
 
 // maxPrimaryReaders bounds the distinct credential sets with a reader; the
-// least recently dialled is closed beyond it.
+// one evicted beyond it is an arbitrary one (a mirror using it retries).
 const maxPrimaryReaders = 64
 
 func credKey(auths []zkclient.Auth) string {
@@ -67,7 +67,7 @@ func (s *Server) primaryReader(ctx context.Context, auths []zkclient.Auth) (*zkc
 	}
 	if len(r.conns) >= maxPrimaryReaders {
 		for k, old := range r.conns {
-			go func() { _ = old.Close() }()
+			old.Abandon() // its session expires by itself; nothing waits on the network here
 			delete(r.conns, k)
 			break
 		}
