@@ -379,6 +379,13 @@ func TestDualWriteThroughThreeProxies(t *testing.T) {
 	default:
 	}
 	sameTree(t, a, b)
+	reattached := 0.0
+	for _, p := range proxies {
+		reattached += p.metric(t, "zkmigrate_proxy_shadow_reattaches_total")
+	}
+	if reattached == 0 {
+		t.Error("no shadow session was re-attached to another server of B")
+	}
 
 	// Ephemerals on B belong to the clients' shadow sessions.
 	cb, _, err := zk.Connect(b.Addrs(), 10*time.Second, zk.WithLogInfo(false))
