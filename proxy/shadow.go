@@ -217,7 +217,7 @@ func (sh *shadow) finished() bool {
 // connect opens the shadow session, or resumes it on another server.
 func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	sh.mu.Lock()
-	opts := zkclient.Options{SessionTimeout: sh.timeout, DialTimeout: sh.srv.cfg.DialTimeout,
+	opts := zkclient.Options{SessionTimeout: sh.timeout, DialTimeout: sh.srv.cfg.DialTimeout, Dial: sh.srv.cfg.Dial,
 		SessionID: sh.leg.id, Passwd: sh.leg.passwd, Auth: append([]zkclient.Auth(nil), sh.auths...)}
 	resumed := sh.leg.id != 0
 	sh.mu.Unlock()
