@@ -15,8 +15,9 @@ build: ## build bin/zk-migrate
 deps: ## install Debian packages (ZooKeeper, clients) and Go modules
 	bash scripts/deps.sh
 
-test: ## the whole suite against real ZooKeeper ensembles (what CI runs)
+test: ## the whole suite against real ZooKeeper ensembles (what CI runs), then the real-client tests through a two-ensemble proxy
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(MAKE) test-dual
 
 test-dual: ## the real-client proxy tests (go-zookeeper, kazoo, C, zkCli) through a two-ensemble proxy
 	$(GO) test -race -count=1 -timeout 10m ./proxy/ -run 'TestGoClient|TestWatches|TestDigest|TestSessionSurvivesUpstream|TestCClient|TestKazoo|TestZkCli|TestCCli|TestBadClients|TestFourLetter' -args -two-ensembles

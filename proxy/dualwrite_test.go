@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/proxy"
 	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
 	"github.com/zk-migrate/zk-migrate/replicator"
@@ -327,5 +328,38 @@ func TestShadowSessionSurvivesProxyRestartWithStateDir(t *testing.T) {
 	_, st, err := cb.Get(root + "/eph")
 	if err != nil || st.EphemeralOwner != before {
 		t.Fatalf("ephemeral on B after the restart: owner 0x%x, %v; want 0x%x", st.EphemeralOwner, err, before)
+	}
+}
+
+// TestDualWriteWithTargetPrimary: with --primary target the roles swap:
+// the target serves, the source gets the shadow sessions and the mirror
+// (the direction after a flip).
+func TestDualWriteWithTargetPrimary(t *testing.T) {
+	root := testRoot(t) // on A (the source)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := proxytest.Start(proxy.Config{Upstream: b.Addrs(), Secondary: ens.Addrs(), PrimaryName: ensemble.Target, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	c, _ := connect(t, []string{p.Addr}, 4*time.Second)
+	if _, err := c.Create(root+"/p", []byte("on B first"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Create(root+"/e", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, err := cb.Exists(root + "/e"); err != nil || !st {
+		t.Fatalf("the ephemeral is not on the primary (target): %v %v", st, err)
+	}
+	waitMirrored(t, p)
+	assertSameTree(t, b.Addrs(), ens.Addrs(), root)
+	shadow, _ := p.ShadowSession(c.SessionID())
+	if _, st, err := directConn(t).Get(root + "/e"); err != nil || st.EphemeralOwner != shadow {
+		t.Fatalf("ephemeral on the source: owner 0x%x, %v; want the shadow session 0x%x", st.EphemeralOwner, err, shadow)
 	}
 }
