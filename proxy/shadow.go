@@ -274,6 +274,7 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 				sh.log.Debug("shadow session closed with the client's session")
 			} else {
 				c.Abandon()
+				sh.srv.dropShadowState(sh.key) // the client's session expires on the primary too
 				sh.log.Debug("no relay serves the session any more; the shadow session is left to expire")
 			}
 			return true
