@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"path"
 	"time"
@@ -116,10 +117,21 @@ func (sh *shadow) next() (string, bool) {
 // is counted and logged: the replicator repairs what the proxy could not).
 func (sh *shadow) done1(p string, err error) {
 	m := sh.srv.m
-	if err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) {
-		return
-	}
 	sh.mu.Lock()
+	if err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) {
+		// A lost connection: the path stays queued, unless it keeps
+		// failing (a path that cannot be read must not block the session's
+		// mirror for good).
+		if sh.failPath != p {
+			sh.failPath, sh.fails = p, 0
+		}
+		if sh.fails++; sh.fails < maxPathFailures {
+			sh.mu.Unlock()
+			return
+		}
+		err = fmt.Errorf("after %d attempts: %w", sh.fails, err)
+	}
+	sh.failPath, sh.fails = "", 0
 	since, ok := sh.queue.since[p]
 	if ok {
 		sh.queue.remove(p)
@@ -153,6 +165,10 @@ var (
 	errMirrorGaveUp = errors.New("proxy: mirror: the path did not converge (it changes faster than it can be copied)")
 	errACLHidden    = jute.Error{Code: jute.CodeNoAuth}
 )
+
+// maxPathFailures bounds the attempts at one path that end in a lost
+// connection or a timeout before it is handed to the replicator.
+const maxPathFailures = 20
 
 // maxMirrorRounds bounds the read-compare-write rounds for one path before
 // it is handed to the replicator.

@@ -42,6 +42,8 @@ type shadow struct {
 	authsSent  int                 // auths presented on conn
 	ephemerals map[string]struct{} // the client's ephemerals, seen on the primary
 	queue      mirrorQueue
+	failPath   string    // the path whose mirror last failed for a lost connection
+	fails      int       // its consecutive failures
 	relays     int       // relays (client connections) serving the session
 	unrelayed  time.Time // when relays last dropped to 0
 	closing    bool      // the client's session ended: drain, then close
