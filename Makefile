@@ -8,7 +8,7 @@ SIM       := bin/mesos-sim
 PKGS      := ./...
 FUZZTIME  ?= 60s
 
-.PHONY: golden build mesos-sim test test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean dashboards verify-dashboards
+.PHONY: golden build mesos-sim test test-dual test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean dashboards verify-dashboards
 
 build: mesos-sim ## build bin/zk-migrate and bin/mesos-sim
 	$(GO) build -o $(BIN) ./cmd/zk-migrate
@@ -19,8 +19,12 @@ mesos-sim: ## build bin/mesos-sim, the Mesos emulator (cgo: needs libzookeeper-m
 deps: ## install Debian packages (ZooKeeper, clients) and Go modules
 	bash scripts/deps.sh
 
-test: ## the whole suite against real ZooKeeper ensembles (what CI runs)
+test: ## the whole suite against real ZooKeeper ensembles (what CI runs), then the real-client tests through a two-ensemble proxy
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(MAKE) test-dual
+
+test-dual: ## the real-client proxy tests (go-zookeeper, kazoo, C, zkCli) through a two-ensemble proxy
+	$(GO) test -race -count=1 -timeout 10m ./proxy/ -run 'TestGoClient|TestWatches|TestDigest|TestSessionSurvivesUpstream|TestCClient|TestKazoo|TestZkCli|TestCCli|TestBadClients|TestFourLetter' -args -two-ensembles
 
 test-short: ## unit tests only, no JVMs
 	$(GO) test -short -count=1 $(PKGS)

@@ -101,6 +101,11 @@ func run(m *testing.M) (int, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	stopDual, err := startDual(bin)
+	if err != nil {
+		return 0, err
+	}
+	defer stopDual()
 	relayAddr = freeAddr()
 	rcmd := exec.Command(os.Args[0])
 	rcmd.Env = append(os.Environ(), "ZKM_BENCH_RELAY_LISTEN="+relayAddr, "ZKM_BENCH_RELAY_UPSTREAM="+server)
@@ -120,6 +125,7 @@ func run(m *testing.M) (int, error) {
 	}
 	code := m.Run()
 	printTable()
+	printDualTable()
 	return code, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"sort"
 	"sync"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
 )
 
 // FlipRequest is what the control plane asks a proxy in a flip barrier:
@@ -16,9 +18,9 @@ import (
 // for an epoch it already holds is expected (a new leader repeats the
 // request).
 type FlipRequest struct {
-	Migration string `json:"migration"`
-	Epoch     int64  `json:"epoch"`
-	Primary   string `json:"primary"`
+	Migration string        `json:"migration"`
+	Epoch     int64         `json:"epoch"`
+	Primary   ensemble.Name `json:"primary"`
 }
 
 // FlipPath is the proxy admin endpoint of the barrier.
@@ -53,7 +55,7 @@ func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary
 	if client == nil {
 		client = http.DefaultClient
 	}
-	body, _ := json.Marshal(FlipRequest{Migration: migration, Epoch: epoch, Primary: primary})
+	body, _ := json.Marshal(FlipRequest{Migration: migration, Epoch: epoch, Primary: ensemble.Name(primary)})
 	var mu sync.Mutex
 	var acked []string
 	var wg sync.WaitGroup

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
 )
 
 // Roles.
@@ -37,11 +39,11 @@ const (
 // Meta is what a member advertises. Encoded it must stay under
 // memberlist's 512-byte limit.
 type Meta struct {
-	Role     string `json:"r"`
-	Primary  string `json:"p,omitempty"` // "A" or "B"
-	Epoch    int64  `json:"e,omitempty"`
-	Sessions int    `json:"s,omitempty"`
-	LagMS    int64  `json:"l,omitempty"`
+	Role     string        `json:"r"`
+	Primary  ensemble.Name `json:"p,omitempty"` // the ensemble the member uses as primary
+	Epoch    int64         `json:"e,omitempty"`
+	Sessions int           `json:"s,omitempty"`
+	LagMS    int64         `json:"l,omitempty"`
 	// API is the member's admin endpoint (a proxy's flip endpoint).
 	API string `json:"a,omitempty"`
 }

@@ -46,7 +46,7 @@ func (s *session) catchUp(persistent, recursive []string, from int64, registered
 		auth = append(auth, zkclient.Auth{Scheme: a.Scheme, Secret: a.Auth})
 	}
 	s.omu.Unlock()
-	c, err := zkclient.Dial(ctx, s.srv.cfg.Upstream, zkclient.Options{Auth: auth})
+	c, err := zkclient.Dial(ctx, s.serving().addrs, zkclient.Options{Auth: auth, Dial: s.srv.cfg.Dial, DialTimeout: s.srv.cfg.DialTimeout})
 	if err != nil {
 		s.log.Warn("persistent-watch catch-up: cannot connect", "err", err)
 		return

@@ -11,6 +11,13 @@
 //	go srv.ListenAndServe("127.0.0.1:2181")
 //	defer srv.Close()
 //
+// Two-ensemble mode (Config.Secondary set): every client session also has a
+// shadow session on the secondary ensemble, owned by one goroutine per
+// shadow (counted in the server's wait group), and every write the primary
+// acknowledges is mirrored there as the state of the paths it touched.
+//
+//	srv, err := proxy.New(proxy.Config{Upstream: a, Secondary: b, StateDir: "/var/lib/zk-migrate/proxy"})
+//
 // Each client connection is owned by one goroutine (reading requests); its
 // session adds a client writer (the only goroutine writing to the client),
 // a supervisor (pings, liveness, re-attach, and expiry of a client silent

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"flag"
 	"log/slog"
 	"net"
 
@@ -34,6 +35,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	ens.Close()
+	if ensB != nil {
+		ensB.Close()
+	}
 	os.Exit(code)
 }
 
@@ -52,9 +56,20 @@ func testRoot(t *testing.T) string {
 	return p
 }
 
+// twoEnsembles runs every test that starts its proxy with startProxy (the
+// go-zookeeper, kazoo, C client and zkCli tests among them) through a
+// two-ensemble proxy, the secondary being ensB:
+//
+//	go test ./proxy/ -args -two-ensembles     (make test-dual)
+var twoEnsembles = flag.Bool("two-ensembles", false, "run the startProxy tests through a two-ensemble proxy")
+
 func startProxy(t *testing.T) *proxytest.Proxy {
 	t.Helper()
-	p, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Logger: testLogger(t)})
+	cfg := proxy.Config{Upstream: ens.Addrs(), Logger: testLogger(t)}
+	if *twoEnsembles {
+		cfg.Secondary = secondary(t).Addrs()
+	}
+	p, err := proxytest.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,13 @@ type Metrics struct {
 	credsRefused       prometheus.Counter
 	logsDropped        *prometheus.CounterVec
 
+	mirrorBacklog  prometheus.Gauge
+	mirrorLag      prometheus.Gauge
+	mirrorFailures *prometheus.CounterVec
+	mirrored       prometheus.Counter
+	mirrorDelay    prometheus.Observer
+	mirrorReattach prometheus.Counter
+
 	byOp map[jute.Op]*opMetrics
 	// unknown serves opcodes outside ZooKeeper 3.4-3.8.
 	unknown *opMetrics
@@ -80,12 +87,27 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "credentials_refused_total", Help: "addAuth requests answered AUTHFAILED because the session already holds --max-credentials distinct credentials."}),
 		logsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "log_lines_dropped_total", Help: "Log lines dropped by the per-session, per-reason rate limit, by reason."}, []string{"reason"}),
+		mirrorBacklog: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "mirror_backlog", Help: "Znode paths written on the primary and not yet mirrored to the secondary (two-ensemble mode), over all sessions; bounded by --max-mirror-backlog."}),
+		mirrorLag: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "mirror_lag_seconds", Help: "Age of the oldest write not yet mirrored to the secondary (0: the secondary is the primary's state)."}),
+		mirrorFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "mirror_failures_total", Help: "Writes the proxy could not mirror to the secondary and left to the replicator, by reason: backlog_full, noauth, acl_hidden, not_converged, session_ended, shadow_expired (the secondary expired a shadow session; its ephemerals are re-created), error."}, []string{"reason"}),
+		mirrored: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "mirrored_paths_total", Help: "Znode paths whose state was mirrored to the secondary and verified equal."}),
+		mirrorReattach: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "shadow_reattaches_total", Help: "Shadow sessions resumed on another server of the secondary after losing theirs."}),
 		byOp: map[jute.Op]*opMetrics{},
 	}
+	mirrorDelay := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+		Name: "mirror_delay_seconds", Help: "Time from a write's acknowledgement by the primary to its state verified on the secondary.",
+		Buckets: []float64{1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 5, 30}})
+	m.mirrorDelay = mirrorDelay
 	if reg != nil {
 		reg.MustRegister(m.requests, m.errors, m.duration, m.bytesIn, m.bytesOut, m.conns, m.sessions,
 			m.reconnects, m.expired, m.backpressure, m.events, m.badFrames, m.fourLetters,
-			m.fourLettersRefused, m.connsRefused, m.credsRefused, m.logsDropped)
+			m.fourLettersRefused, m.connsRefused, m.credsRefused, m.logsDropped,
+			m.mirrorBacklog, m.mirrorLag, m.mirrorFailures, m.mirrored, mirrorDelay, m.mirrorReattach)
 	}
 	for _, op := range jute.AllOps() {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}
@@ -93,6 +115,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.unknown = &opMetrics{requests: m.requests.WithLabelValues("unknown"), duration: m.duration.WithLabelValues("unknown")}
 	for _, r := range []string{"ok", "client_reconnect", "expired", "failed"} {
 		m.reconnects.WithLabelValues(r)
+	}
+	for _, r := range []string{"backlog_full", "noauth", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "error"} {
+		m.mirrorFailures.WithLabelValues(r)
 	}
 	for _, r := range []string{"max_connections", "max_connections_per_ip", "handshake_timeout"} {
 		m.connsRefused.WithLabelValues(r)

@@ -33,6 +33,10 @@ type pending struct {
 	arg   any
 	// local is the complete reply frame (with length) of a pendingLocal.
 	local []byte
+	// mirror lists the paths a write touches (two-ensemble mode), queued
+	// for the secondary once the primary acknowledges it; a create's path
+	// is taken from the reply (a sequential create's name).
+	mirror []string
 	// body is a client request's decoded body, kept to re-send it when the
 	// session moves to another server while it is in flight.
 	body jute.Record

@@ -7,20 +7,39 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
 )
 
 // Config configures a Server. Zero values take the documented defaults.
 type Config struct {
-	// Upstream lists the ZooKeeper servers of the ensemble ("host:port").
+	// Upstream lists the ZooKeeper servers of the primary ensemble
+	// ("host:port"): the one that serves clients.
 	Upstream []string
+	// PrimaryName names the primary ensemble (default ensemble.Source).
+	PrimaryName ensemble.Name
+	// Secondary lists the servers of the other ensemble. Set, the proxy
+	// runs in two-ensemble mode: every client session also has a shadow
+	// session on the secondary, and every write acknowledged by the
+	// primary is mirrored to the secondary (SPEC.md 4.9).
+	Secondary []string
+	// MaxMirrorBacklog bounds the znode paths waiting to be mirrored to the
+	// secondary, over all sessions (default 100,000). Beyond it a path is
+	// not queued: it is counted in mirror_failures_total{reason="backlog_full"}
+	// and left for the replicator to repair.
+	MaxMirrorBacklog int
+	// StateDir, if set, keeps each client session's shadow session id and
+	// password, so a restarted proxy resumes the shadow session of a client
+	// that reconnects within its timeout (and its ephemerals on the
+	// secondary) instead of opening another.
+	StateDir string
 	// MaxFrame bounds a client frame (default jute.maxbuffer + extrasize,
 	// 1 MiB + 1 KiB, what a ZooKeeper server accepts).
 	MaxFrame int
@@ -83,6 +102,20 @@ func (c *Config) setDefaults() error {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return fmt.Errorf("proxy: upstream %q is not host:port: %w", a, err)
 		}
+	}
+	if c.PrimaryName == "" {
+		c.PrimaryName = ensemble.Source
+	}
+	if !c.PrimaryName.Valid() {
+		return fmt.Errorf("proxy: primary ensemble %q: want %s or %s", c.PrimaryName, ensemble.Source, ensemble.Target)
+	}
+	for _, a := range c.Secondary {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("proxy: secondary %q is not host:port: %w", a, err)
+		}
+	}
+	if c.MaxMirrorBacklog == 0 {
+		c.MaxMirrorBacklog = 100000
 	}
 	if c.MaxFrame == 0 {
 		c.MaxFrame = jute.DefaultMaxBuffer + jute.DefaultMaxBufferExtra
@@ -150,8 +183,12 @@ type Server struct {
 	conns     map[net.Conn]string // the remote address's IP
 	perIP     map[string]int
 	sessions  map[int64]*session
+	shadows   map[int64]*shadow // two-ensemble mode, by client session id
 	closed    bool
-	wg        sync.WaitGroup
+
+	readers       primaryReaders
+	mirrorBacklog atomic.Int64 // paths queued on every shadow
+	wg            sync.WaitGroup
 }
 
 // New validates cfg and returns a Server that is not yet listening.
@@ -164,12 +201,20 @@ func New(cfg Config) (*Server, error) {
 	for _, w := range cfg.FourLetterWords {
 		allow[w] = true
 	}
-	return &Server{
+	s := &Server{
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics, ctx: ctx, cancel: cancel,
 		logs: newLogLimiter(cfg.Metrics), allow4lw: allow,
 		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]string{}, perIP: map[string]int{},
-		sessions: map[int64]*session{},
-	}, nil
+		sessions: map[int64]*session{}, shadows: map[int64]*shadow{},
+	}
+	if s.TwoEnsembles() {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchMirrorLag()
+		}()
+	}
+	return s, nil
 }
 
 // ErrServerClosed is returned by Serve after Close.
@@ -370,24 +415,6 @@ func (s *Server) serveConn(c net.Conn) {
 	cc.serve()
 }
 
-// pickUpstreams returns the upstream addresses in the order to try them:
-// starting at a random server (spreading sessions like a ZooKeeper client's
-// shuffled host list), or after the given one when re-attaching.
-func (s *Server) pickUpstreams(after string) []string {
-	n := len(s.cfg.Upstream)
-	start := rand.IntN(n)
-	for i, a := range s.cfg.Upstream {
-		if a == after {
-			start = i + 1
-		}
-	}
-	out := make([]string, n)
-	for i := range out {
-		out[i] = s.cfg.Upstream[(start+i)%n]
-	}
-	return out
-}
-
 // serveFourLetterWord answers an admin command: "ruok" is answered by the
 // proxy itself (it is running); the others are relayed to the first upstream
 // server that answers, so monitoring sees the ensemble's figures.
@@ -404,7 +431,7 @@ func (s *Server) serveFourLetterWord(c net.Conn, word string) {
 		return
 	}
 	var lastErr error
-	for _, addr := range s.pickUpstreams("") {
+	for _, addr := range pickUpstreams(s.cfg.Upstream, "") {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 		up, err := s.cfg.Dial(ctx, "tcp", addr)
 		cancel()
@@ -439,7 +466,7 @@ func (s *Server) SessionUpstream(id int64) (string, bool) {
 	if sess == nil {
 		return "", false
 	}
-	up := sess.up.Load()
+	up := sess.serving().up.Load()
 	if up == nil {
 		return "", false
 	}

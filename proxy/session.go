@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
 )
 
@@ -71,6 +72,10 @@ func (cc *clientConn) serve() {
 	}
 	cc.srv.registerSession(sess)
 	defer cc.srv.unregisterSession(sess)
+	if cc.srv.TwoEnsembles() {
+		sess.attachShadow()
+		defer sess.releaseShadow()
+	}
 	sess.run()
 }
 
@@ -116,15 +121,21 @@ type session struct {
 	timeout time.Duration
 	connect jute.ConnectRequest // template for re-attaching
 
-	lastZxid  atomic.Int64 // highest zxid any reply carried
-	lastSend  atomic.Int64 // unix nanos of the last upstream write
+	// legs holds the session's connection to each ensemble it uses, by
+	// ensemble.Name.Index(); primary names the one that serves the client.
+	// In single-ensemble mode only the primary leg exists.
+	legs    [2]*leg
+	primary ensemble.Name
+	shadow  *shadow // two-ensemble mode: the secondary leg's shadow session
+
+	ended atomic.Bool // the session itself ended (expired upstream)
+
 	lastHeard atomic.Int64 // unix nanos of the last frame from the client
 	closing   atomic.Bool  // closeSession sent: upstream EOF ends the session
 	detached  atomic.Bool  // the client connection has ended; the session waits for it
 	sasl      atomic.Bool  // SASL used: cannot re-attach transparently
 
-	wmu sync.Mutex
-	up  atomic.Pointer[upstream] // current upstream connection; stored under wmu
+	wmu sync.Mutex // serializes writes to the serving leg's connection and re-attach
 
 	omu     sync.Mutex
 	out     *clientOut // replies to the client, in order; appended under omu
@@ -140,33 +151,39 @@ type session struct {
 }
 
 func newSession(cc *clientConn, req *jute.ConnectRequest) *session {
+	srv := cc.srv
 	s := &session{
-		cc: cc, srv: cc.srv, log: cc.log, connect: *req,
+		cc: cc, srv: srv, log: cc.log, connect: *req, primary: srv.cfg.PrimaryName,
 		out:         newClientOut(cc.conn, cc.srv.m, cc.srv.cfg.MaxClientBacklog),
 		watches:     newWatchSet(),
 		pendingRoom: make(chan struct{}, 1),
 		done:        make(chan struct{}),
 	}
+	s.legs[s.primary.Index()] = newLeg(srv, s.primary, srv.cfg.Upstream)
 	s.lastHeard.Store(time.Now().UnixNano())
 	return s
 }
 
+// serving is the leg that serves the client (the primary ensemble's).
+func (s *session) serving() *leg { return s.legs[s.primary.Index()] }
+
 // open attaches the new session to an upstream server and relays the
 // server's ConnectResponse, byte for byte, to the client.
 func (s *session) open(connectFrame []byte) bool {
-	s.lastZxid.Store(s.connect.LastZxidSeen)
+	pl := s.serving()
+	pl.lastZxid.Store(s.connect.LastZxidSeen)
 	// While the ensemble elects a leader every server refuses sessions. Keep
 	// trying rounds of servers for up to 2/3 of the session timeout the
 	// client asked for (at most 10 s), so a client reconnecting during an
 	// election waits instead of failing; stop if the client goes away.
 	patience := min(time.Duration(s.connect.TimeOut)*time.Millisecond*2/3, 10*time.Second)
 	deadline := time.Now().Add(patience)
-	up, resp, raw, err := s.dial(connectFrame, "")
+	up, resp, raw, err := pl.dial(s.done, connectFrame, "")
 	for backoff := 50 * time.Millisecond; err != nil && time.Now().Add(backoff).Before(deadline); backoff = min(2*backoff, time.Second) {
 		if s.clientGone(backoff) {
 			return false
 		}
-		up, resp, raw, err = s.dial(connectFrame, "")
+		up, resp, raw, err = pl.dial(s.done, connectFrame, "")
 	}
 	if err != nil {
 		s.srv.logs.warn(s.log, "no_upstream", "closing client connection: no upstream server accepted the session",
@@ -180,15 +197,17 @@ func (s *session) open(connectFrame []byte) bool {
 	_ = s.cc.conn.SetWriteDeadline(time.Time{})
 	if resp.Expired() {
 		up.conn.Close()
+		s.srv.sessionExpired(s.connect.SessionID)
 		s.log.Info("session expired upstream; told the client", "session", fmt.Sprintf("0x%x", s.connect.SessionID))
 		return false
 	}
 	s.id, s.passwd = resp.SessionID, resp.Passwd
 	s.timeout = time.Duration(resp.TimeOut) * time.Millisecond
+	pl.id, pl.passwd, pl.timeout = s.id, s.passwd, s.timeout
 	s.connect.SessionID, s.connect.Passwd, s.connect.TimeOut = resp.SessionID, resp.Passwd, resp.TimeOut
 	s.log = s.log.With("session", fmt.Sprintf("0x%x", s.id))
-	s.up.Store(up)
-	s.lastSend.Store(time.Now().UnixNano())
+	pl.up.Store(up)
+	pl.lastSend.Store(time.Now().UnixNano())
 	s.log.Debug("session attached", "upstream", up.addr, "timeout", s.timeout)
 	return true
 }
@@ -205,7 +224,7 @@ func (s *session) run() {
 		defer s.wg.Done()
 		s.out.run(s.done)
 	}()
-	s.startReader(s.up.Load())
+	s.startReader(s.serving().up.Load())
 	go func() {
 		defer s.wg.Done()
 		s.supervise()
@@ -313,7 +332,7 @@ func (s *session) shutdown(why string) {
 		s.log.Debug("session relay ending", "why", why)
 		close(s.done)
 		s.cc.conn.Close()
-		if up := s.up.Load(); up != nil {
+		if up := s.serving().up.Load(); up != nil {
 			up.conn.Close()
 		}
 	})
@@ -409,6 +428,15 @@ func (s *session) handleRequest(frame []byte) error {
 		p.track = trackClose
 		s.closing.Store(true)
 	}
+	if s.shadow != nil {
+		if op == jute.OpReconfig {
+			s.cc.logs.warn(s.log, "reconfig_refused", "refused reconfig: the proxy writes to two ensembles and cannot reconfigure both as one; answered RECONFIGDISABLED",
+				"hint", "reconfigure each ensemble directly, not through the proxy, outside a migration")
+			s.answerLocally(req.Header.Xid, op, jute.CodeReconfigDisabled, now)
+			return nil
+		}
+		p.mirror = mirrorPaths(req.Body)
+	}
 	return s.forward(p, frame, s.cc.fr.Buffered() == 0)
 }
 
@@ -423,7 +451,8 @@ func (s *session) forward(p pending, frame []byte, flush bool) error {
 		return net.ErrClosed
 	default:
 	}
-	up := s.up.Load()
+	pl := s.serving()
+	up := pl.up.Load()
 	s.omu.Lock()
 	s.queue.push(p)
 	s.omu.Unlock()
@@ -432,7 +461,7 @@ func (s *session) forward(p pending, frame []byte, flush bool) error {
 		// re-attaches; the queued request is answered CONNECTIONLOSS then.
 		return nil
 	}
-	s.lastSend.Store(time.Now().UnixNano())
+	pl.lastSend.Store(time.Now().UnixNano())
 	return nil
 }
 
@@ -503,7 +532,7 @@ func (s *session) waitClientRoom() error {
 func (s *session) flushUpstream() {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if up := s.up.Load(); up != nil {
+	if up := s.serving().up.Load(); up != nil {
 		_ = up.w.Flush()
 	}
 }
@@ -513,7 +542,7 @@ func (s *session) flushUpstream() {
 func (s *session) answerLocally(xid int32, op jute.Op, code jute.Code, start time.Time) {
 	var e jute.Encoder
 	off := e.StartFrame()
-	h := jute.ReplyHeader{Xid: xid, Zxid: s.lastZxid.Load(), Err: int32(code)}
+	h := jute.ReplyHeader{Xid: xid, Zxid: s.serving().lastZxid.Load(), Err: int32(code)}
 	h.Encode(&e)
 	e.FinishFrame(off)
 	s.omu.Lock()

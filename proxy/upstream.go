@@ -2,10 +2,8 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -50,66 +48,6 @@ var errReplayFailed = errors.New("request replayed by the proxy failed")
 
 var errRefused = errors.New("server closed the connection without answering (behind the client's last zxid, or not serving)")
 
-// dial tries each upstream server, starting after the one named, until one
-// answers the ConnectRequest; it returns the decoded and raw response.
-func (s *session) dial(connectFrame []byte, after string) (*upstream, *jute.ConnectResponse, []byte, error) {
-	var errs []error
-	for _, addr := range s.srv.pickUpstreams(after) {
-		select {
-		case <-s.done:
-			return nil, nil, nil, net.ErrClosed
-		default:
-		}
-		up, resp, raw, err := s.dialOne(addr, connectFrame)
-		if err == nil {
-			return up, resp, raw, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-	}
-	return nil, nil, nil, errors.Join(errs...)
-}
-
-func (s *session) dialOne(addr string, connectFrame []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
-	cfg := &s.srv.cfg
-	ctx, cancel := context.WithTimeout(s.srv.ctx, cfg.DialTimeout)
-	defer cancel()
-	conn, err := cfg.Dial(ctx, "tcp", addr)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-	up := &upstream{
-		addr: addr, conn: conn,
-		fr:   jute.NewFrameReader(bufio.NewReaderSize(conn, bufSize), cfg.MaxReplyFrame),
-		w:    bufio.NewWriterSize(conn, bufSize),
-		done: make(chan struct{}),
-	}
-	_ = conn.SetDeadline(time.Now().Add(cfg.DialTimeout))
-	if err := up.write(connectFrame, true); err != nil {
-		conn.Close()
-		return nil, nil, nil, err
-	}
-	raw, err := up.fr.Next()
-	if err != nil {
-		conn.Close()
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, nil, nil, errRefused
-		}
-		return nil, nil, nil, err
-	}
-	raw = append([]byte(nil), raw...) // the reader reuses its buffer
-	var resp jute.ConnectResponse
-	if err := jute.Unmarshal(raw, &resp); err != nil {
-		conn.Close()
-		return nil, nil, nil, fmt.Errorf("bad ConnectResponse: %w", err)
-	}
-	_ = conn.SetDeadline(time.Time{})
-	up.lastRecv.Store(time.Now().UnixNano())
-	return up, &resp, raw, nil
-}
-
 // startReader starts the goroutine that reads up's replies. It ends when
 // the connection fails or is closed, closing up.done.
 func (s *session) startReader(up *upstream) {
@@ -150,8 +88,7 @@ func (s *session) readUpstream(up *upstream) error {
 			return fmt.Errorf("reply from %s: %w", up.addr, err)
 		}
 		if h.Zxid > 0 {
-			for old := s.lastZxid.Load(); h.Zxid > old && !s.lastZxid.CompareAndSwap(old, h.Zxid); old = s.lastZxid.Load() {
-			}
+			s.serving().noteZxid(h.Zxid)
 		}
 		flush := up.fr.Buffered() == 0
 		s.omu.Lock()
@@ -177,7 +114,13 @@ func (s *session) readUpstream(up *upstream) error {
 		if p.track == trackAuth && code == jute.CodeOK && p.kind == pendingClient {
 			if a := p.arg.(*jute.AuthPacket); !s.holdsCredentialLocked(a) {
 				s.auths = append(s.auths, a)
+				if s.shadow != nil {
+					s.shadow.addAuth(a)
+				}
 			}
+		}
+		if s.shadow != nil && code == jute.CodeOK && p.kind == pendingClient && mirrored(p.op) {
+			s.shadow.mark(writtenPaths(&p, d)...)
 		}
 		if p.kind == pendingClient {
 			m.observeReply(p.op, code, p.start)
@@ -221,7 +164,8 @@ func (s *session) supervise() {
 	defer tick.Stop()
 	var closingSince time.Time
 	for {
-		up := s.up.Load()
+		pl := s.serving()
+		up := pl.up.Load()
 		select {
 		case <-s.done:
 			return
@@ -277,7 +221,7 @@ func (s *session) supervise() {
 				up.conn.Close()
 				continue
 			}
-			if time.Duration(nanos-s.lastSend.Load()) >= s.timeout/3 {
+			if time.Duration(nanos-pl.lastSend.Load()) >= s.timeout/3 {
 				s.sendInternal(jute.XidPing, jute.OpPing, &jute.Empty{}, trackNone)
 			}
 		}
@@ -320,6 +264,7 @@ func (s *session) reattach(dead *upstream) bool {
 	defer s.wmu.Unlock()
 	dead.conn.Close()
 	m := s.srv.m
+	pl := s.serving()
 	s.omu.Lock()
 	if s.detached.Load() {
 		// Nobody waits for the answers: a write in flight need not be
@@ -351,19 +296,20 @@ func (s *session) reattach(dead *upstream) bool {
 	var lastErr error
 	for attempt := 0; time.Now().Before(deadline); attempt++ {
 		connect := s.connect
-		connect.LastZxidSeen = s.lastZxid.Load()
-		up, resp, _, err := s.dial(jute.Marshal(&connect), after)
+		connect.LastZxidSeen = pl.lastZxid.Load()
+		up, resp, _, err := pl.dial(s.done, jute.Marshal(&connect), after)
 		if errors.Is(err, net.ErrClosed) {
 			return false
 		}
 		if err == nil && resp.Expired() {
 			up.conn.Close()
+			s.ended.Store(true)
 			m.reconnects.WithLabelValues("expired").Inc()
 			s.shutdown("session expired upstream while re-attaching")
 			return false
 		}
 		if err == nil {
-			s.up.Store(up)
+			pl.up.Store(up)
 			select {
 			case <-s.done: // shut down meanwhile; shutdown may have missed up
 				up.conn.Close()
@@ -374,7 +320,7 @@ func (s *session) reattach(dead *upstream) bool {
 			s.omu.Lock()
 			persistent, recursive := sortedKeys(s.watches.persistent), sortedKeys(s.watches.recursive)
 			s.omu.Unlock()
-			from := s.lastZxid.Load()
+			from := pl.lastZxid.Load()
 			var registered chan int64
 			if len(persistent)+len(recursive) > 0 {
 				registered = make(chan int64, 1)
@@ -420,7 +366,7 @@ func (s *session) replayLocked(up *upstream, registered chan int64) {
 	for _, a := range s.auths {
 		reqs = append(reqs, outgoing{jute.XidAuth, jute.OpAuth, a})
 	}
-	for _, w := range s.watches.replay(s.lastZxid.Load()) {
+	for _, w := range s.watches.replay(s.serving().lastZxid.Load()) {
 		op := jute.OpSetWatches
 		if _, ok := w.(*jute.SetWatches2); ok {
 			op = jute.OpSetWatches2
@@ -456,7 +402,7 @@ func (s *session) replayLocked(up *upstream, registered chan int64) {
 		_ = up.write(e.Bytes(), false)
 	}
 	_ = up.w.Flush()
-	s.lastSend.Store(time.Now().UnixNano())
+	s.serving().lastSend.Store(time.Now().UnixNano())
 }
 
 // multiCode is the outcome of a multi: the reply's error, else the first

@@ -51,6 +51,10 @@ type Options struct {
 	// host serverName (a server's secureClientPort); nil: plaintext. Each
 	// dial asks again, so a reloaded certificate is used by the next one.
 	TLS func(serverName string) *tls.Config
+	// Dial opens the TCP connection (default net.Dialer.DialContext); the
+	// proxy passes its own (Config.Dial) so that every connection it makes
+	// goes the same way.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// EventBuffer is the capacity of the watch event channel (default 4096).
 	// When it is full the connection stops reading until there is room:
 	// events are never dropped.
@@ -149,7 +153,11 @@ func Dial(ctx context.Context, addrs []string, opts Options) (*Conn, error) {
 func dialOne(ctx context.Context, addr string, opts Options) (*Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
 	defer cancel()
-	nc, err := (&net.Dialer{}).DialContext(dctx, "tcp", addr)
+	dial := opts.Dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	nc, err := dial(dctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

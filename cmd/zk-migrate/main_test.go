@@ -66,6 +66,13 @@ func TestBadConfigurationIsAUsageErrorWithAHint(t *testing.T) {
 		{[]string{"proxy", "--upstream", "zk1:2181", "--jute-maxbuffer", "10"}, "at least 1024"},
 		{[]string{"proxy", "--upstream", "zk1:2181", "--max-pending", "0"}, "must be at least 1"},
 		{[]string{"proxy", "--upstream", "zk1:2181", "--four-letter-words", "ruok,dunp"}, "not a four-letter word"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--source", "zk1:2181", "--target", "zk2:2181"}, "are exclusive"},
+		{[]string{"proxy", "--source", "zk1:2181"}, "needs both --source and --target"},
+		{[]string{"proxy", "--source", "zk1:2181", "--target", "zk2:2181", "--primary", "B2"}, "want source or target"},
+		{[]string{"proxy", "--source", "zk1:2181", "--target", "zk1:2181"}, "two different ensembles"},
+		{[]string{"proxy", "--source", "zk1:2181", "--target", "zk2"}, "--target \"zk2\": missing port"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--primary", "target"}, "--primary needs --source and --target"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--state-dir", "/tmp/x"}, "it needs --source and --target"},
 		{[]string{"sandbox", "--duration", "1s"}, "at least 5s"},
 	} {
 		out, code := run(t, c.args...)
@@ -73,7 +80,7 @@ func TestBadConfigurationIsAUsageErrorWithAHint(t *testing.T) {
 			t.Errorf("%v: exit %d, output %q; want exit %d mentioning %q", c.args, code, out, exitUsage, c.want)
 		}
 	}
-	if out, code := run(t, "proxy"); code == 0 || !strings.Contains(out, "upstream") {
+	if out, code := run(t, "proxy"); code != exitUsage || !strings.Contains(out, "--upstream HOSTS, or --source HOSTS and --target HOSTS") {
 		t.Errorf("proxy without --upstream: exit %d, %q", code, out)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/proxy"
@@ -27,9 +29,18 @@ import (
 func proxyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "proxy",
-		Usage: "run the ZooKeeper sidecar proxy in front of an ensemble",
+		Usage: "run the ZooKeeper sidecar proxy in front of an ensemble (or two, during a migration)",
 		Description: `Runs a ZooKeeper-compatible proxy. Point the local Mesos process at it
 (--zk=zk://127.0.0.1:2181/mesos) and give it the real ensemble as --upstream.
+
+During a migration give it both ensembles instead, --source (A) and --target
+(B), as in migration.yaml: every client session then also has a shadow
+session on the secondary ensemble (the one that is not --primary, default
+target), and every write the primary acknowledges is mirrored to the
+secondary, ephemerals owned by the client's shadow session. Replies never
+wait for the secondary; if it is slow or down, writes queue in a bounded
+mirror backlog (zkmigrate_proxy_mirror_backlog, _lag_seconds, _failures_total)
+and are copied when it returns.
 
 Every session keeps its id and password. When the upstream server a session
 is attached to dies, the proxy moves the session to another server of the
@@ -45,16 +56,26 @@ timeout plus timeout/10 + 1 s. Per-session and per-connection limits
 --max-connections, --max-connections-per-ip, --four-letter-words) keep one
 broken or hostile client from exhausting the proxy.
 
-Example:
+Examples:
 
    zk-migrate proxy --listen 127.0.0.1:2181 \
        --upstream zk1:2181,zk2:2181,zk3:2181 --metrics-addr 127.0.0.1:9404
+
+   zk-migrate proxy --listen 127.0.0.1:2181 \
+       --source zk1:2181,zk2:2181,zk3:2181 --target zkb1:2181,zkb2:2181,zkb3:2181 \
+       --admin-addr 127.0.0.1:9405 --state-dir /var/lib/zk-migrate/proxy
 
 Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
            curl -s 127.0.0.1:9404/metrics | grep zkmigrate_proxy`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:2181", Usage: "address clients connect to", EnvVars: []string{"ZKM_LISTEN"}},
-			&cli.StringFlag{Name: "upstream", Required: true, Usage: "ZooKeeper servers of the ensemble, host:port,host:port,...", EnvVars: []string{"ZKM_UPSTREAM"}},
+			&cli.StringFlag{Name: "upstream", Usage: "ZooKeeper servers of the one ensemble, host:port,host:port,... (or --source and --target)", EnvVars: []string{"ZKM_UPSTREAM"}},
+			&cli.StringFlag{Name: "source", Usage: "two-ensemble mode: servers of the source ensemble A (migration.yaml's source_zk)", EnvVars: []string{"ZKM_SOURCE"}},
+			&cli.StringFlag{Name: "target", Usage: "two-ensemble mode: servers of the target ensemble B (migration.yaml's target_zk)", EnvVars: []string{"ZKM_TARGET"}},
+			&cli.StringFlag{Name: "primary", Value: "source", Usage: "two-ensemble mode: the ensemble that serves clients, source or target; the other gets mirrored writes", EnvVars: []string{"ZKM_PRIMARY"}},
+			&cli.StringFlag{Name: "admin-addr", Usage: "address of the proxy's admin endpoint (GET /admin/v1/sessions: each client session and its shadow session); empty: off", EnvVars: []string{"ZKM_ADMIN_ADDR"}},
+			&cli.StringFlag{Name: "state-dir", Usage: "two-ensemble mode: directory keeping each session's shadow session, so a restarted proxy resumes it", EnvVars: []string{"ZKM_STATE_DIR"}},
+			&cli.IntFlag{Name: "max-mirror-backlog", Value: 100000, Usage: "two-ensemble mode: znode paths waiting for the secondary; beyond, writes are left to the replicator (counted in mirror_failures_total)"},
 			&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9404", Usage: "address of the Prometheus /metrics endpoint (empty: off)", EnvVars: []string{"ZKM_METRICS_ADDR"}},
 			&cli.IntFlag{Name: "jute-maxbuffer", Value: jute.DefaultMaxBuffer, Usage: "largest client request in bytes, as the servers' jute.maxbuffer"},
 			&cli.IntFlag{Name: "max-client-backlog", Value: 2 << 20, Usage: "bytes of replies queued for a client that does not read them; beyond, the session stops reading its server and its client"},
@@ -75,7 +96,9 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 	}
 }
 
-func parseUpstream(s string) ([]string, error) {
+func parseUpstream(s string) ([]string, error) { return parseHosts("upstream", s) }
+
+func parseHosts(flag, s string) ([]string, error) {
 	var out []string
 	for _, a := range strings.Split(s, ",") {
 		a = strings.TrimSpace(a)
@@ -84,14 +107,14 @@ func parseUpstream(s string) ([]string, error) {
 		}
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			if !strings.Contains(a, ":") {
-				return nil, fmt.Errorf("--upstream %q: missing port (ZooKeeper's client port is usually 2181: %s:2181)", a, a)
+				return nil, fmt.Errorf("--%s %q: missing port (ZooKeeper's client port is usually 2181: %s:2181)", flag, a, a)
 			}
-			return nil, fmt.Errorf("--upstream %q: %v (want host:port)", a, err)
+			return nil, fmt.Errorf("--%s %q: %v (want host:port)", flag, a, err)
 		}
 		out = append(out, a)
 	}
 	if len(out) == 0 {
-		return nil, errors.New("--upstream is empty: give the ensemble as host:port,host:port,...")
+		return nil, fmt.Errorf("--%s is empty: give the ensemble as host:port,host:port,...", flag)
 	}
 	return out, nil
 }
@@ -104,10 +127,58 @@ func newLogger(level string) (*slog.Logger, error) {
 	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
 
-func runProxy(c *cli.Context) error {
-	upstream, err := parseUpstream(c.String("upstream"))
+// proxyEnsembles reads --upstream, or --source, --target and --primary:
+// the primary's servers, the secondary's (nil in single-ensemble mode) and
+// the primary's name.
+func proxyEnsembles(c *cli.Context) (primary, secondary []string, name ensemble.Name, err error) {
+	up, src, dst := c.String("upstream"), c.String("source"), c.String("target")
+	switch {
+	case up != "" && (src != "" || dst != ""):
+		return nil, nil, "", usageError("--upstream and --source/--target are exclusive: give --upstream for one ensemble, or --source and --target during a migration")
+	case up != "":
+		if c.IsSet("primary") {
+			return nil, nil, "", usageError("--primary needs --source and --target (with --upstream there is one ensemble)")
+		}
+		primary, err = parseUpstream(up)
+		if err != nil {
+			return nil, nil, "", usageError("%v", err)
+		}
+		return primary, nil, ensemble.Source, nil
+	case src == "" && dst == "":
+		return nil, nil, "", usageError("no ensemble: give --upstream HOSTS, or --source HOSTS and --target HOSTS during a migration")
+	case src == "" || dst == "":
+		return nil, nil, "", usageError("two-ensemble mode needs both --source and --target (got only one)")
+	}
+	name, err = ensemble.Parse(c.String("primary"))
 	if err != nil {
-		return usageError("%v", err)
+		return nil, nil, "", usageError("--primary: %v", err)
+	}
+	hosts := map[ensemble.Name][]string{}
+	for _, e := range ensemble.Names {
+		if hosts[e], err = parseHosts(e.Flag(), c.String(e.Flag())); err != nil {
+			return nil, nil, "", usageError("%v", err)
+		}
+	}
+	for _, a := range hosts[ensemble.Source] {
+		for _, b := range hosts[ensemble.Target] {
+			if a == b {
+				return nil, nil, "", usageError("--source and --target both list %s: they must be two different ensembles", a)
+			}
+		}
+	}
+	return hosts[name], hosts[name.Other()], name, nil
+}
+
+func runProxy(c *cli.Context) error {
+	upstream, secondary, primaryName, err := proxyEnsembles(c)
+	if err != nil {
+		return err
+	}
+	if secondary == nil && c.String("state-dir") != "" {
+		return usageError("--state-dir keeps shadow sessions: it needs --source and --target")
+	}
+	if c.Int("max-mirror-backlog") < 1 {
+		return usageError("--max-mirror-backlog %d: must be at least 1 (default 100000)", c.Int("max-mirror-backlog"))
 	}
 	log, err := newLogger(c.String("log-level"))
 	if err != nil {
@@ -136,10 +207,40 @@ func runProxy(c *cli.Context) error {
 		// memory and gives the CPU back to the requests.
 		debug.SetGCPercent(400)
 	}
+	var agent *membership.Agent
+	if addr := c.String("gossip-addr"); addr != "" {
+		name := c.String("name")
+		if name == "" {
+			host, _ := os.Hostname()
+			name = "proxy-" + host
+		}
+		key, err := gossipKey(c)
+		if err != nil {
+			return err
+		}
+		agent, err = membership.Join(membership.Config{Name: name, BindAddr: addr, Seeds: c.StringSlice("gossip-join"),
+			Meta: membership.Meta{Role: membership.RoleProxy, Primary: primaryName}, SecretKey: key})
+		if err != nil {
+			return err
+		}
+		defer agent.Leave()
+		if secondary != nil && len(c.StringSlice("gossip-join")) > 0 {
+			if rec, epoch, ok := recordedPrimary(agent, 3*time.Second); ok && rec != primaryName {
+				log.Warn("the control plane recorded another primary ensemble; it wins over --primary, so a restarted proxy never comes back on the wrong side",
+					"flag", primaryName.Flag(), "recorded", rec.Flag(), "epoch", epoch)
+				upstream, secondary, primaryName = secondary, upstream, rec
+				_ = agent.SetMeta(func(m *membership.Meta) { m.Primary = rec })
+			}
+		}
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(proxy.Config{
 		Upstream:            upstream,
+		Secondary:           secondary,
+		PrimaryName:         primaryName,
+		MaxMirrorBacklog:    c.Int("max-mirror-backlog"),
+		StateDir:            c.String("state-dir"),
 		MaxFrame:            c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
 		DialTimeout:         c.Duration("dial-timeout"),
 		MaxClientBacklog:    c.Int("max-client-backlog"),
@@ -177,25 +278,24 @@ func runProxy(c *cli.Context) error {
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("proxy listening", "addr", ln.Addr().String(), "upstream", upstream)
-	if addr := c.String("gossip-addr"); addr != "" {
-		name := c.String("name")
-		if name == "" {
-			host, _ := os.Hostname()
-			name = "proxy-" + host
-		}
-		key, err := gossipKey(c)
+	if secondary == nil {
+		log.Info("proxy listening", "addr", ln.Addr().String(), "upstream", upstream)
+	} else {
+		log.Info("proxy listening in two-ensemble mode", "addr", ln.Addr().String(),
+			"primary", primaryName.Flag(), primaryName.Flag(), upstream, primaryName.Other().Flag(), secondary)
+	}
+	if addr := c.String("admin-addr"); addr != "" {
+		aln, err := net.Listen("tcp", addr)
 		if err != nil {
 			srv.Close()
-			return err
+			return fmt.Errorf("admin listen on %s: %w (choose another --admin-addr)", addr, err)
 		}
-		agent, err := membership.Join(membership.Config{Name: name, BindAddr: addr, Seeds: c.StringSlice("gossip-join"),
-			Meta: membership.Meta{Role: membership.RoleProxy, Primary: "A"}, SecretKey: key})
-		if err != nil {
-			srv.Close()
-			return err
-		}
-		defer agent.Leave()
+		adminSrv := &http.Server{Handler: proxyAdmin(srv, primaryName), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = adminSrv.Serve(aln) }()
+		defer adminSrv.Close()
+		log.Info("admin endpoint listening", "addr", aln.Addr().String())
+	}
+	if agent != nil {
 		go advertiseSessions(ctx, agent, srv)
 	}
 	select {
@@ -230,5 +330,56 @@ func advertiseSessions(ctx context.Context, agent *membership.Agent, srv *proxy.
 			last = n
 			_ = agent.SetMeta(func(m *membership.Meta) { m.Sessions = n })
 		}
+	}
+}
+
+// sessionRow is one line of GET /admin/v1/sessions.
+type sessionRow struct {
+	Session string `json:"session"`          // the client's session id (hex)
+	Shadow  string `json:"shadow,omitempty"` // its shadow session on the secondary
+}
+
+// proxyAdmin serves the proxy's admin endpoint.
+func proxyAdmin(srv *proxy.Server, primary ensemble.Name) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin/v1/sessions", func(w http.ResponseWriter, _ *http.Request) {
+		rows := []sessionRow{}
+		for _, id := range srv.SessionIDs() {
+			r := sessionRow{Session: fmt.Sprintf("0x%x", id)}
+			if sid, ok := srv.ShadowSession(id); ok {
+				r.Shadow = fmt.Sprintf("0x%x", sid)
+			}
+			rows = append(rows, r)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"primary": primary.Flag(), "two_ensembles": srv.TwoEnsembles(),
+			"mirror_backlog": srv.MirrorBacklog(), "sessions": rows})
+	})
+	return mux
+}
+
+// recordedPrimary waits up to wait for a control node in the gossip pool
+// and returns the primary it advertises (the last completed flip's, with
+// its epoch), the highest epoch winning among control nodes. ok is false
+// when no control node is seen in time or none advertises a primary: the
+// --primary flag stands.
+func recordedPrimary(agent *membership.Agent, wait time.Duration) (ensemble.Name, int64, bool) {
+	deadline := time.Now().Add(wait)
+	for {
+		var best membership.Meta
+		seen := false
+		for _, m := range agent.Members() {
+			if m.Meta.Role != membership.RoleControl {
+				continue
+			}
+			seen = true
+			if m.Meta.Primary.Valid() && (best.Primary == "" || m.Meta.Epoch > best.Epoch) {
+				best = m.Meta
+			}
+		}
+		if seen || time.Now().After(deadline) {
+			return best.Primary, best.Epoch, best.Primary != ""
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

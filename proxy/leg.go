@@ -1,0 +1,127 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/jute"
+)
+
+// leg is a session's connection to one ensemble: the ensemble's name and
+// servers, the upstream session's own id, password and last zxid, and the
+// connection currently carrying it. A relayed session has one leg per
+// ensemble: the primary leg serves the client (relay mode: up, with the
+// session's reader, supervisor, re-attach and replay); in two-ensemble mode
+// the secondary leg is the client's shadow session (shadow.go), which
+// carries the mirrored writes. At a flip (issue 11) the legs swap roles: a
+// leg's identity (id, password, zxid) is what moves, its connection is
+// re-attached in the other mode with the same id and password.
+type leg struct {
+	srv   *Server
+	name  ensemble.Name
+	addrs []string
+
+	id      int64
+	passwd  []byte
+	timeout time.Duration
+
+	lastZxid atomic.Int64             // highest zxid any reply carried
+	lastSend atomic.Int64             // unix nanos of the last upstream write
+	up       atomic.Pointer[upstream] // relay connection; stored under the session's wmu
+}
+
+func newLeg(srv *Server, name ensemble.Name, addrs []string) *leg {
+	return &leg{srv: srv, name: name, addrs: addrs}
+}
+
+// noteZxid raises lastZxid to z.
+func (l *leg) noteZxid(z int64) {
+	for old := l.lastZxid.Load(); z > old && !l.lastZxid.CompareAndSwap(old, z); old = l.lastZxid.Load() {
+	}
+}
+
+// pickUpstreams returns addrs in the order to try them: starting at a
+// random server (spreading sessions like a ZooKeeper client's shuffled host
+// list), or after the given one when re-attaching.
+func pickUpstreams(addrs []string, after string) []string {
+	n := len(addrs)
+	start := rand.IntN(n)
+	for i, a := range addrs {
+		if a == after {
+			start = i + 1
+		}
+	}
+	out := make([]string, n)
+	for i := range out {
+		out[i] = addrs[(start+i)%n]
+	}
+	return out
+}
+
+// dial tries each upstream server, starting after the one named, until one
+// answers the ConnectRequest; it returns the decoded and raw response.
+func (l *leg) dial(done <-chan struct{}, connectFrame []byte, after string) (*upstream, *jute.ConnectResponse, []byte, error) {
+	var errs []error
+	for _, addr := range pickUpstreams(l.addrs, after) {
+		select {
+		case <-done:
+			return nil, nil, nil, net.ErrClosed
+		default:
+		}
+		up, resp, raw, err := l.dialOne(addr, connectFrame)
+		if err == nil {
+			return up, resp, raw, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	return nil, nil, nil, errors.Join(errs...)
+}
+
+func (l *leg) dialOne(addr string, connectFrame []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
+	cfg := &l.srv.cfg
+	ctx, cancel := context.WithTimeout(l.srv.ctx, cfg.DialTimeout)
+	defer cancel()
+	conn, err := cfg.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	up := &upstream{
+		addr: addr, conn: conn,
+		fr:   jute.NewFrameReader(bufio.NewReaderSize(conn, bufSize), cfg.MaxReplyFrame),
+		w:    bufio.NewWriterSize(conn, bufSize),
+		done: make(chan struct{}),
+	}
+	_ = conn.SetDeadline(time.Now().Add(cfg.DialTimeout))
+	if err := up.write(connectFrame, true); err != nil {
+		conn.Close()
+		return nil, nil, nil, err
+	}
+	raw, err := up.fr.Next()
+	if err != nil {
+		conn.Close()
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, nil, nil, errRefused
+		}
+		return nil, nil, nil, err
+	}
+	raw = append([]byte(nil), raw...) // the reader reuses its buffer
+	var resp jute.ConnectResponse
+	if err := jute.Unmarshal(raw, &resp); err != nil {
+		conn.Close()
+		return nil, nil, nil, fmt.Errorf("bad ConnectResponse: %w", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	up.lastRecv.Store(time.Now().UnixNano())
+	return up, &resp, raw, nil
+}

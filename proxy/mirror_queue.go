@@ -1,0 +1,146 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+)
+
+// mirrorQueue is a shadow's set of paths waiting to be mirrored, in the
+// order they were first queued; a path queued again before it is mirrored
+// is mirrored once (its state, not each write, is what is copied).
+type mirrorQueue struct {
+	order []string
+	since map[string]time.Time
+	head  int
+}
+
+func (q *mirrorQueue) len() int { return len(q.since) }
+
+// add queues p; it reports false when p was queued already.
+func (q *mirrorQueue) add(p string, now time.Time) bool {
+	if q.since == nil {
+		q.since = map[string]time.Time{}
+	}
+	if _, ok := q.since[p]; ok {
+		return false
+	}
+	q.since[p] = now
+	q.order = append(q.order, p)
+	return true
+}
+
+// peek returns the oldest queued path without removing it.
+func (q *mirrorQueue) peek() (string, time.Time, bool) {
+	for q.head < len(q.order) {
+		p := q.order[q.head]
+		if t, ok := q.since[p]; ok {
+			return p, t, true
+		}
+		q.head++ // removed meanwhile
+	}
+	q.order, q.head = q.order[:0], 0
+	return "", time.Time{}, false
+}
+
+func (q *mirrorQueue) remove(p string) {
+	delete(q.since, p)
+	if q.head > 1024 && q.head*2 > len(q.order) {
+		q.order = append(q.order[:0], q.order[q.head:]...)
+		q.head = 0
+	}
+}
+
+// mark queues paths the primary has just changed for the client. It never
+// blocks: the secondary is never in the primary's way. Beyond
+// MaxMirrorBacklog paths over all sessions a path is not queued; it is
+// counted and left to the replicator, loudly.
+func (sh *shadow) mark(paths ...string) {
+	now := time.Now()
+	added := 0
+	sh.mu.Lock()
+	if sh.gone {
+		sh.mu.Unlock()
+		sh.srv.m.mirrorFailures.WithLabelValues("session_ended").Add(float64(len(paths)))
+		return
+	}
+	for _, p := range paths {
+		if sh.srv.mirrorBacklog.Load() >= int64(sh.srv.cfg.MaxMirrorBacklog) {
+			sh.mu.Unlock()
+			sh.srv.m.mirrorFailures.WithLabelValues("backlog_full").Inc()
+			sh.srv.logs.warn(sh.log, "mirror_backlog_full", "mirror backlog full: a write was not queued for the secondary; the replicator must repair it",
+				"path", p, "max_mirror_backlog", sh.srv.cfg.MaxMirrorBacklog,
+				"hint", "is the secondary ensemble down? run `zk-migrate sync` beside the proxies, or raise --max-mirror-backlog")
+			sh.mu.Lock()
+			continue
+		}
+		if sh.queue.add(p, now) {
+			sh.srv.mirrorBacklog.Add(1)
+			added++
+		}
+	}
+	sh.mu.Unlock()
+	if added > 0 {
+		sh.srv.noteBacklog()
+		sh.poke()
+	}
+}
+
+// next returns the oldest queued path (it stays queued until done1).
+func (sh *shadow) next() (string, bool) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	p, _, ok := sh.queue.peek()
+	return p, ok
+}
+
+// done1 records the outcome of mirroring p. A path whose mirror failed for
+// a lost connection stays queued; any other outcome removes it (a failure
+// is counted and logged: the replicator repairs what the proxy could not).
+func (sh *shadow) done1(p string, err error) {
+	m := sh.srv.m
+	sh.mu.Lock()
+	if err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) {
+		// A lost connection: the path stays queued, unless it keeps
+		// failing (a path that cannot be read must not block the session's
+		// mirror for good).
+		if sh.failPath != p {
+			sh.failPath, sh.fails = p, 0
+		}
+		if sh.fails++; sh.fails < maxPathFailures {
+			sh.mu.Unlock()
+			return
+		}
+		err = fmt.Errorf("after %d attempts: %w", sh.fails, err)
+	}
+	sh.failPath, sh.fails = "", 0
+	since, ok := sh.queue.since[p]
+	if ok {
+		sh.queue.remove(p)
+	}
+	sh.mu.Unlock()
+	if !ok {
+		return
+	}
+	sh.srv.mirrorBacklog.Add(-1)
+	sh.srv.noteBacklog()
+	if err == nil {
+		m.mirrored.Inc()
+		m.mirrorDelay.Observe(time.Since(since).Seconds())
+		return
+	}
+	reason := "error"
+	switch {
+	case errors.Is(err, errMirrorGaveUp):
+		reason = "not_converged"
+	case jute.CodeOf(err) == jute.CodeNoAuth:
+		reason = "noauth"
+	case errors.Is(err, errACLHidden):
+		reason = "acl_hidden"
+	}
+	m.mirrorFailures.WithLabelValues(reason).Inc()
+	sh.srv.logs.warn(sh.log, "mirror_failed", "could not mirror a write to the secondary; the replicator repairs it",
+		"path", p, "reason", reason, "err", err, "hint", "run `zk-migrate sync` beside the proxies; `zk-migrate validate` shows what differs")
+}
