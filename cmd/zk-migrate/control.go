@@ -18,6 +18,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/control/server"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/raftstore"
 )
@@ -177,6 +178,9 @@ func runControl(c *cli.Context) error {
 			return err
 		}
 		defer agent.Leave()
+		adDone := make(chan struct{})
+		go func() { defer close(adDone); advertisePrimary(ctx, agent, node.State) }()
+		defer func() { stop(); <-adDone }()
 		mf := &membership.Fleet{Agent: agent}
 		fleet = mf
 		srv.Health = func(id string) any {
@@ -251,4 +255,48 @@ func joinCluster(ctx context.Context, client *http.Client, url, token, id, raftA
 		}
 	}
 	return fmt.Errorf("could not join the cluster at %s: %w", url, last)
+}
+
+// advertisePrimary keeps this node's gossip metadata on the primary the
+// replicated state records (the last completed flip's ensemble and the
+// epoch of the migration with the highest one), so a proxy that starts or
+// restarts joins on the right side whatever its --primary flag says. It
+// returns when ctx ends.
+func advertisePrimary(ctx context.Context, agent *membership.Agent, state func() *control.State) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var last membership.Meta
+	for {
+		primary, epoch := recordedPrimaryOf(state())
+		if primary != last.Primary || epoch != last.Epoch {
+			if err := agent.SetMeta(func(m *membership.Meta) { m.Primary, m.Epoch = primary, epoch }); err == nil {
+				last.Primary, last.Epoch = primary, epoch
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// recordedPrimaryOf is the primary of the migration with the highest flip
+// epoch ("" before any migration exists).
+func recordedPrimaryOf(st *control.State) (ensemble.Name, int64) {
+	var primary ensemble.Name
+	var epoch int64 = -1
+	for _, m := range st.Migrations {
+		name, err := ensemble.Parse(m.Primary)
+		if err != nil {
+			continue
+		}
+		if m.Epoch > epoch {
+			primary, epoch = name, m.Epoch
+		}
+	}
+	if epoch < 0 {
+		return "", 0
+	}
+	return primary, epoch
 }
