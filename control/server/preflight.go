@@ -143,11 +143,16 @@ func redactAuth(auth []string) []string {
 
 // watchHealth checks both ensembles every health_check_interval_sec while
 // the sync runs: quorum loss and unexpected Mesos leader changes (on the
-// current primary) raise alerts.
+// current primary) raise alerts; with a mesos section, so do the Mesos
+// cluster's task failures, task count, leader and frameworks (mesosWatch).
 func (s *Syncer) watchHealth(ctx context.Context, m *control.Migration, cfg *control.Config) {
 	t := time.NewTicker(time.Duration(cfg.Migration.HealthCheckIntervalSec) * time.Second)
 	defer t.Stop()
 	var leaders leaderWatch
+	var mesos *mesosWatch
+	if cfg.Mesos != nil {
+		mesos = newMesosWatch(cfg.Mesos, s.Logger)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -183,5 +188,10 @@ func (s *Syncer) watchHealth(ctx context.Context, m *control.Migration, cfg *con
 			_ = conn.Close() // end the session, not just the connection
 		}
 		cancel()
+		if mesos != nil {
+			mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			mesos.check(mctx, cur, func(a alert.Alert) { notify(a) })
+			cancel()
+		}
 	}
 }

@@ -290,15 +290,18 @@ func (NoProxies) Flip(context.Context, string, int64, string, []string) ([]strin
 	return nil, nil
 }
 
-// Steps returns the step runners of a control node.
+// Steps returns the step runners of a control node: phase 1 the sync;
+// phases 2 to 6 the Mesos phases (MesosPhase), which run migration.yaml's
+// actions when it has no mesos section. Phase 6 also stops the sync.
 func Steps(sy *Syncer) map[control.Step]control.StepRunner {
 	steps := map[control.Step]control.StepRunner{control.StepDeployB: sy}
+	stop := func(m *control.Migration) { sy.stop(m.ID) }
 	for name, st := range control.ActionNames {
 		s := Script{Name: name}
 		if st == control.StepRemoveA {
-			s.After = func(_ context.Context, m *control.Migration) { sy.stop(m.ID) }
+			s.After = func(_ context.Context, m *control.Migration) { stop(m) }
 		}
-		steps[st] = s
+		steps[st] = &MesosPhase{Step: st, Script: s, Logger: sy.Logger, StopSync: stop}
 	}
 	return steps
 }
