@@ -193,6 +193,9 @@ func (p *MesosPhase) Undo(ctx context.Context, m *control.Migration) error {
 		}
 		return c.stopAll(ctx, c.agents[1])
 	case control.StepDrainAgentsA:
+		p.mu.Lock()
+		delete(p.baseline, m.ID) // the next run counts again
+		p.mu.Unlock()
 		if err := c.machines(ctx, 0, true); err != nil {
 			return err
 		}

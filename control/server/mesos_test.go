@@ -360,6 +360,31 @@ func TestMesosPhasesMoveTheClusterToB(t *testing.T) {
 
 	phase(control.StepAgentsOnB)
 	phase(control.StepDrainAgentsA)
+	// Rollback of phases 5 and 4: A's agents come back, B's hand their
+	// tasks back and stop; then forward again.
+	undo(control.StepDrainAgentsA)
+	undo(control.StepAgentsOnB)
+	if got := e.runningNames(t, append(append([]deployer.Process{}, e.cl.agents[0]...), e.cl.agents[1]...)); got != names(e.cl.agents[0]) {
+		t.Fatalf("after undoing phases 5 and 4 running agents: %s; want A's", got)
+	}
+	eventuallyT(t, 30*time.Second, "6 tasks running on A's agents again", func() bool {
+		ids, drain, err := e.cl.agentIDs(ctx, 0)
+		if err != nil || len(ids) != 2 || len(drain) != 0 || e.framework(t).Active["TASK_RUNNING"] < 6 {
+			return false
+		}
+		active, _, err := e.cl.api.tasks(ctx)
+		for _, task := range active {
+			if task.AgentID.Value != ids["a-ag1"] && task.AgentID.Value != ids["a-ag2"] {
+				return false
+			}
+		}
+		return err == nil
+	})
+	if s := e.framework(t); s.Failed != 0 {
+		t.Fatalf("the rollback of phases 5 and 4 failed tasks: %+v", s)
+	}
+	phase(control.StepAgentsOnB)
+	phase(control.StepDrainAgentsA)
 	if got := e.runningNames(t, e.cl.agents[0]); got != "" {
 		t.Fatalf("after phase 5 A's agents still run: %s", got)
 	}
