@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -53,31 +54,49 @@ func (l *Local) args(p Process) []string {
 	return append(append([]string{"agent", "--master", l.ZK, "--work_dir", l.path(p, ".work")}, common...), l.AgentArgs...)
 }
 
-// pid returns the process recorded for p if it runs now (0 otherwise): the
-// pid file names a live process (not a zombie) whose command line is p's
-// (a recycled pid is not p).
+// pid returns the pid of p's process if it runs now (0 otherwise): the
+// one its pid file names, else (a start interrupted before it wrote the
+// file, a control node killed mid-start) any process on this machine whose
+// command line is p's. A process counts only if it is not a zombie and its
+// command line is p's (kind and port): a recycled pid is not p.
 func (l *Local) pid(p Process) int {
-	b, err := os.ReadFile(l.path(p, ".pid"))
-	if err != nil {
-		return 0
+	if b, err := os.ReadFile(l.path(p, ".pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 && l.isProcess(pid, p) {
+			return pid
+		}
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return 0
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		if pid, err := strconv.Atoi(d.Name()); err == nil && l.isProcess(pid, p) {
+			return pid
+		}
 	}
+	return 0
+}
+
+// isProcess reports whether pid is a live (not zombie) process of
+// Binary's running p: its kind, on its address and port.
+func (l *Local) isProcess(pid int, p Process) bool {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return false
 	}
 	if i := strings.LastIndexByte(string(stat), ')'); i < 0 || len(stat) < i+3 || stat[i+2] == 'Z' || stat[i+2] == 'X' {
-		return 0
+		return false
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmdline), "\x00--port\x00"+strconv.Itoa(p.Port)+"\x00") ||
-		!strings.Contains(string(cmdline), "\x00"+string(p.Kind)+"\x00") {
-		return 0
+	if err != nil {
+		return false
 	}
-	return pid
+	args := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+	flag := func(name string) string {
+		if i := slices.Index(args, name); i > 0 && i+1 < len(args) {
+			return args[i+1]
+		}
+		return ""
+	}
+	return len(args) > 1 && filepath.Base(args[0]) == filepath.Base(l.Binary) && args[1] == string(p.Kind) &&
+		flag("--ip") == p.Host && flag("--port") == strconv.Itoa(p.Port)
 }
 
 // Running reports whether p's process runs.
