@@ -110,6 +110,11 @@ func (l *Local) Start(ctx context.Context, p Process) error {
 	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
 		return fmt.Errorf("start %s: %w", p, err)
 	}
+	if p.Kind == Agent { // keeps the agent id across restarts
+		if err := os.MkdirAll(l.path(p, ".work"), 0o755); err != nil {
+			return fmt.Errorf("start %s: %w", p, err)
+		}
+	}
 	logf, err := os.OpenFile(l.path(p, ".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", p, err)

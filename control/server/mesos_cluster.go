@@ -11,6 +11,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/deployer"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // mesosCluster is a migration's Mesos cluster as its mesos section
@@ -24,6 +25,10 @@ type mesosCluster struct {
 	agents  [2][]deployer.Process
 	timeout time.Duration
 	log     *slog.Logger
+	// primary is the ensemble the Mesos processes use (through their
+	// proxies), auth sync.auth: the masters' znodes are checked there.
+	primary string
+	auth    []zkclient.Auth
 }
 
 // NewDeployer builds the deployer a mesos section names.
@@ -186,6 +191,12 @@ func (c *mesosCluster) converge(ctx context.Context, target []deployer.Process) 
 			run = slices.DeleteFunc(run, func(q deployer.Process) bool { return q.Name == p.Name })
 		} else {
 			p := missing[0]
+			// A replica left in ZooKeeper by a master that no longer runs
+			// would put the new one beyond 2q-1: wait until it is gone.
+			if err := c.poll(ctx, "ZooKeeper showing only the running masters before "+p.Name+" starts",
+				func() error { return c.zkAgrees(ctx, len(run)) }); err != nil {
+				return err
+			}
 			c.log.Info("mesos: starting a master", "master", p.Name, "side", p.Side)
 			if err := c.dep.Start(ctx, p); err != nil {
 				return err
@@ -231,6 +242,9 @@ func (c *mesosCluster) checkMasters(ctx context.Context, target []deployer.Proce
 			return fmt.Errorf("running masters: %s; want %s", names(run), names(target))
 		}
 		if err := c.steady(ctx); err != nil {
+			return err
+		}
+		if err := c.zkAgrees(ctx, len(run)); err != nil {
 			return err
 		}
 		if leaderIn != nil {

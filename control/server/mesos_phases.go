@@ -69,7 +69,12 @@ func (p *MesosPhase) cluster(m *control.Migration) (*mesosCluster, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return newMesosCluster(cfg.Mesos, dep, log.With("migration", m.ID, "step", p.Step.String())), nil
+	c := newMesosCluster(cfg.Mesos, dep, log.With("migration", m.ID, "step", p.Step.String()))
+	c.primary, c.auth = cfg.Migration.SourceZK, syncAuth(cfg)
+	if m.Primary == "B" {
+		c.primary = cfg.Migration.TargetZK
+	}
+	return c, nil
 }
 
 // phase2Target is phase 2's masters: B's but the last, and the A master
