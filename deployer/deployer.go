@@ -78,3 +78,9 @@ type Deployer interface {
 	Stop(ctx context.Context, p Process) error
 	Running(ctx context.Context, p Process) (bool, error)
 }
+
+// Describer is implemented by deployers that can say more about a process
+// that is not running (its last log lines), for the phases' errors.
+type Describer interface {
+	Describe(p Process) string
+}

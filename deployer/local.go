@@ -196,3 +196,6 @@ func (l *Local) tail(p Process) string {
 
 // PID returns the pid of p's running process, or 0.
 func (l *Local) PID(p Process) int { return l.pid(p) }
+
+// Describe returns the last lines of p's log.
+func (l *Local) Describe(p Process) string { return l.tail(p) }

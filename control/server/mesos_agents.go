@@ -41,6 +41,12 @@ func (c *mesosCluster) startAgents(ctx context.Context, side int) error {
 			return err
 		}
 	}
+	return c.agentsActive(ctx, side, true)
+}
+
+// agentsActive waits until each of side's agents is registered and
+// active; with reactivate it ends a drain left by an earlier rollback.
+func (c *mesosCluster) agentsActive(ctx context.Context, side int, reactivate bool) error {
 	return c.poll(ctx, "agents "+names(c.agents[side])+" registered and active", func() error {
 		ids, drain, err := c.agentIDs(ctx, side)
 		if err != nil {
@@ -49,6 +55,9 @@ func (c *mesosCluster) startAgents(ctx context.Context, side int) error {
 		for _, p := range c.agents[side] {
 			if ids[p.Name] == "" {
 				return fmt.Errorf("agent %s is not registered (GET_AGENTS)", p.Name)
+			}
+			if drain[p.Name] != "" && !reactivate {
+				return fmt.Errorf("agent %s is %s (DRAIN_AGENT), not active", p.Name, drain[p.Name])
 			}
 			if drain[p.Name] != "" {
 				if err := c.api.v1(ctx, "REACTIVATE_AGENT", map[string]any{"reactivate_agent": map[string]any{"agent_id": v1ID{ids[p.Name]}}}, nil); err != nil {

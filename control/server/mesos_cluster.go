@@ -239,7 +239,15 @@ func (c *mesosCluster) checkMasters(ctx context.Context, target []deployer.Proce
 			return err
 		}
 		if names(run) != names(sortLike(target, c.allMasters())) {
-			return fmt.Errorf("running masters: %s; want %s", names(run), names(target))
+			err := fmt.Errorf("running masters: %s; want %s", names(run), names(target))
+			if d, ok := c.dep.(deployer.Describer); ok {
+				for _, p := range target {
+					if !slices.Contains(run, p) {
+						err = fmt.Errorf("%w; %s: %s", err, p.Name, d.Describe(p))
+					}
+				}
+			}
+			return err
 		}
 		if err := c.steady(ctx); err != nil {
 			return err

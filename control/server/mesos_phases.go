@@ -161,7 +161,7 @@ func (p *MesosPhase) Verify(ctx context.Context, m *control.Migration) error {
 	case control.StepMastersOffA:
 		return c.checkMasters(ctx, c.masters[1], c.masters[1])
 	case control.StepAgentsOnB:
-		return c.startAgents(ctx, 1) // waits until registered and active
+		return c.agentsActive(ctx, 1, false)
 	case control.StepDrainAgentsA:
 		return p.verifyDrained(ctx, m.ID, c)
 	case control.StepRemoveA:
@@ -220,14 +220,31 @@ func (p *MesosPhase) recordBaseline(ctx context.Context, id string, c *mesosClus
 	if _, ok := p.baseline[id]; ok {
 		return nil
 	}
-	active, completed, err := c.api.tasks(ctx)
-	if err != nil {
-		return err
-	}
-	b := taskBaseline{active: len(active), failed: map[string]bool{}}
-	for _, t := range completed {
-		if t.failed() {
-			b.failed[t.TaskID.Value] = true
+	// The framework keeps its tasks active while it churns them: one
+	// sample may catch a kill before its replacement, or both. The most
+	// frequent count over a second is the one it keeps.
+	counts := map[int]int{}
+	b := taskBaseline{failed: map[string]bool{}}
+	for i := 0; i < 5; i++ {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		active, completed, err := c.api.tasks(ctx)
+		if err != nil {
+			return err
+		}
+		counts[len(active)]++
+		if n := counts[len(active)]; n > counts[b.active] || n == counts[b.active] && len(active) < b.active {
+			b.active = len(active)
+		}
+		for _, t := range completed {
+			if t.failed() {
+				b.failed[t.TaskID.Value] = true
+			}
 		}
 	}
 	if p.baseline == nil {

@@ -42,14 +42,20 @@ func buildMesosSim(t *testing.T) string {
 	return bin
 }
 
-func freePort(t *testing.T) int {
+// freePorts returns n distinct free ports (all held open until each is
+// chosen, so none is handed out twice).
+func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var out []int
+	for i := 0; i < n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		out = append(out, ln.Addr().(*net.TCPAddr).Port)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return out
 }
 
 // hookReceiver is a real webhook endpoint on loopback collecting bodies.
@@ -102,14 +108,15 @@ func eventuallyT(t *testing.T, d time.Duration, what string, cond func() bool) {
 // mesosEnv is an emulated Mesos cluster declared in migration.yaml with
 // its framework, the two ensembles and the migration.
 type mesosEnv struct {
-	cfg  *control.Config
-	dep  *deployer.Local
-	cl   *mesosCluster
-	fw   string // the framework's URL
-	dir  string
-	mu   sync.Mutex
-	m    control.Migration
-	hook *hookReceiver
+	cfg    *control.Config
+	dep    *deployer.Local
+	cl     *mesosCluster
+	fw     string // the framework's URL
+	fwProc *exec.Cmd
+	dir    string
+	mu     sync.Mutex
+	m      control.Migration
+	hook   *hookReceiver
 }
 
 func (e *mesosEnv) current() *control.Migration {
@@ -167,8 +174,11 @@ func newMesosEnv(t *testing.T, tasks int) *mesosEnv {
 		ens[i] = e
 	}
 	e := &mesosEnv{dir: t.TempDir(), hook: newHookReceiver(t)}
+	ports := freePorts(t, 11)
 	proc := func(name, host string) string {
-		return fmt.Sprintf("{name: %s, host: 127.0.0.1, port: %d, hostname: %s}", name, freePort(t), host)
+		p := ports[0]
+		ports = ports[1:]
+		return fmt.Sprintf("{name: %s, host: 127.0.0.1, port: %d, hostname: %s}", name, p, host)
 	}
 	var sides [2]string
 	for i, s := range []string{"a", "b"} {
@@ -228,7 +238,7 @@ mesos:
 			t.Fatal(err)
 		}
 	}
-	fwPort := freePort(t)
+	fwPort := ports[0]
 	e.fw = "http://127.0.0.1:" + strconv.Itoa(fwPort)
 	fwLog, _ := os.Create(filepath.Join(e.dir, "framework.log"))
 	fw := exec.Command(bin, "framework", "--master", cfg.Mesos.ZK, "--port", strconv.Itoa(fwPort), "--tasks", strconv.Itoa(tasks),
@@ -238,6 +248,7 @@ mesos:
 	if err := fw.Start(); err != nil {
 		t.Fatal(err)
 	}
+	e.fwProc = fw
 	t.Cleanup(func() {
 		_ = fw.Process.Kill()
 		_ = fw.Wait()
@@ -417,6 +428,14 @@ func TestMesosPhasesMoveTheClusterToB(t *testing.T) {
 	if s := e.framework(t); s.Failed == 0 {
 		t.Fatalf("the framework saw no failure after the SIGKILL: %+v", s)
 	}
+
+	// The framework dies and the leading master moves: the new leader
+	// knows the framework only from its agents' tasks, not connected.
+	_ = e.fwProc.Process.Kill()
+	if err := e.dep.Stop(ctx, leader()); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyT(t, 30*time.Second, "a framework_disconnected alert", func() bool { return e.hook.has("framework_disconnected") })
 
 	// Until phase 6 the replicator holds sessions on A, and the check sees them.
 	if err := sessionsLeft(e.cfg.Migration.SourceZK); err == nil || !strings.Contains(err.Error(), "sid=0x") {
