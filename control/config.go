@@ -55,6 +55,9 @@ type Config struct {
 	} `yaml:"flip"`
 	Actions map[string]Action `yaml:"actions"`
 	Alerts  Alerts            `yaml:"alerts"`
+	// Mesos, if set, has the control plane run phases 2 to 6 on the Mesos
+	// cluster it describes (config_mesos.go); actions must then be empty.
+	Mesos *Mesos `yaml:"mesos"`
 }
 
 // ZKTLS names PEM files on every control node: the CA of the ensembles'
@@ -166,6 +169,9 @@ func (c *Config) setDefaults() {
 	if c.Flip.TimeoutSec == 0 {
 		c.Flip.TimeoutSec = 30
 	}
+	if c.Mesos != nil {
+		c.Mesos.setDefaults()
+	}
 }
 
 func validEnsemble(s string) bool {
@@ -243,6 +249,9 @@ func (c *Config) Validate() error {
 		if _, ok := ActionNames[name]; !ok {
 			bad("actions."+name, name, "one of "+strings.Join(slices.Sorted(maps.Keys(ActionNames)), ", "))
 		}
+	}
+	if c.Mesos != nil {
+		c.Mesos.validate(c, bad)
 	}
 	return errors.Join(errs...)
 }

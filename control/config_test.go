@@ -93,7 +93,7 @@ colour: blue
 		"sync.lag_treshold_ms: unknown field (did you mean lag_threshold_ms?)",
 		"alerts.smtp.adr: unknown field (did you mean addr?)",
 		"actions.masters_on_b.rn: unknown field (did you mean run?)",
-		"colour: unknown field (known: actions, alerts, flip, migration, sync)",
+		"colour: unknown field (known: actions, alerts, flip, mesos, migration, sync)",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -54,8 +53,13 @@ type ContinuousConfig struct {
 	// LastWriteWins (the later mtime wins; a deletion never beats an
 	// update) or Manual (both kept, the path is marked until Resolve).
 	Strategy string
-	// Audit receives one JSON line per conflict and per alert.
+	// Audit receives one JSON line per event (Event's JSON).
 	Audit io.Writer
+	// OnEvent, if set, receives every conflict, resolution and alert
+	// (the control plane records them in its replicated audit trail). It
+	// is called where the event happens, under the replicator's lock: it
+	// must not call back into the Continuous.
+	OnEvent func(Event)
 	// Heartbeat is how often each side's heartbeat is written (100 ms;
 	// negative disables).
 	Heartbeat time.Duration
@@ -275,7 +279,7 @@ func (c *Continuous) Resolve(p string, keep Side) error {
 	}
 	delete(c.conflicts, p)
 	c.forced[p] = keep
-	c.audit(map[string]any{"time": time.Now(), "kind": "conflict_resolved", "path": p, "kept": keep.String()})
+	c.emit(Event{Time: time.Now(), Kind: "conflict_resolved", Path: p, Kept: keep.String()})
 	select {
 	case c.kick <- p:
 	default: // the next reconcile handles it
@@ -816,7 +820,7 @@ func (c *Continuous) conflictLocked(p string, a, b *read, now time.Time) (Side, 
 	if c.cfg.Metrics != nil {
 		c.cfg.Metrics.conflicts.WithLabelValues(c.cfg.Strategy).Inc()
 	}
-	c.audit(map[string]any{"time": now, "kind": "conflict", "conflict": k})
+	c.emit(Event{Time: now, Kind: "conflict", Conflict: &k})
 	c.log.Warn("conflict: znode changed on both sides since its last sync", "path", p, "strategy", c.cfg.Strategy, "winner", k.Winner)
 	return winner, decided
 }
@@ -1046,23 +1050,10 @@ func (c *Continuous) observeHeartbeat(a action) {
 func (c *Continuous) alert(a Alert) {
 	a.Time = time.Now()
 	c.log.Warn("alert", "kind", a.Kind, "message", a.Message)
-	c.audit(map[string]any{"time": a.Time, "kind": "alert", "alert": a})
+	c.emit(Event{Time: a.Time, Kind: "alert", Alert: &a})
 	if c.cfg.OnAlert != nil {
 		c.cfg.OnAlert(a)
 	}
-}
-
-func (c *Continuous) audit(v any) {
-	if c.cfg.Audit == nil {
-		return
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return
-	}
-	c.auditMu.Lock()
-	defer c.auditMu.Unlock()
-	_, _ = c.cfg.Audit.Write(append(b, '\n'))
 }
 
 // armOneShot sets a one-shot data (or creation) watch and a child watch on

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,12 +19,7 @@ import (
 )
 
 func dialSide(ctx context.Context, side Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
-	ens := []*zktest.Ensemble{ensA, ensB}[side]
-	opts := zkclient.Options{Auth: replAuth}
-	if resume != nil {
-		opts.SessionID, opts.Passwd = resume.SessionID(), resume.Passwd()
-	}
-	return zkclient.Dial(ctx, ens.Addrs(), opts)
+	return Dialer{Ensembles: [2][]string{ensA.Addrs(), ensB.Addrs()}, Auth: replAuth}.Dial(ctx, side, resume)
 }
 
 // lockedBuffer is an io.Writer safe for the replicator's audit lines.
@@ -205,14 +201,20 @@ func TestContinuousMirrorsEphemerals(t *testing.T) {
 
 // conflictOn makes the same znode change on both sides while the
 // replicator is stopped, then runs it again.
-func conflictOn(t *testing.T, strategy string) (*Continuous, Endpoints, string, *lockedBuffer) {
+func conflictOn(t *testing.T, strategy string) (*Continuous, Endpoints, string, *lockedBuffer, func() []Event) {
 	ctx := context.Background()
 	root := testRoot(t)
 	a, b := dial(t, ensA), dial(t, ensB)
 	build(t, a, []zkclient.MultiOp{create(root, nil, nil, 0), create(root+"/x", []byte("base"), nil, 0)})
 	audit := &lockedBuffer{}
+	var mu sync.Mutex
+	var events []Event
 	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true,
-		Heartbeat: -1, Strategy: strategy, Audit: audit})
+		Heartbeat: -1, Strategy: strategy, Audit: audit, OnEvent: func(e Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			events = append(events, e)
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,11 +230,11 @@ func conflictOn(t *testing.T, strategy string) (*Continuous, Endpoints, string, 
 		t.Fatal(err)
 	}
 	runContinuous(t, c)
-	return c, ep, root, audit
+	return c, ep, root, audit, func() []Event { mu.Lock(); defer mu.Unlock(); return slices.Clone(events) }
 }
 
 func TestConflictLastWriteWins(t *testing.T) {
-	_, ep, root, audit := conflictOn(t, LastWriteWins)
+	_, ep, root, audit, events := conflictOn(t, LastWriteWins)
 	waitEqual(t, ep, root, 20*time.Second)
 	got, _, err := ep.Source[0].Get(context.Background(), root+"/x")
 	if err != nil || string(got) != "written on B" {
@@ -247,7 +249,17 @@ func TestConflictLastWriteWins(t *testing.T) {
 			if line.Conflict.Winner != "B" || string(line.Conflict.ValueA) != "written on A" {
 				t.Fatalf("audit line: %s", l)
 			}
-			return
+			// The typed event (what the control plane records) is the
+			// same conflict, and its JSON is the audit line.
+			for _, e := range events() {
+				if e.Kind == "conflict" && e.Conflict != nil && e.Conflict.Path == root+"/x" {
+					if b, _ := json.Marshal(e); string(b) != l || e.Conflict.Winner != "B" {
+						t.Fatalf("event %+v marshals to %s; the audit line is %s", e, b, l)
+					}
+					return
+				}
+			}
+			t.Fatalf("OnEvent did not receive the conflict the audit line shows: %+v", events())
 		}
 	}
 	t.Fatalf("no conflict in the audit log:\n%s", audit.String())
@@ -255,7 +267,7 @@ func TestConflictLastWriteWins(t *testing.T) {
 
 func TestConflictManualKeepsBothUntilResolved(t *testing.T) {
 	ctx := context.Background()
-	c, ep, root, _ := conflictOn(t, Manual)
+	c, ep, root, _, _ := conflictOn(t, Manual)
 	deadline := time.Now().Add(20 * time.Second)
 	for len(c.Conflicts()) == 0 {
 		if time.Now().After(deadline) {

@@ -168,15 +168,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 			return rep, err
 		}
 		defer ensB.Close()
-		ensembles := [2]*zktest.Ensemble{ens, ensB}
+		// The same constructor the sync command and the control plane use.
+		dial := replicator.Dialer{Ensembles: [2][]string{ens.Addrs(), ensB.Addrs()}}
 		cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
-			Dial: func(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
-				o := zkclient.Options{}
-				if resume != nil {
-					o.SessionID, o.Passwd = resume.SessionID(), resume.Passwd()
-				}
-				return zkclient.Dial(ctx, ensembles[side].Addrs(), o)
-			},
+			Dial:  dial.Dial,
 			Roots: []string{"/mesos", "/sandbox"}, InitialSync: true, Logger: cfg.Logger,
 			LagAlertAfter: time.Hour, OnLag: lags.add,
 		})

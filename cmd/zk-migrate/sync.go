@@ -85,12 +85,8 @@ func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
 	if len(a.paths) == 0 {
 		return a, fmt.Errorf("--paths is empty: give the subtrees to sync, like /mesos")
 	}
-	for _, s := range c.StringSlice("auth") {
-		scheme, secret, ok := strings.Cut(s, ":")
-		if !ok || secret == "" {
-			return a, fmt.Errorf("--auth %q: want scheme:secret, e.g. digest:mesos:password", s)
-		}
-		a.auth = append(a.auth, zkclient.Auth{Scheme: scheme, Secret: []byte(secret)})
+	if a.auth, err = replicator.ParseAuth(c.StringSlice("auth")); err != nil {
+		return a, fmt.Errorf("--auth: %v", err)
 	}
 	if a.readers = c.Int("readers"); a.readers < 1 || a.readers > 64 {
 		return a, fmt.Errorf("--readers %d: want 1 to 64", a.readers)
@@ -108,51 +104,13 @@ func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
 	return a, nil
 }
 
-func (a ensembleArgs) addrs(side replicator.Side) []string {
-	if side == replicator.SideA {
-		return a.source
-	}
-	return a.target
-}
-
-func (a ensembleArgs) dial(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
-	opts := zkclient.Options{Auth: a.auth, TLS: a.tls}
-	if resume != nil {
-		opts.SessionID, opts.Passwd = resume.SessionID(), resume.Passwd()
-	}
-	c, err := zkclient.Dial(ctx, a.addrs(side), opts)
-	if err != nil && a.tls == nil && errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("ensemble %s (%s): %w (the server closed the connection unanswered: if it serves TLS only on a secureClientPort, give --tls-ca, and --tls-cert/--tls-key)",
-			side, strings.Join(a.addrs(side), ","), err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("ensemble %s (%s): %w", side, strings.Join(a.addrs(side), ","), err)
-	}
-	return c, nil
+// dialer is the replicator's way to the two ensembles.
+func (a ensembleArgs) dialer() replicator.Dialer {
+	return replicator.Dialer{Ensembles: [2][]string{a.source, a.target}, Auth: a.auth, TLS: a.tls}
 }
 
 func (a ensembleArgs) endpoints(ctx context.Context) (replicator.Endpoints, func(), error) {
-	var ep replicator.Endpoints
-	closeAll := func() {
-		for _, c := range append(ep.Source, ep.Target...) {
-			_ = c.Close()
-		}
-	}
-	for i := 0; i < a.readers; i++ {
-		s, err := a.dial(ctx, replicator.SideA, nil)
-		if err != nil {
-			closeAll()
-			return ep, nil, err
-		}
-		ep.Source = append(ep.Source, s)
-		t, err := a.dial(ctx, replicator.SideB, nil)
-		if err != nil {
-			closeAll()
-			return ep, nil, err
-		}
-		ep.Target = append(ep.Target, t)
-	}
-	return ep, closeAll, nil
+	return a.dialer().Endpoints(ctx, a.readers)
 }
 
 func syncCommand() *cli.Command {
@@ -278,7 +236,7 @@ func runSync(c *cli.Context) error {
 	}
 	log, _ := newLogger("info")
 	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
-		Dial: args.dial, Roots: args.paths, Strategy: strategy, Audit: audit, Metrics: metrics, Logger: log,
+		Dial: args.dialer().Dial, Roots: args.paths, Strategy: strategy, Audit: audit, Metrics: metrics, Logger: log,
 		LagThreshold: time.Duration(c.Int("lag-threshold-ms")) * time.Millisecond,
 	})
 	if err != nil {

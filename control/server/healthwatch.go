@@ -82,6 +82,10 @@ func (s *Syncer) watchHealth(ctx context.Context, m *control.Migration, cfg *con
 	}}
 	notify := func(a alert.Alert) { s.notify(m, a) }
 	tlsFor, _ := zkTLS(cfg) // Preflight refused a sync.tls that does not load
+	var mesos *mesosWatch   // with a mesos section: task failures, task count, leader, frameworks
+	if cfg.Mesos != nil {
+		mesos = newMesosWatch(cfg.Mesos, s.Logger)
+	}
 	for {
 		for _, side := range []struct{ name, connect string }{{"A", cfg.Migration.SourceZK}, {"B", cfg.Migration.TargetZK}} {
 			h := CheckEnsembleTLS(side.connect, tlsFor)
@@ -112,6 +116,11 @@ func (s *Syncer) watchHealth(ctx context.Context, m *control.Migration, cfg *con
 			_ = conn.Close() // end the session, not just the connection
 		}
 		cancel()
+		if mesos != nil {
+			mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			mesos.check(mctx, cur, notify)
+			cancel()
+		}
 		select {
 		case <-ctx.Done():
 			return

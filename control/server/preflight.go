@@ -137,12 +137,15 @@ func CheckACLs(ctx context.Context, cfg *control.Config) ([]replicator.Unreadabl
 
 // syncAuth parses sync.auth (scheme:secret, validated with the config).
 func syncAuth(cfg *control.Config) []zkclient.Auth {
-	var auth []zkclient.Auth
-	for _, a := range cfg.Sync.Auth {
-		scheme, secret, _ := strings.Cut(a, ":")
-		auth = append(auth, zkclient.Auth{Scheme: scheme, Secret: []byte(secret)})
-	}
+	auth, _ := replicator.ParseAuth(cfg.Sync.Auth) // validated with the config
 	return auth
+}
+
+// dialer is the migration's replicator.Dialer: A, B and sync.auth.
+func dialer(cfg *control.Config) replicator.Dialer {
+	tlsFor, _ := zkTLS(cfg) // Preflight refuses a sync.tls that does not load
+	return replicator.Dialer{Ensembles: [2][]string{strings.Split(cfg.Migration.SourceZK, ","), strings.Split(cfg.Migration.TargetZK, ",")},
+		Auth: syncAuth(cfg), TLS: tlsFor}
 }
 
 // redactAuth shows sync.auth without its secrets' passwords.

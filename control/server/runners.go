@@ -14,7 +14,6 @@ import (
 	"github.com/zk-migrate/zk-migrate/alert"
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/replicator"
-	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // configOf decodes the full migration.yaml stored with the migration.
@@ -95,18 +94,8 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 		return nil, err
 	}
 	r := &syncRun{roots: cfg.Migration.Paths, cfg: cfg, initial: !m.SyncCopied(), started: time.Now(), done: make(chan struct{})}
-	ensembles := [2][]string{strings.Split(cfg.Migration.SourceZK, ","), strings.Split(cfg.Migration.TargetZK, ",")}
 	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
-		Dial: func(ctx context.Context, side replicator.Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
-			o, err := zkOptions(cfg)
-			if err != nil {
-				return nil, err
-			}
-			if resume != nil {
-				o.SessionID, o.Passwd = resume.SessionID(), resume.Passwd()
-			}
-			return zkclient.Dial(ctx, ensembles[side], o)
-		},
+		Dial: dialer(cfg).Dial,
 		OnAlert: func(a replicator.Alert) {
 			if s.Alerts != nil {
 				sev := alert.Warning
@@ -117,11 +106,12 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 			}
 		},
 		OnLag: func(from replicator.Side, _ time.Duration) { r.beat[from].Store(time.Now().UnixNano()) },
-		Audit: auditLines(func(event, line string) {
+		OnEvent: func(e replicator.Event) {
 			if s.Record != nil {
-				s.Record(m, event, line)
+				line, _ := json.Marshal(e)
+				s.Record(m, e.Kind, string(line))
 			}
-		}),
+		},
 		Roots: cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: r.initial, Logger: s.Logger,
 		LagThreshold: time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond, ReconcileEvery: 5 * time.Second,
 	})
@@ -302,15 +292,18 @@ func (NoProxies) Flip(context.Context, string, int64, string, []string) ([]strin
 	return nil, nil
 }
 
-// Steps returns the step runners of a control node.
+// Steps returns the step runners of a control node: phase 1 the sync;
+// phases 2 to 6 the Mesos phases (MesosPhase), which run migration.yaml's
+// actions when it has no mesos section. Phase 6 also stops the sync.
 func Steps(sy *Syncer) map[control.Step]control.StepRunner {
 	steps := map[control.Step]control.StepRunner{control.StepDeployB: sy}
+	stop := func(m *control.Migration) { sy.stop(m.ID) }
 	for name, st := range control.ActionNames {
 		s := Script{Name: name}
 		if st == control.StepRemoveA {
-			s.After = func(_ context.Context, m *control.Migration) { sy.stop(m.ID) }
+			s.After = func(_ context.Context, m *control.Migration) { stop(m) }
 		}
-		steps[st] = s
+		steps[st] = &MesosPhase{Step: st, Script: s, Logger: sy.Logger, StopSync: stop}
 	}
 	return steps
 }
@@ -359,20 +352,4 @@ func Sinks(a control.Alerts) []alert.Sink {
 		sinks = append(sinks, &alert.Email{Addr: a.SMTP.Addr, From: a.SMTP.From, To: a.SMTP.To})
 	}
 	return sinks
-}
-
-// auditLines adapts the replicator's JSON-line audit writer to a callback
-// per line, with the line's "kind" as the event.
-type auditLines func(event, line string)
-
-func (f auditLines) Write(p []byte) (int, error) {
-	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
-		var v struct {
-			Kind string `json:"kind"`
-		}
-		if json.Unmarshal([]byte(line), &v) == nil && v.Kind != "" {
-			f(v.Kind, line)
-		}
-	}
-	return len(p), nil
 }
