@@ -680,6 +680,8 @@ type read struct {
 	// aclRead: acl was read in this round (a side's aversion moved), so
 	// the ACL is compared and copied with the data.
 	aclRead bool
+	// noRead: the credentials may not read it (NOAUTH).
+	noRead bool
 }
 
 func (r *read) version() version {
@@ -711,6 +713,8 @@ func (c *Continuous) readBoth(ctx context.Context, paths []string) ([2][]read, e
 			case jute.CodeOK:
 				r := call.Resp.(*jute.GetDataResponse)
 				out[side][i] = read{exists: true, data: r.Data, stat: r.Stat}
+			case jute.CodeNoAuth:
+				out[side][i] = read{noRead: true}
 			case jute.CodeNoNode:
 			default:
 				return out, fmt.Errorf("read %s on %s: %w", paths[i], side, call.Err)
@@ -737,6 +741,18 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 	skip, err := c.readMovedACLs(ctx, paths, &reads)
 	if err != nil {
 		return err
+	}
+	var noRead []UnreadableACL
+	for i, p := range paths {
+		for _, side := range []Side{SideA, SideB} {
+			if reads[side][i].noRead {
+				noRead = append(noRead, UnreadableACL{Side: side, Path: p, NoRead: true})
+				skip[i] = true
+			}
+		}
+	}
+	if len(noRead) > 0 {
+		c.noteUnreadable(noRead, false)
 	}
 	var acts []action
 	now := time.Now()
@@ -1085,6 +1101,9 @@ func (c *Continuous) createWithParents(ctx context.Context, from Side, p string)
 		data, st, err := src.Get(ctx, q)
 		if jute.CodeOf(err) == jute.CodeNoNode {
 			return version{}, nil
+		}
+		if jute.CodeOf(err) == jute.CodeNoAuth {
+			return version{}, &UnreadableACLError{Nodes: []UnreadableACL{{Side: from, Path: q, NoRead: true}}}
 		}
 		if err != nil {
 			return version{}, fmt.Errorf("read %s on %s: %w", q, from, err)

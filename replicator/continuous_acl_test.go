@@ -163,4 +163,67 @@ func TestContinuousBlocksDataUnderHiddenACL(t *testing.T) {
 			t.Errorf("acl_unreadable alert lacks %q:\n%s", s, msg)
 		}
 	}
+
+}
+
+// TestContinuousLeavesZnodesItMayNotReadAlone: znodes whose ACL gives the
+// replicator no READ permission (NOAUTH), on A and on B at start, and one
+// made so after it was copied, are left alone on both sides with an
+// acl_unreadable alert; the rest is copied and the sync is never
+// interrupted (no sync_failure), nor is the copied znode deleted from B.
+func TestContinuousLeavesZnodesItMayNotReadAlone(t *testing.T) {
+	ctx := context.Background()
+	root := testRoot(t)
+	opOnly := []jute.ACL{opACL[1]}
+	build(t, dial(t, ensA), []zkclient.MultiOp{create(root, nil, nil, 0), create(root+"/open", []byte("o"), nil, 0),
+		create(root+"/later", []byte("l"), nil, 0)})
+	opA, opB := dialAs(t, ensA, opAuth), dialAs(t, ensB, opAuth)
+	build(t, opA, []zkclient.MultiOp{create(root+"/secret", []byte("s"), opOnly, 0)})
+	build(t, opB, []zkclient.MultiOp{create(root, nil, nil, 0), create(root+"/bsecret", []byte("b"), opOnly, 0)})
+	var mu sync.Mutex
+	var alerts []string
+	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, InitialSync: true, Heartbeat: -1,
+		ReconcileEvery: 200 * time.Millisecond, OnAlert: func(a Alert) {
+			mu.Lock()
+			defer mu.Unlock()
+			alerts = append(alerts, a.Kind+": "+a.Message)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	a, b := dial(t, ensA), dial(t, ensB)
+	state := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return "unreadable " + unreadablePaths(c.Unreadable()) + "; alerts:\n" + strings.Join(alerts, "\n")
+	}
+	eventually(t, "the readable znodes copied", func() (bool, string) {
+		_, err1 := b.Exists(ctx, root+"/open")
+		_, err2 := b.Exists(ctx, root+"/later")
+		return err1 == nil && err2 == nil, state()
+	})
+	eventually(t, "both unreadable znodes listed", func() (bool, string) {
+		s := state()
+		return strings.Contains(s, "A "+root+"/secret: no READ permission") && strings.Contains(s, "B "+root+"/bsecret: no READ permission"), s
+	})
+	if err := opA.SetACL(ctx, root+"/later", opOnly, -1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a copied znode made unreadable on A listed", func() (bool, string) {
+		return strings.Contains(state(), "A "+root+"/later: no READ permission"), state()
+	})
+	time.Sleep(500 * time.Millisecond) // more reconciles
+	if _, err := b.Exists(ctx, root+"/later"); err != nil {
+		t.Fatalf("%s/later deleted from B when it became unreadable on A: %v", root, err)
+	}
+	if _, err := b.Exists(ctx, root+"/secret"); jute.CodeOf(err) != jute.CodeNoNode {
+		t.Fatalf("unreadable %s/secret on B (%v)", root, err)
+	}
+	if _, err := a.Exists(ctx, root+"/bsecret"); jute.CodeOf(err) != jute.CodeNoNode {
+		t.Fatalf("unreadable %s/bsecret on A (%v)", root, err)
+	}
+	if s := state(); strings.Contains(s, "sync_failure") || c.DigestsEqual()[root] {
+		t.Fatalf("sync interrupted, or digests called equal: equal=%v %s", c.DigestsEqual()[root], s)
+	}
 }

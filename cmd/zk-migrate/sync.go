@@ -31,8 +31,9 @@ const (
 	// verify (sync --once).
 	exitDifferent = 3
 	// exitUnverifiable: ZooKeeper hides digest ACLs from the replicator's
-	// credentials, so they can be neither copied (sync writes nothing for
-	// them) nor proved equal (validate).
+	// credentials, or they may not read some znodes at all (NOAUTH), so
+	// those can be neither copied (sync writes nothing) nor proved equal
+	// (validate).
 	exitUnverifiable = 6
 )
 
@@ -170,11 +171,13 @@ ACLs: ZooKeeper 3.6+ hides the password hash of digest ACLs (user:x) from a
 client without ADMIN permission on the znode. Such an ACL cannot be copied
 without locking its owner out on B, so sync refuses before writing anything,
 lists every such znode on A and B, and exits 6. Give --auth the identity that
-owns them (digest:mesos:secret), or the ensembles' super digest.
+owns them (digest:mesos:secret), or the ensembles' super digest. The same
+holds for znodes whose ACL does not let --auth read them at all (NOAUTH):
+all are listed, nothing is written, exit 6.
 
 Exit status: 0 done (--once) or stopped by a signal, 1 error, 2 usage,
-3 the copy did not verify, 6 ACLs hidden from --auth (nothing written for
-them).`,
+3 the copy did not verify, 6 ACLs hidden from --auth or znodes it may not
+read (nothing written).`,
 		Flags:  flags,
 		Action: runSync,
 	}
@@ -337,7 +340,7 @@ func printVerdicts(out io.Writer, vs []replicator.Verdict, max int) (equal, diff
 				fmt.Fprintf(out, "  %s\n", d)
 			}
 		} else {
-			fmt.Fprintf(out, "%s: CANNOT VERIFY (A %d znodes, B %d znodes; no difference found, but ACLs are hidden)\n", v.Root, v.SourceNodes, v.TargetNodes)
+			fmt.Fprintf(out, "%s: CANNOT VERIFY (A %d znodes, B %d znodes; no difference found, but ACLs are hidden or znodes unreadable)\n", v.Root, v.SourceNodes, v.TargetNodes)
 		}
 		if len(v.Unverifiable) > 0 {
 			fmt.Fprintln(out, "  "+strings.ReplaceAll(replicator.DescribeUnreadable(v.Unverifiable, max), "\n", "\n  "))
@@ -357,8 +360,8 @@ compares digests covering every znode's path, data, ACL, ephemeral-ness and
 children (not zxids, times, owners or versions, which two ensembles never
 share). When they differ, the first differing paths are printed. A znode
 whose digest ACL ZooKeeper hides from --auth (user:x: no ADMIN permission on
-it) cannot be verified: it is never reported equal (exit 6), and the fix is
-printed.
+it), or that --auth may not read at all (NOAUTH: no READ permission), cannot
+be verified: it is never reported equal (exit 6), and the fix is printed.
 
 With --phase current: asks the control plane whether the current phase is
 healthy (not failed; in phase 1 also equal digests and no open conflict;
