@@ -42,7 +42,8 @@ func ensembleFlags() []cli.Flag {
 		&cli.StringFlag{Name: "source", Usage: "ensemble A, host:port,host:port,... (required)", EnvVars: []string{"ZKM_SOURCE"}},
 		&cli.StringFlag{Name: "target", Usage: "ensemble B, host:port,host:port,... (required)", EnvVars: []string{"ZKM_TARGET"}},
 		&cli.StringFlag{Name: "paths", Value: "/mesos", Usage: "subtrees to sync, comma-separated (e.g. /mesos,/marathon)"},
-		&cli.StringSliceFlag{Name: "auth", Usage: "credentials used on both ensembles, scheme:secret (digest:user:password); the ACLs must grant them what the copy needs"},
+		&cli.StringSliceFlag{Name: "auth", Usage: "credentials used on both ensembles, scheme:secret (digest:user:password); the ACLs must grant them what the copy needs. Visible in ps: prefer --auth-file or " + syncAuthEnv},
+		authFileFlag(),
 		&cli.IntFlag{Name: "readers", Value: 4, Usage: "sessions reading each side in parallel"},
 	}
 }
@@ -79,12 +80,8 @@ func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
 	if len(a.paths) == 0 {
 		return a, fmt.Errorf("--paths is empty: give the subtrees to sync, like /mesos")
 	}
-	for _, s := range c.StringSlice("auth") {
-		scheme, secret, ok := strings.Cut(s, ":")
-		if !ok || secret == "" {
-			return a, fmt.Errorf("--auth %q: want scheme:secret, e.g. digest:mesos:password", s)
-		}
-		a.auth = append(a.auth, zkclient.Auth{Scheme: scheme, Secret: []byte(secret)})
+	if a.auth, err = loadAuth(c); err != nil {
+		return a, err
 	}
 	if a.readers = c.Int("readers"); a.readers < 1 || a.readers > 64 {
 		return a, fmt.Errorf("--readers %d: want 1 to 64", a.readers)
@@ -165,7 +162,10 @@ Example:
 
    zk-migrate sync --source zka1:2181,zka2:2181,zka3:2181 \
        --target zkb1:2181,zkb2:2181,zkb3:2181 --paths /mesos,/marathon \
-       --auth digest:mesos:secret
+       --auth-file /etc/zk-migrate/sync.auth
+
+Credentials: --auth-file (one scheme:secret a line, mode 600) or
+ZKM_SYNC_AUTH keep the password out of ps; --auth shows it there (warned).
 
 ACLs: ZooKeeper 3.6+ hides the password hash of digest ACLs (user:x) from a
 client without ADMIN permission on the znode. Such an ACL cannot be copied
