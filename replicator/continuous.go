@@ -228,7 +228,8 @@ func (c *Continuous) Unreadable() []UnreadableACL {
 
 // noteUnreadable records znodes with hidden ACLs, replacing the previous
 // set when replace is true (a full reconcile read every path), and raises
-// an acl_unreadable alert for those not known before.
+// an acl_unreadable alert for those not known before. Their roots no
+// longer count as equal (until a full reconcile proves them so).
 func (c *Continuous) noteUnreadable(nodes []UnreadableACL, replace bool) {
 	var fresh []UnreadableACL
 	c.mu.Lock()
@@ -244,8 +245,23 @@ func (c *Continuous) noteUnreadable(nodes []UnreadableACL, replace bool) {
 		c.unreadable[k] = u
 		old[k] = u // a repeat within nodes is not fresh twice
 	}
+	var unequal []string
+	for _, root := range c.cfg.Roots {
+		for _, u := range fresh {
+			if eq, ok := c.digestEqual[root]; ok && eq && (u.Path == root || strings.HasPrefix(u.Path, root+"/")) {
+				c.digestEqual[root] = false
+				unequal = append(unequal, root)
+				break
+			}
+		}
+	}
 	n := len(c.unreadable)
 	c.mu.Unlock()
+	if c.cfg.Metrics != nil {
+		for _, root := range unequal {
+			c.cfg.Metrics.inSync.WithLabelValues(root).Set(0)
+		}
+	}
 	if c.cfg.Metrics != nil {
 		c.cfg.Metrics.unreadable.Set(float64(n))
 	}

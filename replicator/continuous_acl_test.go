@@ -155,6 +155,9 @@ func TestContinuousBlocksDataUnderHiddenACL(t *testing.T) {
 	if got := unreadablePaths(c.Unreadable()); got != "A "+root+"/acl2" {
 		t.Fatalf("Unreadable() = %q, want A %s/acl2", got, root)
 	}
+	if eq := c.DigestsEqual()[root]; eq {
+		t.Fatal("digests still reported equal with a hidden ACL blocking a znode")
+	}
 	mu.Lock()
 	msg := strings.Join(alerts, "\n")
 	mu.Unlock()
