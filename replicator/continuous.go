@@ -887,6 +887,12 @@ func (c *Continuous) readMovedACLs(ctx context.Context, paths []string, reads *[
 			case jute.CodeNoNode:
 				skip[i] = true // deleted meanwhile: its deletion event follows
 				continue
+			case jute.CodeNoAuth:
+				// Its new ACL lets the replicator read neither it nor the
+				// ACL (getACL needs READ or ADMIN).
+				hidden = append(hidden, UnreadableACL{Side: side, Path: paths[i], NoRead: true})
+				skip[i] = true
+				continue
 			default:
 				return nil, fmt.Errorf("read ACL of %s on %s: %w", paths[i], side, call.Err)
 			}
