@@ -28,14 +28,22 @@ func RedactedACL(acl []jute.ACL) bool {
 	return false
 }
 
-// UnreadableACL is a znode whose ACL ZooKeeper hid from the replicator.
+// UnreadableACL is a znode whose ACL ZooKeeper hid from the replicator, or
+// (NoRead) that its credentials may not read at all.
 type UnreadableACL struct {
 	Side Side       `json:"side"`
 	Path string     `json:"path"`
-	ACL  []jute.ACL `json:"acl"` // as read, redacted
+	ACL  []jute.ACL `json:"acl"` // as read, redacted; nil with NoRead
+	// NoRead: the ACL grants the credentials no READ permission (ZooKeeper
+	// answers NOAUTH), so neither the data nor the ACL (getACL needs READ
+	// or ADMIN) can be read, nor the children listed.
+	NoRead bool `json:"no_read,omitempty"`
 }
 
 func (u UnreadableACL) String() string {
+	if u.NoRead {
+		return fmt.Sprintf("%s %s: no READ permission (NOAUTH)", u.Side, u.Path)
+	}
 	return fmt.Sprintf("%s %s: %s", u.Side, u.Path, formatACL(u.ACL))
 }
 
@@ -64,18 +72,23 @@ func permString(p int32) string {
 	return b.String()
 }
 
-// unreadableIn lists the nodes of t whose ACL is redacted, in path order.
+// unreadableIn lists the nodes of t whose ACL is redacted, in path order,
+// then those it could not read at all.
 func unreadableIn(t *Tree, side Side) []UnreadableACL {
 	var out []UnreadableACL
 	for _, p := range t.Unreadable {
 		out = append(out, UnreadableACL{Side: side, Path: p, ACL: t.Nodes[p].ACL})
 	}
+	for _, p := range t.NoRead {
+		out = append(out, UnreadableACL{Side: side, Path: p, NoRead: true})
+	}
 	return out
 }
 
 // UnreadableACLError refuses a copy or a verification because ZooKeeper hid
-// digest ACLs from the replicator. It lists every such znode, on both
-// sides, and says how to give the replicator the right to read them.
+// digest ACLs from the replicator, or its credentials may not read some
+// znodes at all. It lists every such znode, on both sides, and says how to
+// give the replicator the right to read them.
 type UnreadableACLError struct {
 	Nodes []UnreadableACL
 }
@@ -91,7 +104,7 @@ func ACLRemedy(users []string) string {
 		}
 		who = strings.Join(ids, " and ")
 	}
-	return "fix: give the replicator credentials with ADMIN permission on these znodes, on both ensembles: " +
+	return "fix: give the replicator credentials with READ and ADMIN permission on these znodes, on both ensembles: " +
 		"--auth " + who + " (sync.auth in migration.yaml), " +
 		"or the ensembles' super digest: start every server with " +
 		"-Dzookeeper.DigestAuthenticationProvider.superDigest=super:<base64 SHA-1 of super:<password>> " +
@@ -123,18 +136,38 @@ func AdminUsers(nodes []UnreadableACL) []string {
 // lists up to max of them (0: all) and gives the remedy.
 func DescribeUnreadable(nodes []UnreadableACL, max int) string {
 	var b strings.Builder
+	var hidden, noRead []UnreadableACL
+	for _, n := range nodes {
+		if n.NoRead {
+			noRead = append(noRead, n)
+		} else {
+			hidden = append(hidden, n)
+		}
+	}
+	list := func(ns []UnreadableACL) {
+		for i, n := range ns {
+			if max > 0 && i == max {
+				fmt.Fprintf(&b, "  ... and %d more\n", len(ns)-max)
+				break
+			}
+			fmt.Fprintf(&b, "  %s\n", n)
+		}
+	}
+	if len(noRead) > 0 {
+		fmt.Fprintf(&b, "the replicator's credentials lack READ permission on %d znode(s): ZooKeeper answers NOAUTH, so neither their data "+
+			"nor their ACL can be read and they can be neither copied nor verified (running again will not help):\n", len(noRead))
+		list(noRead)
+	}
+	if len(hidden) == 0 {
+		b.WriteString(ACLRemedy(nil))
+		return b.String()
+	}
 	fmt.Fprintf(&b, "ZooKeeper hides the digest ACL of %d znode(s) from the replicator: getACL shows user:x instead of the password hash "+
 		"to a client without ADMIN permission on the node (ZooKeeper 3.6+). Copying that would lock the owner out on the other ensemble "+
-		"and comparing it proves nothing, so these znodes are neither copied nor verified:\n", len(nodes))
+		"and comparing it proves nothing, so these znodes are neither copied nor verified:\n", len(hidden))
+	list(hidden)
 	onB := false
-	for i, n := range nodes {
-		if max > 0 && i == max {
-			fmt.Fprintf(&b, "  ... and %d more\n", len(nodes)-max)
-			break
-		}
-		fmt.Fprintf(&b, "  %s\n", n)
-	}
-	for _, n := range nodes {
+	for _, n := range hidden {
 		onB = onB || n.Side == SideB
 	}
 	if onB {

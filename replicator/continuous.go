@@ -116,10 +116,18 @@ type Conflict struct {
 	ExistsB  bool      `json:"exists_b"`
 }
 
-// version identifies a side's state of a path.
+// version identifies a side's state of a path: its data by mzxid, its ACL
+// by aversion (setACL fires no watch, but the Stat read with every data
+// change carries the aversion, so an ACL changed since the last agreement
+// is seen with the next data change, or at the next full reconcile).
 type version struct {
-	exists bool
-	mzxid  int64
+	exists   bool
+	mzxid    int64
+	aversion int32
+}
+
+func statVersion(st *jute.Stat) version {
+	return version{exists: true, mzxid: st.Mzxid, aversion: st.Aversion}
 }
 
 // Continuous keeps two ensembles' subtrees equal in both directions.
@@ -224,7 +232,8 @@ func (c *Continuous) Unreadable() []UnreadableACL {
 
 // noteUnreadable records znodes with hidden ACLs, replacing the previous
 // set when replace is true (a full reconcile read every path), and raises
-// an acl_unreadable alert for those not known before.
+// an acl_unreadable alert for those not known before. Their roots no
+// longer count as equal (until a full reconcile proves them so).
 func (c *Continuous) noteUnreadable(nodes []UnreadableACL, replace bool) {
 	var fresh []UnreadableACL
 	c.mu.Lock()
@@ -240,8 +249,23 @@ func (c *Continuous) noteUnreadable(nodes []UnreadableACL, replace bool) {
 		c.unreadable[k] = u
 		old[k] = u // a repeat within nodes is not fresh twice
 	}
+	var unequal []string
+	for _, root := range c.cfg.Roots {
+		for _, u := range fresh {
+			if eq, ok := c.digestEqual[root]; ok && eq && (u.Path == root || strings.HasPrefix(u.Path, root+"/")) {
+				c.digestEqual[root] = false
+				unequal = append(unequal, root)
+				break
+			}
+		}
+	}
 	n := len(c.unreadable)
 	c.mu.Unlock()
+	if c.cfg.Metrics != nil {
+		for _, root := range unequal {
+			c.cfg.Metrics.inSync.WithLabelValues(root).Set(0)
+		}
+	}
 	if c.cfg.Metrics != nil {
 		c.cfg.Metrics.unreadable.Set(float64(n))
 	}
@@ -673,13 +697,18 @@ type read struct {
 	data   []byte
 	stat   jute.Stat
 	acl    []jute.ACL
+	// aclRead: acl was read in this round (a side's aversion moved), so
+	// the ACL is compared and copied with the data.
+	aclRead bool
+	// noRead: the credentials may not read it (NOAUTH).
+	noRead bool
 }
 
 func (r *read) version() version {
 	if !r.exists {
 		return version{}
 	}
-	return version{exists: true, mzxid: r.stat.Mzxid}
+	return statVersion(&r.stat)
 }
 
 // readBoth reads every path on both sides, all requests in flight at once.
@@ -704,6 +733,8 @@ func (c *Continuous) readBoth(ctx context.Context, paths []string) ([2][]read, e
 			case jute.CodeOK:
 				r := call.Resp.(*jute.GetDataResponse)
 				out[side][i] = read{exists: true, data: r.Data, stat: r.Stat}
+			case jute.CodeNoAuth:
+				out[side][i] = read{noRead: true}
 			case jute.CodeNoNode:
 			default:
 				return out, fmt.Errorf("read %s on %s: %w", paths[i], side, call.Err)
@@ -727,6 +758,22 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 	if err != nil {
 		return err
 	}
+	skip, err := c.readMovedACLs(ctx, paths, &reads)
+	if err != nil {
+		return err
+	}
+	var noRead []UnreadableACL
+	for i, p := range paths {
+		for _, side := range []Side{SideA, SideB} {
+			if reads[side][i].noRead {
+				noRead = append(noRead, UnreadableACL{Side: side, Path: p, NoRead: true})
+				skip[i] = true
+			}
+		}
+	}
+	if len(noRead) > 0 {
+		c.noteUnreadable(noRead, false)
+	}
 	var acts []action
 	now := time.Now()
 	c.mu.Lock()
@@ -738,8 +785,8 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 		if _, open := c.conflicts[p]; open {
 			continue
 		}
-		if c.blockedLocked(p) {
-			continue // its ACL is hidden: copying it would corrupt it
+		if skip[i] || c.blockedLocked(p) {
+			continue // its ACL is hidden (copying it would corrupt it), or it changed while read
 		}
 		if w, ok := c.forced[p]; ok {
 			delete(c.forced, p)
@@ -783,8 +830,96 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 	return c.apply(ctx, acts)
 }
 
+// equalReads reports whether both sides hold the same state: existence,
+// data and, where it was read (an aversion moved), the ACL.
 func equalReads(a, b *read) bool {
-	return a.exists == b.exists && (!a.exists || bytes.Equal(a.data, b.data))
+	return a.exists == b.exists && (!a.exists || bytes.Equal(a.data, b.data) && !aclsToCopy(a, b))
+}
+
+// aclsToCopy reports whether src's ACL, read this round, differs from dst's.
+func aclsToCopy(src, dst *read) bool {
+	return src.aclRead && dst.aclRead && aclKey(src.acl) != aclKey(dst.acl)
+}
+
+// readMovedACLs reads both sides' ACLs, pipelined, for the paths present on
+// both sides whose aversion moved on either since both agreed (or that a
+// resolved conflict forces): setACL fires no watch, so this is where an ACL
+// change made with, or before, a data change is seen, and it must reach
+// the other side before that data. skip marks the paths not to decide now:
+// a hidden ACL (RedactedACL) blocks the path (noteUnreadable, alert) rather
+// than have its data copied under the old ACL; an ACL that changed between
+// the two reads (or a node gone) is decided again.
+func (c *Continuous) readMovedACLs(ctx context.Context, paths []string, reads *[2][]read) (skip []bool, err error) {
+	skip = make([]bool, len(paths))
+	var idx []int
+	c.mu.Lock()
+	for i, p := range paths {
+		a, b := &reads[SideA][i], &reads[SideB][i]
+		if !a.exists || !b.exists {
+			continue
+		}
+		st, known := c.synced[p]
+		_, forced := c.forced[p]
+		moved := known && (!st[SideA].exists || !st[SideB].exists ||
+			st[SideA].aversion != a.stat.Aversion || st[SideB].aversion != b.stat.Aversion)
+		if forced || moved {
+			idx = append(idx, i)
+		}
+	}
+	c.mu.Unlock()
+	if len(idx) == 0 {
+		return skip, nil
+	}
+	var calls [2][]*zkclient.Call
+	for _, side := range []Side{SideA, SideB} {
+		for _, i := range idx {
+			calls[side] = append(calls[side], c.conns[side].Go(jute.OpGetACL, &jute.GetACLRequest{Path: paths[i]}, &jute.GetACLResponse{}))
+		}
+	}
+	var hidden []UnreadableACL
+	for _, side := range []Side{SideA, SideB} {
+		for k, i := range idx {
+			call := calls[side][k]
+			select {
+			case <-call.Done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			r := &reads[side][i]
+			switch jute.CodeOf(call.Err) {
+			case jute.CodeOK:
+			case jute.CodeNoNode:
+				skip[i] = true // deleted meanwhile: its deletion event follows
+				continue
+			case jute.CodeNoAuth:
+				// Its new ACL lets the replicator read neither it nor the
+				// ACL (getACL needs READ or ADMIN).
+				hidden = append(hidden, UnreadableACL{Side: side, Path: paths[i], NoRead: true})
+				skip[i] = true
+				continue
+			default:
+				return nil, fmt.Errorf("read ACL of %s on %s: %w", paths[i], side, call.Err)
+			}
+			resp := call.Resp.(*jute.GetACLResponse)
+			switch {
+			case RedactedACL(resp.ACL):
+				hidden = append(hidden, UnreadableACL{Side: side, Path: paths[i], ACL: resp.ACL})
+				skip[i] = true
+			case resp.Stat.Aversion != r.stat.Aversion || resp.Stat.Mzxid != r.stat.Mzxid:
+				skip[i] = true // changed since the data read: decide it again
+				select {
+				case c.kick <- paths[i]:
+				default: // the next reconcile handles it
+				}
+			default:
+				r.acl, r.aclRead = resp.ACL, true
+			}
+		}
+	}
+	if len(hidden) > 0 {
+		c.noteUnreadable(hidden, false)
+	}
+	return skip, nil
 }
 
 func (c *Continuous) adoptLocked(p string, cur [2]version) {
@@ -838,6 +973,10 @@ func (c *Continuous) apply(ctx context.Context, acts []action) error {
 		}
 		return depth(acts[i].path) < depth(acts[j].path)
 	})
+	acts, aclSet, err := c.copyACLs(ctx, acts)
+	if err != nil {
+		return err
+	}
 	type pendingWrite struct {
 		act  action
 		call *zkclient.Call
@@ -853,6 +992,8 @@ func (c *Continuous) apply(ctx context.Context, acts []action) error {
 			call = to.Go(jute.OpDelete, &jute.DeleteRequest{Path: a.path, Version: a.dst.stat.Version}, nil)
 		case !a.dst.exists:
 			call = nil // created below, with its parents
+		case aclSet[a.path] != nil && bytes.Equal(a.src.data, a.dst.data):
+			call = nil // only the ACL changed, and it is copied
 		default:
 			call = to.Go(jute.OpSetData, &jute.SetDataRequest{Path: a.path, Data: a.src.data, Version: a.dst.stat.Version}, &jute.SetDataResponse{})
 		}
@@ -860,6 +1001,9 @@ func (c *Continuous) apply(ctx context.Context, acts []action) error {
 	}
 	for _, pw := range pend {
 		code := jute.CodeNoNode
+		if st := aclSet[pw.act.path]; pw.call == nil && st != nil {
+			code = jute.CodeOK
+		}
 		if pw.call != nil {
 			select {
 			case <-pw.call.Done:
@@ -885,8 +1029,10 @@ func (c *Continuous) apply(ctx context.Context, acts []action) error {
 			// Children not deleted yet (they arrive in a later round): the
 			// next reconcile finishes it.
 			continue
+		case a.src.exists && code == jute.CodeOK && pw.call == nil:
+			newTo = statVersion(aclSet[a.path])
 		case a.src.exists && code == jute.CodeOK:
-			newTo = version{exists: true, mzxid: pw.call.Resp.(*jute.SetDataResponse).Stat.Mzxid}
+			newTo = statVersion(&pw.call.Resp.(*jute.SetDataResponse).Stat)
 		case a.src.exists && code == jute.CodeNoNode:
 			v, err := c.createWithParents(ctx, a.from, a.path)
 			var hidden *UnreadableACLError
@@ -918,6 +1064,53 @@ func (c *Continuous) apply(ctx context.Context, acts []action) error {
 	return nil
 }
 
+// copyACLs sets, on the other side, the ACL of every action whose origin's
+// ACL was read this round and differs, pipelined, and waits for them
+// before any data is copied: data written after an ACL change must never
+// land under the old ACL. Each setACL is conditional on the target's
+// aversion as read; an action whose setACL fails (the target changed
+// meanwhile, or the node went) is dropped and its path decided again. It
+// returns the actions left and the target's Stat after each ACL copied.
+func (c *Continuous) copyACLs(ctx context.Context, acts []action) ([]action, map[string]*jute.Stat, error) {
+	calls := map[string]*zkclient.Call{}
+	for _, a := range acts {
+		if a.src.exists && a.dst.exists && aclsToCopy(&a.src, &a.dst) {
+			calls[a.path] = c.conns[a.from.other()].Go(jute.OpSetACL,
+				&jute.SetACLRequest{Path: a.path, ACL: a.src.acl, Version: a.dst.stat.Aversion}, &jute.SetACLResponse{})
+		}
+	}
+	if len(calls) == 0 {
+		return acts, nil, nil
+	}
+	set := make(map[string]*jute.Stat, len(calls))
+	kept := acts[:0]
+	for _, a := range acts {
+		call := calls[a.path]
+		if call == nil {
+			kept = append(kept, a)
+			continue
+		}
+		select {
+		case <-call.Done:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		switch code := jute.CodeOf(call.Err); code {
+		case jute.CodeOK:
+			set[a.path] = &call.Resp.(*jute.SetACLResponse).Stat
+			kept = append(kept, a)
+		case jute.CodeBadVersion, jute.CodeNoNode:
+			select {
+			case c.kick <- a.path:
+			default: // the next reconcile handles it
+			}
+		default:
+			return nil, nil, fmt.Errorf("copy ACL of %s from %s to %s: %w", a.path, a.from, a.from.other(), code.Err())
+		}
+	}
+	return kept, set, nil
+}
+
 // createWithParents creates p on the other side of from, copying missing
 // parents first, with data, ACL and ephemeral-ness as on from. It returns
 // the new version of p (not existing if p vanished from from). A znode to
@@ -934,6 +1127,9 @@ func (c *Continuous) createWithParents(ctx context.Context, from Side, p string)
 		data, st, err := src.Get(ctx, q)
 		if jute.CodeOf(err) == jute.CodeNoNode {
 			return version{}, nil
+		}
+		if jute.CodeOf(err) == jute.CodeNoAuth {
+			return version{}, &UnreadableACLError{Nodes: []UnreadableACL{{Side: from, Path: q, NoRead: true}}}
 		}
 		if err != nil {
 			return version{}, fmt.Errorf("read %s on %s: %w", q, from, err)
@@ -961,11 +1157,11 @@ func (c *Continuous) createWithParents(ctx context.Context, from Side, p string)
 		err = dst.Do(ctx, jute.OpCreate2, &jute.CreateRequest{Path: q, Data: data, ACL: acl, Flags: flags}, &r)
 		switch jute.CodeOf(err) {
 		case jute.CodeOK:
-			last = version{exists: true, mzxid: r.Stat.Mzxid}
+			last = statVersion(&r.Stat)
 			if q != p {
 				c.mu.Lock()
 				var v [2]version
-				v[from] = version{exists: true, mzxid: st.Mzxid}
+				v[from] = statVersion(&st)
 				v[from.other()] = last
 				c.synced[q] = v
 				c.mu.Unlock()
@@ -976,7 +1172,7 @@ func (c *Continuous) createWithParents(ctx context.Context, from Side, p string)
 				if err != nil {
 					return version{}, fmt.Errorf("update %s on %s: %w", q, from.other(), err)
 				}
-				last = version{exists: true, mzxid: s.Mzxid}
+				last = statVersion(&s)
 			}
 		default:
 			return version{}, fmt.Errorf("create %s on %s: %w", q, from.other(), err)
@@ -985,8 +1181,10 @@ func (c *Continuous) createWithParents(ctx context.Context, from Side, p string)
 	return last, nil
 }
 
-// reconcileACLs copies ACL differences (setACL fires no watch), from the
-// side that changed the ACL (higher aversion).
+// reconcileACLs copies the ACL differences the rounds did not see (a path
+// adopted with different ACLs: no aversion moved since), from the side
+// that changed the ACL more often (higher aversion), conditional on the
+// other side's aversion, and records the new aversions as agreed.
 func (c *Continuous) reconcileACLs(ctx context.Context, paths []string) error {
 	for _, p := range paths {
 		aclA, stA, errA := c.conns[SideA].GetACL(ctx, p)
@@ -1008,9 +1206,23 @@ func (c *Continuous) reconcileACLs(ctx context.Context, paths []string) error {
 		if stB.Aversion > stA.Aversion {
 			from, acl = SideB, aclB
 		}
-		if err := c.conns[from.other()].SetACL(ctx, p, acl, -1); err != nil && jute.CodeOf(err) != jute.CodeNoNode {
-			return fmt.Errorf("copy ACL of %s to %s: %w", p, from.other(), err)
+		to, toSt := from.other(), [2]jute.Stat{stA, stB}[from.other()]
+		var r jute.SetACLResponse
+		err := c.conns[to].Do(ctx, jute.OpSetACL, &jute.SetACLRequest{Path: p, ACL: acl, Version: toSt.Aversion}, &r)
+		switch jute.CodeOf(err) {
+		case jute.CodeOK:
+		case jute.CodeNoNode, jute.CodeBadVersion:
+			continue // changed meanwhile: the next reconcile sees it
+		default:
+			return fmt.Errorf("copy ACL of %s to %s: %w", p, to, err)
 		}
+		c.mu.Lock()
+		if st, ok := c.synced[p]; ok && st[to].mzxid == r.Stat.Mzxid && st[from].mzxid == [2]jute.Stat{stA, stB}[from].Mzxid {
+			st[to].aversion = r.Stat.Aversion
+			st[from].aversion = [2]jute.Stat{stA, stB}[from].Aversion
+			c.synced[p] = st
+		}
+		c.mu.Unlock()
 	}
 	return nil
 }

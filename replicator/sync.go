@@ -120,7 +120,9 @@ func Sync(ctx context.Context, ep Endpoints, roots []string, opt Options) (Resul
 			return res, err
 		}
 		for _, a := range anc {
-			if RedactedACL(a.acl) {
+			if a.noRead {
+				unreadable[SideA] = append(unreadable[SideA], UnreadableACL{Side: SideA, Path: a.path, NoRead: true})
+			} else if RedactedACL(a.acl) {
 				unreadable[SideA] = append(unreadable[SideA], UnreadableACL{Side: SideA, Path: a.path, ACL: a.acl})
 			}
 		}
@@ -133,8 +135,25 @@ func Sync(ctx context.Context, ep Endpoints, roots []string, opt Options) (Resul
 		return res, &UnreadableACLError{Nodes: res.Unreadable}
 	}
 	blocked := map[string]bool{}
+	var noRead []string
 	for _, u := range res.Unreadable {
 		blocked[u.Path] = true
+		if u.NoRead {
+			noRead = append(noRead, u.Path)
+		}
+	}
+	// Nothing below a znode that cannot be read is known on that side:
+	// leave the subtree alone on both.
+	for _, r := range reads {
+		for _, t := range []*Tree{r.src, r.dst} {
+			for q := range t.Nodes {
+				for _, p := range noRead {
+					if strings.HasPrefix(q, p+"/") {
+						blocked[q] = true
+					}
+				}
+			}
+		}
 	}
 	for _, r := range reads {
 		src, dst := r.src, r.dst
@@ -180,9 +199,10 @@ func Sync(ctx context.Context, ep Endpoints, roots []string, opt Options) (Resul
 
 // ancestor is one ancestor of a root as read on the source.
 type ancestor struct {
-	path string
-	data []byte
-	acl  []jute.ACL
+	path   string
+	data   []byte
+	acl    []jute.ACL
+	noRead bool // NOAUTH: the credentials may not read it
 }
 
 // readAncestors reads the root's ancestors on the source, parents first.
@@ -194,6 +214,10 @@ func readAncestors(ctx context.Context, src *zkclient.Conn, root string) ([]ance
 	out := make([]ancestor, 0, len(chain))
 	for _, p := range chain {
 		data, _, err := src.Get(ctx, p)
+		if jute.CodeOf(err) == jute.CodeNoAuth {
+			out = append(out, ancestor{path: p, noRead: true})
+			continue
+		}
 		if err != nil && jute.CodeOf(err) != jute.CodeNoNode {
 			return nil, fmt.Errorf("read source %s: %w", p, err)
 		}
@@ -201,17 +225,17 @@ func readAncestors(ctx context.Context, src *zkclient.Conn, root string) ([]ance
 		if err != nil {
 			acl = zkclient.OpenACL
 		}
-		out = append(out, ancestor{p, data, acl})
+		out = append(out, ancestor{path: p, data: data, acl: acl})
 	}
 	return out, nil
 }
 
 // createAncestors creates the root's missing ancestors on the target, with
-// the source's data and ACL. An ancestor whose ACL is hidden is never
-// created: if it is missing, ok is false and the root must be left alone.
+// the source's data and ACL. An ancestor whose ACL is hidden (or that the
+// credentials may not read) is never created: if it is missing, ok is false and the root must be left alone.
 func createAncestors(ctx context.Context, dst *zkclient.Conn, anc []ancestor) (ok bool, err error) {
 	for _, a := range anc {
-		if RedactedACL(a.acl) {
+		if a.noRead || RedactedACL(a.acl) {
 			if _, err := dst.Exists(ctx, a.path); err != nil {
 				if jute.CodeOf(err) == jute.CodeNoNode {
 					return false, nil

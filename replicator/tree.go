@@ -49,6 +49,10 @@ type Tree struct {
 	// Unreadable lists, in path order, the nodes whose ACL ZooKeeper
 	// redacted (RedactedACL): they can be neither copied nor verified.
 	Unreadable []string
+	// NoRead lists, in path order, the nodes the reader may not read at
+	// all (NOAUTH: no READ permission): they are not in Nodes, nor is
+	// anything below them.
+	NoRead []string
 }
 
 // Sorted returns the paths in lexical order (parents before children).
@@ -96,7 +100,7 @@ func ReadTree(ctx context.Context, conns []*zkclient.Conn, root string, opt Read
 				if len(ps) == 0 {
 					return
 				}
-				nodes, err := readNodes(ctx, c, ps)
+				nodes, noRead, err := readNodes(ctx, c, ps)
 				if err != nil {
 					mu.Lock()
 					if firstErr == nil {
@@ -108,6 +112,7 @@ func ReadTree(ctx context.Context, conns []*zkclient.Conn, root string, opt Read
 				}
 				var kids []string
 				mu.Lock()
+				t.NoRead = append(t.NoRead, noRead...)
 				for _, n := range nodes {
 					t.Nodes[n.Path] = n
 					if RedactedACL(n.ACL) {
@@ -137,6 +142,7 @@ func ReadTree(ctx context.Context, conns []*zkclient.Conn, root string, opt Read
 		return nil, err
 	}
 	sort.Strings(t.Unreadable)
+	sort.Strings(t.NoRead)
 	return t, nil
 }
 
@@ -145,8 +151,9 @@ const readChunk = 64
 
 // readNodes reads a chunk of znodes: their data and stat in one multiRead,
 // the children of those that have some in another, and each ACL (getACL has
-// no batched form), all pipelined. Missing nodes are left out.
-func readNodes(ctx context.Context, c *zkclient.Conn, ps []string) ([]*Node, error) {
+// no batched form), all pipelined. Missing nodes are left out; those the
+// reader may not read (NOAUTH) are listed in noRead.
+func readNodes(ctx context.Context, c *zkclient.Conn, ps []string) (_ []*Node, noRead []string, _ error) {
 	wait := func(call *zkclient.Call) error {
 		select {
 		case <-call.Done:
@@ -165,19 +172,23 @@ func readNodes(ctx context.Context, c *zkclient.Conn, ps []string) ([]*Node, err
 		aclCalls[i] = c.Go(jute.OpGetACL, &jute.GetACLRequest{Path: p}, &jute.GetACLResponse{})
 	}
 	if err := wait(dataCall); err != nil {
-		return nil, fmt.Errorf("multiRead (needs ZooKeeper 3.6+): %w", err)
+		return nil, nil, fmt.Errorf("multiRead (needs ZooKeeper 3.6+): %w", err)
 	}
 	results := dataCall.Resp.(*jute.MultiResponse).Results
 	if len(results) != len(ps) {
-		return nil, fmt.Errorf("multiRead returned %d results for %d reads", len(results), len(ps))
+		return nil, nil, fmt.Errorf("multiRead returned %d results for %d reads", len(results), len(ps))
 	}
 	nodes := make([]*Node, len(ps))
 	var withKids []int
 	for i, r := range results {
 		d, ok := r.Resp.(*jute.GetDataResponse)
 		if !ok {
-			if code := jute.Code(r.Header.Err); code != jute.CodeNoNode {
-				return nil, fmt.Errorf("read %s: %w", ps[i], code.Err())
+			switch code := jute.Code(r.Header.Err); code {
+			case jute.CodeNoNode:
+			case jute.CodeNoAuth:
+				noRead = append(noRead, ps[i])
+			default:
+				return nil, nil, fmt.Errorf("read %s: %w", ps[i], code.Err())
 			}
 			continue
 		}
@@ -197,7 +208,7 @@ func readNodes(ctx context.Context, c *zkclient.Conn, ps []string) ([]*Node, err
 		}
 		kidsCall := c.Go(jute.OpMultiRead, zkclient.MultiRequest(kops), &jute.MultiResponse{})
 		if err := wait(kidsCall); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for k, r := range kidsCall.Resp.(*jute.MultiResponse).Results {
 			i := withKids[k]
@@ -220,12 +231,12 @@ func readNodes(ctx context.Context, c *zkclient.Conn, ps []string) ([]*Node, err
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("getACL %s: %w", ps[i], err)
+			return nil, nil, fmt.Errorf("getACL %s: %w", ps[i], err)
 		}
 		nodes[i].ACL = call.Resp.(*jute.GetACLResponse).ACL
 		out = append(out, nodes[i])
 	}
-	return out, nil
+	return out, noRead, nil
 }
 
 // workQueue hands paths to the readers and knows when the walk is over:

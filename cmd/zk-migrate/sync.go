@@ -33,8 +33,9 @@ const (
 	// verify (sync --once).
 	exitDifferent = 3
 	// exitUnverifiable: ZooKeeper hides digest ACLs from the replicator's
-	// credentials, so they can be neither copied (sync writes nothing for
-	// them) nor proved equal (validate).
+	// credentials, or they may not read some znodes at all (NOAUTH), so
+	// those can be neither copied (sync writes nothing) nor proved equal
+	// (validate).
 	exitUnverifiable = 6
 )
 
@@ -43,7 +44,8 @@ func ensembleFlags() []cli.Flag {
 		&cli.StringFlag{Name: "source", Usage: "ensemble A, host:port,host:port,... (required)", EnvVars: []string{"ZKM_SOURCE"}},
 		&cli.StringFlag{Name: "target", Usage: "ensemble B, host:port,host:port,... (required)", EnvVars: []string{"ZKM_TARGET"}},
 		&cli.StringFlag{Name: "paths", Value: "/mesos", Usage: "subtrees to sync, comma-separated (e.g. /mesos,/marathon)"},
-		&cli.StringSliceFlag{Name: "auth", Usage: "credentials used on both ensembles, scheme:secret (digest:user:password); the ACLs must grant them what the copy needs"},
+		&cli.StringSliceFlag{Name: "auth", Usage: "credentials used on both ensembles, scheme:secret (digest:user:password); the ACLs must grant them what the copy needs. Visible in ps: prefer --auth-file or " + syncAuthEnv},
+		authFileFlag(),
 		&cli.IntFlag{Name: "readers", Value: 4, Usage: "sessions reading each side in parallel"},
 		&cli.StringFlag{Name: "tls-ca", Usage: "connect to both ensembles' secureClientPort over TLS, verifying the servers against this CA (PEM)", EnvVars: []string{"ZKM_ZK_TLS_CA"}},
 		&cli.StringFlag{Name: "tls-cert", Usage: "client certificate for the ensembles (PEM; needed when the servers set ssl.clientAuth=need)", EnvVars: []string{"ZKM_ZK_TLS_CERT"}},
@@ -85,8 +87,8 @@ func parseEnsembleArgs(c *cli.Context) (ensembleArgs, error) {
 	if len(a.paths) == 0 {
 		return a, fmt.Errorf("--paths is empty: give the subtrees to sync, like /mesos")
 	}
-	if a.auth, err = replicator.ParseAuth(c.StringSlice("auth")); err != nil {
-		return a, fmt.Errorf("--auth: %v", err)
+	if a.auth, err = loadAuth(c); err != nil {
+		return a, err
 	}
 	if a.readers = c.Int("readers"); a.readers < 1 || a.readers > 64 {
 		return a, fmt.Errorf("--readers %d: want 1 to 64", a.readers)
@@ -145,21 +147,26 @@ Example:
 
    zk-migrate sync --source zka1:2181,zka2:2181,zka3:2181 \
        --target zkb1:2181,zkb2:2181,zkb3:2181 --paths /mesos,/marathon \
-       --auth digest:mesos:secret
+       --auth-file /etc/zk-migrate/sync.auth
+
+Credentials: --auth-file (one scheme:secret a line, mode 600) or
+ZKM_SYNC_AUTH keep the password out of ps; --auth shows it there (warned).
 
 ACLs: ZooKeeper 3.6+ hides the password hash of digest ACLs (user:x) from a
 client without ADMIN permission on the znode. Such an ACL cannot be copied
 without locking its owner out on B, so sync refuses before writing anything,
 lists every such znode on A and B, and exits 6. Give --auth the identity that
-owns them (digest:mesos:secret), or the ensembles' super digest.
+owns them (digest:mesos:secret), or the ensembles' super digest. The same
+holds for znodes whose ACL does not let --auth read them at all (NOAUTH):
+all are listed, nothing is written, exit 6.
 
 TLS: with --tls-ca (and --tls-cert/--tls-key when the servers require client
 certificates, ssl.clientAuth=need) every connection to both ensembles is TLS
 1.2+ to their secureClientPort; the files are reloaded when they change.
 
 Exit status: 0 done (--once) or stopped by a signal, 1 error, 2 usage,
-3 the copy did not verify, 6 ACLs hidden from --auth (nothing written for
-them).`,
+3 the copy did not verify, 6 ACLs hidden from --auth or znodes it may not
+read (nothing written).`,
 		Flags:  flags,
 		Action: runSync,
 	}
@@ -325,7 +332,7 @@ func printVerdicts(out io.Writer, vs []replicator.Verdict, max int) (equal, diff
 				fmt.Fprintf(out, "  %s\n", d)
 			}
 		} else {
-			fmt.Fprintf(out, "%s: CANNOT VERIFY (A %d znodes, B %d znodes; no difference found, but ACLs are hidden)\n", v.Root, v.SourceNodes, v.TargetNodes)
+			fmt.Fprintf(out, "%s: CANNOT VERIFY (A %d znodes, B %d znodes; no difference found, but ACLs are hidden or znodes unreadable)\n", v.Root, v.SourceNodes, v.TargetNodes)
 		}
 		if len(v.Unverifiable) > 0 {
 			fmt.Fprintln(out, "  "+strings.ReplaceAll(replicator.DescribeUnreadable(v.Unverifiable, max), "\n", "\n  "))
@@ -345,8 +352,8 @@ compares digests covering every znode's path, data, ACL, ephemeral-ness and
 children (not zxids, times, owners or versions, which two ensembles never
 share). When they differ, the first differing paths are printed. A znode
 whose digest ACL ZooKeeper hides from --auth (user:x: no ADMIN permission on
-it) cannot be verified: it is never reported equal (exit 6), and the fix is
-printed.
+it), or that --auth may not read at all (NOAUTH: no READ permission), cannot
+be verified: it is never reported equal (exit 6), and the fix is printed.
 
 With --phase current: asks the control plane whether the current phase is
 healthy (not failed; in phase 1 also equal digests and no open conflict;
