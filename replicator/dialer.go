@@ -49,7 +49,7 @@ func (d Dialer) Dial(ctx context.Context, side Side, resume *zkclient.Conn) (*zk
 	}
 	c, err := zkclient.Dial(ctx, d.Ensembles[side], opts)
 	if err != nil && d.TLS == nil && errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("ensemble %s (%s): %w (the server closed the connection unanswered: if it serves TLS only on a secureClientPort, give --tls-ca, and --tls-cert/--tls-key)",
+		return nil, fmt.Errorf("ensemble %s (%s): %w (a server closed the connection unanswered: it may have no quorum, or serve TLS only on a secureClientPort: then give --tls-ca, and --tls-cert/--tls-key)",
 			side, strings.Join(d.Ensembles[side], ","), err)
 	}
 	if err != nil {
