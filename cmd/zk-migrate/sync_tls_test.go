@@ -59,7 +59,7 @@ func TestSyncOverTLSOnly(t *testing.T) {
 		t.Fatalf("B after the sync: %v", err)
 	}
 	// Plaintext to the TLS-only ports, and TLS without a client certificate.
-	if out, code := run(t, append([]string{"sync", "--once", "--metrics-addr", ""}, common...)...); code == 0 || !strings.Contains(out, "serves TLS only") {
+	if out, code := run(t, append([]string{"sync", "--once", "--metrics-addr", ""}, common...)...); code == 0 || !strings.Contains(out, "TLS only on a secureClientPort") {
 		t.Fatalf("plaintext sync against TLS-only ensembles: exit %d\n%s", code, out)
 	}
 	if out, code := run(t, append([]string{"validate", "--tls-ca", m.CA}, common...)...); code == 0 || !strings.Contains(out, "TLS") {
