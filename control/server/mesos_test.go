@@ -310,6 +310,16 @@ func TestMesosPhasesMoveTheClusterToB(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sy.stop("mesos")
+	// The health checks (and their Mesos in-flight checks) run beside the
+	// sync, as Supervise starts them on the leader.
+	hcfg, err := configOf(e.current())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, hcancel := context.WithCancel(context.Background())
+	hdone := make(chan struct{})
+	go func() { defer close(hdone); sy.watchHealth(hctx, e.current(), hcfg) }()
+	defer func() { hcancel(); <-hdone }()
 	steps := Steps(sy)
 	phase := func(s control.Step) {
 		t.Helper()
