@@ -172,3 +172,50 @@ func TestJoinOfAnUnreachableNodeIsRefused(t *testing.T) {
 		t.Fatalf("nodes: %+v", nodes)
 	}
 }
+
+// TestJoinWithAMembersIDOrAddressIsRefused: a join reusing a member's id
+// with another (listening) address would make hashicorp/raft move that
+// voter; it is refused (409, with the way to move a node) and the member
+// keeps its address and vote. A member's address under a new id is
+// refused too; the very same id and address is an idempotent 200 that
+// reports the member's vote.
+func TestJoinWithAMembersIDOrAddressIsRefused(t *testing.T) {
+	base := startAPI(t)
+	nodes := func() []NodeInfo {
+		var ns []NodeInfo
+		if err := json.Unmarshal([]byte(body(t, call(t, "GET", base+"/api/v1/cluster/nodes", viewerTok, ""))), &ns); err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+	before := nodes()
+	if len(before) != 1 {
+		t.Fatalf("nodes: %+v", before)
+	}
+	self := before[0]
+	l, err := net.Listen("tcp", "127.0.0.1:0") // something listens: the reachability probe passes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	other := l.Addr().String()
+
+	r := call(t, "POST", base+"/api/v1/cluster/join", opTok, `{"id":"solo","raft_addr":"`+other+`","api":"http://`+other+`"}`)
+	got := body(t, r)
+	if r.StatusCode != http.StatusConflict || !strings.Contains(got, "zk-migrate node remove --id solo --confirm") {
+		t.Fatalf("join with a member's id: %s %s", r.Status, got)
+	}
+	r = call(t, "POST", base+"/api/v1/cluster/join", opTok, `{"id":"c9","raft_addr":"`+self.Address+`","api":"http://`+other+`"}`)
+	got = body(t, r)
+	if r.StatusCode != http.StatusConflict || !strings.Contains(got, "already belongs to node solo") {
+		t.Fatalf("join with a member's address: %s %s", r.Status, got)
+	}
+	if after := nodes(); len(after) != 1 || after[0].Address != self.Address || !after[0].Voter {
+		t.Fatalf("the member moved: before %+v, after %+v", before, after)
+	}
+	r = call(t, "POST", base+"/api/v1/cluster/join", opTok, `{"id":"solo","raft_addr":"`+self.Address+`","api":"`+base+`"}`)
+	got = body(t, r)
+	if r.StatusCode != http.StatusOK || !strings.Contains(got, `"voter": true`) {
+		t.Fatalf("repeated join of the same member: %s %s", r.Status, got)
+	}
+}
