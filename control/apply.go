@@ -58,6 +58,9 @@ type Command struct {
 	Event     string           `json:"event,omitempty"` // for record: what happened
 	Node      string           `json:"node,omitempty"`
 	API       string           `json:"api,omitempty"`
+	// Resolved (start): the ensembles' ip:port as resolved when the
+	// command was made; see MigrationConfig.Resolved.
+	Resolved []string `json:"resolved,omitempty"`
 }
 
 // Apply validates c and applies it. index is the Raft log index (0 outside
@@ -147,12 +150,15 @@ func (s *State) apply(c Command) error {
 		return nil // the audit entry is the point
 	}
 	if c.Kind == CmdStart {
-		if err := s.exclusive(m.ID, &m.Config); err != nil {
+		if err := s.exclusive(m.ID, m.Config.withResolved(c.Resolved)); err != nil {
 			return err
 		}
 	}
 	if err := m.apply(c); err != nil {
 		return err
+	}
+	if c.Kind == CmdStart && len(c.Resolved) > 0 {
+		m.Config.Resolved = slices.Clone(c.Resolved)
 	}
 	m.StepName = m.Step.String()
 	m.Updated = c.Time

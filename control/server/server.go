@@ -288,10 +288,16 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, apiError{err.Error(), "fix the fields named above in migration.yaml"})
 		return
 	}
+	resolved, err := resolveEnsembles(r.Context(), cfg.Migration.SourceZK, cfg.Migration.TargetZK)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{"migration.source_zk/target_zk: " + err.Error(),
+			"fix the host name, or DNS on the control node (each migration's servers are resolved to tell whether two migrations share one)"})
+		return
+	}
 	raw, _ := json.Marshal(cfg)
 	c := control.Command{Kind: control.CmdCreate, Migration: cfg.Migration.ID, Config: &control.MigrationConfig{
 		SourceZK: cfg.Migration.SourceZK, TargetZK: cfg.Migration.TargetZK, Paths: cfg.Migration.Paths,
-		RequireApproval: cfg.Migration.RequireManualApproval, Raw: raw}}
+		RequireApproval: cfg.Migration.RequireManualApproval, Raw: raw, Resolved: resolved}}
 	if s.apply(w, r, c) {
 		writeJSON(w, http.StatusCreated, s.Node.State().Migrations[cfg.Migration.ID].Redacted())
 	}
@@ -323,6 +329,15 @@ func ParseStep(v string) (control.Step, error) {
 func (s *Server) action(verb string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c := control.Command{Kind: control.Kind(verb), Migration: r.PathValue("id")}
+		if m := s.Node.State().Migrations[c.Migration]; verb == "start" && m != nil {
+			resolved, err := resolveEnsembles(r.Context(), m.Config.SourceZK, m.Config.TargetZK)
+			if err != nil {
+				writeJSON(w, http.StatusBadRequest, apiError{"start " + c.Migration + ": " + err.Error(),
+					"fix DNS on the control node, or delete the migration and create it with addresses that resolve"})
+				return
+			}
+			c.Resolved = resolved
+		}
 		if verb == "advance" || verb == "rollback" {
 			var body stepBody
 			if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&body); err != nil {
