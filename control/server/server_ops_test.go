@@ -252,3 +252,15 @@ func TestOneServerSpelledTwoWaysIsOneServer(t *testing.T) {
 		t.Fatalf("create with an unresolvable host: %s %s", r.Status, got)
 	}
 }
+
+// TestInvalidSecretIsNotEchoed: a migration.yaml with an invalid Slack
+// webhook is refused (400) naming the field, without the webhook's value.
+func TestInvalidSecretIsNotEchoed(t *testing.T) {
+	base := startAPI(t)
+	r := call(t, "POST", base+"/api/v1/migrations", opTok,
+		"migration: {id: m1, source_zk: \"127.0.0.1:2181\", target_zk: \"127.0.0.1:2182\"}\nalerts: {slack_webhook: \"ftp://hooks/SLACKSECRET999\"}\n")
+	got := body(t, r)
+	if r.StatusCode != http.StatusBadRequest || !strings.Contains(got, "alerts.slack_webhook") || strings.Contains(got, "SLACKSECRET999") {
+		t.Fatalf("invalid webhook: %s %s", r.Status, got)
+	}
+}
