@@ -221,7 +221,7 @@ func joinCluster(ctx context.Context, url, token, id, raftAddr, api string) erro
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			var final bool
-			if err, final = joinResult(resp); err == nil || final {
+			if final, err = joinResult(resp); err == nil || final {
 				return err
 			}
 		}

@@ -87,12 +87,12 @@ func waitCaughtUp(ctx context.Context, node *raftstore.Node) error {
 // joinResult reads the answer to a join (and closes it): nil when
 // joined; final when retrying cannot help (the id or Raft address belongs
 // to another member: the leader's reply says how to move a node).
-func joinResult(resp *http.Response) (err error, final bool) {
+func joinResult(resp *http.Response) (final bool, err error) {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
 	if resp.StatusCode == http.StatusOK {
-		return nil, false
+		return false, nil
 	}
 	err = fmt.Errorf("join: %s: %s", resp.Status, strings.TrimSpace(string(b)))
-	return err, resp.StatusCode == http.StatusConflict && strings.Contains(string(b), "already a member")
+	return resp.StatusCode == http.StatusConflict && strings.Contains(string(b), "already a member"), err
 }
