@@ -73,7 +73,7 @@ func (n *Node) Join(id, addr string) error {
 		case s.ID == id:
 			return fmt.Errorf("%w: node %s is already a member at %s (not %s); to move a node, run `zk-migrate node remove --id %s --confirm` first, then join it again",
 				ErrMember, id, s.Address, addr, id)
-		case s.Address == addr:
+		case sameAddr(s.Address, addr):
 			return fmt.Errorf("%w: raft address %s already belongs to node %s; give the new node its own --raft-addr, or remove %s first (`zk-migrate node remove --id %s --confirm`)",
 				ErrMember, addr, s.ID, s.ID, s.ID)
 		}
@@ -88,6 +88,17 @@ func (n *Node) Join(id, addr string) error {
 	}
 	n.cfg.Logger.Info("raft: node joined as non-voter; it votes once caught up", "node", id, "raft", addr)
 	return nil
+}
+
+// sameAddr reports whether two host:port name the same endpoint: equal,
+// or resolving to the same ip:port ("localhost:7000", "127.0.0.1:7000").
+func sameAddr(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ta, errA := net.ResolveTCPAddr("tcp", a)
+	tb, errB := net.ResolveTCPAddr("tcp", b)
+	return errA == nil && errB == nil && ta.String() == tb.String()
 }
 
 // promote makes a non-voter a voter, unless the configuration changed

@@ -211,6 +211,12 @@ func TestJoinWithAMembersIDOrAddressIsRefused(t *testing.T) {
 	if r.StatusCode != http.StatusConflict || !strings.Contains(got, "already belongs to node solo") {
 		t.Fatalf("join with a member's address: %s %s", r.Status, got)
 	}
+	spelled := strings.Replace(self.Address, "127.0.0.1", "localhost", 1) // the same address, spelled otherwise
+	r = call(t, "POST", base+"/api/v1/cluster/join", opTok, `{"id":"c8","raft_addr":"`+spelled+`","api":"http://`+other+`"}`)
+	got = body(t, r)
+	if r.StatusCode != http.StatusConflict || !strings.Contains(got, "already belongs to node solo") {
+		t.Fatalf("join with a member's address spelled %s: %s %s", spelled, r.Status, got)
+	}
 	if after := nodes(); len(after) != 1 || after[0].Address != self.Address || !after[0].Voter {
 		t.Fatalf("the member moved: before %+v, after %+v", before, after)
 	}
