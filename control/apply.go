@@ -61,6 +61,9 @@ type Command struct {
 	API       string           `json:"api,omitempty"`
 	// Retention is audit-prune's: entries older than Time - Retention go.
 	Retention time.Duration `json:"retention,omitempty"`
+	// Resolved (start): the ensembles' ip:port as resolved when the
+	// command was made; see MigrationConfig.Resolved.
+	Resolved []string `json:"resolved,omitempty"`
 }
 
 // Apply validates c and applies it. index is the Raft log index (0 outside
@@ -159,12 +162,15 @@ func (s *State) apply(c Command) error {
 		return nil // the audit entry is the point
 	}
 	if c.Kind == CmdStart {
-		if err := s.exclusive(m.ID, &m.Config); err != nil {
+		if err := s.exclusive(m.ID, m.Config.withResolved(c.Resolved)); err != nil {
 			return err
 		}
 	}
 	if err := m.apply(c); err != nil {
 		return err
+	}
+	if c.Kind == CmdStart && len(c.Resolved) > 0 {
+		m.Config.Resolved = slices.Clone(c.Resolved)
 	}
 	m.StepName = m.Step.String()
 	m.Updated = c.Time

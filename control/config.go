@@ -95,12 +95,14 @@ var ActionNames = map[string]Step{
 }
 
 // ConfigError is one invalid field: where, what was given, what is valid.
+// Its message never shows the value of a secret field (sync.auth,
+// alerts.slack_webhook, alerts.pagerduty_routing_key), only that it is set.
 type ConfigError struct {
 	Field, Value, Want string
 }
 
 func (e ConfigError) Error() string {
-	return fmt.Sprintf("%s: %q is not valid: %s", e.Field, e.Value, e.Want)
+	return fmt.Sprintf("%s: %q is not valid: %s", e.Field, shownValue(e.Field, e.Value), e.Want)
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -134,7 +136,7 @@ func DecodeConfig(b []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("migration config: %w", err)
+		return nil, fmt.Errorf("migration config: %s", redactDecodeError(err.Error(), &doc))
 	}
 	c.setDefaults()
 	return &c, nil

@@ -57,7 +57,7 @@ actions:
 		`migration.paths[0]: "mesos" is not valid: an absolute znode path`,
 		`migration.health_check_interval_sec: "-5" is not valid: 1 to 3600`,
 		`sync.conflict_strategy: "newest" is not valid: last-write-wins or manual`,
-		`sync.auth[0]: "digest" is not valid: scheme:secret`,
+		`sync.auth[0]: "(set, redacted)" is not valid: scheme:secret`,
 		`sync.tls.ca: "" is not valid: the CA of the ensembles' certificates`,
 		`actions.reboot_everything: "reboot_everything" is not valid: one of agents_on_b, drain_agents_a, masters_off_a, masters_on_b, remove_a`,
 	} {
@@ -101,5 +101,32 @@ colour: blue
 	}
 	if strings.Contains(err.Error(), "struct {") {
 		t.Errorf("error dumps a Go type:\n%v", err)
+	}
+}
+
+// TestConfigErrorsNeverShowSecrets: an invalid Slack webhook, an invalid
+// sync.auth entry and a sync.auth that does not decode are reported by
+// field, without the secret's value (the webhook's scheme, which is what
+// is wrong, stays).
+func TestConfigErrorsNeverShowSecrets(t *testing.T) {
+	for _, c := range []struct{ yaml, field string }{
+		{"migration: {id: m1, source_zk: \"a:1\", target_zk: \"b:1\"}\nalerts: {slack_webhook: \"ftp://hooks/SLACKSECRET999\"}\n", `alerts.slack_webhook: "ftp://(set, redacted)"`},
+		{"migration: {id: m1, source_zk: \"a:1\", target_zk: \"b:1\"}\nsync: {auth: [\"digest:mesos:ok\", \"SECRETNOCOLON\"]}\n", `sync.auth[1]: "(set, redacted)"`},
+		{"migration: {id: m1, source_zk: \"a:1\", target_zk: \"b:1\"}\nsync: {auth: \"digest:mesos:PASSWORDSECRET\"}\n", "cannot unmarshal"},
+		{"migration: {id: m1, source_zk: \"a:1\", target_zk: \"b:1\"}\nsync: {auth: \"SHORTSEC\"}\n", "cannot unmarshal"},
+	} {
+		_, err := ParseConfig([]byte(c.yaml))
+		if err == nil {
+			t.Fatalf("accepted:\n%s", c.yaml)
+		}
+		msg := err.Error()
+		for _, secret := range []string{"SLACKSECRET", "SECRETNOCOLON", "PASSWORDSECRET", "SHORTSEC", "hooks/", "mesos:PA"} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("error shows %q: %s", secret, msg)
+			}
+		}
+		if !strings.Contains(msg, c.field) {
+			t.Errorf("error does not name %q: %s", c.field, msg)
+		}
 	}
 }

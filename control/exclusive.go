@@ -34,9 +34,14 @@ func (c *MigrationConfig) paths() []string {
 	return []string{"/mesos"}
 }
 
-// servers are the host:port of both ensembles.
+// servers are the host:port of both ensembles as written, and the ip:port
+// they resolved to (Resolved): "localhost:2181" and "127.0.0.1:2181" are
+// the same server.
 func (c *MigrationConfig) servers() map[string]bool {
 	out := map[string]bool{}
+	for _, a := range c.Resolved {
+		out[a] = true
+	}
 	for _, e := range []string{c.SourceZK, c.TargetZK} {
 		for _, a := range strings.Split(e, ",") {
 			if a = strings.TrimSpace(a); a != "" {
@@ -45,6 +50,15 @@ func (c *MigrationConfig) servers() map[string]bool {
 		}
 	}
 	return out
+}
+
+// withResolved is c with the resolved servers of a start command, when it
+// has them (a start made before they existed keeps the stored ones).
+func (c MigrationConfig) withResolved(resolved []string) *MigrationConfig {
+	if len(resolved) > 0 {
+		c.Resolved = resolved
+	}
+	return &c
 }
 
 // overlapping reports whether one path is the other or an ancestor of it.

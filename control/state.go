@@ -103,6 +103,10 @@ type MigrationConfig struct {
 	// an ensemble server and overlapping paths.
 	Paths []string        `json:"paths,omitempty"`
 	Raw   json.RawMessage `json:"raw,omitempty"`
+	// Resolved are the ip:port of both ensembles' servers, resolved by the
+	// API when the migration was created or started (never inside Apply:
+	// the state machine must stay deterministic); exclusivity compares them.
+	Resolved []string `json:"resolved,omitempty"`
 }
 
 // Flip is the barrier of one flip attempt (hard problem 7).

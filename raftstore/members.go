@@ -19,6 +19,9 @@ var (
 	ErrUnknownServer = errors.New("raftstore: no such server")
 	// ErrLastVoter: removing the server would leave no voter.
 	ErrLastVoter = errors.New("raftstore: the last voter cannot be removed")
+	// ErrMember: the id or the Raft address of a join already belongs to
+	// another member; hashicorp/raft would silently move that member.
+	ErrMember = errors.New("raftstore: already a member")
 )
 
 // Server is one member of the Raft configuration.
@@ -49,7 +52,11 @@ const ProbeTimeout = 2 * time.Second
 // Join adds a node as a non-voter (call it on the leader). It refuses an
 // address where nothing accepts a connection, and never changes the
 // quorum: the node votes only once Autopilot has seen it catch up. Joining
-// again with the same id is harmless (a restarted node).
+// again with exactly the same id and address is harmless (a restarted
+// node); a join reusing a member's id with another address, or a member's
+// address under another id, is refused with ErrMember: hashicorp/raft
+// would rewrite that member's address (keeping its vote), and one more
+// failure would then lose the quorum.
 func (n *Node) Join(id, addr string) error {
 	if !n.IsLeader() {
 		a, _ := n.Leader()
@@ -60,8 +67,15 @@ func (n *Node) Join(id, addr string) error {
 		return err
 	}
 	for _, s := range servers {
-		if s.ID == id && s.Address == addr {
+		switch {
+		case s.ID == id && s.Address == addr:
 			return nil
+		case s.ID == id:
+			return fmt.Errorf("%w: node %s is already a member at %s (not %s); to move a node, run `zk-migrate node remove --id %s --confirm` first, then join it again",
+				ErrMember, id, s.Address, addr, id)
+		case sameAddr(s.Address, addr):
+			return fmt.Errorf("%w: raft address %s already belongs to node %s; give the new node its own --raft-addr, or remove %s first (`zk-migrate node remove --id %s --confirm`)",
+				ErrMember, addr, s.ID, s.ID, s.ID)
 		}
 	}
 	c, err := net.DialTimeout("tcp", addr, ProbeTimeout)
@@ -74,6 +88,17 @@ func (n *Node) Join(id, addr string) error {
 	}
 	n.cfg.Logger.Info("raft: node joined as non-voter; it votes once caught up", "node", id, "raft", addr)
 	return nil
+}
+
+// sameAddr reports whether two host:port name the same endpoint: equal,
+// or resolving to the same ip:port ("localhost:7000", "127.0.0.1:7000").
+func sameAddr(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ta, errA := net.ResolveTCPAddr("tcp", a)
+	tb, errB := net.ResolveTCPAddr("tcp", b)
+	return errA == nil && errB == nil && ta.String() == tb.String()
 }
 
 // promote makes a non-voter a voter, unless the configuration changed

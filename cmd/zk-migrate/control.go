@@ -30,6 +30,10 @@ func controlCommand() *cli.Command {
 		Description: `Runs one control-plane node. One node is enough for the sandbox; run 3 or 5
 in production so the migration survives the loss of any of them.
 
+A node restarts (after a crash, a reboot, an upgrade) with the same --id,
+--raft-addr and --data-dir and neither --bootstrap nor --join: it starts
+from the Raft state in --data-dir and catches up with the leader.
+
 First node:   zk-migrate control --id c1 --raft-addr 10.0.0.1:7000 --api-addr 10.0.0.1:8080 \
                   --data-dir /var/lib/zk-migrate --tokens /etc/zk-migrate/tokens --bootstrap
 Other nodes:  zk-migrate control --id c2 --raft-addr 10.0.0.2:7000 --api-addr 10.0.0.2:8080 \
@@ -76,8 +80,9 @@ prunes it.`,
 }
 
 func runControl(c *cli.Context) error {
-	if c.Bool("bootstrap") == (c.String("join") != "") {
-		return usageError("give exactly one of --bootstrap (first node) or --join URL (the others)")
+	restart, err := startMode(c)
+	if err != nil {
+		return err
 	}
 	if c.Duration("audit-retention") < 0 {
 		return usageError("--audit-retention %s: want a positive duration, or 0 to keep every entry", c.Duration("audit-retention"))
@@ -163,12 +168,20 @@ func runControl(c *cli.Context) error {
 	go func() { defer close(prDone); pruner.Run(ctx) }()
 	defer func() { stop(); <-prDone }()
 
-	if c.Bool("bootstrap") {
+	switch {
+	case restart:
+		log.Info("restarting from the Raft state in --data-dir", "dir", c.String("data-dir"))
+		if err := announceRestart(ctx, &http.Client{Transport: tlsc.Peer, Timeout: 30 * time.Second}, node, c.String("id"), apiURL, joinToken); err != nil {
+			return err
+		}
+	case c.Bool("bootstrap"):
 		if err := announceSelf(ctx, node, c.String("id"), apiURL); err != nil {
 			return err
 		}
-	} else if err := joinCluster(ctx, &http.Client{Transport: tlsc.Peer, Timeout: 30 * time.Second}, c.String("join"), joinToken, c.String("id"), node.Addr(), apiURL); err != nil {
-		return err
+	default:
+		if err := joinCluster(ctx, &http.Client{Transport: tlsc.Peer, Timeout: 30 * time.Second}, c.String("join"), joinToken, c.String("id"), node.Addr(), apiURL); err != nil {
+			return err
+		}
 	}
 	var fleet control.ProxyFleet = server.NoProxies{}
 	if addr := c.String("gossip-addr"); addr != "" {
@@ -241,11 +254,10 @@ func joinCluster(ctx context.Context, client *http.Client, url, token, id, raftA
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := client.Do(req)
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
+			var final bool
+			if final, err = joinResult(resp); err == nil || final {
+				return err
 			}
-			err = fmt.Errorf("join: %s", resp.Status)
 		}
 		last = err
 		select {

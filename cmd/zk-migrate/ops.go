@@ -44,6 +44,9 @@ type apiClient struct {
 	// transport reaches an HTTPS API (--ca-cert, --client-cert); nil: the
 	// default.
 	transport http.RoundTripper
+	// stale is why a read was answered from a follower's own state (no
+	// leader reachable), or "": the leader it names may be gone.
+	stale string
 }
 
 // parseAPIs splits --api into URLs.
@@ -142,6 +145,10 @@ func (a *apiClient) do(method, path string, body []byte, v any) error {
 			return cli.Exit(msg, exitUsage)
 		}
 		return fmt.Errorf("%s: %s", resp.Status, msg)
+	}
+	if st := resp.Header.Get("X-Zkm-Stale"); st != "" && a.stale == "" {
+		a.stale = st
+		fmt.Fprintln(os.Stderr, "warning: "+st)
 	}
 	if v != nil {
 		return json.Unmarshal(b, v)
@@ -332,6 +339,9 @@ func (a *apiClient) status(ms []control.Migration) error {
 // leader is the control-plane leader's id as the node asked knows it ("" if
 // none).
 func (a *apiClient) leader() string {
+	if a.stale != "" { // no leader answered: the one a node still names may be dead
+		return ""
+	}
 	var h struct {
 		Leader string `json:"leader"`
 	}

@@ -30,6 +30,8 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.Node.Join(b.ID, b.RaftAddr); err != nil {
 		switch {
+		case errors.Is(err, raftstore.ErrMember):
+			writeJSON(w, http.StatusConflict, apiError{err.Error(), fmt.Sprintf("the cluster is unchanged; to move a node, `zk-migrate node remove --id %s --confirm` first, then join it again", b.ID)})
 		case errors.Is(err, raftstore.ErrUnreachable):
 			writeJSON(w, http.StatusConflict, apiError{err.Error(), "the cluster is unchanged; start the node, then join again"})
 		case errors.Is(err, raftstore.ErrNotLeader):
@@ -39,9 +41,20 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	voter := false // a repeated join (same id and address) keeps the member's vote
+	if servers, err := s.Node.Servers(); err == nil {
+		for _, sv := range servers {
+			if sv.ID == b.ID {
+				voter = sv.Voter
+			}
+		}
+	}
 	if s.apply(w, r, control.Command{Kind: control.CmdNodeJoin, Node: b.ID, API: b.API}) {
-		writeJSON(w, http.StatusOK, map[string]any{"joined": b.ID, "voter": false,
-			"note": "the node votes once it has caught up with the leader (GET /api/v1/cluster/nodes)"})
+		out := map[string]any{"joined": b.ID, "voter": voter}
+		if !voter {
+			out["note"] = "the node votes once it has caught up with the leader (GET /api/v1/cluster/nodes)"
+		}
+		writeJSON(w, http.StatusOK, out)
 	}
 }
 

@@ -175,7 +175,9 @@ func (s *Syncer) Run(_ context.Context, m *control.Migration) error {
 	return err
 }
 
-// Verify waits for equal digests on every root and no open conflicts.
+// Verify waits for equal digests on every root, no open conflicts and a
+// heartbeat seen crossing each way (so phase 1 succeeds only once the
+// health check, Syncer.Problem, would call it healthy).
 func (s *Syncer) Verify(ctx context.Context, m *control.Migration) error {
 	r, err := s.start(m)
 	if err != nil {
@@ -191,7 +193,7 @@ func (s *Syncer) Verify(ctx context.Context, m *control.Migration) error {
 			return fmt.Errorf("phase 1 cannot succeed: %s", replicator.DescribeUnreadable(hidden, 20))
 		}
 		eq := r.cont.DigestsEqual()
-		all := len(eq) > 0
+		all := len(eq) > 0 && r.replicating(true) == "" // and a heartbeat seen each way: healthy once verified
 		for _, root := range r.roots {
 			all = all && eq[root]
 		}

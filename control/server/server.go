@@ -140,17 +140,22 @@ func (s *Server) Handler() http.Handler {
 	// A follower forwards every write, authorized or not, to the leader,
 	// which checks the token and records a refusal in the audit trail.
 	write := func(h http.HandlerFunc) http.Handler { return s.onLeader(s.auth(RoleOperator, true, h)) }
-	mux.Handle("GET /api/v1/migrations", read(s.list))
+	// Reads of migrations and audit go to the leader, so a client reads
+	// its own writes through any node (a follower may not have applied
+	// them yet); with no leader reachable a node answers from its own
+	// state, marked stale (header X-Zkm-Stale).
+	view := func(h http.HandlerFunc) http.Handler { return s.auth(RoleViewer, false, s.leaderView(h)) }
+	mux.Handle("GET /api/v1/migrations", view(s.list))
 	mux.Handle("POST /api/v1/migrations", write(s.create))
-	mux.Handle("GET /api/v1/migrations/{id}", read(s.get))
+	mux.Handle("GET /api/v1/migrations/{id}", view(s.get))
 	mux.Handle("DELETE /api/v1/migrations/{id}", write(s.delete))
-	mux.Handle("GET /api/v1/migrations/{id}/health", s.auth(RoleViewer, false, s.leaderView(s.health)))
-	mux.Handle("GET /api/v1/migrations/{id}/report", read(s.report))
+	mux.Handle("GET /api/v1/migrations/{id}/health", view(s.health))
+	mux.Handle("GET /api/v1/migrations/{id}/report", view(s.report))
 	for _, verb := range []string{"start", "approve", "pause", "resume", "retry", "advance", "rollback"} {
 		mux.Handle("POST /api/v1/migrations/{id}/"+verb, write(s.action(verb)))
 	}
-	mux.Handle("GET /api/v1/sync/status", s.auth(RoleViewer, false, s.leaderView(s.syncStatus)))
-	mux.Handle("GET /api/v1/audit", read(s.audit))
+	mux.Handle("GET /api/v1/sync/status", view(s.syncStatus))
+	mux.Handle("GET /api/v1/audit", view(s.audit))
 	mux.Handle("GET /api/v1/events", read(s.events))
 	mux.Handle("POST /api/v1/cluster/join", write(s.join))
 	mux.Handle("GET /api/v1/cluster/nodes", read(s.nodes))
@@ -216,28 +221,69 @@ func (s *Server) onLeader(h http.Handler) http.Handler {
 	})
 }
 
-// leaderView forwards a read whose live detail only the leader has (the
-// sync runs there) to the leader; with no leader known it answers here,
-// from the replicated state.
+// leaderView forwards a read to the leader, which has applied every write
+// it acknowledged and knows the live detail (the sync runs there). With
+// no leader known, or the leader not answering, it answers here from the
+// replicated state, marked stale (header X-Zkm-Stale, with the reason).
 func (s *Server) leaderView(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.Node.IsLeader() {
+			h(w, r)
+			return
+		}
 		_, leader := s.Node.Leader()
 		api := s.Node.State().Nodes[leader]
-		if s.Node.IsLeader() || leader == "" || api == "" || r.Header.Get(forwardedHeader) != "" {
+		local := func(w http.ResponseWriter, r *http.Request, why string) {
+			w.Header().Set(StaleHeader, fmt.Sprintf("answered by %s from its own state, which may lag: %s", s.Node.Stats().ID, why))
 			h(w, r)
+		}
+		switch {
+		case r.Header.Get(forwardedHeader) != "":
+			local(w, r, "leadership moved while the request was forwarded")
+			return
+		case leader == "" || api == "":
+			local(w, r, "no control-plane leader known")
 			return
 		}
 		u, err := url.Parse(api)
 		if err != nil {
-			h(w, r)
+			local(w, r, "bad leader address "+api)
 			return
 		}
 		rp := httputil.NewSingleHostReverseProxy(u)
 		rp.Transport = s.Transport
-		rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, _ error) { h(w, r) } // leader unreachable: answer here
+		rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) { // leader unreachable: answer here
+			local(w, r.WithContext(context.WithValue(r.Context(), leaderUnreachableKey{}, leader)),
+				fmt.Sprintf("the leader %s does not answer (%v)", leader, err))
+		}
 		r.Header.Set(forwardedHeader, "1")
 		rp.ServeHTTP(w, r)
 	})
+}
+
+// StaleHeader marks a read answered by a follower from its own state
+// because no leader could be asked: it may miss the latest writes.
+const StaleHeader = "X-Zkm-Stale"
+
+// leaderUnreachableKey marks (in a request's context) a leader view
+// answered locally because the leader known here did not answer: its
+// value is that leader's id.
+type leaderUnreachableKey struct{}
+
+// localProblem says why a leader view answered on this node cannot vouch
+// for the sync, or "": only the leader knows whether the replicator runs
+// and has compared digests, so a node that does not lead (the leader it
+// knows is unreachable, none is known, or leadership just moved) reports
+// the sync state as unknown rather than trusting a replicated record that
+// may describe a dead leader.
+func (s *Server) localProblem(r *http.Request) string {
+	if old, ok := r.Context().Value(leaderUnreachableKey{}).(string); ok {
+		return fmt.Sprintf("no control-plane leader reachable: sync state unknown (%s, the last leader known to %s, does not answer)", old, s.Node.Stats().ID)
+	}
+	if s.Node.IsLeader() {
+		return ""
+	}
+	return fmt.Sprintf("no control-plane leader reachable: sync state unknown (%s does not lead and cannot reach the leader)", s.Node.Stats().ID)
 }
 
 // forwardedHeader marks a request one node forwarded to another, so it is
@@ -295,10 +341,16 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, apiError{err.Error(), "fix the fields named above in migration.yaml"})
 		return
 	}
+	resolved, err := resolveEnsembles(r.Context(), cfg.Migration.SourceZK, cfg.Migration.TargetZK)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{"migration.source_zk/target_zk: " + err.Error(),
+			"fix the host name, or DNS on the control node (each migration's servers are resolved to tell whether two migrations share one)"})
+		return
+	}
 	raw, _ := json.Marshal(cfg)
 	c := control.Command{Kind: control.CmdCreate, Migration: cfg.Migration.ID, Config: &control.MigrationConfig{
 		SourceZK: cfg.Migration.SourceZK, TargetZK: cfg.Migration.TargetZK, Paths: cfg.Migration.Paths,
-		RequireApproval: cfg.Migration.RequireManualApproval, Raw: raw}}
+		RequireApproval: cfg.Migration.RequireManualApproval, Raw: raw, Resolved: resolved}}
 	if s.apply(w, r, c) {
 		writeJSON(w, http.StatusCreated, s.Node.State().Migrations[cfg.Migration.ID].Redacted())
 	}
@@ -330,6 +382,15 @@ func ParseStep(v string) (control.Step, error) {
 func (s *Server) action(verb string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c := control.Command{Kind: control.Kind(verb), Migration: r.PathValue("id")}
+		if m := s.Node.State().Migrations[c.Migration]; verb == "start" && m != nil {
+			resolved, err := resolveEnsembles(r.Context(), m.Config.SourceZK, m.Config.TargetZK)
+			if err != nil {
+				writeJSON(w, http.StatusBadRequest, apiError{"start " + c.Migration + ": " + err.Error(),
+					"fix DNS on the control node, or delete the migration and create it with addresses that resolve"})
+				return
+			}
+			c.Resolved = resolved
+		}
 		if verb == "advance" || verb == "rollback" {
 			var body stepBody
 			if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&body); err != nil {
@@ -403,6 +464,9 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	problem := m.SyncProblem(leader)
 	if s.SyncProblem != nil {
 		problem = s.SyncProblem(m, leader)
+	}
+	if p := s.localProblem(r); p != "" {
+		problem = p
 	}
 	out := map[string]any{"migration": m.Redacted(), "healthy": m.Status != control.StatusFailed && problem == ""}
 	if problem != "" {

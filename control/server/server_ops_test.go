@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -22,7 +23,7 @@ func body(t *testing.T, r *http.Response) string {
 }
 
 const secretCfg = `
-migration: {id: m1, source_zk: "a:2181", target_zk: "b:2181"}
+migration: {id: m1, source_zk: "127.0.0.1:2181", target_zk: "127.0.0.1:2182"}
 sync:
   auth: ["digest:mesos:s3cret-pass"]
 alerts:
@@ -73,7 +74,7 @@ func TestSecretsNeverLeaveInClear(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Sync.Auth[0] != "digest:mesos:"+control.Redacted || cfg.Alerts.SlackWebhook != control.Redacted ||
-		cfg.Alerts.PagerDutyRoutingKey != control.Redacted || cfg.Migration.SourceZK != "a:2181" {
+		cfg.Alerts.PagerDutyRoutingKey != control.Redacted || cfg.Migration.SourceZK != "127.0.0.1:2181" {
 		t.Fatalf("redacted config: %+v", cfg)
 	}
 }
@@ -92,7 +93,7 @@ func TestQueryParametersAreValidated(t *testing.T) {
 			t.Errorf("GET %s: %s %s (want 400 with a hint)", q, r.Status, got)
 		}
 	}
-	for _, cfg := range []string{yamlCfg, strings.ReplaceAll(strings.ReplaceAll(yamlCfg, "m1", "m2"), "a:2181", "c:2181")} {
+	for _, cfg := range []string{yamlCfg, strings.ReplaceAll(strings.ReplaceAll(yamlCfg, "m1", "m2"), "127.0.0.1:2181", "127.0.0.1:2183")} {
 		if r := call(t, "POST", base+"/api/v1/migrations", opTok, cfg); r.StatusCode != http.StatusCreated {
 			t.Fatalf("create: %s %s", r.Status, body(t, r))
 		}
@@ -170,5 +171,102 @@ func TestJoinOfAnUnreachableNodeIsRefused(t *testing.T) {
 	}
 	if len(nodes) != 1 || !nodes[0].Voter || !nodes[0].Leader {
 		t.Fatalf("nodes: %+v", nodes)
+	}
+}
+
+// TestJoinWithAMembersIDOrAddressIsRefused: a join reusing a member's id
+// with another (listening) address would make hashicorp/raft move that
+// voter; it is refused (409, with the way to move a node) and the member
+// keeps its address and vote. A member's address under a new id is
+// refused too; the very same id and address is an idempotent 200 that
+// reports the member's vote.
+func TestJoinWithAMembersIDOrAddressIsRefused(t *testing.T) {
+	base := startAPI(t)
+	nodes := func() []NodeInfo {
+		var ns []NodeInfo
+		if err := json.Unmarshal([]byte(body(t, call(t, "GET", base+"/api/v1/cluster/nodes", viewerTok, ""))), &ns); err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+	before := nodes()
+	if len(before) != 1 {
+		t.Fatalf("nodes: %+v", before)
+	}
+	self := before[0]
+	l, err := net.Listen("tcp", "127.0.0.1:0") // something listens: the reachability probe passes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	other := l.Addr().String()
+
+	r := call(t, "POST", base+"/api/v1/cluster/join", opTok, `{"id":"solo","raft_addr":"`+other+`","api":"http://`+other+`"}`)
+	got := body(t, r)
+	if r.StatusCode != http.StatusConflict || !strings.Contains(got, "zk-migrate node remove --id solo --confirm") {
+		t.Fatalf("join with a member's id: %s %s", r.Status, got)
+	}
+	r = call(t, "POST", base+"/api/v1/cluster/join", opTok, `{"id":"c9","raft_addr":"`+self.Address+`","api":"http://`+other+`"}`)
+	got = body(t, r)
+	if r.StatusCode != http.StatusConflict || !strings.Contains(got, "already belongs to node solo") {
+		t.Fatalf("join with a member's address: %s %s", r.Status, got)
+	}
+	spelled := strings.Replace(self.Address, "127.0.0.1", "localhost", 1) // the same address, spelled otherwise
+	r = call(t, "POST", base+"/api/v1/cluster/join", opTok, `{"id":"c8","raft_addr":"`+spelled+`","api":"http://`+other+`"}`)
+	got = body(t, r)
+	if r.StatusCode != http.StatusConflict || !strings.Contains(got, "already belongs to node solo") {
+		t.Fatalf("join with a member's address spelled %s: %s %s", spelled, r.Status, got)
+	}
+	if after := nodes(); len(after) != 1 || after[0].Address != self.Address || !after[0].Voter {
+		t.Fatalf("the member moved: before %+v, after %+v", before, after)
+	}
+	r = call(t, "POST", base+"/api/v1/cluster/join", opTok, `{"id":"solo","raft_addr":"`+self.Address+`","api":"`+base+`"}`)
+	got = body(t, r)
+	if r.StatusCode != http.StatusOK || !strings.Contains(got, `"voter": true`) {
+		t.Fatalf("repeated join of the same member: %s %s", r.Status, got)
+	}
+}
+
+// TestOneServerSpelledTwoWaysIsOneServer: a migration over
+// "localhost:P" and one over "127.0.0.1:P" with the same path share that
+// server: the second is refused (409) at create while the first runs,
+// and at start when both were created before either started. A host that
+// does not resolve is a 400 naming it.
+func TestOneServerSpelledTwoWaysIsOneServer(t *testing.T) {
+	base := startAPI(t)
+	mig := func(id, src, dst string) string {
+		return fmt.Sprintf("migration: {id: %s, source_zk: %q, target_zk: %q, paths: [/mesos]}\n", id, src, dst)
+	}
+	for _, c := range []string{mig("m1", "localhost:31001", "localhost:31002"), mig("m2", "127.0.0.1:31001", "127.0.0.1:31003")} {
+		if r := call(t, "POST", base+"/api/v1/migrations", opTok, c); r.StatusCode != http.StatusCreated {
+			t.Fatalf("create: %s %s", r.Status, body(t, r))
+		}
+	}
+	if r := call(t, "POST", base+"/api/v1/migrations/m1/start", opTok, ""); r.StatusCode != http.StatusOK {
+		t.Fatalf("start m1: %s %s", r.Status, body(t, r))
+	}
+	r := call(t, "POST", base+"/api/v1/migrations/m2/start", opTok, "")
+	if got := body(t, r); r.StatusCode != http.StatusConflict || !strings.Contains(got, "127.0.0.1:31001") {
+		t.Fatalf("start of m2 over the same server spelled 127.0.0.1: %s %s", r.Status, got)
+	}
+	r = call(t, "POST", base+"/api/v1/migrations", opTok, mig("m3", "127.0.0.1:31001", "127.0.0.1:31004"))
+	if got := body(t, r); r.StatusCode != http.StatusConflict || !strings.Contains(got, "m1") {
+		t.Fatalf("create of m3 over the running m1's server: %s %s", r.Status, got)
+	}
+	r = call(t, "POST", base+"/api/v1/migrations", opTok, mig("m4", "no-such-host.invalid:2181", "127.0.0.1:31005"))
+	if got := body(t, r); r.StatusCode != http.StatusBadRequest || !strings.Contains(got, "no-such-host.invalid") {
+		t.Fatalf("create with an unresolvable host: %s %s", r.Status, got)
+	}
+}
+
+// TestInvalidSecretIsNotEchoed: a migration.yaml with an invalid Slack
+// webhook is refused (400) naming the field, without the webhook's value.
+func TestInvalidSecretIsNotEchoed(t *testing.T) {
+	base := startAPI(t)
+	r := call(t, "POST", base+"/api/v1/migrations", opTok,
+		"migration: {id: m1, source_zk: \"127.0.0.1:2181\", target_zk: \"127.0.0.1:2182\"}\nalerts: {slack_webhook: \"ftp://hooks/SLACKSECRET999\"}\n")
+	got := body(t, r)
+	if r.StatusCode != http.StatusBadRequest || !strings.Contains(got, "alerts.slack_webhook") || strings.Contains(got, "SLACKSECRET999") {
+		t.Fatalf("invalid webhook: %s %s", r.Status, got)
 	}
 }

@@ -56,7 +56,7 @@ func call(t *testing.T, method, url, token, body string) *http.Response {
 }
 
 const yamlCfg = `
-migration: {id: m1, source_zk: "a:2181", target_zk: "b:2181"}
+migration: {id: m1, source_zk: "127.0.0.1:2181", target_zk: "127.0.0.1:2182"}
 `
 
 // TestAPIRolesAndEventStream: no token is 401, a viewer changing is 403,

@@ -181,8 +181,9 @@ func (s *Syncer) stopAll() int {
 
 // Problem says why the sync of m is not healthy, or "": by the replicated
 // state (it must run and is not recorded as running on leader), and on the
-// node that runs it also live: heartbeats crossing both ways, no open
-// conflict, equal digests at the last reconcile.
+// node that runs it also live: heartbeats seen crossing both ways, no
+// open conflict, and digests compared and equal on every root at the last
+// reconcile (a root not compared yet is not equal).
 func (s *Syncer) Problem(m *control.Migration, leader string) string {
 	if p := m.SyncProblem(leader); p != "" || !m.SyncRequired() {
 		return p
@@ -194,14 +195,20 @@ func (s *Syncer) Problem(m *control.Migration, leader string) string {
 	if r == nil {
 		return "sync is not running on the leader " + s.NodeID
 	}
-	if p := r.replicating(false); p != "" {
+	// Strict: a run that has not yet seen a heartbeat cross each way has
+	// not shown that it replicates, however young it is.
+	if p := r.replicating(true); p != "" {
 		return p
 	}
 	if n := len(r.cont.Conflicts()); n > 0 {
 		return fmt.Sprintf("%d open conflict(s)", n)
 	}
+	eq := r.cont.DigestsEqual()
 	for _, root := range r.roots {
-		if eq, ok := r.cont.DigestsEqual()[root]; ok && !eq {
+		switch known, ok := eq[root]; {
+		case !ok:
+			return "digests of " + root + " not compared yet (the replicator's first reconcile has not finished)"
+		case !known:
 			return "digests differ on " + root + " at the last reconcile"
 		}
 	}
