@@ -200,7 +200,10 @@ func (c *cluster) syncRunsOn(i int) bool {
 func (c *cluster) migration(i int) map[string]any {
 	c.t.Helper()
 	var rows []map[string]any // status --output json is always a list
-	out := c.must(i, "status", "--migration", "prod", "--output", "json")
+	out, code := runStdout(c.t, "status", "--migration", "prod", "--output", "json", "--api", "http://"+c.apis[i], "--token", opToken)
+	if code != 0 {
+		c.t.Fatalf("status on c%d: exit %d\n%s", i+1, code, out)
+	}
 	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 {
 		c.t.Fatalf("status: %v (%d rows)\n%s", err, len(rows), out)
 	}

@@ -53,6 +53,26 @@ func run(t *testing.T, args ...string) (string, int) {
 	return out.String(), code
 }
 
+// runStdout runs the binary and returns its standard output alone (what a
+// script parses: warnings go to standard error) and its exit code.
+func runStdout(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if code != 0 {
+		out.Write(errOut.Bytes())
+	}
+	return out.String(), code
+}
+
 // TestBadConfigurationIsAUsageErrorWithAHint checks every rejected flag
 // exits 2 and says what would be valid.
 func TestBadConfigurationIsAUsageErrorWithAHint(t *testing.T) {

@@ -422,8 +422,19 @@ func TestMesosPhasesMoveTheClusterToB(t *testing.T) {
 			t.Fatalf("after phase 5 task %s runs on %s, not on B's agents %v", task.TaskID.Value, task.AgentID.Value, idsB)
 		}
 	}
-	if s := e.framework(t); s.Failed != 0 || s.Active["TASK_RUNNING"] < 6 {
-		t.Fatalf("after phase 5 the framework sees %+v; want 6 running and none failed", s)
+	// The framework relaunches what the drain killed and keeps killing
+	// and launching: a task may be between STAGING and RUNNING right now.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		s := e.framework(t)
+		if s.Failed != 0 {
+			t.Fatalf("after phase 5 the framework saw a failure: %+v", s)
+		}
+		if s.Active["TASK_RUNNING"] >= 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after phase 5 the framework sees %+v; want 6 running and none failed", s)
+		}
 	}
 	if e.hook.has("task_failure") {
 		t.Fatalf("a task_failure alert without a failure: %v", e.hook.bodies)
