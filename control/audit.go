@@ -58,6 +58,24 @@ func (e AuditEntry) CanonicalJSON() []byte {
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
 
+// ExportJSON is the entry's line in an export (zk-migrate audit --output
+// json), without the newline: encoding/json's encoding of the entry, with
+// its time in UTC and no HTML escaping (like CanonicalJSON: "->" stays
+// "->"). It is the only form VerifyAuditLines accepts: a line
+// that decodes to an entry but is not byte for byte its ExportJSON
+// (duplicate or differently cased keys, another time zone, \u escapes,
+// extra fractional digits, spaces) was edited.
+func (e AuditEntry) ExportJSON() []byte {
+	e.Time = e.Time.UTC()
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(e); err != nil { // strings, numbers and a UTC time always encode
+		panic(fmt.Sprintf("control: encode audit entry %d: %v", e.Seq, err))
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+}
+
 // ComputeHash is the hash the entry must carry given its PrevHash.
 func (e AuditEntry) ComputeHash() string {
 	h := sha256.New()

@@ -34,11 +34,7 @@ func export(t *testing.T, entries []AuditEntry) []string {
 	t.Helper()
 	var lines []string
 	for _, e := range entries {
-		b, err := json.Marshal(e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, string(b))
+		lines = append(lines, string(e.ExportJSON()))
 	}
 	return lines
 }
@@ -205,5 +201,52 @@ func TestAuditLegacyEntriesAreSealed(t *testing.T) {
 	}
 	if a.Audit[6].Hash != b.Audit[6].Hash || a.Audit[6].Seq != 7 {
 		t.Fatalf("sealed chains differ: %+v %+v", a.Audit[6], b.Audit[6])
+	}
+}
+
+// TestAuditVerifyRefusesLinesNotInExportForm: the hash covers the decoded
+// entry, so an export whose bytes were edited without changing what they
+// decode to must still fail: duplicate keys (the last one wins in Go, the
+// first in other readers), a differently cased extra key, the same
+// instant in another time zone, \u escapes, extra fractional digits (the
+// probe's t_*.jsonl). Each is refused at its line as "not in canonical
+// form: edited"; the export itself and CRLF line ends verify.
+func TestAuditVerifyRefusesLinesNotInExportForm(t *testing.T) {
+	s := trail(t)
+	lines := export(t, s.Audit)
+	if _, err := verifyLines(lines); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := VerifyAuditLines(strings.NewReader(strings.Join(lines, "\r\n") + "\r\n")); err != nil {
+		t.Fatalf("CRLF line ends: %v", err)
+	}
+	l := lines[2] // seq 3, by bob, refused
+	ts := s.Audit[2].Time.UTC().Format(time.RFC3339Nano)
+	for name, edited := range map[string]string{
+		"duplicate key":      strings.Replace(l, `"by":"bob"`, `"by":"alice","by":"bob"`, 1),
+		"cased extra key":    strings.Replace(l, `{"seq":3`, `{"Result":"ok","seq":3`, 1),
+		"another time zone":  strings.Replace(l, `"time":"`+ts+`"`, `"time":"`+s.Audit[2].Time.In(time.FixedZone("", 10*3600+1800)).Format(time.RFC3339Nano)+`"`, 1),
+		"unicode escape":     strings.Replace(l, `"by":"bob"`, `"by":"\u0062ob"`, 1),
+		"fractional digits":  strings.Replace(l, `"time":"`+strings.TrimSuffix(ts, "Z"), `"time":"`+strings.TrimSuffix(ts, "Z")+".0000000001", 1),
+		"space after colon":  strings.Replace(l, `"by":"bob"`, `"by": "bob"`, 1),
+		"HTML-escaped chars": strings.Replace(lines[3], `<b>`, `\u003cb\u003e`, 1),
+	} {
+		if edited == l || edited == lines[3] {
+			t.Fatalf("%s: the edit did not apply to %s", name, l)
+		}
+		tampered := append([]string(nil), lines...)
+		if name == "HTML-escaped chars" {
+			tampered[3] = edited
+			_, err := verifyLines(tampered)
+			wantBreak(t, err, 4, "not in canonical form: edited")
+			continue
+		}
+		tampered[2] = edited
+		var e AuditEntry
+		if err := json.Unmarshal([]byte(edited), &e); err != nil || e.ComputeHash() != e.Hash {
+			t.Fatalf("%s: the edited line should still decode to an entry matching its hash (%v): %s", name, err, edited)
+		}
+		_, err := verifyLines(tampered)
+		wantBreak(t, err, 3, "not in canonical form: edited")
 	}
 }

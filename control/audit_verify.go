@@ -40,16 +40,21 @@ type AuditSummary struct {
 }
 
 // VerifyAuditLines reads an exported trail, one JSON entry a line (blank
-// lines ignored), and verifies it as VerifyAudit does; a line that is not
-// a JSON entry is a break too.
+// lines ignored, a CRLF line end allowed), and verifies it as VerifyAudit
+// does. A line that is not a JSON entry is a break, and so is a line that
+// is not byte for byte the export form of the entry it decodes to
+// (AuditEntry.ExportJSON): the hash covers the decoded entry, so without
+// this check duplicate keys, differently cased keys, another time zone for
+// the same instant, \u escapes or extra fractional digits would change
+// the line's bytes and still verify.
 func VerifyAuditLines(r io.Reader) (AuditSummary, error) {
 	var entries []AuditEntry
 	var lines []int
-	sc := bufio.NewScanner(r)
+	sc := bufio.NewScanner(r) // ScanLines drops a trailing \r
 	sc.Buffer(make([]byte, 64*1024), 16<<20)
 	for n := 1; sc.Scan(); n++ {
-		b := bytes.TrimSpace(sc.Bytes())
-		if len(b) == 0 {
+		b := sc.Bytes()
+		if len(bytes.TrimSpace(b)) == 0 {
 			continue
 		}
 		var e AuditEntry
@@ -57,6 +62,10 @@ func VerifyAuditLines(r io.Reader) (AuditSummary, error) {
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&e); err != nil {
 			return AuditSummary{}, &AuditBreak{Line: n, Reason: "not a JSON audit entry: " + err.Error()}
+		}
+		if canon := e.ExportJSON(); !bytes.Equal(b, canon) {
+			return AuditSummary{}, &AuditBreak{Line: n, Seq: e.Seq, Reason: "not in canonical form: edited (" + firstDiff(b, canon) +
+				"; zk-migrate audit --output json writes each entry in exactly one form, so any other bytes were changed after the export)"}
 		}
 		entries, lines = append(entries, e), append(lines, n)
 	}
@@ -125,6 +134,19 @@ func verifyAudit(entries []AuditEntry, lines []int) (AuditSummary, error) {
 	}
 	last := entries[len(entries)-1]
 	return AuditSummary{Entries: len(entries), FirstSeq: entries[0].Seq, LastSeq: last.Seq, Anchor: entries[0].PrevHash, Head: last.Hash}, nil
+}
+
+// firstDiff says where a line first differs from its canonical form.
+func firstDiff(line, canon []byte) string {
+	i := 0
+	for i < len(line) && i < len(canon) && line[i] == canon[i] {
+		i++
+	}
+	snip := func(b []byte) string {
+		end := min(i+24, len(b))
+		return fmt.Sprintf("%q", b[i:end])
+	}
+	return fmt.Sprintf("byte %d of the line is %s, the export form has %s", i+1, snip(line), snip(canon))
 }
 
 func short(h string) string {

@@ -149,11 +149,7 @@ func (l *AuditLog) Write(p []byte) (int, error) {
 		}
 		e := AuditEntry{Seq: l.seq + 1, Time: head.Time.UTC(), By: l.by, Action: head.Kind, Detail: string(line), Result: "ok", PrevHash: l.prev}
 		e.Hash = e.ComputeHash()
-		b, err := json.Marshal(e)
-		if err != nil {
-			return 0, err
-		}
-		b = append(b, '\n')
+		b := append(e.ExportJSON(), '\n') // the form audit verify accepts
 		if l.size > 0 && l.size+int64(len(b)) > l.maxBytes {
 			if err := l.rotate(); err != nil {
 				return 0, err

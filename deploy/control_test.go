@@ -31,7 +31,7 @@ func startControl(t *testing.T, bin string) *controlNode {
 	api, metrics, gossip := freeAddr(t), freeAddr(t), freeAddr(t)
 	p := start(t, bin, metrics, "control", "--id", "c1", "--raft-addr", freeAddr(t), "--api-addr", api,
 		"--data-dir", filepath.Join(dir, "raft"), "--tokens", tokens, "--bootstrap",
-		"--metrics-addr", metrics, "--gossip-addr", gossip)
+		"--metrics-addr", metrics, "--gossip-addr", gossip, "--gossip-insecure")
 	return &controlNode{process: p, api: "http://" + api, token: token, gossip: gossip}
 }
 

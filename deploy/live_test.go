@@ -60,7 +60,7 @@ func TestDashboardsAndRulesAgainstLiveProcesses(t *testing.T) {
 	for i := range 2 {
 		listen, metrics := freeAddr(t), freeAddr(t)
 		args := []string{"proxy", "--listen", listen, "--upstream", a.ConnectString(), "--metrics-addr", metrics, "--log-level", "warn",
-			"--gossip-addr", freeAddr(t), "--gossip-join", control.gossip, "--name", fmt.Sprintf("proxy-%d", i)}
+			"--gossip-addr", freeAddr(t), "--gossip-insecure", "--gossip-join", control.gossip, "--name", fmt.Sprintf("proxy-%d", i)}
 		if i == 0 { // limits low enough for the test to reach them
 			args = append(args, "--max-pending", "2", "--max-connections-per-ip", "8")
 		}

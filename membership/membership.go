@@ -69,7 +69,10 @@ type Config struct {
 	// SecretKey (16, 24 or 32 bytes, LoadKey) encrypts and authenticates
 	// every gossip message with AES-GCM: a member without the same key
 	// cannot join the pool, read it or be seen in it. Empty: gossip in
-	// clear (refused by the commands unless explicitly allowed).
+	// clear, which zk-migrate control, proxy and sync refuse (a usage
+	// error) unless --gossip-insecure is given. Members' roles and metadata
+	// are self-asserted (anyone in the pool may claim Role "control" and
+	// any Primary and Epoch): the key is what keeps strangers out.
 	SecretKey []byte
 }
 

@@ -4,6 +4,7 @@ package mesosim
 // gone agents, each a registry write.
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -105,6 +106,9 @@ func (l *leader) updateSchedule(s Schedule) error {
 				return fmt.Errorf("%w: a machine id needs a hostname or an ip", errBadRequest)
 			}
 		}
+		if err := checkUnavailability(w.Unavailability); err != nil {
+			return err
+		}
 	}
 	return l.updateRegistry(func(r *Registry) error {
 		in := map[string]MachineID{}
@@ -131,6 +135,27 @@ func (l *leader) updateSchedule(s Schedule) error {
 		r.Schedule = s
 		return nil
 	})
+}
+
+// checkUnavailability is Mesos's maintenance::validation::unavailability:
+// a window's duration may not be negative (the master answers 400 with
+// this message).
+func checkUnavailability(raw json.RawMessage) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	var u struct {
+		Duration *struct {
+			Nanoseconds int64 `json:"nanoseconds"`
+		} `json:"duration"`
+	}
+	if err := json.Unmarshal(raw, &u); err != nil {
+		return fmt.Errorf("%w: unavailability: %v", errBadRequest, err)
+	}
+	if u.Duration != nil && u.Duration.Nanoseconds < 0 {
+		return fmt.Errorf("%w: Unavailability 'duration' is negative", errBadRequest)
+	}
+	return nil
 }
 
 // machinesDown moves DRAINING machines to DOWN; their agents are removed

@@ -70,6 +70,29 @@ func TestOperatorAPI(t *testing.T) {
 	if code != http.StatusBadRequest || !strings.Contains(string(body), "DRAINING") {
 		t.Fatalf("machine/down of an unscheduled machine: HTTP %d %s; want 400 saying it must be DRAINING", code, body)
 	}
+	// A window with a negative duration is refused, as Mesos does, by both
+	// APIs, and nothing is scheduled.
+	negative := map[string]any{"windows": []any{map[string]any{"machine_ids": []map[string]string{{"hostname": "agent2"}},
+		"unavailability": map[string]any{"start": map[string]int64{"nanoseconds": time.Now().UnixNano()}, "duration": map[string]int64{"nanoseconds": -5}}}}}
+	for _, c := range []struct {
+		path string
+		body any
+	}{
+		{"/master/maintenance/schedule", negative},
+		{"/api/v1", map[string]any{"type": "UPDATE_MAINTENANCE_SCHEDULE", "update_maintenance_schedule": map[string]any{"schedule": negative}}},
+	} {
+		code, _, body, _ := call("POST", m+c.path, c.body)
+		if code != http.StatusBadRequest || !strings.Contains(string(body), "Unavailability 'duration' is negative") {
+			t.Fatalf("%s with a negative duration: HTTP %d %s; want 400 saying the duration is negative", c.path, code, body)
+		}
+	}
+	var sched struct {
+		Windows []any `json:"windows"`
+	}
+	mustCall(t, 200, "GET", m+"/master/maintenance/schedule", nil, &sched)
+	if len(sched.Windows) != 0 {
+		t.Fatalf("a refused schedule was kept: %+v", sched)
+	}
 	mustCall(t, 200, "POST", m+"/master/maintenance/schedule", map[string]any{"windows": []any{
 		map[string]any{"machine_ids": []map[string]string{{"hostname": "agent3"}}}}}, nil)
 	var status struct {

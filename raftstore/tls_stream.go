@@ -15,7 +15,10 @@ import (
 
 // TLS secures the Raft transport with mutual TLS: every control node
 // presents its certificate and verifies the other's against the CA, on
-// both ends of every connection.
+// both ends of every connection, and then checks that the certificate is
+// a control node's Raft certificate (CheckPeerCert with PeerName): a
+// certificate that merely chains to the CA, an API client's say, is
+// refused before Raft reads a byte from it.
 type TLS struct {
 	// Server is the listener's configuration; it must require and verify
 	// client certificates (tlsconf.Files.ServerConfig(RequireClientCert)).
@@ -24,6 +27,9 @@ type TLS struct {
 	// host of the peer's Raft address, which its certificate must name);
 	// it must present this node's certificate.
 	Client func(serverName string) *tls.Config
+	// PeerName is the identity every control node's Raft certificate
+	// carries (a DNS SAN or the CN); DefaultPeerName when empty.
+	PeerName string
 }
 
 // handshakeTimeout bounds a TLS handshake on the Raft port.
@@ -89,6 +95,12 @@ func (s *tlsStream) handshake(c net.Conn) {
 	err := tc.Handshake()
 	_ = c.SetDeadline(time.Time{})
 	if err == nil {
+		if err := checkConn(tc, s.cfg.PeerName); err != nil {
+			tc.Close()
+			s.log.Warn("raft: refused a connection: the peer's certificate chains to --raft-tls-ca but is not a control node's Raft certificate",
+				"remote", c.RemoteAddr().String(), "err", err, "hint", peerHint)
+			return
+		}
 		select {
 		case s.conns <- tc:
 		case <-s.done:
@@ -139,7 +151,8 @@ func (s *tlsStream) Close() error {
 func (s *tlsStream) Addr() net.Addr { return s.adv }
 
 // Dial connects to a peer and completes the handshake: the peer must
-// present a certificate that chains to the CA and names its host.
+// present a certificate that chains to the CA, names its host and is a
+// control node's Raft certificate.
 func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	host, _, err := net.SplitHostPort(string(address))
 	if err != nil {
@@ -148,6 +161,11 @@ func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net
 	d := &net.Dialer{Timeout: timeout}
 	c, err := tls.DialWithDialer(d, "tcp", string(address), s.cfg.Client(host))
 	if err != nil {
+		return nil, fmt.Errorf("raftstore: TLS dial %s: %w", address, err)
+	}
+	if err := checkConn(c, s.cfg.PeerName); err != nil {
+		c.Close()
+		s.log.Warn("raft: refused to talk to a peer: its certificate is not a control node's Raft certificate", "peer", string(address), "err", err, "hint", peerHint)
 		return nil, fmt.Errorf("raftstore: TLS dial %s: %w", address, err)
 	}
 	return c, nil

@@ -41,7 +41,7 @@ func (s *syncBuffer) String() string {
 
 func tlsFor(t *testing.T, ca *tlstest.CA, dir, name string) *TLS {
 	t.Helper()
-	iss, err := ca.Issue(dir, name, "127.0.0.1")
+	iss, err := ca.Issue(dir, name, "127.0.0.1", DefaultPeerName)
 	if err != nil {
 		t.Fatal(err)
 	}

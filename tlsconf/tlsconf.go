@@ -2,12 +2,15 @@
 // TLS 1.2 at least, optional mutual TLS, and certificates and CAs
 // reloaded from disk without a restart.
 //
-// A Files value checks its files' modification time and size at most
-// once a second, on each new handshake (server) or dial (client), and
-// reloads them when they changed: connections made after a certificate
-// was replaced on disk present the new one, existing connections keep
-// theirs. A file that no longer parses (half written) is reported once
-// and the previous good one stays in use. No goroutine is involved.
+// A Files value reads its files and compares a SHA-256 of their bytes
+// with the one it loaded at most once a second, on each new handshake
+// (server) or dial (client), and reloads them when the content changed
+// (whatever their size and modification time say): connections made after
+// a certificate was replaced on disk present the new one, existing
+// connections keep theirs. A file that no longer parses (half written), a
+// key that does not match, or a certificate that is expired or not valid
+// yet is reported once and the previous good one stays in use. No
+// goroutine is involved.
 //
 // Usage:
 //
@@ -17,6 +20,7 @@
 package tlsconf
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -59,15 +63,10 @@ type Files struct {
 
 	mu      sync.Mutex
 	checked time.Time
-	stamps  map[string]stamp
+	sum     [sha256.Size]byte // of the files' bytes as loaded
 	cert    *tls.Certificate
 	pool    *x509.CertPool
 	failed  string // the last reload error reported, so it is logged once
-}
-
-type stamp struct {
-	mod  time.Time
-	size int64
 }
 
 // ErrConfig means the TLS files are missing, unreadable or inconsistent.
@@ -83,7 +82,7 @@ func Load(p Paths) (*Files, error) {
 	if p.Cert == "" && p.CA == "" {
 		return nil, fmt.Errorf("%w: no certificate and no CA", ErrConfig)
 	}
-	f := &Files{p: p, log: p.Logger, stamps: map[string]stamp{}}
+	f := &Files{p: p, log: p.Logger}
 	if f.log == nil {
 		f.log = slog.Default()
 	}
@@ -110,36 +109,68 @@ func (f *Files) files() []string {
 	return out
 }
 
-// reload reads every file; on error the current material stays.
-func (f *Files) reload() error {
-	stamps := map[string]stamp{}
+// read returns the files' bytes, by path, and the SHA-256 of them all.
+func (f *Files) read() (map[string][]byte, [sha256.Size]byte, error) {
+	h := sha256.New()
+	out := map[string][]byte{}
 	for _, p := range f.files() {
-		st, err := os.Stat(p)
+		b, err := os.ReadFile(p)
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrConfig, err)
+			return nil, [sha256.Size]byte{}, fmt.Errorf("%w: %v", ErrConfig, err)
 		}
-		stamps[p] = stamp{st.ModTime(), st.Size()}
+		out[p] = b
+		fmt.Fprintf(h, "%s\x00%d\x00", p, len(b))
+		h.Write(b)
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return out, sum, nil
+}
+
+// reload reads every file and takes it only if all of it is usable; on
+// error the current material stays.
+func (f *Files) reload() error {
+	files, sum, err := f.read()
+	if err != nil {
+		return err
 	}
 	var cert *tls.Certificate
 	if f.p.Cert != "" {
-		c, err := tls.LoadX509KeyPair(f.p.Cert, f.p.Key)
+		c, err := tls.X509KeyPair(files[f.p.Cert], files[f.p.Key])
 		if err != nil {
 			return fmt.Errorf("%w: certificate %s with key %s: %v", ErrConfig, f.p.Cert, f.p.Key, err)
+		}
+		if c.Leaf == nil && len(c.Certificate) > 0 { // set by X509KeyPair since Go 1.23, unless GODEBUG x509keypairleaf=0
+			c.Leaf, _ = x509.ParseCertificate(c.Certificate[0])
+		}
+		if err := checkValidity(f.p.Cert, c.Leaf, time.Now()); err != nil {
+			return err
 		}
 		cert = &c
 	}
 	var pool *x509.CertPool
 	if f.p.CA != "" {
-		b, err := os.ReadFile(f.p.CA)
-		if err != nil {
-			return fmt.Errorf("%w: CA: %v", ErrConfig, err)
-		}
 		pool = x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
+		if !pool.AppendCertsFromPEM(files[f.p.CA]) {
 			return fmt.Errorf("%w: CA %s holds no PEM certificate", ErrConfig, f.p.CA)
 		}
 	}
-	f.cert, f.pool, f.stamps = cert, pool, stamps
+	f.cert, f.pool, f.sum = cert, pool, sum
+	return nil
+}
+
+// checkValidity refuses a certificate outside its validity period: served
+// or presented, every peer would refuse it.
+func checkValidity(path string, leaf *x509.Certificate, now time.Time) error {
+	if leaf == nil {
+		return fmt.Errorf("%w: certificate %s: no leaf certificate", ErrConfig, path)
+	}
+	switch {
+	case now.After(leaf.NotAfter):
+		return fmt.Errorf("%w: certificate %s (%q) expired at %s: peers would refuse it; renew it", ErrConfig, path, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore):
+		return fmt.Errorf("%w: certificate %s (%q) is not valid before %s: peers would refuse it; check the issuer's clock or wait", ErrConfig, path, leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
 	return nil
 }
 
@@ -166,17 +197,11 @@ func (f *Files) current() (*tls.Certificate, *x509.CertPool) {
 	return f.cert, f.pool
 }
 
+// changed says whether the files' content differs from what was loaded
+// (a file replaced with one of the same size and time is seen too).
 func (f *Files) changed() bool {
-	for _, p := range f.files() {
-		st, err := os.Stat(p)
-		if err != nil {
-			return true // reload reports it
-		}
-		if s := f.stamps[p]; !s.mod.Equal(st.ModTime()) || s.size != st.Size() {
-			return true
-		}
-	}
-	return false
+	_, sum, err := f.read()
+	return err != nil || sum != f.sum // on error, reload reports it
 }
 
 // ServerConfig is a server's configuration: each handshake gets the

@@ -69,8 +69,7 @@ func TestAuditVerifyThroughTheCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	e2.By = "alice" // hash and prev_hash left as they were
-	b2, _ := json.Marshal(e2)
-	edited[1] = string(b2)
+	edited[1] = string(e2.ExportJSON())
 	reordered := append([]string(nil), lines...)
 	reordered[1], reordered[2] = reordered[2], reordered[1]
 	for _, c := range []struct {
@@ -103,8 +102,7 @@ func TestAuditVerifyThroughTheCLI(t *testing.T) {
 			entries[i].PrevHash = entries[i-1].Hash
 			entries[i].Hash = entries[i].ComputeHash()
 		}
-		b, _ := json.Marshal(entries[i])
-		rewritten = append(rewritten, string(b))
+		rewritten = append(rewritten, string(entries[i].ExportJSON()))
 	}
 	forged := write("rewritten.jsonl", rewritten)
 	if out, code := verify(forged); code != 0 {

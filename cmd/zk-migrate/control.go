@@ -54,7 +54,9 @@ shell commands of migration.yaml's actions; the flip runs the epoch barrier.
 TLS (TLS 1.2+, certificates reloaded when the files change): --tls-cert and
 --tls-key serve the API over HTTPS (--join https://...), --tls-client-ca
 requires client certificates, --tls-ca verifies the other nodes' APIs;
---raft-tls-cert, --raft-tls-key and --raft-tls-ca make Raft mutual TLS. The
+--raft-tls-cert, --raft-tls-key and --raft-tls-ca make Raft mutual TLS, and
+only certificates carrying --raft-tls-peer-name (default zk-migrate-raft)
+with the serverAuth and clientAuth usages may speak Raft. The
 audit trail is hash-chained (zk-migrate audit verify); --audit-retention
 prunes it.`,
 		Flags: append([]cli.Flag{
@@ -71,6 +73,7 @@ prunes it.`,
 			&cli.StringFlag{Name: "gossip-addr", Usage: "join the gossip pool on host:port (proxies found there take part in flips)"},
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 			gossipKeyFlag(),
+			gossipInsecureFlag(),
 			&cli.StringFlag{Name: "metrics-addr", Usage: "address of the Prometheus /metrics endpoint, plain HTTP without a token, e.g. 127.0.0.1:9406 (empty: off)"},
 			&cli.DurationFlag{Name: "audit-retention", Value: server.DefaultAuditRetention,
 				Usage: "drop audit entries older than this (the leader prunes hourly; the chain stays verifiable from an anchor); 0 keeps every entry"},

@@ -459,7 +459,7 @@ func TestRecordedPrimaryWinsOverTheFlag(t *testing.T) {
 	listen, admin := freeAddr(t), freeAddr(t)
 	// The ensembles are never dialled: no client connects.
 	cmd := exec.Command(bin, "proxy", "--listen", listen, "--source", "127.0.0.1:1", "--target", "127.0.0.1:2",
-		"--primary", "source", "--admin-addr", admin, "--metrics-addr", "", "--gossip-addr", freeAddr(t), "--gossip-join", seed)
+		"--primary", "source", "--admin-addr", admin, "--metrics-addr", "", "--gossip-addr", freeAddr(t), "--gossip-join", seed, "--gossip-insecure")
 	logs := &syncBuffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {

@@ -125,7 +125,7 @@ func TestProxyBinaryServesClientsAndMetrics(t *testing.T) {
 	defer ens.Close()
 	listen, metrics, gossip := freeAddr(t), freeAddr(t), freeAddr(t)
 	cmd := exec.Command(bin, "proxy", "--listen", listen, "--upstream", ens.ConnectString(), "--metrics-addr", metrics,
-		"--gossip-addr", gossip, "--name", "proxy-test", "--four-letter-words", "ruok,srvr,dump", "--max-connections-per-ip", "50")
+		"--gossip-addr", gossip, "--gossip-insecure", "--name", "proxy-test", "--four-letter-words", "ruok,srvr,dump", "--max-connections-per-ip", "50")
 	var logs bytes.Buffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {

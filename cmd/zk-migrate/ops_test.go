@@ -366,7 +366,7 @@ func TestGossipNeedsTheKeyThroughTheCLI(t *testing.T) {
 		}
 	}
 
-	keyless := proxy("proxy-keyless")
+	keyless := proxy("proxy-keyless", "--gossip-insecure")
 	wrongKey := proxy("proxy-wrongkey", "--gossip-key-file", wrong)
 	for _, c := range []*exec.Cmd{keyless, wrongKey} {
 		done := make(chan error, 1)

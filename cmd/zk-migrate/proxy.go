@@ -90,6 +90,7 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises role, sessions, primary)"},
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 			gossipKeyFlag(),
+			gossipInsecureFlag(),
 			&cli.StringFlag{Name: "name", Usage: "this proxy's name in the gossip pool (default proxy-HOSTNAME)"},
 		},
 		Action: runProxy,

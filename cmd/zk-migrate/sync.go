@@ -127,6 +127,7 @@ func syncCommand() *cli.Command {
 		&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises the lag)"},
 		&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 		gossipKeyFlag(),
+		gossipInsecureFlag(),
 	)
 	return &cli.Command{
 		Name:  "sync",
@@ -183,6 +184,12 @@ func runSync(c *cli.Context) error {
 	strategy := c.String("conflict")
 	if strategy != replicator.LastWriteWins && strategy != replicator.Manual {
 		return usageError("--conflict %q: want last-write-wins or manual", strategy)
+	}
+	var gkey []byte // checked before anything runs: a usage error after a snapshot copy is too late
+	if c.String("gossip-addr") != "" {
+		if gkey, err = gossipKey(c); err != nil {
+			return err
+		}
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -252,11 +259,7 @@ func runSync(c *cli.Context) error {
 	var agent *membership.Agent
 	if addr := c.String("gossip-addr"); addr != "" {
 		host, _ := os.Hostname()
-		key, err := gossipKey(c)
-		if err != nil {
-			return err
-		}
-		if agent, err = membership.Join(membership.Config{Name: "replicator-" + host, BindAddr: addr, SecretKey: key,
+		if agent, err = membership.Join(membership.Config{Name: "replicator-" + host, BindAddr: addr, SecretKey: gkey,
 			Seeds: c.StringSlice("gossip-join"), Meta: membership.Meta{Role: membership.RoleReplicator}}); err != nil {
 			return err
 		}

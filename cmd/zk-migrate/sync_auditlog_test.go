@@ -84,7 +84,7 @@ func TestSyncAuditLogIsVerifiable(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.Detail = strings.Replace(e.Detail, "/mesos/x", "/mesos/y", 1) // the conflict rewritten, its hash kept
-	forged, _ := json.Marshal(e)
+	forged := e.ExportJSON()
 	edited := filepath.Join(dir, "edited.jsonl")
 	_ = os.WriteFile(edited, append(forged, '\n'), 0o600)
 	if res, code := run(t, "audit", "verify", "--file", edited); code != exitDifferent || !strings.Contains(res, "line 1 (seq 1)") {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"log"
 	"log/slog"
 	"net/http"
@@ -22,7 +24,9 @@ func controlTLSFlags() []cli.Flag {
 		&cli.StringFlag{Name: "tls-client-ca", Usage: "mutual TLS on the API: clients (the CLI, other nodes) must present a certificate signed by this CA"},
 		&cli.StringFlag{Name: "raft-tls-cert", Usage: "mutual TLS on the Raft transport: this node's certificate (PEM, naming its --raft-addr host)"},
 		&cli.StringFlag{Name: "raft-tls-key", Usage: "the key of --raft-tls-cert"},
-		&cli.StringFlag{Name: "raft-tls-ca", Usage: "CA every control node's Raft certificate must chain to"},
+		&cli.StringFlag{Name: "raft-tls-ca", Usage: "CA every control node's Raft certificate must chain to: a dedicated CA for Raft, never the API clients' CA"},
+		&cli.StringFlag{Name: "raft-tls-peer-name", Value: raftstore.DefaultPeerName,
+			Usage: "identity (a DNS SAN or the CN) every control node's Raft certificate carries, with the serverAuth and clientAuth usages; other certificates of --raft-tls-ca are refused on the Raft port"},
 	}
 }
 
@@ -75,9 +79,31 @@ func loadControlTLS(c *cli.Context, logger *slog.Logger) (*controlTLS, error) {
 		if err != nil {
 			return nil, usageError("%v", err)
 		}
-		out.Raft = &raftstore.TLS{Server: f.ServerConfig(tlsconf.RequireClientCert), Client: f.ClientConfig}
+		name := c.String("raft-tls-peer-name")
+		if err := checkOwnRaftCert(rc, rk, name); err != nil {
+			return nil, err
+		}
+		out.Raft = &raftstore.TLS{Server: f.ServerConfig(tlsconf.RequireClientCert), Client: f.ClientConfig, PeerName: name}
 	}
 	return out, nil
+}
+
+// checkOwnRaftCert refuses to start with a Raft certificate the other
+// control nodes would refuse (raftstore.CheckPeerCert): better a usage
+// error here than a node that never reaches its peers.
+func checkOwnRaftCert(cert, key, name string) error {
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return usageError("--raft-tls-cert: %v", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return usageError("--raft-tls-cert: %v", err)
+	}
+	if err := raftstore.CheckPeerCert(leaf, name); err != nil {
+		return usageError("--raft-tls-cert %s: %v; the other control nodes would refuse it. Issue it with the DNS SAN %q (or pass the identity your Raft certificates carry as --raft-tls-peer-name) and the serverAuth and clientAuth usages, from a CA dedicated to Raft", cert, err, name)
+	}
+	return nil
 }
 
 // httpErrorLog turns net/http's server errors into log lines; a plaintext

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zk-migrate/zk-migrate/raftstore"
 	"github.com/zk-migrate/zk-migrate/tlsconf"
 	"github.com/zk-migrate/zk-migrate/tlsconf/tlstest"
 	"github.com/zk-migrate/zk-migrate/zkclient"
@@ -50,7 +51,7 @@ func startTLSPlane(t *testing.T, dir, tokens string) *tlsPlane {
 	p.tlsArgs = []string{"--ca-cert", p.caFile, "--client-cert", p.client.Cert, "--client-key", p.client.Key}
 	for i := 1; i <= 3; i++ {
 		id := fmt.Sprintf("c%d", i)
-		node, err := ca.Issue(dir, id, "127.0.0.1")
+		node, err := ca.Issue(dir, id, "127.0.0.1", raftstore.DefaultPeerName)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,7 +253,7 @@ sync: {tls: {ca: %q, cert: %q, key: %q}}
 		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
 	}
 	before := served()
-	if _, err := p.ca.Issue(dir, "c1", "127.0.0.1"); err != nil {
+	if _, err := p.ca.Issue(dir, "c1", "127.0.0.1", raftstore.DefaultPeerName); err != nil {
 		t.Fatal(err)
 	}
 	want, _ := tlstest.Serial(filepath.Join(dir, "c1.pem"))

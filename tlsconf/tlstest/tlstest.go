@@ -68,15 +68,38 @@ type Issued struct{ Cert, Key string }
 // DIR/NAME-key.pem (replacing them atomically, as an operator rotating a
 // certificate should).
 func (ca *CA) Issue(dir, name string, hosts ...string) (Issued, error) {
+	return ca.IssueWith(dir, name, Options{}, hosts...)
+}
+
+// Options change what IssueWith makes; the zero value is Issue's.
+type Options struct {
+	// ExtKeyUsage defaults to serverAuth and clientAuth.
+	ExtKeyUsage []x509.ExtKeyUsage
+	// NotBefore and NotAfter default to an hour ago and a day ahead.
+	NotBefore, NotAfter time.Time
+}
+
+// IssueWith is Issue with Options: a client-only certificate, an expired
+// one, one not valid yet.
+func (ca *CA) IssueWith(dir, name string, o Options, hosts ...string) (Issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return Issued{}, err
 	}
+	if o.ExtKeyUsage == nil {
+		o.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	}
+	if o.NotBefore.IsZero() {
+		o.NotBefore = time.Now().Add(-time.Hour)
+	}
+	if o.NotAfter.IsZero() {
+		o.NotAfter = time.Now().Add(24 * time.Hour)
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		NotBefore: o.NotBefore, NotAfter: o.NotAfter,
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage: o.ExtKeyUsage,
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
