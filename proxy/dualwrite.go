@@ -58,7 +58,7 @@ func (s *Server) primaryReader(ctx context.Context, auths []zkclient.Auth) (*zkc
 			return c, nil
 		}
 	}
-	c, err := zkclient.Dial(ctx, s.cfg.Upstream, zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial, Auth: auths})
+	c, err := zkclient.Dial(ctx, s.roles.Load().upstream, zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial, Auth: auths})
 	if err != nil {
 		return nil, fmt.Errorf("mirror: read the primary: %w", err)
 	}

@@ -75,6 +75,16 @@ type pendingQueue struct {
 	head  int
 }
 
+// hasClient reports whether a client request awaits its reply.
+func (q *pendingQueue) hasClient() bool {
+	for i := q.head; i < len(q.items); i++ {
+		if q.items[i].kind != pendingInternal {
+			return true
+		}
+	}
+	return false
+}
+
 func (q *pendingQueue) len() int { return len(q.items) - q.head }
 
 func (q *pendingQueue) push(p pending) { q.items = append(q.items, p) }

@@ -87,9 +87,10 @@ func (s *session) readUpstream(up *upstream) error {
 		if err := h.Decode(d); err != nil {
 			return fmt.Errorf("reply from %s: %w", up.addr, err)
 		}
-		if h.Zxid > 0 {
+		if h.Zxid > 0 && s.serving().up.Load() == up {
 			s.serving().noteZxid(h.Zxid)
 		}
+		shiftZxid(frame, s.zoff.Load()) // the client's numbering (flip.go)
 		flush := up.fr.Buffered() == 0
 		s.omu.Lock()
 		if h.Xid == jute.XidWatchEvent {
@@ -173,6 +174,9 @@ func (s *session) supervise() {
 			s.shutdown("proxy closing")
 			return
 		case <-up.done:
+			if pl.up.Load() != up || s.serving() != pl {
+				continue // replaced by a flip
+			}
 			if s.closing.Load() {
 				s.shutdown("session closed")
 				return
@@ -265,6 +269,9 @@ func (s *session) reattach(dead *upstream) bool {
 	dead.conn.Close()
 	m := s.srv.m
 	pl := s.serving()
+	if pl.up.Load() != dead {
+		return true // a flip replaced it meanwhile
+	}
 	s.omu.Lock()
 	if s.detached.Load() {
 		// Nobody waits for the answers: a write in flight need not be

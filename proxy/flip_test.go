@@ -1,0 +1,253 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/membership"
+	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
+)
+
+const flipToken = "s3cret-flip-token"
+
+// postFlip sends a barrier request as the control plane does and returns
+// the status code.
+func postFlip(t *testing.T, url, token string, epoch int64, primary ensemble.Name) int {
+	t.Helper()
+	body, _ := json.Marshal(membership.FlipRequest{Migration: "m", Epoch: epoch, Primary: primary})
+	req, _ := http.NewRequest(http.MethodPost, url+membership.FlipPath, bytes.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func flipEndpoint(t *testing.T, p *proxytest.Proxy) string {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle(membership.FlipPath, p.FlipHandler(flipToken, nil))
+	hs := httptest.NewServer(mux)
+	t.Cleanup(hs.Close)
+	return hs.URL
+}
+
+// rawClient is a minimal ZooKeeper client speaking jute over a socket, so
+// the test sees every reply header's zxid and controls the lastZxidSeen of
+// a reconnect.
+type rawClient struct {
+	t      *testing.T
+	conn   net.Conn
+	fr     *jute.FrameReader
+	id     int64
+	passwd []byte
+	zxid   int64 // highest zxid seen in a reply header
+	xid    int32
+}
+
+func rawConnect(t *testing.T, addr string, id int64, passwd []byte, lastZxid int64) (*rawClient, *jute.ConnectResponse) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	req := jute.ConnectRequest{LastZxidSeen: lastZxid, TimeOut: 4000, SessionID: id, Passwd: passwd}
+	if passwd == nil {
+		req.Passwd = make([]byte, 16)
+	}
+	if _, err := conn.Write(jute.AppendFrame(nil, jute.Marshal(&req))); err != nil {
+		t.Fatal(err)
+	}
+	rc := &rawClient{t: t, conn: conn, fr: jute.NewFrameReader(bufio.NewReader(conn), 1<<20), zxid: lastZxid}
+	frame, err := rc.fr.Next()
+	if err != nil {
+		t.Fatalf("reconnect with session 0x%x and lastZxidSeen 0x%x refused: %v", id, lastZxid, err)
+	}
+	var resp jute.ConnectResponse
+	if err := jute.Unmarshal(frame, &resp); err != nil {
+		t.Fatal(err)
+	}
+	rc.id, rc.passwd = resp.SessionID, append([]byte(nil), resp.Passwd...)
+	return rc, &resp
+}
+
+// get sends getData and returns the reply header's zxid, failing the test
+// if it is below one seen before.
+func (rc *rawClient) get(path string) {
+	rc.t.Helper()
+	rc.xid++
+	var e jute.Encoder
+	(&jute.RequestHeader{Xid: rc.xid, Type: int32(jute.OpGetData)}).Encode(&e)
+	(&jute.GetDataRequest{Path: path}).Encode(&e)
+	if _, err := rc.conn.Write(jute.AppendFrame(nil, e.Bytes())); err != nil {
+		rc.t.Fatal(err)
+	}
+	for {
+		frame, err := rc.fr.Next()
+		if err != nil {
+			rc.t.Fatalf("getData %s: %v", path, err)
+		}
+		var h jute.ReplyHeader
+		if err := h.Decode(jute.NewDecoder(frame)); err != nil {
+			rc.t.Fatal(err)
+		}
+		if h.Xid != rc.xid {
+			continue
+		}
+		if h.Err != 0 {
+			rc.t.Fatalf("getData %s: error %d", path, h.Err)
+		}
+		if h.Zxid < rc.zxid {
+			rc.t.Fatalf("zxid went backwards: reply 0x%x after 0x%x", h.Zxid, rc.zxid)
+		}
+		rc.zxid = h.Zxid
+		return
+	}
+}
+
+// TestFlipMovesSessionsAndEphemerals flips a two-ensemble proxy A→B and
+// back through its admin endpoint under live go-zookeeper sessions: no
+// error, no disconnect, the ephemeral owned on the new primary by the
+// session that serves the client (it goes when the client closes), a
+// watch re-armed on the new primary fires once, and every zxid the client
+// sees keeps increasing (a reconnect after the flip with the last zxid
+// seen is not refused, and keeps the client's session id).
+func TestFlipMovesSessionsAndEphemerals(t *testing.T) {
+	root := testRoot(t)
+	p, cb := startDualProxy(t, root)
+	ca := directConn(t)
+	url := flipEndpoint(t, p)
+
+	c, ev := connect(t, []string{p.Addr}, 4*time.Second)
+	if _, err := c.Create(root+"/data", []byte("v0"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Create(root+"/eph", []byte("me"), zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	// A is ahead of B in transactions, so B's zxids are below what the
+	// client has seen: without translation a reconnect is refused.
+	for i := 0; i < 50; i++ {
+		if _, err := ca.Set(root, []byte(fmt.Sprint(i)), -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, _ := rawConnect(t, p.Addr, 0, nil, 0)
+	raw.get(root)
+	_, _, wch, err := c.GetW(root + "/data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+
+	if code := postFlip(t, url, "", 1, ensemble.Target); code != http.StatusUnauthorized {
+		t.Fatalf("flip without the token: %d, want 401", code)
+	}
+	if code := postFlip(t, url, "wrong", 1, ensemble.Target); code != http.StatusUnauthorized {
+		t.Fatalf("flip with a wrong token: %d, want 401", code)
+	}
+	if code := postFlip(t, url, flipToken, 1, ensemble.Target); code != http.StatusOK {
+		t.Fatalf("flip A→B: %d", code)
+	}
+	if code := postFlip(t, url, flipToken, 1, ensemble.Target); code != http.StatusOK {
+		t.Fatalf("repeated flip for the epoch held: %d, want 200", code)
+	}
+	if e, pr := p.Epoch(); e != 1 || pr != ensemble.Target {
+		t.Fatalf("proxy holds epoch %d primary %s", e, pr)
+	}
+
+	// Served by B now: a write through the proxy lands on B first, the
+	// ephemeral on B is owned by the session serving the client.
+	raw.get(root)
+	if _, err := c.Create(root+"/afterflip", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatalf("write after the flip: %v", err)
+	}
+	if ok, _, err := cb.Exists(root + "/afterflip"); err != nil || !ok {
+		t.Fatalf("write after the flip not on B: %v %v", ok, err)
+	}
+	_, st, err := cb.Get(root + "/eph")
+	if err != nil {
+		t.Fatalf("ephemeral on B after the flip: %v", err)
+	}
+	// The watch set on A was re-armed on B: a change made on B fires it,
+	// once.
+	if _, err := cb.Set(root+"/data", []byte("on B"), -1); err != nil {
+		t.Fatal(err)
+	}
+	if e := waitEvent(t, wch, 10*time.Second); e.Type != zk.EventNodeDataChanged {
+		t.Fatalf("watch after the flip: %+v", e)
+	}
+	raw.get(root)
+
+	// A reconnect after the flip with the last zxid seen (A's numbering is
+	// ahead of B's) keeps the session.
+	last := raw.zxid
+	raw.conn.Close()
+	raw2, resp := rawConnect(t, p.Addr, raw.id, raw.passwd, last)
+	if resp.Expired() || resp.SessionID != raw.id {
+		t.Fatalf("reconnect after the flip: session 0x%x timeout %d, want 0x%x", resp.SessionID, resp.TimeOut, raw.id)
+	}
+	raw2.get(root)
+
+	// Back to A under a new epoch; an older epoch is refused.
+	if code := postFlip(t, url, flipToken, 2, ensemble.Source); code != http.StatusOK {
+		t.Fatalf("flip B→A: %d", code)
+	}
+	if code := postFlip(t, url, flipToken, 1, ensemble.Target); code != http.StatusConflict {
+		t.Fatalf("flip for an older epoch: %d, want 409", code)
+	}
+	raw2.get(root)
+	if _, err := c.Set(root+"/data", []byte("back on A"), -1); err != nil {
+		t.Fatalf("write after the flip back: %v", err)
+	}
+	if d, _, err := ca.Get(root + "/data"); err != nil || string(d) != "back on A" {
+		t.Fatalf("write after flipping back not on A: %q %v", d, err)
+	}
+	_, sta, err := ca.Get(root + "/eph")
+	if err != nil || sta.EphemeralOwner != c.SessionID() {
+		t.Fatalf("ephemeral on A after flipping back: owner 0x%x %v, want the client's 0x%x", sta.EphemeralOwner, err, c.SessionID())
+	}
+	for {
+		select {
+		case e := <-ev:
+			if e.State == zk.StateDisconnected || e.State == zk.StateExpired {
+				t.Fatalf("client saw %v during the flips", e.State)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	ephOwnerB := st.EphemeralOwner
+	c.Close()
+	// Closing the session removes its ephemerals from both ensembles.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		okA, _, _ := ca.Exists(root + "/eph")
+		okB, _, _ := cb.Exists(root + "/eph")
+		if !okA && !okB {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ephemeral still on A=%v B=%v after the client closed its session (B owner 0x%x)", okA, okB, ephOwnerB)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
