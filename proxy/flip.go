@@ -85,6 +85,9 @@ func (s *Server) Flip(ctx context.Context, epoch int64, primary ensemble.Name) e
 	if err := s.drainForFlip(ctx); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
+	if err := s.rebase(ctx, cur.upstream, cur.secondary); err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
 	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch}
 	s.roles.Store(next)
 	s.closePrimaryReaders() // the mirror reads the new primary from now on

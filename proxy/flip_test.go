@@ -127,7 +127,8 @@ func (rc *rawClient) get(path string) {
 // error, no disconnect, the ephemeral owned on the new primary by the
 // session that serves the client (it goes when the client closes), a
 // watch re-armed on the new primary fires once, and every zxid the client
-// sees keeps increasing (a reconnect after the flip with the last zxid
+// sees keeps increasing, versions read before a flip keep their meaning
+// after it (a reconnect after the flip with the last zxid
 // seen is not refused, and keeps the client's session id).
 func TestFlipMovesSessionsAndEphemerals(t *testing.T) {
 	root := testRoot(t)
@@ -148,6 +149,24 @@ func TestFlipMovesSessionsAndEphemerals(t *testing.T) {
 		if _, err := ca.Set(root, []byte(fmt.Sprint(i)), -1); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A znode whose versions differ between the ensembles (A at 5, B's
+	// copy at 0, same data): a conditional write with the version read
+	// before the flip must behave after it as it would have on A.
+	if _, err := ca.Create(root+"/ver", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		if _, err := ca.Set(root+"/ver", []byte("same"), -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cb.Create(root+"/ver", []byte("same"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	_, vst, err := c.Get(root + "/ver")
+	if err != nil || vst.Version != 5 {
+		t.Fatalf("version through the proxy before the flip: %d %v", vst.Version, err)
 	}
 	raw, _ := rawConnect(t, p.Addr, 0, nil, 0)
 	raw.get(root)
@@ -196,6 +215,22 @@ func TestFlipMovesSessionsAndEphemerals(t *testing.T) {
 	}
 	raw.get(root)
 
+	// Versions read before the flip: a stale one fails, the current one
+	// succeeds, and the client sees A's numbering continue.
+	if _, err := c.Set(root+"/ver", []byte("x"), 4); err != zk.ErrBadVersion {
+		t.Fatalf("setData with a stale version after the flip: %v, want ErrBadVersion", err)
+	}
+	st6, err := c.Set(root+"/ver", []byte("after flip"), 5)
+	if err != nil {
+		t.Fatalf("setData with the version read before the flip: %v", err)
+	}
+	if st6.Version != 6 {
+		t.Fatalf("version after the write: %d, want 6", st6.Version)
+	}
+	if _, err := c.Set(root+"/ver", []byte("x"), 5); err != zk.ErrBadVersion {
+		t.Fatalf("setData with the version before the last write: %v, want ErrBadVersion", err)
+	}
+
 	// A reconnect after the flip with the last zxid seen (A's numbering is
 	// ahead of B's) keeps the session.
 	last := raw.zxid
@@ -219,6 +254,16 @@ func TestFlipMovesSessionsAndEphemerals(t *testing.T) {
 	}
 	if d, _, err := ca.Get(root + "/data"); err != nil || string(d) != "back on A" {
 		t.Fatalf("write after flipping back not on A: %q %v", d, err)
+	}
+	waitMirrored(t, p)
+	if _, err := c.Set(root+"/ver", []byte("back on A"), 6); err != nil {
+		t.Fatalf("setData with the version read on B, after flipping back: %v", err)
+	}
+	if err := c.Delete(root+"/ver", 6); err != zk.ErrBadVersion {
+		t.Fatalf("delete with a stale version after flipping back: %v, want ErrBadVersion", err)
+	}
+	if err := c.Delete(root+"/ver", 7); err != nil {
+		t.Fatalf("delete with the current version after flipping back: %v", err)
 	}
 	_, sta, err := ca.Get(root + "/eph")
 	if err != nil || sta.EphemeralOwner != c.SessionID() {

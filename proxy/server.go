@@ -197,6 +197,7 @@ type Server struct {
 	hold   sync.RWMutex          // client requests hold a read lock; a flip holds the write lock (the pause)
 	flipMu sync.Mutex            // one flip at a time
 	idmap  map[int64]identity    // client session id -> serving upstream session, once they differ (flip.go); under mu
+	view   view                  // version translation across flips (view.go)
 }
 
 // New validates cfg and returns a Server that is not yet listening.

@@ -462,6 +462,13 @@ func (s *session) handleRequest(frame []byte) error {
 		p.track = trackSASL
 		s.sasl.Store(true)
 	}
+	p.spath = statPathOf(req.Body)
+	if m, ok := req.Body.(*jute.MultiRequest); ok {
+		p.mpaths = multiPaths(m)
+	}
+	if s.srv.view.toServing(req.Body) {
+		frame = reencode(req.Header, req.Body) // versions in the serving ensemble's numbering (view.go)
+	}
 	if op == jute.OpCloseSession {
 		p.track = trackClose
 		s.closing.Store(true)

@@ -121,10 +121,18 @@ func (s *session) readUpstream(up *upstream) error {
 			}
 		}
 		if s.shadow != nil && code == jute.CodeOK && p.kind == pendingClient && mirrored(p.op) {
-			s.shadow.mark(writtenPaths(&p, d)...)
+			written := writtenPaths(&p, d)
+			s.shadow.mark(written...)
+			for _, w := range written {
+				s.srv.view.note(w)
+			}
 		}
 		if p.kind == pendingClient {
 			m.observeReply(p.op, code, p.start)
+			if code == jute.CodeOK || p.op == jute.OpMulti {
+				s.srv.view.note(p.spath)
+				frame = s.translateReply(frame, &p)
+			}
 			s.writeClientLocked(frame, false)
 		} else if owned, ok := p.arg.(chan jute.Code); ok {
 			owned <- multiCode(code, d) // the owner check before closing a silent client's session
