@@ -198,5 +198,9 @@ func (s *Server) loadShadow(key int64) (int64, []byte, bool) {
 func (s *Server) dropShadowState(key int64) {
 	if s.cfg.StateDir != "" {
 		_ = os.Remove(s.shadowFile(key))
+		_ = os.Remove(s.identityFile(key))
 	}
+	s.mu.Lock()
+	delete(s.idmap, key)
+	s.mu.Unlock()
 }

@@ -80,14 +80,31 @@ func (s *Server) Flip(ctx context.Context, epoch int64, primary ensemble.Name) e
 		return fmt.Errorf("flip to %s: the proxy runs with one ensemble (start it with --source and --target)", primary.Flag())
 	}
 	start := time.Now()
-	s.hold.Lock() // new client requests wait here: the pause
-	defer s.hold.Unlock()
+	// A held request gets no reply and a client gives up on a server that
+	// says nothing for 2/3 of its session timeout: the pause must end well
+	// before. If draining and reading versions take longer than a third of
+	// the shortest session timeout, nothing is swapped, requests resume and
+	// the control plane asks again.
+	ctx, cancel := context.WithTimeout(ctx, s.pauseBudget())
+	defer cancel()
+	// Taken by polling, not Lock: a waiting Lock would hold every new
+	// request behind a session still opening (up to 10 s in an election).
+	for !s.hold.TryLock() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flip to %s at epoch %d: sessions still opening: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, ctx.Err(), cur.primary.Flag())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	defer s.hold.Unlock() // new client requests wait until here: the pause
 	if err := s.drainForFlip(ctx); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
+	drained := time.Since(start)
 	if err := s.rebase(ctx, cur.upstream, cur.secondary); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
+	rebased := time.Since(start)
 	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch}
 	s.roles.Store(next)
 	s.closePrimaryReaders() // the mirror reads the new primary from now on
@@ -106,8 +123,20 @@ func (s *Server) Flip(ctx context.Context, epoch int64, primary ensemble.Name) e
 		}
 	}
 	s.log.Info("flip done", "epoch", epoch, "primary", primary.Flag(), "sessions", len(sessions), "failed", failed,
-		"pause", time.Since(start).Round(time.Microsecond))
+		"pause", time.Since(start).Round(time.Microsecond), "drained_after", drained.Round(time.Microsecond), "versions_read_after", rebased.Round(time.Microsecond))
 	return nil
+}
+
+// pauseBudget is the longest a flip may hold client requests before the
+// swap: a third of the shortest session timeout (10 s without sessions).
+func (s *Server) pauseBudget() time.Duration {
+	budget := 10 * time.Second
+	s.mu.Lock()
+	for _, sess := range s.sessions {
+		budget = min(budget, sess.timeout/3)
+	}
+	s.mu.Unlock()
+	return max(budget, 50*time.Millisecond)
 }
 
 // drainForFlip waits, with client requests held, until no session has a
@@ -202,6 +231,7 @@ func (s *session) flipTo(next *roles) error {
 	s.zoff.Store(seen - zx)
 
 	if ou := old.up.Load(); ou != nil {
+		s.syncOld(ou)
 		ou.conn.Close() // its supervisor case sees a stale connection and ignores it
 	}
 	s.omu.Lock()
@@ -221,6 +251,36 @@ func (s *session) flipTo(next *roles) error {
 		"upstream_session", fmt.Sprintf("0x%x", nl.id), "zxid_offset", s.zoff.Load())
 	return nil
 }
+
+// syncOld makes the old primary's server catch up with its leader and
+// waits for the answer on the old connection, whose reader still relays
+// watch events. Every change committed on the old primary before the sync
+// has then fired its watches to the client (and left the watch set, so it
+// is not re-armed); every later one reaches the new primary after the
+// zxid probed there (its mirror follows it), so the re-armed watch fires
+// for it: each change is delivered once. An old primary that does not
+// answer within a third of the session timeout is given up on.
+func (s *session) syncOld(ou *upstream) {
+	synced := make(chan int64, 1)
+	var e jute.Encoder
+	(&jute.RequestHeader{Xid: xidProxySync, Type: int32(jute.OpSync)}).Encode(&e)
+	(&jute.SyncRequest{Path: "/"}).Encode(&e)
+	s.omu.Lock()
+	s.queue.push(pending{xid: xidProxySync, op: jute.OpSync, kind: pendingInternal, start: time.Now(), arg: synced})
+	s.omu.Unlock()
+	if err := ou.write(e.Bytes(), true); err != nil {
+		return
+	}
+	select {
+	case <-synced:
+	case <-ou.done:
+	case <-time.After(max(s.timeout/3, 100*time.Millisecond)):
+		s.log.Warn("flip: the old primary did not answer a sync; watch events it had not sent are not delivered from it", "upstream", ou.addr)
+	}
+}
+
+// xidProxySync is the xid of the sync sent on the old primary at a flip.
+const xidProxySync int32 = -19
 
 // probeZxid asks the server for its last zxid (the header of an exists
 // reply) on a connection no reader reads yet.
@@ -260,9 +320,12 @@ func (s *Server) mapIdentity(id int64, clientPw []byte, up int64, upPw []byte, z
 	defer s.mu.Unlock()
 	if up == id && zoff == 0 {
 		delete(s.idmap, id)
+		s.saveIdentity(id, nil)
 		return
 	}
-	s.idmap[id] = identity{id: up, passwd: upPw, client: clientPw, zoff: zoff}
+	m := identity{id: up, passwd: upPw, client: clientPw, zoff: zoff}
+	s.idmap[id] = m
+	s.saveIdentity(id, &m)
 }
 
 // identityOf returns the upstream session serving client session id, if it
@@ -271,6 +334,11 @@ func (s *Server) identityOf(id int64, passwd []byte) (identity, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m, ok := s.idmap[id]
+	if !ok {
+		if m, ok = s.loadIdentity(id); ok {
+			s.idmap[id] = m // recorded before a restart
+		}
+	}
 	if !ok || string(m.client) != string(passwd) {
 		return identity{}, false
 	}

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/membership"
+	"github.com/zk-migrate/zk-migrate/proxy"
 	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
 )
 
@@ -58,6 +60,7 @@ type rawClient struct {
 	passwd []byte
 	zxid   int64 // highest zxid seen in a reply header
 	xid    int32
+	events map[string]int // watch events received, by path
 }
 
 func rawConnect(t *testing.T, addr string, id int64, passwd []byte, lastZxid int64) (*rawClient, *jute.ConnectResponse) {
@@ -75,7 +78,7 @@ func rawConnect(t *testing.T, addr string, id int64, passwd []byte, lastZxid int
 	if _, err := conn.Write(jute.AppendFrame(nil, jute.Marshal(&req))); err != nil {
 		t.Fatal(err)
 	}
-	rc := &rawClient{t: t, conn: conn, fr: jute.NewFrameReader(bufio.NewReader(conn), 1<<20), zxid: lastZxid}
+	rc := &rawClient{t: t, conn: conn, fr: jute.NewFrameReader(bufio.NewReader(conn), 1<<20), zxid: lastZxid, events: map[string]int{}}
 	frame, err := rc.fr.Next()
 	if err != nil {
 		t.Fatalf("reconnect with session 0x%x and lastZxidSeen 0x%x refused: %v", id, lastZxid, err)
@@ -90,12 +93,15 @@ func rawConnect(t *testing.T, addr string, id int64, passwd []byte, lastZxid int
 
 // get sends getData and returns the reply header's zxid, failing the test
 // if it is below one seen before.
-func (rc *rawClient) get(path string) {
+func (rc *rawClient) get(path string) { rc.getData(path, false) }
+
+// getData is get, leaving a data watch if watch is set.
+func (rc *rawClient) getData(path string, watch bool) {
 	rc.t.Helper()
 	rc.xid++
 	var e jute.Encoder
 	(&jute.RequestHeader{Xid: rc.xid, Type: int32(jute.OpGetData)}).Encode(&e)
-	(&jute.GetDataRequest{Path: path}).Encode(&e)
+	(&jute.GetDataRequest{Path: path, Watch: watch}).Encode(&e)
 	if _, err := rc.conn.Write(jute.AppendFrame(nil, e.Bytes())); err != nil {
 		rc.t.Fatal(err)
 	}
@@ -105,8 +111,17 @@ func (rc *rawClient) get(path string) {
 			rc.t.Fatalf("getData %s: %v", path, err)
 		}
 		var h jute.ReplyHeader
-		if err := h.Decode(jute.NewDecoder(frame)); err != nil {
+		d := jute.NewDecoder(frame)
+		if err := h.Decode(d); err != nil {
 			rc.t.Fatal(err)
+		}
+		if h.Xid == jute.XidWatchEvent {
+			var ev jute.WatcherEvent
+			if err := ev.Decode(d); err != nil {
+				rc.t.Fatal(err)
+			}
+			rc.events[ev.Path]++
+			continue
 		}
 		if h.Xid != rc.xid {
 			continue
@@ -294,5 +309,147 @@ func TestFlipMovesSessionsAndEphemerals(t *testing.T) {
 			t.Fatalf("ephemeral still on A=%v B=%v after the client closed its session (B owner 0x%x)", okA, okB, ephOwnerB)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitEvents reads until n watch events for path have arrived in all.
+func (rc *rawClient) waitEvents(path string, n int) {
+	rc.t.Helper()
+	for rc.events[path] < n {
+		frame, err := rc.fr.Next()
+		if err != nil {
+			rc.t.Fatalf("waiting for a watch event on %s: %v", path, err)
+		}
+		var h jute.ReplyHeader
+		d := jute.NewDecoder(frame)
+		if err := h.Decode(d); err != nil {
+			rc.t.Fatal(err)
+		}
+		if h.Xid == jute.XidWatchEvent {
+			var ev jute.WatcherEvent
+			if err := ev.Decode(d); err != nil {
+				rc.t.Fatal(err)
+			}
+			rc.events[ev.Path]++
+		}
+	}
+}
+
+// TestFlipDeliversChangesOnce: while one proxy has flipped to B and
+// another still serves from A (the barrier reaches proxies one by one),
+// changes made through the other proxy reach the flipped proxy's client as
+// watch events exactly once: one made before the flip fires from A, one
+// made after fires from B (its mirror), none twice.
+func TestFlipDeliversChangesOnce(t *testing.T) {
+	root := testRoot(t)
+	p1, _ := startDualProxy(t, root)
+	p2, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: secondary(t).Addrs(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p2.Close)
+	c2, _ := connect(t, []string{p2.Addr}, 4*time.Second)
+	for _, n := range []string{"/before", "/after"} {
+		if _, err := c2.Create(root+n, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMirrored(t, p2)
+	raw, _ := rawConnect(t, p1.Addr, 0, nil, 0)
+	raw.getData(root+"/before", true)
+	raw.getData(root+"/after", true)
+
+	// A change through the other proxy just before the flip: fired from A.
+	if _, err := c2.Set(root+"/before", []byte("1"), -1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p1.Flip(ctx, 1, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	// A change through the other proxy (still on A) after the flip: its
+	// mirror reaches B, where the watch was re-armed.
+	if _, err := c2.Set(root+"/after", []byte("1"), -1); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p2)
+	raw.waitEvents(root+"/before", 1)
+	raw.waitEvents(root+"/after", 1)
+	// Both mirrors are done: a duplicate would be on the wire before the
+	// replies to these reads (B fires before it answers a later read).
+	waitMirrored(t, p1)
+	raw.get(root + "/before")
+	raw.get(root + "/after")
+	if raw.events[root+"/before"] != 1 || raw.events[root+"/after"] != 1 {
+		t.Fatalf("watch events: %v, want one per path", raw.events)
+	}
+}
+
+// TestFlippedSessionSurvivesProxyRestart: after a flip, a proxy restarted
+// with --state-dir (and the recorded primary) attaches a reconnecting
+// client to the session that serves it on the new primary: the client's
+// session does not expire and its ephemeral stays on B, owned by the same
+// session. Without the record the new primary is shown the client's
+// original id, which it does not know: expired.
+func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p1, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: dir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, ev := connect(t, []string{p1.Addr}, 4*time.Second)
+	if _, err := c.Create(root+"/eph", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p1)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p1.Flip(ctx, 1, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	_, st, err := cb.Get(root + "/eph")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1.Close()
+	// Restarted where its clients expect it, on the recorded primary.
+	p2, err := proxytest.StartOn(p1.Addr, proxy.Config{Upstream: b.Addrs(), Secondary: ens.Addrs(), PrimaryName: ensemble.Target,
+		Epoch: 1, StateDir: dir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p2.Close)
+	// The client notices the closed connection, then reconnects.
+	deadline := time.After(10 * time.Second)
+	for disconnected := false; !disconnected || c.State() != zk.StateHasSession; {
+		select {
+		case e := <-ev:
+			if e.State == zk.StateExpired {
+				t.Fatal("the client's session expired after the proxy restarted")
+			}
+			if e.State == zk.StateDisconnected {
+				disconnected = true
+			}
+		case <-deadline:
+			t.Fatalf("client not back through the restarted proxy (state %v)", c.State())
+		}
+	}
+	if _, err := c.Create(root+"/after", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatalf("write after the restart: %v", err)
+	}
+	time.Sleep(5 * time.Second) // past the session timeout: a session left behind would have expired
+	_, st2, err := cb.Get(root + "/eph")
+	if err != nil || st2.EphemeralOwner != st.EphemeralOwner {
+		t.Fatalf("ephemeral on B after the restart: owner 0x%x %v, want 0x%x", st2.EphemeralOwner, err, st.EphemeralOwner)
+	}
+	if c.State() != zk.StateHasSession {
+		t.Fatalf("client state %v", c.State())
 	}
 }

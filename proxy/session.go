@@ -66,14 +66,22 @@ func (cc *clientConn) serve() {
 	if req.SessionID != 0 {
 		cc.srv.reconnecting(req.SessionID, req.Passwd)
 	}
+	// A session is opened and registered under the flip's hold, so a flip
+	// either sees it (and moves it) or happens before it opens on the new
+	// primary; never one opened on the old primary after the swap.
+	cc.srv.hold.RLock()
 	sess := newSession(cc, &req)
 	if !sess.open(connectFrame) {
+		cc.srv.hold.RUnlock()
 		return
 	}
-	cc.srv.registerSession(sess)
-	defer cc.srv.unregisterSession(sess)
 	if cc.srv.TwoEnsembles() {
 		sess.attachShadow()
+	}
+	cc.srv.registerSession(sess)
+	cc.srv.hold.RUnlock()
+	defer cc.srv.unregisterSession(sess)
+	if sess.shadow != nil {
 		defer sess.releaseShadow()
 	}
 	sess.run()
@@ -377,10 +385,7 @@ func (s *session) readClient() error {
 			return err
 		}
 		s.lastHeard.Store(time.Now().UnixNano())
-		s.srv.hold.RLock() // a flip in progress holds the request here
-		err = s.handleRequest(frame)
-		s.srv.hold.RUnlock()
-		if err != nil {
+		if err := s.handleRequest(frame); err != nil {
 			return err
 		}
 	}
@@ -403,9 +408,11 @@ func (s *session) handleRequest(frame []byte) error {
 		return err
 	}
 	if op == jute.OpPing {
-		s.answerLocally(jute.XidPing, op, jute.CodeOK, now)
+		s.answerLocally(jute.XidPing, op, jute.CodeOK, now) // answered even during a flip's pause
 		return nil
 	}
+	s.srv.hold.RLock() // a flip in progress holds the request here (flip.go)
+	defer s.srv.hold.RUnlock()
 	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now}
 	if resendable(op) {
 		p.body = req.Body // kept to re-send it after a move; a write never is
