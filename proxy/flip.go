@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
@@ -114,15 +116,27 @@ func (s *Server) Flip(ctx context.Context, epoch int64, primary ensemble.Name) e
 		sessions = append(sessions, sess)
 	}
 	s.mu.Unlock()
-	failed := 0
+	// Sessions move in parallel (at most flipParallel at a time; each is a
+	// dial, an exists and a sync), all under the hold: the pause grows with
+	// sessions/flipParallel round trips, not with sessions.
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, flipParallel)
 	for _, sess := range sessions {
-		if err := sess.flipTo(next); err != nil {
-			failed++
-			sess.log.Warn("flip: could not move the session to the new primary; closing its connection so the client reconnects", "err", err)
-			sess.shutdown("flip failed for this session")
-		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := sess.flipTo(next); err != nil {
+				failed.Add(1)
+				sess.log.Warn("flip: could not move the session to the new primary; closing its connection so the client reconnects", "err", err)
+				sess.shutdown("flip failed for this session")
+			}
+		}()
 	}
-	s.log.Info("flip done", "epoch", epoch, "primary", primary.Flag(), "sessions", len(sessions), "failed", failed,
+	wg.Wait()
+	s.log.Info("flip done", "epoch", epoch, "primary", primary.Flag(), "sessions", len(sessions), "failed", failed.Load(),
 		"pause", time.Since(start).Round(time.Microsecond), "drained_after", drained.Round(time.Microsecond), "versions_read_after", rebased.Round(time.Microsecond))
 	return nil
 }
@@ -138,6 +152,9 @@ func (s *Server) pauseBudget() time.Duration {
 	s.mu.Unlock()
 	return max(budget, 50*time.Millisecond)
 }
+
+// flipParallel bounds the sessions a flip moves at once.
+const flipParallel = 32
 
 // drainForFlip waits, with client requests held, until no session has a
 // request in flight, every shadow session is connected and no write waits
@@ -246,7 +263,24 @@ func (s *session) flipTo(next *roles) error {
 	s.connect.SessionID, s.connect.Passwd = nl.id, nl.passwd
 	s.srv.mapIdentity(s.id, s.passwd, nl.id, nl.passwd, s.zoff.Load())
 	s.startReader(up)
-	s.replayLocked(up, nil)
+	// Persistent watches: ZooKeeper fires nothing for changes between the
+	// probed zxid and the re-registration; the catch-up of a re-attach
+	// (4.5) reports them.
+	s.omu.Lock()
+	persistent, recursive := sortedKeys(s.watches.persistent), sortedKeys(s.watches.recursive)
+	s.omu.Unlock()
+	var registered chan int64
+	if len(persistent)+len(recursive) > 0 {
+		registered = make(chan int64, 1)
+	}
+	s.replayLocked(up, registered)
+	if registered != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.catchUp(persistent, recursive, zx, registered)
+		}()
+	}
 	s.log.Info("session flipped", "primary", next.primary.Flag(), "upstream", up.addr,
 		"upstream_session", fmt.Sprintf("0x%x", nl.id), "zxid_offset", s.zoff.Load())
 	return nil

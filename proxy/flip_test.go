@@ -190,6 +190,10 @@ func TestFlipMovesSessionsAndEphemerals(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitMirrored(t, p)
+	shadowB, ok := p.ShadowSession(c.SessionID())
+	if !ok {
+		t.Fatal("no shadow session")
+	}
 
 	if code := postFlip(t, url, "", 1, ensemble.Target); code != http.StatusUnauthorized {
 		t.Fatalf("flip without the token: %d, want 401", code)
@@ -217,8 +221,11 @@ func TestFlipMovesSessionsAndEphemerals(t *testing.T) {
 		t.Fatalf("write after the flip not on B: %v %v", ok, err)
 	}
 	_, st, err := cb.Get(root + "/eph")
-	if err != nil {
-		t.Fatalf("ephemeral on B after the flip: %v", err)
+	if err != nil || st.EphemeralOwner != shadowB {
+		t.Fatalf("ephemeral on B after the flip: owner 0x%x %v, want the session now serving the client, 0x%x", st.EphemeralOwner, err, shadowB)
+	}
+	if sh, _ := p.ShadowSession(c.SessionID()); sh != c.SessionID() {
+		t.Fatalf("shadow session after the flip: 0x%x, want the client's original session 0x%x (now mirroring to A)", sh, c.SessionID())
 	}
 	// The watch set on A was re-armed on B: a change made on B fires it,
 	// once.

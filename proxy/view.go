@@ -29,7 +29,7 @@ type verOff struct{ v, c, a int32 }
 
 // view is the server-wide version translation, replaced at each flip.
 type view struct {
-	mu    sync.Mutex
+	mu    sync.RWMutex
 	seen  map[string]struct{} // paths whose Stat a client has been shown
 	off   map[string]verOff   // since the last flip
 	extra int                 // paths not recorded (beyond maxStatPaths)
@@ -37,6 +37,12 @@ type view struct {
 
 func (v *view) note(path string) {
 	if path == "" {
+		return
+	}
+	v.mu.RLock() // the hot path: a path shown before
+	_, known := v.seen[path]
+	v.mu.RUnlock()
+	if known {
 		return
 	}
 	v.mu.Lock()
@@ -55,15 +61,15 @@ func (v *view) note(path string) {
 }
 
 func (v *view) offset(path string) (verOff, bool) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.mu.RLock()
+	defer v.mu.RUnlock()
 	o, ok := v.off[path]
 	return o, ok
 }
 
 func (v *view) active() bool {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.mu.RLock()
+	defer v.mu.RUnlock()
 	return len(v.off) > 0
 }
 
