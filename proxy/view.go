@@ -23,6 +23,9 @@ import (
 // flip; a path beyond keeps the new primary's own versions (counted).
 const maxStatPaths = 100000
 
+// rebaseParallel bounds the stat reads in flight at a flip.
+const rebaseParallel = 64
+
 // verOff is what is subtracted from a serving ensemble's versions of one
 // znode before the client sees them.
 type verOff struct{ v, c, a int32 }
@@ -106,21 +109,40 @@ func (s *Server) rebase(ctx context.Context, oldAddrs, nextAddrs []string) error
 	if err := nc.Sync(ctx, "/"); err != nil {
 		return fmt.Errorf("sync the new primary: %w", err)
 	}
+	// Pipelined: up to rebaseParallel reads in flight on each connection.
 	next := map[string]verOff{}
+	var (
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		readErr error
+	)
+	sem := make(chan struct{}, rebaseParallel)
 	for _, p := range paths {
-		so, errO := oc.Exists(ctx, p)
-		sn, errN := nc.Exists(ctx, p)
-		if errO != nil || errN != nil {
-			if jute.CodeOf(errO) == jute.CodeNoNode || jute.CodeOf(errN) == jute.CodeNoNode {
-				continue // gone on either side: nothing to translate
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			so, errO := oc.Exists(ctx, p)
+			sn, errN := nc.Exists(ctx, p)
+			mu.Lock()
+			defer mu.Unlock()
+			if errO != nil || errN != nil {
+				if jute.CodeOf(errO) != jute.CodeNoNode && jute.CodeOf(errN) != jute.CodeNoNode && readErr == nil {
+					readErr = fmt.Errorf("read the stat of %s: %w", p, firstErr(errO, errN))
+				}
+				return // gone on either side: nothing to translate
 			}
-			return fmt.Errorf("read the stat of %s: %w", p, firstErr(errO, errN))
-		}
-		o := prev[p]
-		d := verOff{v: sn.Version - so.Version + o.v, c: sn.Cversion - so.Cversion + o.c, a: sn.Aversion - so.Aversion + o.a}
-		if d != (verOff{}) {
-			next[p] = d
-		}
+			o := prev[p]
+			d := verOff{v: sn.Version - so.Version + o.v, c: sn.Cversion - so.Cversion + o.c, a: sn.Aversion - so.Aversion + o.a}
+			if d != (verOff{}) {
+				next[p] = d
+			}
+		}()
+	}
+	wg.Wait()
+	if readErr != nil {
+		return readErr
 	}
 	v.mu.Lock()
 	v.off = next
