@@ -30,6 +30,9 @@ const FlipPath = "/admin/v1/flip"
 type Fleet struct {
 	Agent  *Agent
 	Client *http.Client
+	// Token is the bearer token sent with every flip request (the proxies'
+	// --admin-token-file); a proxy refuses a flip without it (401).
+	Token string
 }
 
 // Live lists the live proxies by name.
@@ -72,6 +75,9 @@ func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary
 				return
 			}
 			req.Header.Set("Content-Type", "application/json")
+			if f.Token != "" {
+				req.Header.Set("Authorization", "Bearer "+f.Token)
+			}
 			resp, err := client.Do(req)
 			if err != nil {
 				return

@@ -58,7 +58,7 @@ func (s *Server) primaryReader(ctx context.Context, auths []zkclient.Auth) (*zkc
 			return c, nil
 		}
 	}
-	c, err := zkclient.Dial(ctx, s.cfg.Upstream, zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial, Auth: auths})
+	c, err := zkclient.Dial(ctx, s.roles.Load().upstream, zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial, Auth: auths})
 	if err != nil {
 		return nil, fmt.Errorf("mirror: read the primary: %w", err)
 	}
@@ -198,5 +198,9 @@ func (s *Server) loadShadow(key int64) (int64, []byte, bool) {
 func (s *Server) dropShadowState(key int64) {
 	if s.cfg.StateDir != "" {
 		_ = os.Remove(s.shadowFile(key))
+		_ = os.Remove(s.identityFile(key))
 	}
+	s.mu.Lock()
+	delete(s.idmap, key)
+	s.mu.Unlock()
 }

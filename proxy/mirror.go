@@ -126,7 +126,7 @@ func (sh *shadow) same(a, b node, shadowID int64) bool {
 	if ka != kindOf(b.stat.EphemeralOwner) || !bytes.Equal(a.data, b.data) || !aclEqual(a.acl, b.acl) {
 		return false
 	}
-	return ka != kindEphemeral || a.stat.EphemeralOwner != sh.key || b.stat.EphemeralOwner == shadowID
+	return ka != kindEphemeral || a.stat.EphemeralOwner != sh.ownerID() || b.stat.EphemeralOwner == shadowID
 }
 
 func aclEqual(a, b []jute.ACL) bool {
@@ -190,12 +190,12 @@ func (sh *shadow) mirror(ctx context.Context, c *zkclient.Conn, p string) error 
 				err = nil
 			}
 		case b.exists && kindOf(b.stat.EphemeralOwner) != kindOf(pa.stat.EphemeralOwner),
-			b.exists && kindOf(pa.stat.EphemeralOwner) == kindEphemeral && pa.stat.EphemeralOwner == sh.key && b.stat.EphemeralOwner != c.SessionID():
+			b.exists && kindOf(pa.stat.EphemeralOwner) == kindEphemeral && pa.stat.EphemeralOwner == sh.ownerID() && b.stat.EphemeralOwner != c.SessionID():
 			// Deleted and re-created as another kind (or by a lost shadow
 			// session): delete it here, then create it as it is there.
 			err = c.Delete(ctx, p, b.stat.Version)
 		case !b.exists:
-			if kindOf(pa.stat.EphemeralOwner) == kindEphemeral && pa.stat.EphemeralOwner != sh.key {
+			if kindOf(pa.stat.EphemeralOwner) == kindEphemeral && pa.stat.EphemeralOwner != sh.ownerID() {
 				// Another session's ephemeral: only its own shadow session
 				// may create it. Its proxy mirrors it after creating it on
 				// the primary; wait a little for that (this proxy may have
@@ -255,7 +255,7 @@ func (sh *shadow) create(ctx context.Context, c *zkclient.Conn, p string, pa nod
 func (sh *shadow) noteEphemeral(p string, pa node) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if pa.exists && pa.stat.EphemeralOwner == sh.key {
+	if pa.exists && pa.stat.EphemeralOwner == sh.owner {
 		sh.ephemerals[p] = struct{}{}
 	} else {
 		delete(sh.ephemerals, p)

@@ -37,6 +37,10 @@ type pending struct {
 	// for the secondary once the primary acknowledges it; a create's path
 	// is taken from the reply (a sequential create's name).
 	mirror []string
+	// spath is the path whose Stat the reply carries; mpaths the path of
+	// each op of a multi (view.go translates them).
+	spath  string
+	mpaths []string
 	// body is a client request's decoded body, kept to re-send it when the
 	// session moves to another server while it is in flight.
 	body jute.Record
@@ -73,6 +77,16 @@ func (q *pendingQueue) unsafeInFlight() bool {
 type pendingQueue struct {
 	items []pending
 	head  int
+}
+
+// hasClient reports whether a client request awaits its reply.
+func (q *pendingQueue) hasClient() bool {
+	for i := q.head; i < len(q.items); i++ {
+		if q.items[i].kind != pendingInternal {
+			return true
+		}
+	}
+	return false
 }
 
 func (q *pendingQueue) len() int { return len(q.items) - q.head }

@@ -81,6 +81,9 @@ type Config struct {
 	// Dial opens upstream connections (default net.Dialer.DialContext).
 	// Tests and, later, TLS use it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Epoch is the flip epoch the proxy starts at (the control plane's
+	// recorded one, when known); a flip request for an older one is refused.
+	Epoch int64
 	// Metrics receives the proxy's measurements (default: unregistered).
 	Metrics *Metrics
 	// Logger receives one line per notable event (default slog.Default()).
@@ -189,6 +192,12 @@ type Server struct {
 	readers       primaryReaders
 	mirrorBacklog atomic.Int64 // paths queued on every shadow
 	wg            sync.WaitGroup
+
+	roles  atomic.Pointer[roles] // which ensemble serves, and the epoch (flip.go)
+	hold   sync.RWMutex          // client requests hold a read lock; a flip holds the write lock (the pause)
+	flipMu sync.Mutex            // one flip at a time
+	idmap  map[int64]identity    // client session id -> serving upstream session, once they differ (flip.go); under mu
+	view   view                  // version translation across flips (view.go)
 }
 
 // New validates cfg and returns a Server that is not yet listening.
@@ -205,8 +214,9 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics, ctx: ctx, cancel: cancel,
 		logs: newLogLimiter(cfg.Metrics), allow4lw: allow,
 		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]string{}, perIP: map[string]int{},
-		sessions: map[int64]*session{}, shadows: map[int64]*shadow{},
+		sessions: map[int64]*session{}, shadows: map[int64]*shadow{}, idmap: map[int64]identity{},
 	}
+	s.roles.Store(&roles{primary: cfg.PrimaryName, upstream: cfg.Upstream, secondary: cfg.Secondary, epoch: cfg.Epoch})
 	if s.TwoEnsembles() {
 		s.wg.Add(1)
 		go func() {
@@ -431,7 +441,7 @@ func (s *Server) serveFourLetterWord(c net.Conn, word string) {
 		return
 	}
 	var lastErr error
-	for _, addr := range pickUpstreams(s.cfg.Upstream, "") {
+	for _, addr := range pickUpstreams(s.roles.Load().upstream, "") {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 		up, err := s.cfg.Dial(ctx, "tcp", addr)
 		cancel()

@@ -66,14 +66,22 @@ func (cc *clientConn) serve() {
 	if req.SessionID != 0 {
 		cc.srv.reconnecting(req.SessionID, req.Passwd)
 	}
+	// A session is opened and registered under the flip's hold, so a flip
+	// either sees it (and moves it) or happens before it opens on the new
+	// primary; never one opened on the old primary after the swap.
+	cc.srv.hold.RLock()
 	sess := newSession(cc, &req)
 	if !sess.open(connectFrame) {
+		cc.srv.hold.RUnlock()
 		return
 	}
-	cc.srv.registerSession(sess)
-	defer cc.srv.unregisterSession(sess)
 	if cc.srv.TwoEnsembles() {
 		sess.attachShadow()
+	}
+	cc.srv.registerSession(sess)
+	cc.srv.hold.RUnlock()
+	defer cc.srv.unregisterSession(sess)
+	if sess.shadow != nil {
 		defer sess.releaseShadow()
 	}
 	sess.run()
@@ -126,7 +134,9 @@ type session struct {
 	// In single-ensemble mode only the primary leg exists.
 	legs    [2]*leg
 	primary ensemble.Name
-	shadow  *shadow // two-ensemble mode: the secondary leg's shadow session
+	cur     atomic.Pointer[leg] // the serving leg, legs[primary]; swapped under wmu at a flip
+	shadow  *shadow             // two-ensemble mode: the secondary leg's shadow session
+	zoff    atomic.Int64        // added to the serving leg's zxids before the client sees them (flip.go)
 
 	ended atomic.Bool // the session itself ended (expired upstream)
 
@@ -153,24 +163,38 @@ type session struct {
 func newSession(cc *clientConn, req *jute.ConnectRequest) *session {
 	srv := cc.srv
 	s := &session{
-		cc: cc, srv: srv, log: cc.log, connect: *req, primary: srv.cfg.PrimaryName,
+		cc: cc, srv: srv, log: cc.log, connect: *req, primary: srv.roles.Load().primary,
 		out:         newClientOut(cc.conn, cc.srv.m, cc.srv.cfg.MaxClientBacklog),
 		watches:     newWatchSet(),
 		pendingRoom: make(chan struct{}, 1),
 		done:        make(chan struct{}),
 	}
-	s.legs[s.primary.Index()] = newLeg(srv, s.primary, srv.cfg.Upstream)
+	s.legs[s.primary.Index()] = newLeg(srv, s.primary, srv.roles.Load().upstream)
+	s.cur.Store(s.legs[s.primary.Index()])
 	s.lastHeard.Store(time.Now().UnixNano())
 	return s
 }
 
 // serving is the leg that serves the client (the primary ensemble's).
-func (s *session) serving() *leg { return s.legs[s.primary.Index()] }
+func (s *session) serving() *leg { return s.cur.Load() }
 
 // open attaches the new session to an upstream server and relays the
 // server's ConnectResponse, byte for byte, to the client.
 func (s *session) open(connectFrame []byte) bool {
 	pl := s.serving()
+	clientID, clientPw := s.connect.SessionID, s.connect.Passwd
+	mapped, isMapped := identity{}, false
+	if clientID != 0 {
+		mapped, isMapped = s.srv.identityOf(clientID, clientPw)
+	}
+	if isMapped {
+		// Served by another upstream session since a flip: re-open that
+		// one, with the client's last zxid in its numbering.
+		s.zoff.Store(mapped.zoff)
+		s.connect.SessionID, s.connect.Passwd = mapped.id, mapped.passwd
+		s.connect.LastZxidSeen = max(0, s.connect.LastZxidSeen-mapped.zoff)
+		connectFrame = jute.Marshal(&s.connect)
+	}
 	pl.lastZxid.Store(s.connect.LastZxidSeen)
 	// While the ensemble elects a leader every server refuses sessions. Keep
 	// trying rounds of servers for up to 2/3 of the session timeout the
@@ -190,6 +214,12 @@ func (s *session) open(connectFrame []byte) bool {
 			"session", fmt.Sprintf("0x%x", s.connect.SessionID), "err", err)
 		return false
 	}
+	upID, upPw := resp.SessionID, resp.Passwd
+	if isMapped && !resp.Expired() {
+		cp := *resp
+		cp.SessionID, cp.Passwd = clientID, clientPw // the client keeps its own id and password
+		raw = jute.Marshal(&cp)
+	}
 	// The writer goroutine starts with run; this one frame goes directly.
 	_ = s.cc.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	n, _ := s.cc.conn.Write(jute.AppendFrame(nil, raw))
@@ -197,14 +227,17 @@ func (s *session) open(connectFrame []byte) bool {
 	_ = s.cc.conn.SetWriteDeadline(time.Time{})
 	if resp.Expired() {
 		up.conn.Close()
-		s.srv.sessionExpired(s.connect.SessionID)
-		s.log.Info("session expired upstream; told the client", "session", fmt.Sprintf("0x%x", s.connect.SessionID))
+		s.srv.sessionExpired(clientID)
+		s.log.Info("session expired upstream; told the client", "session", fmt.Sprintf("0x%x", clientID))
 		return false
 	}
-	s.id, s.passwd = resp.SessionID, resp.Passwd
+	s.id, s.passwd = upID, upPw
+	if isMapped {
+		s.id, s.passwd = clientID, clientPw
+	}
 	s.timeout = time.Duration(resp.TimeOut) * time.Millisecond
-	pl.id, pl.passwd, pl.timeout = s.id, s.passwd, s.timeout
-	s.connect.SessionID, s.connect.Passwd, s.connect.TimeOut = resp.SessionID, resp.Passwd, resp.TimeOut
+	pl.id, pl.passwd, pl.timeout = upID, upPw, s.timeout
+	s.connect.SessionID, s.connect.Passwd, s.connect.TimeOut = upID, upPw, resp.TimeOut
 	s.log = s.log.With("session", fmt.Sprintf("0x%x", s.id))
 	pl.up.Store(up)
 	pl.lastSend.Store(time.Now().UnixNano())
@@ -375,9 +408,11 @@ func (s *session) handleRequest(frame []byte) error {
 		return err
 	}
 	if op == jute.OpPing {
-		s.answerLocally(jute.XidPing, op, jute.CodeOK, now)
+		s.answerLocally(jute.XidPing, op, jute.CodeOK, now) // answered even during a flip's pause
 		return nil
 	}
+	s.srv.hold.RLock() // a flip in progress holds the request here (flip.go)
+	defer s.srv.hold.RUnlock()
 	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now}
 	if resendable(op) {
 		p.body = req.Body // kept to re-send it after a move; a write never is
@@ -401,8 +436,18 @@ func (s *session) handleRequest(frame []byte) error {
 		}
 	case *jute.AddWatchRequest:
 		p.track, p.path, p.arg = trackAddWatch, b.Path, b.Mode
-	case *jute.SetWatches, *jute.SetWatches2:
+	case *jute.SetWatches:
 		p.track, p.arg = trackSetWatches, req.Body
+		if off := s.zoff.Load(); off != 0 {
+			b.RelativeZxid = max(0, b.RelativeZxid-off) // back to the serving ensemble's numbering
+			frame = reencode(req.Header, b)
+		}
+	case *jute.SetWatches2:
+		p.track, p.arg = trackSetWatches, req.Body
+		if off := s.zoff.Load(); off != 0 {
+			b.RelativeZxid = max(0, b.RelativeZxid-off)
+			frame = reencode(req.Header, b)
+		}
 	case *jute.RemoveWatchesRequest:
 		p.track, p.path, p.arg = trackRemoveWatches, b.Path, b.Type
 	case *jute.AuthPacket:
@@ -423,6 +468,13 @@ func (s *session) handleRequest(frame []byte) error {
 	case *jute.SASLRequest:
 		p.track = trackSASL
 		s.sasl.Store(true)
+	}
+	p.spath = statPathOf(req.Body)
+	if m, ok := req.Body.(*jute.MultiRequest); ok {
+		p.mpaths = multiPaths(m)
+	}
+	if s.srv.view.toServing(req.Body) {
+		frame = reencode(req.Header, req.Body) // versions in the serving ensemble's numbering (view.go)
 	}
 	if op == jute.OpCloseSession {
 		p.track = trackClose
@@ -494,6 +546,14 @@ func (s *session) holdsCredentialLocked(a *jute.AuthPacket) bool {
 	return false
 }
 
+// reencode makes a request frame of h and body.
+func reencode(h jute.RequestHeader, body jute.Record) []byte {
+	var e jute.Encoder
+	h.Encode(&e)
+	body.Encode(&e)
+	return e.Bytes()
+}
+
 // waitClientRoom waits until the session may read another request.
 func (s *session) waitClientRoom() error {
 	counted := false
@@ -543,6 +603,9 @@ func (s *session) answerLocally(xid int32, op jute.Op, code jute.Code, start tim
 	var e jute.Encoder
 	off := e.StartFrame()
 	h := jute.ReplyHeader{Xid: xid, Zxid: s.serving().lastZxid.Load(), Err: int32(code)}
+	if h.Zxid > 0 {
+		h.Zxid += s.zoff.Load()
+	}
 	h.Encode(&e)
 	e.FinishFrame(off)
 	s.omu.Lock()

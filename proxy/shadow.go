@@ -38,6 +38,8 @@ type shadow struct {
 	log     *slog.Logger
 
 	mu         sync.Mutex
+	owner      int64 // the serving upstream session (owner of the client's ephemerals on the primary): key until a flip
+	swapped    bool  // a flip gave the shadow another leg: drop the connection and connect the new one
 	auths      []zkclient.Auth
 	authsSent  int                 // auths presented on conn
 	ephemerals map[string]struct{} // the client's ephemerals, seen on the primary
@@ -67,9 +69,16 @@ func (s *Server) shadowFor(key int64, timeout time.Duration) *shadow {
 		sh.mu.Unlock()
 	}
 	if sh == nil {
+		r := s.roles.Load()
+		owner := key
+		if id, ok := s.idmap[key]; ok {
+			// The client's session is served by another upstream session
+			// since a flip: the primary's ephemerals are owned by that one.
+			owner = id.id
+		}
 		sh = &shadow{
-			srv: s, leg: newLeg(s, s.cfg.PrimaryName.Other(), s.cfg.Secondary), key: key, timeout: timeout,
-			log:        s.log.With("session", fmt.Sprintf("0x%x", key), "ensemble", s.cfg.PrimaryName.Other().Flag()),
+			srv: s, leg: newLeg(s, r.primary.Other(), r.secondary), key: key, owner: owner, timeout: timeout,
+			log:        s.log.With("session", fmt.Sprintf("0x%x", key)),
 			ephemerals: map[string]struct{}{},
 			wake:       make(chan struct{}, 1),
 			done:       make(chan struct{}),
@@ -176,6 +185,9 @@ func (sh *shadow) run() {
 			return
 		}
 		c, err := sh.connect(ctx)
+		if errors.Is(err, errSwapped) {
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -222,8 +234,10 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	opts := zkclient.Options{SessionTimeout: sh.timeout, DialTimeout: sh.srv.cfg.DialTimeout, Dial: sh.srv.cfg.Dial,
 		SessionID: sh.leg.id, Passwd: sh.leg.passwd, Auth: append([]zkclient.Auth(nil), sh.auths...)}
 	resumed := sh.leg.id != 0
+	sh.swapped = false
+	l := sh.leg
 	sh.mu.Unlock()
-	c, err := zkclient.Dial(ctx, sh.leg.addrs, opts)
+	c, err := zkclient.Dial(ctx, l.addrs, opts)
 	if errors.Is(err, zkclient.ErrExpired) {
 		// The secondary expired the shadow session (it was unreachable for
 		// longer than the timeout): its ephemerals are gone there. Open a
@@ -231,7 +245,7 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 		sh.srv.m.mirrorFailures.WithLabelValues("shadow_expired").Inc()
 		sh.log.Warn("shadow session expired on the secondary; opening a new one and re-creating the client's ephemerals")
 		opts.SessionID, opts.Passwd, resumed = 0, nil, false
-		c, err = zkclient.Dial(ctx, sh.leg.addrs, opts)
+		c, err = zkclient.Dial(ctx, l.addrs, opts)
 		if err == nil {
 			var paths []string
 			sh.mu.Lock()
@@ -243,9 +257,15 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("shadow session on %s: %w", sh.leg.name.Flag(), err)
+		return nil, fmt.Errorf("shadow session on %s: %w", l.name.Flag(), err)
 	}
 	sh.mu.Lock()
+	if sh.leg != l {
+		// A flip gave the shadow another leg while this one connected.
+		sh.mu.Unlock()
+		c.Abandon()
+		return nil, errSwapped
+	}
 	sh.leg.id, sh.leg.passwd = c.SessionID(), c.Passwd()
 	sh.authsSent = len(opts.Auth)
 	sh.mu.Unlock()
@@ -280,6 +300,10 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 				sh.log.Debug("no relay serves the session any more; the shadow session is left to expire")
 			}
 			return true
+		}
+		if sh.takeSwap() {
+			c.Abandon() // the session now serves the client, through the relay
+			return false
 		}
 		if err := sh.presentAuths(ctx, c); err != nil {
 			sh.log.Warn("shadow session lost while presenting a credential; re-attaching", "err", err)

@@ -87,9 +87,10 @@ func (s *session) readUpstream(up *upstream) error {
 		if err := h.Decode(d); err != nil {
 			return fmt.Errorf("reply from %s: %w", up.addr, err)
 		}
-		if h.Zxid > 0 {
+		if h.Zxid > 0 && s.serving().up.Load() == up {
 			s.serving().noteZxid(h.Zxid)
 		}
+		shiftZxid(frame, s.zoff.Load()) // the client's numbering (flip.go)
 		flush := up.fr.Buffered() == 0
 		s.omu.Lock()
 		if h.Xid == jute.XidWatchEvent {
@@ -120,10 +121,18 @@ func (s *session) readUpstream(up *upstream) error {
 			}
 		}
 		if s.shadow != nil && code == jute.CodeOK && p.kind == pendingClient && mirrored(p.op) {
-			s.shadow.mark(writtenPaths(&p, d)...)
+			written := writtenPaths(&p, d)
+			s.shadow.mark(written...)
+			for _, w := range written {
+				s.srv.view.note(w)
+			}
 		}
 		if p.kind == pendingClient {
 			m.observeReply(p.op, code, p.start)
+			if code == jute.CodeOK || p.op == jute.OpMulti {
+				s.srv.view.note(p.spath)
+				frame = s.translateReply(frame, &p)
+			}
 			s.writeClientLocked(frame, false)
 		} else if owned, ok := p.arg.(chan jute.Code); ok {
 			owned <- multiCode(code, d) // the owner check before closing a silent client's session
@@ -173,6 +182,9 @@ func (s *session) supervise() {
 			s.shutdown("proxy closing")
 			return
 		case <-up.done:
+			if pl.up.Load() != up || s.serving() != pl {
+				continue // replaced by a flip
+			}
 			if s.closing.Load() {
 				s.shutdown("session closed")
 				return
@@ -265,6 +277,9 @@ func (s *session) reattach(dead *upstream) bool {
 	dead.conn.Close()
 	m := s.srv.m
 	pl := s.serving()
+	if pl.up.Load() != dead {
+		return true // a flip replaced it meanwhile
+	}
 	s.omu.Lock()
 	if s.detached.Load() {
 		// Nobody waits for the answers: a write in flight need not be

@@ -74,6 +74,8 @@ prunes it.`,
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 			gossipKeyFlag(),
 			gossipInsecureFlag(),
+			&cli.StringFlag{Name: "proxy-token-file", EnvVars: []string{"ZKM_PROXY_TOKEN_FILE"},
+				Usage: "file (mode 600) holding the bearer token sent with every flip request to the proxies (their --admin-token-file)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "address of the Prometheus /metrics endpoint, plain HTTP without a token, e.g. 127.0.0.1:9406 (empty: off)"},
 			&cli.DurationFlag{Name: "audit-retention", Value: server.DefaultAuditRetention,
 				Usage: "drop audit entries older than this (the leader prunes hourly; the chain stays verifiable from an anchor); 0 keeps every entry"},
@@ -197,7 +199,11 @@ func runControl(c *cli.Context) error {
 		adDone := make(chan struct{})
 		go func() { defer close(adDone); advertisePrimary(ctx, agent, node.State) }()
 		defer func() { stop(); <-adDone }()
-		mf := &membership.Fleet{Agent: agent}
+		ptok, err := loadFlipToken("proxy-token-file", c.String("proxy-token-file"))
+		if err != nil {
+			return err
+		}
+		mf := &membership.Fleet{Agent: agent, Token: ptok}
 		fleet = mf
 		srv.Health = func(id string) any {
 			detail := map[string]any{"sync": sy.Status()}

@@ -73,7 +73,8 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringFlag{Name: "source", Usage: "two-ensemble mode: servers of the source ensemble A (migration.yaml's source_zk)", EnvVars: []string{"ZKM_SOURCE"}},
 			&cli.StringFlag{Name: "target", Usage: "two-ensemble mode: servers of the target ensemble B (migration.yaml's target_zk)", EnvVars: []string{"ZKM_TARGET"}},
 			&cli.StringFlag{Name: "primary", Value: "source", Usage: "two-ensemble mode: the ensemble that serves clients, source or target; the other gets mirrored writes", EnvVars: []string{"ZKM_PRIMARY"}},
-			&cli.StringFlag{Name: "admin-addr", Usage: "address of the proxy's admin endpoint (GET /admin/v1/sessions: each client session and its shadow session); empty: off", EnvVars: []string{"ZKM_ADMIN_ADDR"}},
+			&cli.StringFlag{Name: "admin-addr", Usage: "address of the proxy's admin endpoint (GET /admin/v1/sessions: each client session and its shadow session; POST /admin/v1/flip: the control plane's flip barrier), advertised in gossip; empty: off", EnvVars: []string{"ZKM_ADMIN_ADDR"}},
+			&cli.StringFlag{Name: "admin-token-file", Usage: "file (mode 600) holding the bearer token the control plane sends with a flip (its --proxy-token-file); without it every flip request is refused (401)", EnvVars: []string{"ZKM_ADMIN_TOKEN_FILE"}},
 			&cli.StringFlag{Name: "state-dir", Usage: "two-ensemble mode: directory keeping each session's shadow session, so a restarted proxy resumes it", EnvVars: []string{"ZKM_STATE_DIR"}},
 			&cli.IntFlag{Name: "max-mirror-backlog", Value: 100000, Usage: "two-ensemble mode: znode paths waiting for the secondary; beyond, writes are left to the replicator (counted in mirror_failures_total)"},
 			&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9404", Usage: "address of the Prometheus /metrics endpoint (empty: off)", EnvVars: []string{"ZKM_METRICS_ADDR"}},
@@ -208,6 +209,28 @@ func runProxy(c *cli.Context) error {
 		// memory and gives the CPU back to the requests.
 		debug.SetGCPercent(400)
 	}
+	token, err := loadFlipToken("admin-token-file", c.String("admin-token-file"))
+	if err != nil {
+		return err
+	}
+	var aln net.Listener
+	apiURL := ""
+	if addr := c.String("admin-addr"); addr != "" {
+		aln, err = net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("admin listen on %s: %w (choose another --admin-addr)", addr, err)
+		}
+		defer aln.Close()
+		apiURL = "http://" + aln.Addr().String()
+		if secondary != nil && token == "" {
+			log.Warn("no --admin-token-file: the flip endpoint refuses every request (401), so the control plane cannot flip this proxy",
+				"hint", flipTokenHint)
+		}
+	} else if secondary != nil && c.String("gossip-addr") != "" {
+		log.Warn("no --admin-addr: the control plane cannot reach this proxy for a flip (it is skipped and counted stale)",
+			"hint", "pass --admin-addr host:port and --admin-token-file")
+	}
+	var epoch int64
 	var agent *membership.Agent
 	if addr := c.String("gossip-addr"); addr != "" {
 		name := c.String("name")
@@ -220,17 +243,21 @@ func runProxy(c *cli.Context) error {
 			return err
 		}
 		agent, err = membership.Join(membership.Config{Name: name, BindAddr: addr, Seeds: c.StringSlice("gossip-join"),
-			Meta: membership.Meta{Role: membership.RoleProxy, Primary: primaryName}, SecretKey: key})
+			Meta: membership.Meta{Role: membership.RoleProxy, Primary: primaryName, API: apiURL}, SecretKey: key})
 		if err != nil {
 			return err
 		}
 		defer agent.Leave()
 		if secondary != nil && len(c.StringSlice("gossip-join")) > 0 {
-			if rec, epoch, ok := recordedPrimary(agent, 3*time.Second); ok && rec != primaryName {
+			rec, recEpoch, ok := recordedPrimary(agent, 3*time.Second)
+			if ok && rec != primaryName {
 				log.Warn("the control plane recorded another primary ensemble; it wins over --primary, so a restarted proxy never comes back on the wrong side",
-					"flag", primaryName.Flag(), "recorded", rec.Flag(), "epoch", epoch)
+					"flag", primaryName.Flag(), "recorded", rec.Flag(), "epoch", recEpoch)
 				upstream, secondary, primaryName = secondary, upstream, rec
-				_ = agent.SetMeta(func(m *membership.Meta) { m.Primary = rec })
+			}
+			if ok {
+				epoch = recEpoch
+				_ = agent.SetMeta(func(m *membership.Meta) { m.Primary, m.Epoch = rec, recEpoch })
 			}
 		}
 	}
@@ -240,6 +267,7 @@ func runProxy(c *cli.Context) error {
 		Upstream:            upstream,
 		Secondary:           secondary,
 		PrimaryName:         primaryName,
+		Epoch:               epoch,
 		MaxMirrorBacklog:    c.Int("max-mirror-backlog"),
 		StateDir:            c.String("state-dir"),
 		MaxFrame:            c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
@@ -285,13 +313,14 @@ func runProxy(c *cli.Context) error {
 		log.Info("proxy listening in two-ensemble mode", "addr", ln.Addr().String(),
 			"primary", primaryName.Flag(), primaryName.Flag(), upstream, primaryName.Other().Flag(), secondary)
 	}
-	if addr := c.String("admin-addr"); addr != "" {
-		aln, err := net.Listen("tcp", addr)
-		if err != nil {
-			srv.Close()
-			return fmt.Errorf("admin listen on %s: %w (choose another --admin-addr)", addr, err)
+	if aln != nil {
+		onFlip := func(epoch int64, primary ensemble.Name) {
+			log.Info("flipped by the control plane", "epoch", epoch, "primary", primary.Flag())
+			if agent != nil {
+				_ = agent.SetMeta(func(m *membership.Meta) { m.Epoch, m.Primary = epoch, primary })
+			}
 		}
-		adminSrv := &http.Server{Handler: proxyAdmin(srv, primaryName), ReadHeaderTimeout: 5 * time.Second}
+		adminSrv := &http.Server{Handler: proxyAdmin(srv, token, onFlip), ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = adminSrv.Serve(aln) }()
 		defer adminSrv.Close()
 		log.Info("admin endpoint listening", "addr", aln.Addr().String())
@@ -340,10 +369,13 @@ type sessionRow struct {
 	Shadow  string `json:"shadow,omitempty"` // its shadow session on the secondary
 }
 
-// proxyAdmin serves the proxy's admin endpoint.
-func proxyAdmin(srv *proxy.Server, primary ensemble.Name) http.Handler {
+// proxyAdmin serves the proxy's admin endpoint: the sessions and the flip
+// barrier (token-authenticated).
+func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Name)) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("POST "+membership.FlipPath, srv.FlipHandler(token, onFlip))
 	mux.HandleFunc("GET /admin/v1/sessions", func(w http.ResponseWriter, _ *http.Request) {
+		epoch, primary := srv.Epoch()
 		rows := []sessionRow{}
 		for _, id := range srv.SessionIDs() {
 			r := sessionRow{Session: fmt.Sprintf("0x%x", id)}
@@ -353,7 +385,7 @@ func proxyAdmin(srv *proxy.Server, primary ensemble.Name) http.Handler {
 			rows = append(rows, r)
 		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]any{"primary": primary.Flag(), "two_ensembles": srv.TwoEnsembles(),
+		_ = json.NewEncoder(w).Encode(map[string]any{"primary": primary.Flag(), "epoch": epoch, "two_ensembles": srv.TwoEnsembles(),
 			"mirror_backlog": srv.MirrorBacklog(), "sessions": rows})
 	})
 	return mux

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/membership"
+)
+
+// FlipTimeout bounds one flip request's drain when the caller sets no
+// deadline.
+const FlipTimeout = 30 * time.Second
+
+// FlipHandler serves POST membership.FlipPath: the control plane's barrier
+// request. Every request must carry "Authorization: Bearer <token>"; with
+// an empty token every request is refused (401), so a proxy started
+// without --admin-token-file can never be flipped by anyone. It answers
+// 200 once the flip is done (or the epoch is already held), 409 for an
+// older epoch or the same epoch with another primary, 400 for a bad body
+// and 503 when the drain did not finish in time (nothing swapped). done,
+// if not nil, is called after each successful flip (to advertise the
+// epoch in gossip).
+func (s *Server) FlipHandler(token string, done func(epoch int64, primary ensemble.Name)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			http.Error(w, "POST only", http.StatusMethodNotAllowed)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if token == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			s.logs.warn(s.log, "flip_unauthorized", "refused a flip request without the control plane's token",
+				"from", r.RemoteAddr, "hint", "the control plane sends the token of --proxy-token-file; start the proxy with --admin-token-file holding the same token")
+			http.Error(w, "unauthorized: a flip needs the control plane's bearer token (--admin-token-file)", http.StatusUnauthorized)
+			return
+		}
+		var req membership.FlipRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
+			http.Error(w, "bad flip request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		ctx := r.Context()
+		if _, has := ctx.Deadline(); !has {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, FlipTimeout)
+			defer cancel()
+		}
+		err := s.Flip(ctx, req.Epoch, req.Primary)
+		epoch, primary := s.Epoch()
+		switch {
+		case err == nil:
+			if done != nil {
+				done(epoch, primary)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"epoch": epoch, "primary": primary})
+		case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrEpochConflict):
+			http.Error(w, err.Error(), http.StatusConflict)
+		case req.Primary != "" && !req.Primary.Valid():
+			http.Error(w, err.Error(), http.StatusBadRequest)
+		default:
+			s.log.Warn("flip request failed", "err", err)
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		}
+	})
+}

@@ -1,0 +1,429 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/jute"
+)
+
+// The flip (SPEC.md 4.10): the proxy's side of the control plane's
+// barrier. Server.Flip holds client requests, drains what is in flight and
+// the mirror backlog, swaps every session's legs (the shadow session
+// serves, the old serving session becomes the shadow), resumes, and only
+// then returns.
+
+// roles says which ensemble serves and which is mirrored to, and the flip
+// epoch the proxy holds. Replaced as a whole at a flip.
+type roles struct {
+	primary   ensemble.Name
+	upstream  []string // the primary's servers
+	secondary []string
+	epoch     int64
+}
+
+// identity is the upstream session serving a client session whose own id
+// is not it (after a flip), and the offset added to that session's zxids
+// before the client sees them.
+type identity struct {
+	id     int64
+	passwd []byte
+	client []byte // the client's password, checked before the mapping is used
+	zoff   int64
+}
+
+// ErrStaleEpoch means a flip request carried an epoch older than the one
+// the proxy holds: it comes from a deposed leader or a delayed retry.
+var ErrStaleEpoch = errors.New("flip epoch older than the one the proxy holds")
+
+// ErrEpochConflict means a flip request carried the epoch the proxy holds
+// but another primary.
+var ErrEpochConflict = errors.New("flip epoch already held with another primary")
+
+// Epoch reports the flip epoch the proxy holds and the ensemble it serves
+// from.
+func (s *Server) Epoch() (int64, ensemble.Name) {
+	r := s.roles.Load()
+	return r.epoch, r.primary
+}
+
+// errSwapped ends a shadow's connect when a flip gave it another leg.
+var errSwapped = errors.New("shadow leg swapped by a flip")
+
+// Flip makes primary the serving ensemble at epoch: client requests are
+// held (they wait, nothing fails), requests in flight get their replies,
+// every shadow's mirror backlog drains, then every session's legs swap and
+// requests resume. A repeated request for the epoch held returns nil; an
+// older epoch ErrStaleEpoch. If ctx ends before the drain completes,
+// nothing is swapped and requests resume on the old primary.
+func (s *Server) Flip(ctx context.Context, epoch int64, primary ensemble.Name) error {
+	if !primary.Valid() {
+		return fmt.Errorf("flip: primary %q: want %s or %s", primary, ensemble.Source, ensemble.Target)
+	}
+	s.flipMu.Lock()
+	defer s.flipMu.Unlock()
+	cur := s.roles.Load()
+	switch {
+	case epoch < cur.epoch:
+		return fmt.Errorf("%w: asked %d, holding %d", ErrStaleEpoch, epoch, cur.epoch)
+	case epoch == cur.epoch && primary == cur.primary:
+		return nil
+	case epoch == cur.epoch:
+		return fmt.Errorf("%w: epoch %d serves from %s, asked %s", ErrEpochConflict, epoch, cur.primary.Flag(), primary.Flag())
+	case primary == cur.primary:
+		s.roles.Store(&roles{primary: cur.primary, upstream: cur.upstream, secondary: cur.secondary, epoch: epoch})
+		return nil
+	case !s.TwoEnsembles():
+		return fmt.Errorf("flip to %s: the proxy runs with one ensemble (start it with --source and --target)", primary.Flag())
+	}
+	start := time.Now()
+	// A held request gets no reply and a client gives up on a server that
+	// says nothing for 2/3 of its session timeout: the pause must end well
+	// before. If draining and reading versions take longer than a third of
+	// the shortest session timeout, nothing is swapped, requests resume and
+	// the control plane asks again.
+	ctx, cancel := context.WithTimeout(ctx, s.pauseBudget())
+	defer cancel()
+	// Taken by polling, not Lock: a waiting Lock would hold every new
+	// request behind a session still opening (up to 10 s in an election).
+	for !s.hold.TryLock() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flip to %s at epoch %d: sessions still opening: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, ctx.Err(), cur.primary.Flag())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	defer s.hold.Unlock() // new client requests wait until here: the pause
+	if err := s.drainForFlip(ctx); err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
+	drained := time.Since(start)
+	if err := s.rebase(ctx, cur.upstream, cur.secondary); err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
+	rebased := time.Since(start)
+	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch}
+	s.roles.Store(next)
+	s.closePrimaryReaders() // the mirror reads the new primary from now on
+	s.mu.Lock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	// Sessions move in parallel (at most flipParallel at a time; each is a
+	// dial, an exists and a sync), all under the hold: the pause grows with
+	// sessions/flipParallel round trips, not with sessions.
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, flipParallel)
+	for _, sess := range sessions {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := sess.flipTo(next); err != nil {
+				failed.Add(1)
+				sess.log.Warn("flip: could not move the session to the new primary; closing its connection so the client reconnects", "err", err)
+				sess.shutdown("flip failed for this session")
+			}
+		}()
+	}
+	wg.Wait()
+	s.log.Info("flip done", "epoch", epoch, "primary", primary.Flag(), "sessions", len(sessions), "failed", failed.Load(),
+		"pause", time.Since(start).Round(time.Microsecond), "drained_after", drained.Round(time.Microsecond), "versions_read_after", rebased.Round(time.Microsecond))
+	return nil
+}
+
+// pauseBudget is the longest a flip may hold client requests before the
+// swap: a third of the shortest session timeout (10 s without sessions).
+func (s *Server) pauseBudget() time.Duration {
+	budget := 10 * time.Second
+	s.mu.Lock()
+	for _, sess := range s.sessions {
+		budget = min(budget, sess.timeout/3)
+	}
+	s.mu.Unlock()
+	return max(budget, 50*time.Millisecond)
+}
+
+// flipParallel bounds the sessions a flip moves at once.
+const flipParallel = 32
+
+// drainForFlip waits, with client requests held, until no session has a
+// request in flight, every shadow session is connected and no write waits
+// to be mirrored.
+func (s *Server) drainForFlip(ctx context.Context) error {
+	for {
+		why := s.flipBlocker()
+		if why == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %s: %w", why, ctx.Err())
+		case <-s.ctx.Done():
+			return ErrServerClosed
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// flipBlocker says what the flip still waits for ("" for nothing).
+func (s *Server) flipBlocker() string {
+	if n := s.mirrorBacklog.Load(); n > 0 {
+		return fmt.Sprintf("%d paths still being mirrored", n)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, sess := range s.sessions {
+		sess.omu.Lock()
+		busy := sess.queue.hasClient()
+		sess.omu.Unlock()
+		if busy {
+			return fmt.Sprintf("session 0x%x has requests in flight", id)
+		}
+		if sh := sess.shadow; sh != nil && sh.sessionID() == 0 {
+			return fmt.Sprintf("session 0x%x has no shadow session yet", id)
+		}
+	}
+	return ""
+}
+
+// flipTo moves the session to the new primary: the relay re-attaches the
+// shadow session's id and password on next.upstream, the shadow takes the
+// old serving session's identity and mirrors to the old primary, watches
+// and credentials are replayed, and the zxid offset is set so the client's
+// zxids keep increasing.
+func (s *session) flipTo(next *roles) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	select {
+	case <-s.done:
+		return nil
+	default:
+	}
+	sh := s.shadow
+	old := s.serving()
+	sh.mu.Lock()
+	nl := sh.leg
+	sh.mu.Unlock()
+	if nl.id == 0 {
+		return errors.New("no shadow session to serve from")
+	}
+	// The old serving session becomes the shadow, mirroring to the old
+	// primary; its goroutine drops its connection to the new primary first.
+	ol := newLeg(s.srv, old.name, next.secondary)
+	ol.id, ol.passwd, ol.timeout = old.id, old.passwd, old.timeout
+	ol.lastZxid.Store(old.lastZxid.Load())
+	sh.swapTo(ol, nl.id)
+
+	connect := s.connect
+	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
+	nl.addrs = next.upstream
+	nl.timeout = s.timeout
+	up, resp, _, err := nl.dial(s.done, jute.Marshal(&connect), "")
+	if err != nil {
+		return fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err)
+	}
+	if resp.Expired() {
+		up.conn.Close()
+		return fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag())
+	}
+	zx, err := up.probeZxid()
+	if err != nil {
+		up.conn.Close()
+		return fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err)
+	}
+	nl.lastZxid.Store(zx)
+	// What the client has seen, in its own numbering; the new leg's zxids
+	// are shifted to continue from there.
+	seen := old.lastZxid.Load() + s.zoff.Load()
+	s.zoff.Store(seen - zx)
+
+	if ou := old.up.Load(); ou != nil {
+		s.syncOld(ou)
+		ou.conn.Close() // its supervisor case sees a stale connection and ignores it
+	}
+	s.omu.Lock()
+	s.queue.dropInternal() // the old connection's pings will not be answered
+	s.omu.Unlock()
+	nl.up.Store(up)
+	nl.lastSend.Store(time.Now().UnixNano())
+	s.legs[next.primary.Index()] = nl
+	s.legs[next.primary.Other().Index()] = ol
+	s.primary = next.primary
+	s.cur.Store(nl)
+	s.connect.SessionID, s.connect.Passwd = nl.id, nl.passwd
+	s.srv.mapIdentity(s.id, s.passwd, nl.id, nl.passwd, s.zoff.Load())
+	s.startReader(up)
+	// Persistent watches: ZooKeeper fires nothing for changes between the
+	// probed zxid and the re-registration; the catch-up of a re-attach
+	// (4.5) reports them.
+	s.omu.Lock()
+	persistent, recursive := sortedKeys(s.watches.persistent), sortedKeys(s.watches.recursive)
+	s.omu.Unlock()
+	var registered chan int64
+	if len(persistent)+len(recursive) > 0 {
+		registered = make(chan int64, 1)
+	}
+	s.replayLocked(up, registered)
+	if registered != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.catchUp(persistent, recursive, zx, registered)
+		}()
+	}
+	s.log.Info("session flipped", "primary", next.primary.Flag(), "upstream", up.addr,
+		"upstream_session", fmt.Sprintf("0x%x", nl.id), "zxid_offset", s.zoff.Load())
+	return nil
+}
+
+// syncOld makes the old primary's server catch up with its leader and
+// waits for the answer on the old connection, whose reader still relays
+// watch events. Every change committed on the old primary before the sync
+// has then fired its watches to the client (and left the watch set, so it
+// is not re-armed); every later one reaches the new primary after the
+// zxid probed there (its mirror follows it), so the re-armed watch fires
+// for it: each change is delivered once. An old primary that does not
+// answer within a third of the session timeout is given up on.
+func (s *session) syncOld(ou *upstream) {
+	synced := make(chan int64, 1)
+	var e jute.Encoder
+	(&jute.RequestHeader{Xid: xidProxySync, Type: int32(jute.OpSync)}).Encode(&e)
+	(&jute.SyncRequest{Path: "/"}).Encode(&e)
+	s.omu.Lock()
+	s.queue.push(pending{xid: xidProxySync, op: jute.OpSync, kind: pendingInternal, start: time.Now(), arg: synced})
+	s.omu.Unlock()
+	if err := ou.write(e.Bytes(), true); err != nil {
+		return
+	}
+	select {
+	case <-synced:
+	case <-ou.done:
+	case <-time.After(max(s.timeout/3, 100*time.Millisecond)):
+		s.log.Warn("flip: the old primary did not answer a sync; watch events it had not sent are not delivered from it", "upstream", ou.addr)
+	}
+}
+
+// xidProxySync is the xid of the sync sent on the old primary at a flip.
+const xidProxySync int32 = -19
+
+// probeZxid asks the server for its last zxid (the header of an exists
+// reply) on a connection no reader reads yet.
+func (u *upstream) probeZxid() (int64, error) {
+	var e jute.Encoder
+	(&jute.RequestHeader{Xid: xidProxyProbe, Type: int32(jute.OpExists)}).Encode(&e)
+	(&jute.ExistsRequest{Path: "/"}).Encode(&e)
+	_ = u.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
+	if err := u.write(e.Bytes(), true); err != nil {
+		return 0, err
+	}
+	frame, err := u.fr.Next()
+	if err != nil {
+		return 0, err
+	}
+	var h jute.ReplyHeader
+	if err := h.Decode(jute.NewDecoder(frame)); err != nil {
+		return 0, err
+	}
+	if h.Xid != xidProxyProbe {
+		return 0, fmt.Errorf("unexpected reply xid %d to the zxid probe", h.Xid)
+	}
+	u.lastRecv.Store(time.Now().UnixNano())
+	return h.Zxid, nil
+}
+
+// xidProxyProbe is the xid of the exists the proxy sends to learn a new
+// primary's zxid at a flip.
+const xidProxyProbe int32 = -18
+
+// mapIdentity records that client session id (password clientPw) is
+// served by upstream session up, with zxid offset zoff. A session served
+// by its own id with no offset needs no entry.
+func (s *Server) mapIdentity(id int64, clientPw []byte, up int64, upPw []byte, zoff int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if up == id && zoff == 0 {
+		delete(s.idmap, id)
+		s.saveIdentity(id, nil)
+		return
+	}
+	m := identity{id: up, passwd: upPw, client: clientPw, zoff: zoff}
+	s.idmap[id] = m
+	s.saveIdentity(id, &m)
+}
+
+// identityOf returns the upstream session serving client session id, if it
+// is not id itself and the password is the client's.
+func (s *Server) identityOf(id int64, passwd []byte) (identity, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.idmap[id]
+	if !ok {
+		if m, ok = s.loadIdentity(id); ok {
+			s.idmap[id] = m // recorded before a restart
+		}
+	}
+	if !ok || string(m.client) != string(passwd) {
+		return identity{}, false
+	}
+	return m, true
+}
+
+// swapTo gives the shadow the old serving session's leg: its goroutine
+// drops its connection (whose session now serves the client) and connects
+// l, mirroring to the old primary. owner is the new serving session, owner
+// of the client's ephemerals on the new primary.
+func (sh *shadow) swapTo(l *leg, owner int64) {
+	sh.mu.Lock()
+	sh.leg = l
+	sh.owner = owner
+	sh.swapped = true
+	sh.authsSent = 0
+	sh.mu.Unlock()
+	sh.poke()
+}
+
+// takeSwap reports (once) that a flip swapped the shadow's leg.
+func (sh *shadow) takeSwap() bool {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.swapped
+}
+
+// ownerID is the upstream session owning the client's ephemerals on the
+// primary.
+func (sh *shadow) ownerID() int64 {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.owner
+}
+
+// shiftZxid adds off to a reply header's zxid in frame (xid, then zxid at
+// bytes 4 to 12); zxids below 1 (-1 on watch events) stay.
+func shiftZxid(frame []byte, off int64) {
+	if off == 0 || len(frame) < 12 {
+		return
+	}
+	z := int64(0)
+	for _, b := range frame[4:12] {
+		z = z<<8 | int64(b)
+	}
+	if z <= 0 {
+		return
+	}
+	z += off
+	for i := 11; i >= 4; i-- {
+		frame[i] = byte(z)
+		z >>= 8
+	}
+}

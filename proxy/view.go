@@ -1,0 +1,297 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/zkclient"
+)
+
+// The client's view across flips (SPEC.md 4.10): versions a client read
+// before a flip stay valid after it. For every path the proxy has relayed
+// a Stat of (statPaths, bounded), the flip reads the znode's stat on both
+// ensembles once the mirror has drained and records, per path, the
+// difference between the new primary's version, cversion and aversion and
+// what the client saw. Requests carrying a version are translated into the
+// serving ensemble's numbering and every Stat relayed is translated back,
+// so a conditional write succeeds after the flip exactly when it would
+// have on the old primary.
+
+// maxStatPaths bounds the paths whose versions the proxy translates at a
+// flip; a path beyond keeps the new primary's own versions (counted).
+const maxStatPaths = 100000
+
+// rebaseParallel bounds the stat reads in flight at a flip.
+const rebaseParallel = 64
+
+// verOff is what is subtracted from a serving ensemble's versions of one
+// znode before the client sees them.
+type verOff struct{ v, c, a int32 }
+
+// view is the server-wide version translation, replaced at each flip.
+type view struct {
+	mu    sync.RWMutex
+	seen  map[string]struct{} // paths whose Stat a client has been shown
+	off   map[string]verOff   // since the last flip
+	extra int                 // paths not recorded (beyond maxStatPaths)
+}
+
+func (v *view) note(path string) {
+	if path == "" {
+		return
+	}
+	v.mu.RLock() // the hot path: a path shown before
+	_, known := v.seen[path]
+	v.mu.RUnlock()
+	if known {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.seen == nil {
+		v.seen = map[string]struct{}{}
+	}
+	if _, ok := v.seen[path]; ok {
+		return
+	}
+	if len(v.seen) >= maxStatPaths {
+		v.extra++
+		return
+	}
+	v.seen[path] = struct{}{}
+}
+
+func (v *view) offset(path string) (verOff, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	o, ok := v.off[path]
+	return o, ok
+}
+
+func (v *view) active() bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.off) > 0
+}
+
+// rebase computes the offsets for a flip from old to next: for each path
+// shown to a client, (stat on next) - (stat on old) + (the old offset), so
+// the client keeps seeing the versions it saw. Called with client requests
+// held and the mirror drained.
+func (s *Server) rebase(ctx context.Context, oldAddrs, nextAddrs []string) error {
+	v := &s.view
+	v.mu.Lock()
+	paths := make([]string, 0, len(v.seen))
+	for p := range v.seen {
+		paths = append(paths, p)
+	}
+	prev := v.off
+	v.mu.Unlock()
+	if len(paths) == 0 {
+		return nil
+	}
+	opts := zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial}
+	oc, err := zkclient.Dial(ctx, oldAddrs, opts)
+	if err != nil {
+		return fmt.Errorf("read versions on the old primary: %w", err)
+	}
+	defer oc.Close()
+	nc, err := zkclient.Dial(ctx, nextAddrs, opts)
+	if err != nil {
+		return fmt.Errorf("read versions on the new primary: %w", err)
+	}
+	defer nc.Close()
+	if err := oc.Sync(ctx, "/"); err != nil {
+		return fmt.Errorf("sync the old primary: %w", err)
+	}
+	if err := nc.Sync(ctx, "/"); err != nil {
+		return fmt.Errorf("sync the new primary: %w", err)
+	}
+	// Pipelined: up to rebaseParallel reads in flight on each connection.
+	next := map[string]verOff{}
+	var (
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		readErr error
+	)
+	sem := make(chan struct{}, rebaseParallel)
+	for _, p := range paths {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			so, errO := oc.Exists(ctx, p)
+			sn, errN := nc.Exists(ctx, p)
+			mu.Lock()
+			defer mu.Unlock()
+			if errO != nil || errN != nil {
+				if jute.CodeOf(errO) != jute.CodeNoNode && jute.CodeOf(errN) != jute.CodeNoNode && readErr == nil {
+					readErr = fmt.Errorf("read the stat of %s: %w", p, firstErr(errO, errN))
+				}
+				return // gone on either side: nothing to translate
+			}
+			o := prev[p]
+			d := verOff{v: sn.Version - so.Version + o.v, c: sn.Cversion - so.Cversion + o.c, a: sn.Aversion - so.Aversion + o.a}
+			if d != (verOff{}) {
+				next[p] = d
+			}
+		}()
+	}
+	wg.Wait()
+	if readErr != nil {
+		return readErr
+	}
+	v.mu.Lock()
+	v.off = next
+	v.mu.Unlock()
+	return nil
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// statPathOf is the path whose Stat the reply to body carries ("" for none).
+func statPathOf(body jute.Record) string {
+	switch b := body.(type) {
+	case *jute.GetDataRequest:
+		return b.Path
+	case *jute.ExistsRequest:
+		return b.Path
+	case *jute.SetDataRequest:
+		return b.Path
+	case *jute.GetChildren2Request:
+		return b.Path
+	case *jute.GetACLRequest:
+		return b.Path
+	case *jute.SetACLRequest:
+		return b.Path
+	}
+	return ""
+}
+
+// toServing rewrites the versions of a request into the serving ensemble's
+// numbering; it reports whether anything changed.
+func (v *view) toServing(body jute.Record) bool {
+	changed := false
+	fix := func(path string, ver *int32, pick func(verOff) int32) {
+		if *ver < 0 {
+			return // -1 matches any version
+		}
+		if o, ok := v.offset(path); ok && pick(o) != 0 {
+			*ver += pick(o)
+			if *ver == -1 {
+				*ver = -2 // a version the client never saw must not become "any version"
+			}
+			changed = true
+		}
+	}
+	data := func(o verOff) int32 { return o.v }
+	acl := func(o verOff) int32 { return o.a }
+	var one func(r jute.Record)
+	one = func(r jute.Record) {
+		switch b := r.(type) {
+		case *jute.SetDataRequest:
+			fix(b.Path, &b.Version, data)
+		case *jute.DeleteRequest:
+			fix(b.Path, &b.Version, data)
+		case *jute.CheckVersionRequest:
+			fix(b.Path, &b.Version, data)
+		case *jute.SetACLRequest:
+			fix(b.Path, &b.Version, acl)
+		case *jute.MultiRequest:
+			for _, op := range b.Ops {
+				one(op.Req)
+			}
+		}
+	}
+	one(body)
+	return changed
+}
+
+// toClient translates a Stat of path from the serving ensemble into the
+// client's view: versions by the path's offsets, zxids by the session's.
+func (v *view) toClient(path string, st *jute.Stat, zoff int64) {
+	if o, ok := v.offset(path); ok {
+		st.Version -= o.v
+		st.Cversion -= o.c
+		st.Aversion -= o.a
+	}
+	if zoff != 0 {
+		for _, z := range []*int64{&st.Czxid, &st.Mzxid, &st.Pzxid} {
+			if *z > 0 {
+				*z += zoff
+			}
+		}
+	}
+}
+
+// translateReply rewrites the Stats of a successful reply into the
+// client's view; frame is returned unchanged when nothing applies.
+func (s *session) translateReply(frame []byte, p *pending) []byte {
+	zoff := s.zoff.Load()
+	v := &s.srv.view
+	if zoff == 0 && !v.active() {
+		return frame
+	}
+	rep, err := jute.DecodeReply(frame, p.op)
+	if err != nil || rep.Body == nil {
+		return frame
+	}
+	switch b := rep.Body.(type) {
+	case *jute.GetDataResponse:
+		v.toClient(p.spath, &b.Stat, zoff)
+	case *jute.ExistsResponse:
+		v.toClient(p.spath, &b.Stat, zoff)
+	case *jute.SetDataResponse:
+		v.toClient(p.spath, &b.Stat, zoff)
+	case *jute.GetChildren2Response:
+		v.toClient(p.spath, &b.Stat, zoff)
+	case *jute.GetACLResponse:
+		v.toClient(p.spath, &b.Stat, zoff)
+	case *jute.SetACLResponse:
+		v.toClient(p.spath, &b.Stat, zoff)
+	case *jute.Create2Response:
+		v.toClient(b.Path, &b.Stat, zoff)
+	case *jute.MultiResponse:
+		for i := range b.Results {
+			switch r := b.Results[i].Resp.(type) {
+			case *jute.SetDataResponse:
+				if i < len(p.mpaths) {
+					v.toClient(p.mpaths[i], &r.Stat, zoff)
+				}
+			case *jute.Create2Response:
+				v.toClient(r.Path, &r.Stat, zoff)
+			}
+		}
+	default:
+		return frame
+	}
+	var e jute.Encoder
+	jute.EncodeReply(&e, &rep)
+	return e.Bytes()
+}
+
+// multiPaths lists the path of each op of a multi, in order.
+func multiPaths(m *jute.MultiRequest) []string {
+	out := make([]string, len(m.Ops))
+	for i, op := range m.Ops {
+		switch b := op.Req.(type) {
+		case *jute.SetDataRequest:
+			out[i] = b.Path
+		case *jute.DeleteRequest:
+			out[i] = b.Path
+		case *jute.CheckVersionRequest:
+			out[i] = b.Path
+		}
+	}
+	return out
+}
