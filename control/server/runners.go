@@ -13,6 +13,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/alert"
 	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/replicator"
 )
 
@@ -112,7 +113,10 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 				s.Record(m, e.Kind, string(line))
 			}
 		},
-		Roots: cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: r.initial, Logger: s.Logger,
+		// The proxies dual-write to the migration's primary's other side
+		// in phase 1: their mirror's writes are theirs (SPEC 4c).
+		Primary: ensemble.Name(m.Primary),
+		Roots:   cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: r.initial, Logger: s.Logger,
 		LagThreshold: time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond, ReconcileEvery: 5 * time.Second,
 	})
 	if err != nil {
