@@ -34,25 +34,28 @@ func (c *Continuous) foreignEphemeralLocked(side Side, r *read) bool {
 }
 
 // decideMirroredLocked decides p when proxies mirror the primary P to the
-// secondary S; it returns the copy to make, if any.
+// secondary S; it returns the copy to make, if any. There are no conflicts
+// beside dual-writing proxies (SPEC 4c gives the argument):
 //
 //   - Equal on both sides (whoever wrote S, and whatever owns an ephemeral
-//     there): adopted, never copied back, never a conflict.
-//   - Only P changed: copied to S at once (the replicator and the mirror
-//     then both converge S to P's state, each write conditional on the
-//     version read), except a P ephemeral S lacks, owned by a client:
-//     that one is the mirror's to create with the client's shadow session.
-//   - Everything else (S changed alone, both changed, or that ephemeral)
-//     may be the mirror still converging S: it is deferred until it has
-//     persisted for MirrorGrace with P unchanged (a change of P restarts
-//     the grace: the mirror has new work). Then the mirror is done with
-//     every change of P, so what S still holds was written by a client
-//     bypassing the proxies (or the mirror failed): a change of S alone
-//     is copied to P; both changed is a conflict; but a client's
-//     ephemeral on P is never deleted because S lost it (a shadow session
-//     re-creating it, or one expired while B was away): it is copied to S
-//     instead, owned by the replicator until the owner's mirror replaces
-//     it with the shadow session's.
+//     there): adopted, never copied back.
+//   - P changed (whether or not S did): P's state is copied to S at once.
+//     The proxies' mirror converges S to the same state after every write
+//     P acknowledged, so a change of S on a path P changed too is either
+//     the mirror's (an earlier state of P, or its delete before a
+//     re-create) or a write that bypassed the proxies and that the
+//     mirror overwrites anyway: P wins, as the mirror makes it win.
+//   - Except a client's ephemeral on P that S lacks: it is the mirror's,
+//     created with the client's shadow session, and waits for MirrorGrace
+//     with P unchanged (a change of P restarts the grace). If S still
+//     lacks it then, the replicator copies it (a client bypassing the
+//     proxies on P, or a mirror that failed; the owner's proxy, if any,
+//     replaces the copy with its shadow session's). A client's ephemeral
+//     on P is never deleted because S lost its copy.
+//   - Only S changed: it waits for MirrorGrace with P unchanged (the mirror
+//     verifies each write it makes by reading S then P, in milliseconds,
+//     so a state it left on S is gone by then); what persists is a write
+//     that bypassed the proxies on S, copied to P.
 func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, changed [2]bool, now time.Time) (action, bool) {
 	P := *c.primary
 	S := P.other()
@@ -67,7 +70,7 @@ func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, c
 		return action{}, false
 	}
 	foreignOnP := !sr.exists && c.foreignEphemeralLocked(P, pr)
-	if changed[P] && !changed[S] && !foreignOnP {
+	if changed[P] && !foreignOnP {
 		delete(c.deferred, p)
 		return action{p, P, *pr, *sr}, true
 	}
@@ -80,19 +83,12 @@ func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, c
 		return action{}, false // dueDeferred brings it back
 	}
 	delete(c.deferred, p)
-	switch {
-	case foreignOnP:
+	if foreignOnP {
 		c.log.Info("a client's ephemeral on the primary is still missing on the secondary after the mirror's grace: copying it (the owner's proxy, if any, replaces it with its shadow session's)",
 			"path", p, "primary", P, "grace", c.cfg.MirrorGrace)
 		return action{p, P, *pr, *sr}, true
-	case changed[S] && !changed[P]:
-		return action{p, S, *sr, *pr}, true // a write that bypassed the proxies
-	default:
-		if w, ok := c.conflictLocked(p, &r[SideA], &r[SideB], now); ok {
-			return action{p, w, r[w], r[w.other()]}, true
-		}
-		return action{}, false
 	}
+	return action{p, S, *sr, *pr}, true // a write that bypassed the proxies
 }
 
 // dueDeferred returns the deferred paths whose grace has passed, to be
