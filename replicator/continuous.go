@@ -53,6 +53,8 @@ type ContinuousConfig struct {
 	// Strategy for a znode changed on both sides since its last sync:
 	// LastWriteWins (the later mtime wins; a deletion never beats an
 	// update) or Manual (both kept, the path is marked until Resolve).
+	// With Primary set there are no conflicts: the primary wins (see
+	// decideMirroredLocked).
 	Strategy string
 	// Audit receives one JSON line per event (Event's JSON).
 	Audit io.Writer
@@ -213,28 +215,20 @@ func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
 	if cfg.MirrorGrace == 0 {
 		cfg.MirrorGrace = 2 * time.Second
 	}
-	var primary *Side
-	switch cfg.Primary {
-	case "":
-	case ensemble.Source, ensemble.Target:
-		p := SideA
-		if cfg.Primary == ensemble.Target {
-			p = SideB
-		}
-		primary = &p
-	default:
-		return nil, fmt.Errorf("replicator: primary %q: want %q or %q (or empty when no proxy dual-writes)", cfg.Primary, ensemble.Source, ensemble.Target)
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Heartbeat > 0 {
 		cfg.Roots = append(append([]string(nil), cfg.Roots...), HeartbeatRoot)
 	}
-	return &Continuous{cfg: cfg, log: cfg.Logger, synced: map[string][2]version{}, conflicts: map[string]Conflict{},
+	c := &Continuous{cfg: cfg, log: cfg.Logger, synced: map[string][2]version{}, conflicts: map[string]Conflict{},
 		forced: map[string]Side{}, kick: make(chan string, 1024), digestEqual: map[string]bool{},
 		unreadable: map[sidePath]UnreadableACL{}, inherited: map[string]bool{},
-		primary: primary, deferred: map[string]deferral{}}, nil
+		deferred: map[string]deferral{}}
+	if err := c.SetPrimary(cfg.Primary); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 type sidePath struct {

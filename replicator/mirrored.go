@@ -1,9 +1,12 @@
 package replicator
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
 )
 
 // Beside two-ensemble proxies (ContinuousConfig.Primary set) the proxies'
@@ -115,4 +118,30 @@ func (c *Continuous) Deferred() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.deferred)
+}
+
+// SetPrimary changes the proxies' primary (at a flip: the proxies then
+// mirror the other way); empty means no proxy dual-writes. The differences
+// deferred so far are decided again under the new primary.
+func (c *Continuous) SetPrimary(name ensemble.Name) error {
+	var primary *Side
+	switch name {
+	case "":
+	case ensemble.Source, ensemble.Target:
+		p := SideA
+		if name == ensemble.Target {
+			p = SideB
+		}
+		primary = &p
+	default:
+		return fmt.Errorf("replicator: primary %q: want %q or %q (or empty when no proxy dual-writes)", name, ensemble.Source, ensemble.Target)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if (c.primary == nil) != (primary == nil) || c.primary != nil && *c.primary != *primary {
+		c.log.Info("the proxies' primary changed", "primary", name)
+		c.deferred = map[string]deferral{}
+	}
+	c.primary = primary
+	return nil
 }

@@ -79,6 +79,16 @@ type syncRun struct {
 	beat [2]atomic.Int64
 }
 
+// followPrimary keeps the replicator's idea of the proxies' primary the
+// migration's recorded one: it changes at the flip (and back at a
+// rollback across it), while the sync goes on.
+func (r *syncRun) followPrimary(m *control.Migration) error {
+	if err := r.cont.SetPrimary(ensemble.Name(m.Primary)); err != nil {
+		return fmt.Errorf("migration %s: %w", m.ID, err)
+	}
+	return nil
+}
+
 // start starts the migration's sync unless it runs. The initial copy A to
 // B runs only if the replicated state says it never completed.
 func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
