@@ -101,8 +101,9 @@ type ContinuousConfig struct {
 	Primary ensemble.Name
 	// MirrorGrace is how long a difference the proxies' mirror may still
 	// be converging (with Primary set) must persist, the primary
-	// unchanged, before the replicator acts on it (default 2 s, well
-	// above the mirror's delay, zkmigrate_proxy_mirror_delay_seconds).
+	// unchanged, before the replicator acts on it (default 5 s: above the
+	// proxies' longest mirror pass, a shadow session's re-attach to
+	// another server included).
 	MirrorGrace time.Duration
 	// OneShotWatches watches with one-shot watch trees (a data and a child
 	// watch on every znode, re-armed as they fire) instead of persistent
@@ -213,7 +214,7 @@ func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
 		cfg.MaxBatch = 2000
 	}
 	if cfg.MirrorGrace == 0 {
-		cfg.MirrorGrace = 2 * time.Second
+		cfg.MirrorGrace = 5 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -125,7 +125,7 @@ func syncCommand() *cli.Command {
 		&cli.IntFlag{Name: "audit-log-keep", Value: 10, Usage: "rotated --audit-log files to keep; older ones are deleted"},
 		&cli.IntFlag{Name: "lag-threshold-ms", Value: 50, Usage: "alert when sync lag stays above this"},
 		&cli.StringFlag{Name: "primary", Usage: "the primary of two-ensemble proxies dual-writing these paths (source or target): their mirror's writes and shadow-owned ephemerals are left to them (default: none, no proxy dual-writes)"},
-		&cli.DurationFlag{Name: "mirror-grace", Value: 2 * time.Second, Usage: "with --primary: how long a difference must persist, the primary unchanged, before it is taken as a write that bypassed the proxies (above the proxies' mirror delay)"},
+		&cli.DurationFlag{Name: "mirror-grace", Value: 5 * time.Second, Usage: "with --primary: how long a difference must persist, the primary unchanged, before it is taken as a write that bypassed the proxies (above the proxies' longest mirror pass, a shadow session's re-attach included)"},
 		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9405", Usage: "Prometheus /metrics address (empty: off)"},
 		&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises the lag)"},
 		&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
