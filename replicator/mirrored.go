@@ -21,6 +21,9 @@ import (
 type deferral struct {
 	since   time.Time
 	primary version
+	// recheck: not a difference left to the mirror but a copy P to S
+	// the replicator made, decided again after the grace.
+	recheck bool
 }
 
 // isHeartbeat reports whether p is one of the replicator's own heartbeat
@@ -74,11 +77,16 @@ func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, c
 	}
 	foreignOnP := !sr.exists && c.foreignEphemeralLocked(P, pr)
 	if changed[P] && !foreignOnP {
-		delete(c.deferred, p)
+		// Checked again on fresh reads after the grace, like the mirror
+		// verifies its writes: the read of P this copy is made from may
+		// come from a server behind the one whose watch fired, and a
+		// delete conditional on a version can hit a node the mirror
+		// re-created at the same version.
+		c.deferred[p] = deferral{since: now, primary: cur[P], recheck: true}
 		return action{p, P, *pr, *sr}, true
 	}
 	d, ok := c.deferred[p]
-	if !ok || d.primary != cur[P] {
+	if !ok || d.primary != cur[P] || d.recheck {
 		c.deferred[p] = deferral{since: now, primary: cur[P]}
 		return action{}, false
 	}

@@ -187,8 +187,9 @@ func (c *dwClient) work(t *testing.T, stop <-chan struct{}, errs chan<- error) {
 }
 
 // sameTree compares /dw on both ensembles with the replicator's digest and
-// the sequential names under /dw/seq.
-func sameTree(t *testing.T, a, b *zktest.Ensemble) {
+// the sequential names under /dw/seq, allowing settle for them to become
+// equal (a running replicator re-checks its own copies after its grace).
+func sameTree(t *testing.T, a, b *zktest.Ensemble, settle time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -204,12 +205,17 @@ func sameTree(t *testing.T, a, b *zktest.Ensemble) {
 	defer cb.Close()
 	_ = ca.Sync(ctx, "/dw")
 	_ = cb.Sync(ctx, "/dw")
-	v, err := replicator.Validate(ctx, replicator.Endpoints{Source: []*zkclient.Conn{ca}, Target: []*zkclient.Conn{cb}}, []string{"/dw"}, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(v) != 1 || !v[0].Equal {
-		t.Fatalf("/dw differs between A and B: %+v", v)
+	for deadline := time.Now().Add(settle); ; time.Sleep(200 * time.Millisecond) {
+		v, err := replicator.Validate(ctx, replicator.Endpoints{Source: []*zkclient.Conn{ca}, Target: []*zkclient.Conn{cb}}, []string{"/dw"}, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(v) == 1 && v[0].Equal {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/dw differs between A and B: %+v", v)
+		}
 	}
 	sa, _, err := ca.Children(ctx, "/dw/seq")
 	if err != nil {
@@ -403,7 +409,11 @@ func dualWriteThroughThreeProxies(t *testing.T, withSync bool) {
 		t.Errorf("first unexpected client error: %v", err)
 	default:
 	}
-	sameTree(t, a, b)
+	settle := time.Duration(0) // the mirror alone: equal once its backlog drained
+	if withSync {
+		settle = 15 * time.Second // twice the replicator's --mirror-grace, and a margin
+	}
+	sameTree(t, a, b, settle)
 	if withSync {
 		select {
 		case <-syncExited:
