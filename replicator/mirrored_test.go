@@ -88,18 +88,48 @@ func within(t *testing.T, limit time.Duration, f func() string) {
 // copy is briefly missing, and reports no conflict. A deletion on A still
 // reaches B at once.
 func TestMirroredEphemeralStaysTheShadowSessions(t *testing.T) {
-	ctx := context.Background()
 	root := testRoot(t)
 	c, conflicts := mirroredOn(t, root)
-	a, b := dial(t, ensA), dial(t, ensB)
-	client := mustDial(t, ensA)
-	shadow := mustDial(t, ensB)
+	shadowOwnsEphemeral(t, c, root, ensA, ensB)
+	if k := conflicts(); len(k) > 0 {
+		t.Fatalf("conflicts reported for the mirror's writes: %+v", k)
+	}
+}
+
+// TestMirroredFollowsTheFlip: after SetPrimary(Target) (the control plane
+// follows the flip) the same holds the other way: B is the primary, A the
+// secondary whose shadow session owns the client's ephemeral. An unknown
+// primary is refused.
+func TestMirroredFollowsTheFlip(t *testing.T) {
+	root := testRoot(t)
+	c, conflicts := mirroredOn(t, root)
+	if err := c.SetPrimary("C"); err == nil {
+		t.Fatal("SetPrimary accepted an unknown ensemble")
+	}
+	if err := c.SetPrimary(ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	shadowOwnsEphemeral(t, c, root, ensB, ensA)
+	if k := conflicts(); len(k) > 0 {
+		t.Fatalf("conflicts reported for the mirror's writes: %+v", k)
+	}
+}
+
+// shadowOwnsEphemeral runs the scenario of
+// TestMirroredEphemeralStaysTheShadowSessions with primary pe and
+// secondary se.
+func shadowOwnsEphemeral(t *testing.T, c *Continuous, root string, pe, se *zktest.Ensemble) {
+	t.Helper()
+	ctx := context.Background()
+	a, b := dial(t, pe), dial(t, se) // a: the primary, b: the secondary
+	client := mustDial(t, pe)
+	shadow := mustDial(t, se)
 	node := root + "/json.info_0000000001"
 	if _, err := client.Create(ctx, node, []byte("master"), zkclient.OpenACL, jute.FlagEphemeral); err != nil {
 		t.Fatal(err)
 	}
 	// The mirror: after the primary's acknowledgement, the shadow session
-	// makes B's node its own (replacing any other session's).
+	// makes the secondary's node its own (replacing any other session's).
 	mirror := func() {
 		t.Helper()
 		_, st, err := shadow.Get(ctx, node)
@@ -115,7 +145,7 @@ func TestMirroredEphemeralStaysTheShadowSessions(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	mirror()
 	time.Sleep(400 * time.Millisecond)
-	// A re-create on B: briefly missing there.
+	// A re-create on the secondary: briefly missing there.
 	if err := shadow.Delete(ctx, node, -1); err != nil {
 		t.Fatal(err)
 	}
@@ -124,14 +154,14 @@ func TestMirroredEphemeralStaysTheShadowSessions(t *testing.T) {
 	for end := time.Now().Add(2 * testMirrorGrace); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		stA, err := a.Exists(ctx, node)
 		if err != nil {
-			t.Fatalf("the client's ephemeral on A: %v (deleted because B's copy went missing)", err)
+			t.Fatalf("the client's ephemeral on the primary: %v (deleted because the secondary's copy went missing)", err)
 		}
 		if stA.EphemeralOwner != client.SessionID() {
-			t.Fatalf("A's node owned by 0x%x, not the client 0x%x", stA.EphemeralOwner, client.SessionID())
+			t.Fatalf("the primary's node owned by 0x%x, not the client 0x%x", stA.EphemeralOwner, client.SessionID())
 		}
 		stB, err := b.Exists(ctx, node)
 		if err != nil || stB.EphemeralOwner != shadow.SessionID() {
-			t.Fatalf("B's node: %v, owner 0x%x, want the shadow session 0x%x", err, stB.EphemeralOwner, shadow.SessionID())
+			t.Fatalf("the secondary's node: %v, owner 0x%x, want the shadow session 0x%x", err, stB.EphemeralOwner, shadow.SessionID())
 		}
 	}
 	within(t, 5*time.Second, func() string {
@@ -140,19 +170,16 @@ func TestMirroredEphemeralStaysTheShadowSessions(t *testing.T) {
 		}
 		return ""
 	})
-	// The client deletes its node on A: the replicator copies that at once.
+	// The client deletes its node on the primary: the replicator copies that at once.
 	if err := client.Delete(ctx, node, -1); err != nil {
 		t.Fatal(err)
 	}
 	within(t, testMirrorGrace*3/4, func() string {
 		if _, err := b.Exists(ctx, node); jute.CodeOf(err) != jute.CodeNoNode {
-			return "a deletion on the primary did not reach B at once"
+			return "a deletion on the primary did not reach the secondary at once"
 		}
 		return ""
 	})
-	if k := conflicts(); len(k) > 0 {
-		t.Fatalf("conflicts reported for the mirror's writes: %+v", k)
-	}
 }
 
 // TestMirroredLateWriteIsNotCopiedBack: A's node goes v1, v2; a late
