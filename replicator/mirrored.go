@@ -16,8 +16,8 @@ import (
 // decides such a path with the rules of decideMirroredLocked; SPEC 4c
 // ("Beside dual-writing proxies") gives the argument.
 
-// deferral is a difference left to the proxies' mirror: since when, and
-// the primary's version then. A change of the primary restarts it.
+// deferral is a path waiting for MirrorGrace: since when, and the
+// primary's version then. A change of the primary restarts it.
 type deferral struct {
 	since   time.Time
 	primary version
@@ -120,8 +120,10 @@ func (c *Continuous) dueDeferred(now time.Time) []string {
 	return out
 }
 
-// Deferred is the number of differences left to the proxies' mirror for
-// now (for tests and status).
+// Deferred is the number of paths waiting for their grace (beside
+// dual-writing proxies): differences left to the proxies' mirror for now,
+// and copies to the secondary awaiting their verification (for tests and
+// status).
 func (c *Continuous) Deferred() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
