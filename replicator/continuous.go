@@ -53,8 +53,8 @@ type ContinuousConfig struct {
 	// Strategy for a znode changed on both sides since its last sync:
 	// LastWriteWins (the later mtime wins; a deletion never beats an
 	// update) or Manual (both kept, the path is marked until Resolve).
-	// With Primary set there are no conflicts: the primary wins (see
-	// decideMirroredLocked).
+	// With Primary set the primary wins a path both sides changed since
+	// they agreed, with no conflict (see decideMirroredLocked).
 	Strategy string
 	// Audit receives one JSON line per event (Event's JSON).
 	Audit io.Writer
@@ -849,7 +849,7 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 			c.inherited[p] = true
 		}
 		if c.primary != nil && !isHeartbeat(p) {
-			if act, ok := c.decideMirroredLocked(p, [2]read{a, b}, cur, changed, now); ok {
+			if act, ok := c.decideMirroredLocked(p, [2]read{a, b}, cur, changed, known, now); ok {
 				acts = append(acts, act)
 			}
 			continue

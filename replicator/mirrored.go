@@ -40,8 +40,11 @@ func (c *Continuous) foreignEphemeralLocked(side Side, r *read) bool {
 }
 
 // decideMirroredLocked decides p when proxies mirror the primary P to the
-// secondary S; it returns the copy to make, if any. There are no conflicts
-// beside dual-writing proxies (SPEC 4c gives the argument):
+// secondary S; it returns the copy to make, if any. A path changed on both
+// sides since both agreed is no conflict beside dual-writing proxies (SPEC
+// 4c gives the argument); one found different on both with nothing agreed
+// yet (a start without the initial copy) is, once it persisted for
+// MirrorGrace with P unchanged.
 //
 //   - Equal on both sides (whoever wrote S, and whatever owns an ephemeral
 //     there): adopted, never copied back.
@@ -62,7 +65,7 @@ func (c *Continuous) foreignEphemeralLocked(side Side, r *read) bool {
 //     verifies each write it makes by reading S then P, in milliseconds,
 //     so a state it left on S is gone by then); what persists is a write
 //     that bypassed the proxies on S, copied to P.
-func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, changed [2]bool, now time.Time) (action, bool) {
+func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, changed [2]bool, known bool, now time.Time) (action, bool) {
 	P := *c.primary
 	S := P.other()
 	pr, sr := &r[P], &r[S]
@@ -76,7 +79,11 @@ func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, c
 		return action{}, false
 	}
 	foreignOnP := !sr.exists && c.foreignEphemeralLocked(P, pr)
-	if changed[P] && !foreignOnP {
+	// Found on both sides, different, with nothing agreed yet (a start
+	// without the initial copy, after writes made while no sync ran): a
+	// conflict, once the grace shows it is not the mirror's work.
+	unknownOnBoth := !known && pr.exists && sr.exists
+	if changed[P] && !foreignOnP && !unknownOnBoth {
 		// Checked again on fresh reads after the grace, like the mirror
 		// verifies its writes: the read of P this copy is made from may
 		// come from a server behind the one whose watch fired, and a
@@ -98,6 +105,12 @@ func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, c
 		c.log.Info("a client's ephemeral on the primary is still missing on the secondary after the mirror's grace: copying it (the owner's proxy, if any, replaces it with its shadow session's)",
 			"path", p, "primary", P, "grace", c.cfg.MirrorGrace)
 		return action{p, P, *pr, *sr}, true
+	}
+	if unknownOnBoth {
+		if w, ok := c.conflictLocked(p, &r[SideA], &r[SideB], now); ok {
+			return action{p, w, r[w], r[w.other()]}, true
+		}
+		return action{}, false
 	}
 	return action{p, S, *sr, *pr}, true // a write that bypassed the proxies
 }

@@ -2,6 +2,7 @@ package replicator
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -283,4 +284,51 @@ func TestMirroredBypassWritesAreCopied(t *testing.T) {
 	if k := conflicts(); len(k) > 0 {
 		t.Fatalf("conflicts reported: %+v", k)
 	}
+}
+
+// TestMirroredResumeStillFindsConflicts: a replicator started without the
+// initial copy (a new control leader) finds a znode different on both
+// sides, written while no sync ran. Beside dual-writing proxies too that
+// is a conflict, once it persisted for the grace (it is not the mirror's
+// work), and last-write-wins settles it.
+func TestMirroredResumeStillFindsConflicts(t *testing.T) {
+	ctx := context.Background()
+	root := testRoot(t)
+	a, b := dial(t, ensA), dial(t, ensB)
+	for _, c := range []*zkclient.Conn{a, b} {
+		if _, err := c.Create(ctx, root, nil, zkclient.OpenACL, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Create(ctx, root+"/contended", []byte("written on A"), zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Create(ctx, root+"/contended", []byte("written on B"), zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conflicts []Event
+	c, err := NewContinuous(ContinuousConfig{Dial: dialSide, Roots: []string{root}, Heartbeat: -1,
+		ReconcileEvery: time.Hour, Primary: ensemble.Source, MirrorGrace: testMirrorGrace, InheritGrace: time.Millisecond,
+		OnEvent: func(e Event) {
+			if e.Kind == "conflict" {
+				mu.Lock()
+				conflicts = append(conflicts, e)
+				mu.Unlock()
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	within(t, testMirrorGrace+10*time.Second, func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(conflicts) != 1 || conflicts[0].Conflict.Path != root+"/contended" {
+			return fmt.Sprintf("want one conflict on %s/contended, got %+v", root, conflicts)
+		}
+		return ""
+	})
+	ep := endpoints(t, 1)
+	waitEqual(t, ep, root, 10*time.Second)
 }
