@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
@@ -52,6 +53,8 @@ type ContinuousConfig struct {
 	// Strategy for a znode changed on both sides since its last sync:
 	// LastWriteWins (the later mtime wins; a deletion never beats an
 	// update) or Manual (both kept, the path is marked until Resolve).
+	// With Primary set the primary wins a path both sides changed since
+	// they agreed, with no conflict (see decideMirroredLocked).
 	Strategy string
 	// Audit receives one JSON line per event (Event's JSON).
 	Audit io.Writer
@@ -90,6 +93,18 @@ type ContinuousConfig struct {
 	InheritGrace time.Duration
 	// MaxBatch bounds the paths handled in one round (default 2000).
 	MaxBatch int
+	// Primary, when set, is the ensemble two-ensemble proxies use as
+	// their primary and mirror to the other one (ensemble.Source for A,
+	// ensemble.Target for B). The replicator then leaves to the proxies'
+	// mirror what it does: see mirrored.go and SPEC 4c. Empty: no proxy
+	// dual-writes, both sides are decided alike.
+	Primary ensemble.Name
+	// MirrorGrace is how long a difference the proxies' mirror may still
+	// be converging (with Primary set) must persist, the primary
+	// unchanged, before the replicator acts on it (default 5 s: above the
+	// proxies' longest mirror pass, a shadow session's re-attach to
+	// another server included).
+	MirrorGrace time.Duration
 	// OneShotWatches watches with one-shot watch trees (a data and a child
 	// watch on every znode, re-armed as they fire) instead of persistent
 	// recursive watches. It is chosen by itself for a side whose servers
@@ -152,6 +167,10 @@ type Continuous struct {
 	// and the ephemeral nodes it found on both sides (see InheritGrace).
 	begun     time.Time
 	inherited map[string]bool
+	// primary is the proxies' primary side (nil: no proxy dual-writes);
+	// deferred are the differences left to their mirror for now.
+	primary  *Side
+	deferred map[string]deferral
 
 	conns [2]*zkclient.Conn // writers (and readers); replaced on reconnect
 	// watchers and oneShot are the current session's watcher connections
@@ -194,15 +213,23 @@ func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
 	if cfg.MaxBatch == 0 {
 		cfg.MaxBatch = 2000
 	}
+	if cfg.MirrorGrace == 0 {
+		cfg.MirrorGrace = 5 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Heartbeat > 0 {
 		cfg.Roots = append(append([]string(nil), cfg.Roots...), HeartbeatRoot)
 	}
-	return &Continuous{cfg: cfg, log: cfg.Logger, synced: map[string][2]version{}, conflicts: map[string]Conflict{},
+	c := &Continuous{cfg: cfg, log: cfg.Logger, synced: map[string][2]version{}, conflicts: map[string]Conflict{},
 		forced: map[string]Side{}, kick: make(chan string, 1024), digestEqual: map[string]bool{},
-		unreadable: map[sidePath]UnreadableACL{}, inherited: map[string]bool{}}, nil
+		unreadable: map[sidePath]UnreadableACL{}, inherited: map[string]bool{},
+		deferred: map[string]deferral{}}
+	if err := c.SetPrimary(cfg.Primary); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 type sidePath struct {
@@ -474,6 +501,8 @@ func (c *Continuous) runSession(ctx context.Context) error {
 	defer hb.Stop()
 	rec := time.NewTicker(c.cfg.ReconcileEvery)
 	defer rec.Stop()
+	due := time.NewTicker(max(c.cfg.MirrorGrace/4, 10*time.Millisecond))
+	defer due.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -493,6 +522,12 @@ func (c *Continuous) runSession(ctx context.Context) error {
 		case <-rec.C:
 			if err := c.reconcileAll(ctx); err != nil {
 				return err
+			}
+		case <-due.C:
+			if paths := c.dueDeferred(time.Now()); len(paths) > 0 {
+				if err := c.round(ctx, paths); err != nil {
+					return err
+				}
 			}
 		case p := <-c.kick:
 			if err := c.round(ctx, []string{p}); err != nil {
@@ -783,7 +818,11 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 		cur := [2]version{a.version(), b.version()}
 		st, known := c.synced[p]
 		if _, open := c.conflicts[p]; open {
+			delete(c.deferred, p)
 			continue
+		}
+		if c.blockedLocked(p) {
+			delete(c.deferred, p)
 		}
 		if skip[i] || c.blockedLocked(p) {
 			continue // its ACL is hidden (copying it would corrupt it), or it changed while read
@@ -808,6 +847,12 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 		if !known && !c.begun.IsZero() && time.Since(c.begun) < c.cfg.InheritGrace && equalReads(&a, &b) &&
 			(a.stat.EphemeralOwner != 0 || b.stat.EphemeralOwner != 0) {
 			c.inherited[p] = true
+		}
+		if c.primary != nil && !isHeartbeat(p) {
+			if act, ok := c.decideMirroredLocked(p, [2]read{a, b}, cur, changed, known, now); ok {
+				acts = append(acts, act)
+			}
+			continue
 		}
 		switch {
 		case !changed[SideA] && !changed[SideB]:

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -185,8 +187,9 @@ func (c *dwClient) work(t *testing.T, stop <-chan struct{}, errs chan<- error) {
 }
 
 // sameTree compares /dw on both ensembles with the replicator's digest and
-// the sequential names under /dw/seq.
-func sameTree(t *testing.T, a, b *zktest.Ensemble) {
+// the sequential names under /dw/seq, allowing settle for them to become
+// equal (a running replicator re-checks its own copies after its grace).
+func sameTree(t *testing.T, a, b *zktest.Ensemble, settle time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -202,12 +205,17 @@ func sameTree(t *testing.T, a, b *zktest.Ensemble) {
 	defer cb.Close()
 	_ = ca.Sync(ctx, "/dw")
 	_ = cb.Sync(ctx, "/dw")
-	v, err := replicator.Validate(ctx, replicator.Endpoints{Source: []*zkclient.Conn{ca}, Target: []*zkclient.Conn{cb}}, []string{"/dw"}, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(v) != 1 || !v[0].Equal {
-		t.Fatalf("/dw differs between A and B: %+v", v)
+	for deadline := time.Now().Add(settle); ; time.Sleep(200 * time.Millisecond) {
+		v, err := replicator.Validate(ctx, replicator.Endpoints{Source: []*zkclient.Conn{ca}, Target: []*zkclient.Conn{cb}}, []string{"/dw"}, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(v) == 1 && v[0].Equal {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/dw differs between A and B: %+v", v)
+		}
 	}
 	sa, _, err := ca.Children(ctx, "/dw/seq")
 	if err != nil {
@@ -235,16 +243,34 @@ func sameTree(t *testing.T, a, b *zktest.Ensemble) {
 // client's ephemeral goes from both, and a SIGKILLed proxy's clients'
 // ephemerals go from both within the session timeout plus a margin.
 func TestDualWriteThroughThreeProxies(t *testing.T) {
+	dualWriteThroughThreeProxies(t, false)
+}
+
+// TestDualWriteThroughThreeProxiesWithReplicator is the same with
+// `zk-migrate sync --primary source` running continuously on /dw, as the
+// control plane's phase 1 runs it beside the proxies (issue 10 item 5):
+// the digests are equal, the replicator's audit log records no conflict,
+// and every proxied client's ephemeral on B is still owned by its shadow
+// session, not by the replicator.
+func TestDualWriteThroughThreeProxiesWithReplicator(t *testing.T) {
+	dualWriteThroughThreeProxies(t, true)
+}
+
+func dualWriteThroughThreeProxies(t *testing.T, withSync bool) {
 	if testing.Short() {
 		t.Skip("starts two ZooKeeper ensembles")
 	}
 	ctx := context.Background()
-	a, err := zktest.Start(ctx, zktest.Config{Servers: 3, Name: "dw-a"})
+	name := "dw"
+	if withSync {
+		name = "dws"
+	}
+	a, err := zktest.Start(ctx, zktest.Config{Servers: 3, Name: name + "-a"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(a.Close)
-	b, err := zktest.Start(ctx, zktest.Config{Servers: 3, Name: "dw-b"})
+	b, err := zktest.Start(ctx, zktest.Config{Servers: 3, Name: name + "-b"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,6 +286,11 @@ func TestDualWriteThroughThreeProxies(t *testing.T) {
 			}
 		}
 		c.Close()
+	}
+	var auditLog string
+	var syncExited <-chan struct{}
+	if withSync {
+		auditLog, syncExited = startSyncBeside(t, a, b)
 	}
 	proxies := []*dualProxy{startDualProxy(t, a, b), startDualProxy(t, a, b), startDualProxy(t, a, b)}
 
@@ -378,7 +409,25 @@ func TestDualWriteThroughThreeProxies(t *testing.T) {
 		t.Errorf("first unexpected client error: %v", err)
 	default:
 	}
-	sameTree(t, a, b)
+	settle := time.Duration(0) // the mirror alone: equal once its backlog drained
+	if withSync {
+		settle = 15 * time.Second // twice the replicator's --mirror-grace, and a margin
+	}
+	sameTree(t, a, b, settle)
+	if withSync {
+		select {
+		case <-syncExited:
+			t.Fatal("zk-migrate sync exited during the load")
+		default:
+		}
+		logged, err := os.ReadFile(auditLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(string(logged), `"action":"conflict"`); n > 0 {
+			t.Errorf("the replicator reported %d conflicts for what the proxies mirror:\n%s", n, logged)
+		}
+	}
 	reattached := 0.0
 	for _, p := range proxies {
 		reattached += p.metric(t, "zkmigrate_proxy_shadow_reattaches_total")
@@ -442,6 +491,43 @@ func TestDualWriteThroughThreeProxies(t *testing.T) {
 			t.Errorf("%s of a live client vanished from B", c.ephemeral)
 		}
 	}
+}
+
+// startSyncBeside starts `zk-migrate sync --primary source` on /dw, waits
+// for its continuous sync to begin, and returns its audit log's path and
+// a channel closed when it exits.
+func startSyncBeside(t *testing.T, a, b *zktest.Ensemble) (string, <-chan struct{}) {
+	t.Helper()
+	auditLog := filepath.Join(t.TempDir(), "sync-audit.jsonl")
+	out := &syncBuffer{}
+	cmd := exec.Command(bin, "sync", "--source", a.ConnectString(), "--target", b.ConnectString(), "--paths", "/dw",
+		"--primary", "source", "--metrics-addr", "", "--audit-log", auditLog)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+		if t.Failed() {
+			t.Logf("zk-migrate sync output:\n%s", out.String())
+		}
+	})
+	waitFor(t, func() bool {
+		select {
+		case <-exited:
+			t.Fatalf("zk-migrate sync exited:\n%s", out.String())
+		default:
+		}
+		return strings.Contains(out.String(), "copied ")
+	})
+	time.Sleep(time.Second) // its continuous sync watches both sides
+	return auditLog, exited
 }
 
 // TestRecordedPrimaryWinsOverTheFlag: a two-ensemble proxy that finds a

@@ -20,6 +20,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/replicator"
 	"github.com/zk-migrate/zk-migrate/tlsconf"
@@ -123,6 +124,8 @@ func syncCommand() *cli.Command {
 		&cli.IntFlag{Name: "audit-log-max-mb", Value: 100, Usage: "rotate --audit-log when it would grow past this size (FILE.1 is the newest rotated file)"},
 		&cli.IntFlag{Name: "audit-log-keep", Value: 10, Usage: "rotated --audit-log files to keep; older ones are deleted"},
 		&cli.IntFlag{Name: "lag-threshold-ms", Value: 50, Usage: "alert when sync lag stays above this"},
+		&cli.StringFlag{Name: "primary", Usage: "the primary of two-ensemble proxies dual-writing these paths (source or target): their mirror's writes and shadow-owned ephemerals are left to them (default: none, no proxy dual-writes)"},
+		&cli.DurationFlag{Name: "mirror-grace", Value: 5 * time.Second, Usage: "with --primary: how long a difference must persist, the primary unchanged, before it is taken as a write that bypassed the proxies (above the proxies' longest mirror pass, a shadow session's re-attach included)"},
 		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9405", Usage: "Prometheus /metrics address (empty: off)"},
 		&cli.StringFlag{Name: "gossip-addr", Usage: "join the control plane's gossip pool on host:port (advertises the lag)"},
 		&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
@@ -143,6 +146,11 @@ func syncCommand() *cli.Command {
 3. Continuous (without --once): watches both ensembles and copies changes in
    both directions, including writes that bypass the proxies. A znode changed
    on both sides is a conflict (see --conflict), logged to --audit-log.
+   Beside two-ensemble proxies, give their --primary: what their mirror
+   writes to the secondary (and the ephemerals their shadow sessions own
+   there) is left to them, never copied back and never a conflict; a
+   difference that persists --mirror-grace with the primary unchanged is a
+   write that bypassed the proxies, and is copied.
 
 Example:
 
@@ -190,6 +198,15 @@ func runSync(c *cli.Context) error {
 		if gkey, err = gossipKey(c); err != nil {
 			return err
 		}
+	}
+	var primary ensemble.Name
+	if p := c.String("primary"); p != "" {
+		if primary, err = ensemble.Parse(p); err != nil {
+			return usageError("--primary: %v", err)
+		}
+	}
+	if c.Duration("mirror-grace") <= 0 {
+		return usageError("--mirror-grace %v: want a positive duration (above the proxies' mirror delay)", c.Duration("mirror-grace"))
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -252,6 +269,7 @@ func runSync(c *cli.Context) error {
 	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
 		Dial: args.dialer().Dial, Roots: args.paths, Strategy: strategy, Audit: audit, Metrics: metrics, Logger: log,
 		LagThreshold: time.Duration(c.Int("lag-threshold-ms")) * time.Millisecond,
+		Primary:      primary, MirrorGrace: c.Duration("mirror-grace"),
 	})
 	if err != nil {
 		return usageError("%v", err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/alert"
 	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/replicator"
 )
 
@@ -78,6 +79,16 @@ type syncRun struct {
 	beat [2]atomic.Int64
 }
 
+// followPrimary keeps the replicator's idea of the proxies' primary the
+// migration's recorded one: it changes at the flip (and back at a
+// rollback across it), while the sync goes on.
+func (r *syncRun) followPrimary(m *control.Migration) error {
+	if err := r.cont.SetPrimary(ensemble.Name(m.Primary)); err != nil {
+		return fmt.Errorf("migration %s: %w", m.ID, err)
+	}
+	return nil
+}
+
 // start starts the migration's sync unless it runs. The initial copy A to
 // B runs only if the replicated state says it never completed.
 func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
@@ -112,7 +123,10 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 				s.Record(m, e.Kind, string(line))
 			}
 		},
-		Roots: cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: r.initial, Logger: s.Logger,
+		// The proxies dual-write to the migration's primary's other side
+		// in phase 1: their mirror's writes are theirs (SPEC 4c).
+		Primary: ensemble.Name(m.Primary),
+		Roots:   cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: r.initial, Logger: s.Logger,
 		LagThreshold: time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond, ReconcileEvery: 5 * time.Second,
 	})
 	if err != nil {

@@ -111,6 +111,9 @@ func (s *Syncer) supervise(ctx context.Context, m *control.Migration) error {
 		}
 		return s.note(ctx, m.ID, r)
 	case want && r != nil:
+		if err := r.followPrimary(m); err != nil {
+			return err
+		}
 		return s.note(ctx, m.ID, r)
 	case !want && (r != nil || m.Sync.Running && m.Sync.Node == s.NodeID):
 		if r != nil {
