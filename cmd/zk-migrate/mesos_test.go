@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/deployer"
+	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
 // TestMesosPhasesThroughTheCLI migrates an emulated Mesos cluster (real
@@ -78,14 +79,12 @@ func TestMesosPhasesThroughTheCLI(t *testing.T) {
 		return false
 	}
 
-	var held []net.Listener // distinct ports: each held until all are chosen
-	port := func() int {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port := func() int { // below the ephemeral range: the processes bind it much later
+		p, err := zktest.StablePort()
 		if err != nil {
 			t.Fatal(err)
 		}
-		held = append(held, ln)
-		return ln.Addr().(*net.TCPAddr).Port
+		return p
 	}
 	var procs [2]struct{ masters, agents []deployer.Process }
 	var sides [2]string
@@ -154,10 +153,7 @@ mesos:
 		return strings.Join(out, ",")
 	}
 
-	apis, cmds := startControlPlane(t, dir, tokens) // its ports cannot be the Mesos ones, held until now
-	for _, ln := range held {
-		ln.Close()
-	}
+	apis, cmds := startControlPlane(t, dir, tokens) // its ports (ephemeral range) cannot be the Mesos ones (below it)
 	api := "http://" + apis[2]
 	cli := func(args ...string) string {
 		t.Helper()

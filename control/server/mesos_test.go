@@ -42,18 +42,17 @@ func buildMesosSim(t *testing.T) string {
 	return bin
 }
 
-// freePorts returns n distinct free ports (all held open until each is
-// chosen, so none is handed out twice).
+// freePorts returns n distinct free ports below the ephemeral range (the
+// processes bind them much later; see zktest.StablePort).
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
 	var out []int
 	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		p, err := zktest.StablePort()
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ln.Close()
-		out = append(out, ln.Addr().(*net.TCPAddr).Port)
+		out = append(out, p)
 	}
 	return out
 }
@@ -388,19 +387,29 @@ func TestMesosPhasesMoveTheClusterToB(t *testing.T) {
 	if got := e.runningNames(t, append(append([]deployer.Process{}, e.cl.agents[0]...), e.cl.agents[1]...)); got != names(e.cl.agents[0]) {
 		t.Fatalf("after undoing phases 5 and 4 running agents: %s; want A's", got)
 	}
-	eventuallyT(t, 30*time.Second, "6 tasks running on A's agents again", func() bool {
+	var last string // what was seen, logged if the wait fails
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last seen while waiting for A's agents and tasks: %s", last)
+		}
+	})
+	eventuallyT(t, 60*time.Second, "6 tasks running on A's agents again", func() bool {
 		ids, drain, err := e.cl.agentIDs(ctx, 0)
-		if err != nil || len(ids) != 2 || len(drain) != 0 || e.framework(t).Active["TASK_RUNNING"] < 6 {
+		fw := e.framework(t)
+		last = fmt.Sprintf("A agents %v, draining %v, err %v, framework %+v", ids, drain, err, fw)
+		if err != nil || len(ids) != 2 || len(drain) != 0 || fw.Active["TASK_RUNNING"] < 6 {
 			return false
 		}
 		active, _, err := e.cl.api.tasks(ctx)
 		for _, task := range active {
 			if task.AgentID.Value != ids["a-ag1"] && task.AgentID.Value != ids["a-ag2"] {
+				last += fmt.Sprintf("; task %s on %s", task.TaskID.Value, task.AgentID.Value)
 				return false
 			}
 		}
 		return err == nil
 	})
+
 	if s := e.framework(t); s.Failed != 0 {
 		t.Fatalf("the rollback of phases 5 and 4 failed tasks: %+v", s)
 	}
