@@ -163,6 +163,9 @@ func (sh *shadow) mirror(ctx context.Context, c *zkclient.Conn, p string) error 
 			if !isZKCode(err) {
 				sh.srv.dropPrimaryReader(a)
 			}
+			if jute.CodeOf(err) == jute.CodeNoAuth {
+				return sh.tightenACL(ctx, c, p, b, err)
+			}
 			return err
 		}
 		sh.noteEphemeral(p, pa)

@@ -333,7 +333,7 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 		}
 		err := sh.mirror(ctx, c, p)
 		sh.done1(p, err)
-		if err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) {
+		if connLost(err) {
 			// The connection failed: the path stays queued; re-attach.
 			sh.log.Info("mirror interrupted; re-attaching the shadow session", "path", p, "upstream", c.Addr(), "err", err)
 			c.Abandon()
