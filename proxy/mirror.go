@@ -258,6 +258,9 @@ func (sh *shadow) create(ctx context.Context, c *zkclient.Conn, p string, pa nod
 func (sh *shadow) noteEphemeral(p string, pa node) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	if sh.repair {
+		return // the ended session's ephemerals ended with it
+	}
 	if pa.exists && pa.stat.EphemeralOwner == sh.owner {
 		sh.ephemerals[p] = struct{}{}
 	} else {

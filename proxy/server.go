@@ -187,6 +187,7 @@ type Server struct {
 	perIP     map[string]int
 	sessions  map[int64]*session
 	shadows   map[int64]*shadow // two-ensemble mode, by client session id
+	repairSeq int64             // repair shadows started (mirror_repair.go)
 	closed    bool
 
 	readers       primaryReaders
