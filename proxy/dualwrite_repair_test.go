@@ -2,10 +2,14 @@ package proxy_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/go-zookeeper/zk"
+
+	"github.com/zk-migrate/zk-migrate/proxy"
+	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
 )
 
 // TestDualWriteSessionEndedDuringSecondaryOutageIsStillMirrored: with the
@@ -70,5 +74,50 @@ func TestDualWriteSessionEndedDuringSecondaryOutageIsStillMirrored(t *testing.T)
 	if err := a.Delete(root+"/private", -1); err != nil {
 		t.Fatal(err)
 	}
+	assertSameTree(t, ens.Addrs(), ensB.Addrs(), root)
+}
+
+// TestDualWriteBacklogSurvivesProxyRestartWithStateDir: writes queued for
+// a secondary that is down are recorded in --state-dir; a proxy restarted
+// with it mirrors them once the secondary returns, though no client
+// writes those paths again.
+func TestDualWriteBacklogSurvivesProxyRestartWithStateDir(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := proxy.Config{Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: t.TempDir(), Logger: testLogger(t)}
+	p1, err := proxytest.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ensB.Kill(1); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := connect(t, []string{p1.Addr}, 4*time.Second)
+	for i := 0; i < 5; i++ {
+		if _, err := c.Create(fmt.Sprintf("%s/n%d", root, i), []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+			t.Fatalf("write %d with the secondary down: %v", i, err)
+		}
+	}
+	if _, err := c.Set(root, []byte("root data"), -1); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	p1.Close()
+	if err := ensB.Restart(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	p2, err := proxytest.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p2.Close)
+	if n := p2.MirrorBacklog(); n != 6 {
+		t.Errorf("backlog after the restart: %d paths, want 6", n)
+	}
+	waitMirrored(t, p2)
 	assertSameTree(t, ens.Addrs(), ensB.Addrs(), root)
 }

@@ -35,14 +35,22 @@ func (s *Server) handOff(sh *shadow, q mirrorQueue, auths []zkclient.Auth) bool 
 	if sh.repair || s.ctx.Err() != nil {
 		return false
 	}
+	s.startRepair(fmt.Sprintf("0x%x", sh.key), sh.timeout, q, auths)
+	return true
+}
+
+// startRepair starts a repair shadow mirroring the paths of q, presenting
+// auths, with a session of timeout on the secondary; of names what it
+// repairs in its log lines.
+func (s *Server) startRepair(of string, timeout time.Duration, q mirrorQueue, auths []zkclient.Auth) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	key := repairKeyBase + s.repairSeq
 	s.repairSeq++
 	r := s.roles.Load()
 	rs := &shadow{
-		srv: s, leg: newLeg(s, r.primary.Other(), r.secondary), key: key, timeout: sh.timeout, repair: true,
-		log:        s.log.With("repair_of", fmt.Sprintf("0x%x", sh.key)),
+		srv: s, leg: newLeg(s, r.primary.Other(), r.secondary), key: key, timeout: timeout, repair: true,
+		log:        s.log.With("repair_of", of),
 		auths:      auths,
 		ephemerals: map[string]struct{}{},
 		queue:      q,
@@ -51,12 +59,11 @@ func (s *Server) handOff(sh *shadow, q mirrorQueue, auths []zkclient.Auth) bool 
 		wake:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
-	rs.leg.timeout = sh.timeout
+	rs.leg.timeout = timeout
 	s.shadows[key] = rs
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		rs.run()
 	}()
-	return true
 }

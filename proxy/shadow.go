@@ -372,6 +372,12 @@ func (s *Server) forgetShadow(sh *shadow) {
 			"paths", n, "hint", "bring the secondary back; `zk-migrate validate` shows what differs")
 		return
 	}
+	if n > 0 && s.ctx.Err() != nil && s.cfg.StateDir != "" {
+		s.leftAtStop(q) // recorded in --state-dir: the next run mirrors them
+		s.mirrorBacklog.Add(-int64(n))
+		s.noteBacklog()
+		return
+	}
 	s.mirrorBacklog.Add(-int64(n))
 	if n > 0 {
 		s.m.mirrorFailures.WithLabelValues("session_ended").Add(float64(n))
