@@ -102,6 +102,7 @@ func (s *Server) closePrimaryReaders() {
 
 // noteBacklog publishes the mirror backlog.
 func (s *Server) noteBacklog() {
+	s.backlogGen.Add(1)
 	s.m.mirrorBacklog.Set(float64(s.mirrorBacklog.Load()))
 }
 
@@ -110,6 +111,7 @@ func (s *Server) noteBacklog() {
 func (s *Server) watchMirrorLag() {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
+	saved := s.backlogGen.Load()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -136,6 +138,10 @@ func (s *Server) watchMirrorLag() {
 				lag = now.Sub(oldest).Seconds()
 			}
 			s.m.mirrorLag.Set(lag)
+			if g := s.backlogGen.Load(); g != saved && s.cfg.StateDir != "" {
+				saved = g
+				s.saveBacklog(s.pendingPaths())
+			}
 		}
 	}
 }

@@ -163,6 +163,9 @@ func (sh *shadow) mirror(ctx context.Context, c *zkclient.Conn, p string) error 
 			if !isZKCode(err) {
 				sh.srv.dropPrimaryReader(a)
 			}
+			if jute.CodeOf(err) == jute.CodeNoAuth {
+				return sh.tightenACL(ctx, c, p, b, err)
+			}
 			return err
 		}
 		sh.noteEphemeral(p, pa)
@@ -255,6 +258,9 @@ func (sh *shadow) create(ctx context.Context, c *zkclient.Conn, p string, pa nod
 func (sh *shadow) noteEphemeral(p string, pa node) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	if sh.repair {
+		return // the ended session's ephemerals ended with it
+	}
 	if pa.exists && pa.stat.EphemeralOwner == sh.owner {
 		sh.ephemerals[p] = struct{}{}
 	} else {

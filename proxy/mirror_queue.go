@@ -15,6 +15,9 @@ type mirrorQueue struct {
 	order []string
 	since map[string]time.Time
 	head  int
+	// acl is the ACL the latest write of a queued path requested, when
+	// that write was a setACL or a create (mirror_acl.go).
+	acl map[string][]jute.ACL
 }
 
 func (q *mirrorQueue) len() int { return len(q.since) }
@@ -32,6 +35,19 @@ func (q *mirrorQueue) add(p string, now time.Time) bool {
 	return true
 }
 
+// setACL records acl as the latest requested ACL of the queued p (nil: the
+// latest write of p requested none).
+func (q *mirrorQueue) setACL(p string, acl []jute.ACL) {
+	if acl == nil {
+		delete(q.acl, p)
+		return
+	}
+	if q.acl == nil {
+		q.acl = map[string][]jute.ACL{}
+	}
+	q.acl[p] = acl
+}
+
 // peek returns the oldest queued path without removing it.
 func (q *mirrorQueue) peek() (string, time.Time, bool) {
 	for q.head < len(q.order) {
@@ -47,6 +63,7 @@ func (q *mirrorQueue) peek() (string, time.Time, bool) {
 
 func (q *mirrorQueue) remove(p string) {
 	delete(q.since, p)
+	delete(q.acl, p)
 	if q.head > 1024 && q.head*2 > len(q.order) {
 		q.order = append(q.order[:0], q.order[q.head:]...)
 		q.head = 0
@@ -57,7 +74,12 @@ func (q *mirrorQueue) remove(p string) {
 // blocks: the secondary is never in the primary's way. Beyond
 // MaxMirrorBacklog paths over all sessions a path is not queued; it is
 // counted and left to the replicator, loudly.
-func (sh *shadow) mark(paths ...string) {
+func (sh *shadow) mark(paths ...string) { sh.markACL(nil, paths...) }
+
+// markACL is mark for a write that requested acl for the paths (a setACL
+// or a create; nil for any other write): the latest requested ACL of a
+// queued path is kept beside it.
+func (sh *shadow) markACL(acl []jute.ACL, paths ...string) {
 	now := time.Now()
 	added := 0
 	sh.mu.Lock()
@@ -80,6 +102,7 @@ func (sh *shadow) mark(paths ...string) {
 			sh.srv.mirrorBacklog.Add(1)
 			added++
 		}
+		sh.queue.setACL(p, acl)
 	}
 	sh.mu.Unlock()
 	if added > 0 {
@@ -102,7 +125,7 @@ func (sh *shadow) next() (string, bool) {
 func (sh *shadow) done1(p string, err error) {
 	m := sh.srv.m
 	sh.mu.Lock()
-	if err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) {
+	if connLost(err) {
 		// A lost connection: the path stays queued, unless it keeps
 		// failing (a path that cannot be read must not block the session's
 		// mirror for good).
@@ -139,8 +162,24 @@ func (sh *shadow) done1(p string, err error) {
 		reason = "noauth"
 	case errors.Is(err, errACLHidden):
 		reason = "acl_hidden"
+	case errors.Is(err, errACLApplied):
+		reason = "noauth_acl_applied"
+	case errors.Is(err, errACLOpen):
+		reason = "noauth_acl_open"
+	}
+	if reason == "noauth_acl_open" {
+		m.mirrorFailures.WithLabelValues(reason).Inc()
+		sh.srv.logs.warn(sh.log, "mirror_acl_open", "SECURITY: the secondary keeps a MORE PERMISSIVE ACL than the client set on the primary, and the proxy could not tighten it",
+			"path", p, "err", err, "hint", "set the ACL on the secondary by hand now (setAcl "+p+" on the secondary ensemble), then run `zk-migrate sync` beside the proxies")
+		return
 	}
 	m.mirrorFailures.WithLabelValues(reason).Inc()
 	sh.srv.logs.warn(sh.log, "mirror_failed", "could not mirror a write to the secondary; the replicator repairs it",
 		"path", p, "reason", reason, "err", err, "hint", "run `zk-migrate sync` beside the proxies; `zk-migrate validate` shows what differs")
+}
+
+// connLost reports whether a mirror ended in err for a lost connection (or
+// a timeout), not for an answer of the ensembles: the path is retried.
+func connLost(err error) bool {
+	return err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) && !errors.Is(err, errACLApplied)
 }

@@ -37,6 +37,10 @@ type pending struct {
 	// for the secondary once the primary acknowledges it; a create's path
 	// is taken from the reply (a sequential create's name).
 	mirror []string
+	// macl is the ACL a setACL or create requests (two-ensemble mode):
+	// applied to the secondary when the writer cannot read the primary back
+	// (mirror_acl.go).
+	macl []jute.ACL
 	// spath is the path whose Stat the reply carries; mpaths the path of
 	// each op of a multi (view.go translates them).
 	spath  string

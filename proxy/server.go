@@ -181,13 +181,16 @@ type Server struct {
 	logs     *logLimiter // for events before a session exists
 	allow4lw map[string]bool
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]string // the remote address's IP
-	perIP     map[string]int
-	sessions  map[int64]*session
-	shadows   map[int64]*shadow // two-ensemble mode, by client session id
-	closed    bool
+	mu         sync.Mutex
+	listeners  map[net.Listener]struct{}
+	conns      map[net.Conn]string // the remote address's IP
+	perIP      map[string]int
+	sessions   map[int64]*session
+	shadows    map[int64]*shadow // two-ensemble mode, by client session id
+	repairSeq  int64             // repair shadows started (mirror_repair.go)
+	stopLeft   []string          // paths shadows held when the proxy stopped (mirror_persist.go)
+	backlogGen atomic.Int64      // bumped at every change of the mirror backlog
+	closed     bool
 
 	readers       primaryReaders
 	mirrorBacklog atomic.Int64 // paths queued on every shadow
@@ -218,6 +221,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.roles.Store(&roles{primary: cfg.PrimaryName, upstream: cfg.Upstream, secondary: cfg.Secondary, epoch: cfg.Epoch})
 	if s.TwoEnsembles() {
+		s.restoreBacklog()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -359,6 +363,9 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	if s.TwoEnsembles() {
+		s.saveBacklog(s.stopLeft) // every shadow has ended: what they held
+	}
 	return nil
 }
 

@@ -488,6 +488,7 @@ func (s *session) handleRequest(frame []byte) error {
 			return nil
 		}
 		p.mirror = mirrorPaths(req.Body)
+		p.macl = requestedACL(req.Body)
 	}
 	return s.forward(p, frame, s.cc.fr.Buffered() == 0)
 }

@@ -51,6 +51,7 @@ type shadow struct {
 	closing    bool      // the client's session ended: drain, then close
 	gone       bool      // run is ending: a relay arriving now needs a new shadow
 	closeBy    time.Time // give up draining at this time
+	repair     bool      // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
 	wake       chan struct{}
 	done       chan struct{} // closed when run has ended
 }
@@ -269,7 +270,9 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	sh.leg.id, sh.leg.passwd = c.SessionID(), c.Passwd()
 	sh.authsSent = len(opts.Auth)
 	sh.mu.Unlock()
-	sh.srv.saveShadow(sh.key, c.SessionID(), c.Passwd())
+	if !sh.repair {
+		sh.srv.saveShadow(sh.key, c.SessionID(), c.Passwd())
+	}
 	if resumed {
 		sh.srv.m.mirrorReattach.Inc()
 		sh.log.Info("shadow session re-attached", "upstream", c.Addr())
@@ -292,7 +295,9 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 			sh.mu.Unlock()
 			if closing {
 				_ = c.Close() // closeSession: the client's ephemerals go from the secondary
-				sh.srv.dropShadowState(sh.key)
+				if !sh.repair {
+					sh.srv.dropShadowState(sh.key)
+				}
 				sh.log.Debug("shadow session closed with the client's session")
 			} else {
 				c.Abandon()
@@ -333,7 +338,7 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 		}
 		err := sh.mirror(ctx, c, p)
 		sh.done1(p, err)
-		if err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) {
+		if connLost(err) {
 			// The connection failed: the path stays queued; re-attach.
 			sh.log.Info("mirror interrupted; re-attaching the shadow session", "path", p, "upstream", c.Addr(), "err", err)
 			c.Abandon()
@@ -358,8 +363,21 @@ func (s *Server) forgetShadow(sh *shadow) {
 	s.mu.Unlock()
 	sh.mu.Lock()
 	n := sh.queue.len()
+	q := sh.queue
 	sh.queue = mirrorQueue{}
+	auths := append([]zkclient.Auth(nil), sh.auths...)
 	sh.mu.Unlock()
+	if n > 0 && s.handOff(sh, q, auths) {
+		s.logs.warn(sh.log, "mirror_handed_off", "session ended with writes not yet mirrored (the secondary is unreachable?); a repair session of the proxy mirrors them when it returns",
+			"paths", n, "hint", "bring the secondary back; `zk-migrate validate` shows what differs")
+		return
+	}
+	if n > 0 && s.ctx.Err() != nil && s.cfg.StateDir != "" {
+		s.leftAtStop(q) // recorded in --state-dir: the next run mirrors them
+		s.mirrorBacklog.Add(-int64(n))
+		s.noteBacklog()
+		return
+	}
 	s.mirrorBacklog.Add(-int64(n))
 	if n > 0 {
 		s.m.mirrorFailures.WithLabelValues("session_ended").Add(float64(n))

@@ -122,7 +122,11 @@ func (s *session) readUpstream(up *upstream) error {
 		}
 		if s.shadow != nil && code == jute.CodeOK && p.kind == pendingClient && mirrored(p.op) {
 			written := writtenPaths(&p, d)
-			s.shadow.mark(written...)
+			if p.macl != nil && len(written) == 1 {
+				s.shadow.markACL(p.macl, written...)
+			} else {
+				s.shadow.mark(written...)
+			}
 			for _, w := range written {
 				s.srv.view.note(w)
 			}
