@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"slices"
 	"strings"
 	"time"
@@ -151,7 +152,7 @@ func (s *State) apply(c Command) error {
 			return err
 		}
 		s.Migrations[c.Migration] = &Migration{ID: c.Migration, Config: *c.Config, Step: StepNone,
-			StepName: StepNone.String(), Status: StatusPending, Primary: "A", Epoch: epoch, Created: c.Time, Updated: c.Time}
+			StepName: StepNone.String(), Status: StatusPending, Primary: ensemble.Source, Epoch: epoch, Created: c.Time, Updated: c.Time}
 		return nil
 	}
 	m, ok := s.Migrations[c.Migration]
@@ -218,7 +219,7 @@ func (m *Migration) apply(c Command) error {
 		if c.Step != m.Step+1 {
 			return invalid(m, c, fmt.Sprintf("the next step is %s", m.Step+1))
 		}
-		if m.Step == StepFlip && m.Primary != "B" {
+		if m.Step == StepFlip && m.Primary != ensemble.Target {
 			return invalid(m, c, "the flip has not completed")
 		}
 		m.enter(c.Step)
@@ -261,8 +262,8 @@ func (m *Migration) apply(c Command) error {
 		if c.Epoch > m.Epoch {
 			m.Epoch = c.Epoch // the reverse flip's epoch: a later flip goes above it
 		}
-		if m.Step < StepFlip || (m.Step == StepFlip && m.Primary != "B") {
-			m.Primary = "A"
+		if m.Step < StepFlip || (m.Step == StepFlip && m.Primary != ensemble.Target) {
+			m.Primary = ensemble.Source
 		}
 		// Post-rollback validation: the step rolled back to runs again (its
 		// runner is idempotent) and must verify before it counts as done.
@@ -284,7 +285,7 @@ func (m *Migration) apply(c Command) error {
 		if m.Status != StatusRunning || c.Step != m.Step {
 			return invalid(m, c, "the step is not running")
 		}
-		if m.Step == StepFlip && m.Primary != "B" {
+		if m.Step == StepFlip && m.Primary != ensemble.Target {
 			return invalid(m, c, "the flip barrier has not completed")
 		}
 		m.Status = StatusSucceeded
@@ -309,7 +310,7 @@ func (m *Migration) apply(c Command) error {
 			return fmt.Errorf("%w: %d, the migration is at epoch %d", ErrStaleEpoch, c.Epoch, m.Epoch)
 		}
 		m.Epoch = c.Epoch
-		m.Flip = &Flip{Epoch: c.Epoch, Expected: sortedCopy(c.Proxies), Primary: "B"}
+		m.Flip = &Flip{Epoch: c.Epoch, Expected: sortedCopy(c.Proxies), Primary: ensemble.Target}
 	case CmdFlipAck, CmdFlipFence:
 		if m.Flip == nil || m.Flip.Done {
 			return invalid(m, c, "no flip barrier open")
@@ -349,7 +350,7 @@ func (m *Migration) apply(c Command) error {
 		m.Flip = nil
 		m.Epoch = c.Epoch + 1
 		m.Status = StatusFailed
-		m.LastError = "flip aborted, primary stays " + m.Primary + ": " + c.Error
+		m.LastError = "flip aborted, primary stays " + string(m.Primary) + ": " + c.Error
 	case CmdSyncStarted:
 		if c.Node == "" {
 			return invalid(m, c, "sync-started needs the node")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"log/slog"
 	"slices"
 	"time"
@@ -35,7 +36,7 @@ type ProxyFleet interface {
 	// Flip asks the proxies to drain their mirror writes and switch to
 	// primary at epoch, and returns those that acknowledged before ctx
 	// ended. Proxies that acknowledged an epoch already ack it again.
-	Flip(ctx context.Context, migration string, epoch int64, primary string, proxies []string) (acked []string, err error)
+	Flip(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) (acked []string, err error)
 }
 
 // FlipGuard checks the preconditions of a flip of the primary from one
@@ -46,7 +47,7 @@ type ProxyFleet interface {
 // the reason they do not, once ctx ends. It may pad the new primary's
 // sequence counters (that changes no data).
 type FlipGuard interface {
-	FlipReady(ctx context.Context, m *Migration, from, to string) error
+	FlipReady(ctx context.Context, m *Migration, from, to ensemble.Name) error
 }
 
 // Executor drives migrations on the leader: it runs the current step when
@@ -73,7 +74,7 @@ type Executor struct {
 }
 
 // ready runs the guard, if any, for a flip of m's primary to primary.
-func (e *Executor) ready(ctx context.Context, m *Migration, primary string) error {
+func (e *Executor) ready(ctx context.Context, m *Migration, primary ensemble.Name) error {
 	if e.Guard == nil {
 		return nil
 	}
@@ -83,10 +84,7 @@ func (e *Executor) ready(ctx context.Context, m *Migration, primary string) erro
 	}
 	gctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	from := "A"
-	if primary == "A" {
-		from = "B"
-	}
+	from := primary.Other()
 	return e.Guard.FlipReady(gctx, m, from, primary)
 }
 
@@ -171,7 +169,7 @@ func (e *Executor) fail(ctx context.Context, m *Migration, err error) error {
 // flip runs the barrier to primary: begins an epoch unless one is open,
 // collects acknowledgements, fences the proxies that did not answer in
 // time, completes it, and marks the step done.
-func (e *Executor) flip(ctx context.Context, m *Migration, primary string) error {
+func (e *Executor) flip(ctx context.Context, m *Migration, primary ensemble.Name) error {
 	f := m.Flip
 	if f == nil && m.Primary == primary {
 		// Already there (re-validating the flip step after a rollback to
@@ -280,10 +278,10 @@ func (e *Executor) rollback(ctx context.Context, m *Migration) error {
 	var epoch int64
 	for s := m.Step; s > m.RollbackTo; s-- {
 		if s == StepFlip {
-			if m.Primary == "B" || m.Flip != nil {
+			if m.Primary == ensemble.Target || m.Flip != nil {
 				// B is the source of truth until A has every change: the
 				// reverse flip has the forward flip's guard.
-				if m.Primary == "B" {
+				if m.Primary == ensemble.Target {
 					if err := e.ready(ctx, m, "A"); err != nil {
 						return e.holdRollback(ctx, m, fmt.Errorf("reverse flip refused, primary stays B: %w", err))
 					}
@@ -334,7 +332,7 @@ func (e *Executor) reverseFlip(ctx context.Context, m *Migration, epoch int64) e
 	}
 	fctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
 	defer cancel()
-	acked, err := e.Fleet.Flip(fctx, m.ID, epoch, "A", live)
+	acked, err := e.Fleet.Flip(fctx, m.ID, epoch, ensemble.Source, live)
 	if err != nil && ctx.Err() != nil {
 		return err
 	}

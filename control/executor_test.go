@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"slices"
 	"sync"
 	"testing"
@@ -96,7 +97,7 @@ type fleet struct {
 
 func (f *fleet) Live(context.Context) ([]string, error) { return f.proxies, nil }
 
-func (f *fleet) Flip(ctx context.Context, _ string, epoch int64, primary string, proxies []string) ([]string, error) {
+func (f *fleet) Flip(ctx context.Context, _ string, epoch int64, primary ensemble.Name, proxies []string) ([]string, error) {
 	f.mu.Lock()
 	f.flips = append(f.flips, fmt.Sprintf("epoch %d to %s: %v", epoch, primary, proxies))
 	f.mu.Unlock()

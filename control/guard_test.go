@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"strings"
 	"sync"
 	"testing"
@@ -20,10 +21,10 @@ type guard struct {
 	failAt int
 }
 
-func (g *guard) FlipReady(_ context.Context, m *Migration, from, to string) error {
+func (g *guard) FlipReady(_ context.Context, m *Migration, from, to ensemble.Name) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.checks = append(g.checks, from+"->"+to)
+	g.checks = append(g.checks, string(from)+"->"+string(to))
 	if g.failAt > 0 {
 		if len(g.checks) == g.failAt {
 			return g.bad

@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"io"
 	"strings"
 	"time"
@@ -44,7 +45,7 @@ type StepReport struct {
 type Report struct {
 	Migration string        `json:"migration"`
 	Status    Status        `json:"status"`
-	Primary   string        `json:"primary"`
+	Primary   ensemble.Name `json:"primary"`
 	LastError string        `json:"last_error,omitempty"`
 	Started   time.Time     `json:"started"`
 	Finished  time.Time     `json:"finished,omitempty"`

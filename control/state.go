@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"sort"
 	"time"
 )
@@ -122,7 +123,7 @@ type Flip struct {
 	Fenced   []string `json:"fenced"`
 	Done     bool     `json:"done"`
 	// Primary is the ensemble the proxies use once the flip is done.
-	Primary string `json:"primary"`
+	Primary ensemble.Name `json:"primary"`
 }
 
 // Migration is one migration's state.
@@ -137,9 +138,9 @@ type Migration struct {
 	LastError  string          `json:"last_error,omitempty"`
 	// Epoch is the highest flip epoch ever begun; Primary the ensemble the
 	// proxies must use ("A" until a flip completes).
-	Epoch   int64  `json:"epoch"`
-	Primary string `json:"primary"`
-	Flip    *Flip  `json:"flip,omitempty"`
+	Epoch   int64         `json:"epoch"`
+	Primary ensemble.Name `json:"primary"`
+	Flip    *Flip         `json:"flip,omitempty"`
 	// Sync is what the replicated state knows of the replicator: the
 	// leader records each start and stop, so every node can tell whether
 	// it runs (SPEC.md, "Work that follows leadership").
@@ -173,7 +174,7 @@ func (m *Migration) SyncRequired() bool {
 	case m.Status == StatusRollingBack:
 		// Below phase 1 too while B is primary: the reverse flip needs A
 		// to have every change first.
-		return m.RollbackTo >= StepDeployB || m.Primary == "B"
+		return m.RollbackTo >= StepDeployB || m.Primary == ensemble.Target
 	case m.Step == StepDeployB:
 		return m.Status != StatusAwaitingApproval
 	case m.Step == StepRemoveA:

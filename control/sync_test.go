@@ -1,6 +1,7 @@
 package control
 
 import (
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"strings"
 	"testing"
 )
@@ -14,7 +15,7 @@ func TestSyncRequiredFromPhase1ToPhase6(t *testing.T) {
 		step       Step
 		status     Status
 		rollbackTo Step
-		primary    string
+		primary    ensemble.Name
 		want       bool
 	}{
 		{StepNone, StatusPending, 0, "A", false},

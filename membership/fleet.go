@@ -49,7 +49,7 @@ func (f *Fleet) Live(context.Context) ([]string, error) {
 
 // Flip posts the barrier request to each named proxy's admin endpoint and
 // returns those that acknowledged before ctx ended.
-func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary string, proxies []string) ([]string, error) {
+func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) ([]string, error) {
 	apis := map[string]string{}
 	for _, m := range f.Agent.Members() {
 		apis[m.Name] = m.Meta.API
@@ -58,7 +58,7 @@ func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary
 	if client == nil {
 		client = http.DefaultClient
 	}
-	body, _ := json.Marshal(FlipRequest{Migration: migration, Epoch: epoch, Primary: ensemble.Name(primary)})
+	body, _ := json.Marshal(FlipRequest{Migration: migration, Epoch: epoch, Primary: primary})
 	var mu sync.Mutex
 	var acked []string
 	var wg sync.WaitGroup

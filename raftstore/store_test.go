@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"net"
 	"path/filepath"
 	"reflect"
@@ -291,7 +292,7 @@ type slowFleet struct {
 
 func (f *slowFleet) Live(context.Context) ([]string, error) { return []string{"px1", "px2"}, nil }
 
-func (f *slowFleet) Flip(ctx context.Context, _ string, _ int64, _ string, proxies []string) ([]string, error) {
+func (f *slowFleet) Flip(ctx context.Context, _ string, _ int64, _ ensemble.Name, proxies []string) ([]string, error) {
 	f.mu.Lock()
 	f.calls++
 	first := f.calls == 1

@@ -308,7 +308,7 @@ func recordedPrimaryOf(st *control.State) (ensemble.Name, int64) {
 	var primary ensemble.Name
 	var epoch int64 = -1
 	for _, m := range st.Migrations {
-		name, err := ensemble.Parse(m.Primary)
+		name, err := ensemble.Parse(string(m.Primary))
 		if err != nil {
 			continue
 		}

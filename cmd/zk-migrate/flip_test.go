@@ -92,14 +92,14 @@ func TestProxyFlipsThroughTheFleet(t *testing.T) {
 
 	fctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	if acked, _ := (&membership.Fleet{Agent: ctl}).Flip(fctx, "m", 1, string(ensemble.Target), []string{"proxy-1"}); len(acked) != 0 {
+	if acked, _ := (&membership.Fleet{Agent: ctl}).Flip(fctx, "m", 1, ensemble.Target, []string{"proxy-1"}); len(acked) != 0 {
 		t.Fatalf("a flip without the token was acknowledged: %v", acked)
 	}
 	// The executor asks again when a proxy does not acknowledge (a drain
 	// longer than the pause budget on a loaded machine answers 503).
 	var acked []string
 	for try := 0; try < 5 && len(acked) == 0; try++ {
-		acked, err = (&membership.Fleet{Agent: ctl, Token: token}).Flip(fctx, "m", 1, string(ensemble.Target), []string{"proxy-1"})
+		acked, err = (&membership.Fleet{Agent: ctl, Token: token}).Flip(fctx, "m", 1, ensemble.Target, []string{"proxy-1"})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"strings"
 	"time"
 
@@ -21,12 +22,12 @@ var _ control.FlipGuard = (*Syncer)(nil)
 // sequence counter on the new primary (to) is at or above the old one's
 // (from); it pads the counters that are below. It returns the last reason
 // they did not hold.
-func (s *Syncer) FlipReady(ctx context.Context, m *control.Migration, from, to string) error {
+func (s *Syncer) FlipReady(ctx context.Context, m *control.Migration, from, to ensemble.Name) error {
 	cfg, err := configOf(m)
 	if err != nil {
 		return err
 	}
-	ensemble := map[string]string{"A": cfg.Migration.SourceZK, "B": cfg.Migration.TargetZK}
+	servers := map[ensemble.Name]string{ensemble.Source: cfg.Migration.SourceZK, ensemble.Target: cfg.Migration.TargetZK}
 	var conns [2]*zkclient.Conn // from, to; dialled when first needed
 	defer func() {
 		for _, c := range conns {
@@ -37,7 +38,7 @@ func (s *Syncer) FlipReady(ctx context.Context, m *control.Migration, from, to s
 	}()
 	var last error
 	for {
-		last = s.flipProblem(ctx, m, cfg, &conns, [2]string{from, to}, [2]string{ensemble[from], ensemble[to]})
+		last = s.flipProblem(ctx, m, cfg, &conns, [2]string{string(from), string(to)}, [2]string{servers[from], servers[to]})
 		if last == nil {
 			return nil
 		}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"strings"
 	"time"
 
@@ -107,7 +108,7 @@ func (s *Syncer) watchHealth(ctx context.Context, m *control.Migration, cfg *con
 			}
 		}
 		primary := cfg.Migration.SourceZK
-		if cur.Primary == "B" {
+		if cur.Primary == ensemble.Target {
 			primary = cfg.Migration.TargetZK
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"log/slog"
 	"slices"
 	"sort"
@@ -71,7 +72,7 @@ func (p *MesosPhase) cluster(m *control.Migration) (*mesosCluster, error) {
 	}
 	c := newMesosCluster(cfg.Mesos, dep, log.With("migration", m.ID, "step", p.Step.String()))
 	c.primary, c.auth = cfg.Migration.SourceZK, syncAuth(cfg)
-	if m.Primary == "B" {
+	if m.Primary == ensemble.Target {
 		c.primary = cfg.Migration.TargetZK
 	}
 	return c, nil

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"strconv"
 	"strings"
 	"sync"
@@ -173,7 +174,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			gauge(dStatus, b2f(mg.Status == s), id, step, string(s))
 		}
 		gauge(dEpoch, float64(mg.Epoch), id)
-		gauge(dPrimaryB, b2f(mg.Primary == "B"), id)
+		gauge(dPrimaryB, b2f(mg.Primary == ensemble.Target), id)
 		gauge(dPaused, b2f(mg.Paused), id)
 		gauge(dAwaiting, b2f(mg.Status == control.StatusAwaitingApproval), id)
 		gauge(dSyncRunning, b2f(running[id]), id)

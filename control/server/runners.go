@@ -304,7 +304,7 @@ type NoProxies struct{}
 func (NoProxies) Live(context.Context) ([]string, error) { return nil, nil }
 
 // Flip has no one to ask.
-func (NoProxies) Flip(context.Context, string, int64, string, []string) ([]string, error) {
+func (NoProxies) Flip(context.Context, string, int64, ensemble.Name, []string) ([]string, error) {
 	return nil, nil
 }
 
