@@ -220,6 +220,7 @@ func New(cfg Config) (*Server, error) {
 		sessions: map[int64]*session{}, shadows: map[int64]*shadow{}, idmap: map[int64]identity{},
 	}
 	s.roles.Store(&roles{primary: cfg.PrimaryName, upstream: cfg.Upstream, secondary: cfg.Secondary, epoch: cfg.Epoch})
+	s.view.on = len(cfg.Secondary) > 0 // one ensemble never flips: nothing to record or translate
 	if s.TwoEnsembles() {
 		s.restoreBacklog()
 		s.wg.Add(1)

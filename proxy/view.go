@@ -32,6 +32,9 @@ type verOff struct{ v, c, a int32 }
 
 // view is the server-wide version translation, replaced at each flip.
 type view struct {
+	// on is set before the server serves, in two-ensemble mode only: a
+	// proxy of one ensemble never flips, so its hot path records nothing.
+	on    bool
 	mu    sync.RWMutex
 	seen  map[string]struct{} // paths whose Stat a client has been shown
 	off   map[string]verOff   // since the last flip
@@ -39,7 +42,7 @@ type view struct {
 }
 
 func (v *view) note(path string) {
-	if path == "" {
+	if !v.on || path == "" {
 		return
 	}
 	v.mu.RLock() // the hot path: a path shown before
@@ -71,6 +74,9 @@ func (v *view) offset(path string) (verOff, bool) {
 }
 
 func (v *view) active() bool {
+	if !v.on {
+		return false
+	}
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return len(v.off) > 0
@@ -181,6 +187,9 @@ func statPathOf(body jute.Record) string {
 // toServing rewrites the versions of a request into the serving ensemble's
 // numbering; it reports whether anything changed.
 func (v *view) toServing(body jute.Record) bool {
+	if !v.on {
+		return false
+	}
 	changed := false
 	fix := func(path string, ver *int32, pick func(verOff) int32) {
 		if *ver < 0 {
