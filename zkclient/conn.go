@@ -291,7 +291,9 @@ func (c *Conn) Go(op jute.Op, req, resp jute.Record) *Call {
 	return call
 }
 
-// Do sends a request and waits for its reply.
+// Do sends a request and waits for its reply. When ctx ends first, Do
+// returns ctx's error at once while the reply may still arrive and be
+// decoded into resp later: a caller must not read resp after an error.
 func (c *Conn) Do(ctx context.Context, op jute.Op, req, resp jute.Record) error {
 	call := c.Go(op, req, resp)
 	select {

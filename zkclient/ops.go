@@ -19,42 +19,60 @@ var OpenACL = []jute.ACL{{Perms: jute.PermAll, ID: jute.Id{Scheme: "world", ID: 
 func (c *Conn) Get(ctx context.Context, path string) ([]byte, jute.Stat, error) {
 	var r jute.GetDataResponse
 	err := c.Do(ctx, jute.OpGetData, &jute.GetDataRequest{Path: path}, &r)
-	return r.Data, r.Stat, err
+	if err != nil {
+		return nil, jute.Stat{}, err
+	}
+	return r.Data, r.Stat, nil
 }
 
 // Exists reads a znode's stat; a missing node is jute.CodeNoNode.
 func (c *Conn) Exists(ctx context.Context, path string) (jute.Stat, error) {
 	var r jute.ExistsResponse
 	err := c.Do(ctx, jute.OpExists, &jute.ExistsRequest{Path: path}, &r)
-	return r.Stat, err
+	if err != nil {
+		return jute.Stat{}, err
+	}
+	return r.Stat, nil
 }
 
 // Children lists a znode's children with its stat.
 func (c *Conn) Children(ctx context.Context, path string) ([]string, jute.Stat, error) {
 	var r jute.GetChildren2Response
 	err := c.Do(ctx, jute.OpGetChildren2, &jute.GetChildren2Request{Path: path}, &r)
-	return r.Children, r.Stat, err
+	if err != nil {
+		return nil, jute.Stat{}, err
+	}
+	return r.Children, r.Stat, nil
 }
 
 // GetACL reads a znode's ACL.
 func (c *Conn) GetACL(ctx context.Context, path string) ([]jute.ACL, jute.Stat, error) {
 	var r jute.GetACLResponse
 	err := c.Do(ctx, jute.OpGetACL, &jute.GetACLRequest{Path: path}, &r)
-	return r.ACL, r.Stat, err
+	if err != nil {
+		return nil, jute.Stat{}, err
+	}
+	return r.ACL, r.Stat, nil
 }
 
 // Create creates a znode and returns its path (with any sequence suffix).
 func (c *Conn) Create(ctx context.Context, path string, data []byte, acl []jute.ACL, flags int32) (string, error) {
 	var r jute.CreateResponse
 	err := c.Do(ctx, jute.OpCreate, &jute.CreateRequest{Path: path, Data: data, ACL: acl, Flags: flags}, &r)
-	return r.Path, err
+	if err != nil {
+		return "", err
+	}
+	return r.Path, nil
 }
 
 // Set writes a znode's data if version matches (-1: any).
 func (c *Conn) Set(ctx context.Context, path string, data []byte, version int32) (jute.Stat, error) {
 	var r jute.SetDataResponse
 	err := c.Do(ctx, jute.OpSetData, &jute.SetDataRequest{Path: path, Data: data, Version: version}, &r)
-	return r.Stat, err
+	if err != nil {
+		return jute.Stat{}, err
+	}
+	return r.Stat, nil
 }
 
 // SetACL replaces a znode's ACL if its aversion matches (-1: any).
