@@ -143,6 +143,10 @@ func Join(cfg Config) (*Agent, error) {
 		mc.ProbeTimeout = 100 * time.Millisecond
 		mc.SuspicionMult = 2
 		mc.GossipInterval = 50 * time.Millisecond
+		// Gossip is UDP: a loaded machine drops datagrams, and a lost
+		// meta update would otherwise wait for the next full state
+		// exchange (15 s in the local config). Exchange often over TCP.
+		mc.PushPullInterval = 500 * time.Millisecond
 	}
 	mc.Name = cfg.Name
 	if len(cfg.SecretKey) > 0 {
