@@ -118,7 +118,7 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
 		Checkpoint:   resume,
 		OnCheckpoint: func(cp replicator.Checkpoint) { r.checkpoint.Store(&cp) },
-		Dial: dialer(cfg).Dial,
+		Dial:         dialer(cfg).Dial,
 		OnAlert: func(a replicator.Alert) {
 			if s.Alerts != nil {
 				sev := alert.Warning
