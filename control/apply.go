@@ -41,6 +41,10 @@ const (
 	CmdSyncCopied    Kind = "sync-copied"    // leader: the initial copy A to B is done
 	CmdSyncStopped   Kind = "sync-stopped"   // leader: the replicator of Node no longer runs (Error: why)
 	CmdAuditPrune    Kind = "audit-prune"    // leader: drop audit entries older than Time - Retention (the anchor keeps the chain)
+	// CmdSyncCheckpoint (leader) records the running replicator's last
+	// checkpoint (Checkpoint). It is bookkeeping taken at every equal
+	// reconcile, not an action: it leaves no audit entry.
+	CmdSyncCheckpoint Kind = "sync-checkpoint"
 )
 
 // Command is one change to the state. Time and By are set by whoever
@@ -60,6 +64,8 @@ type Command struct {
 	Event     string           `json:"event,omitempty"` // for record: what happened
 	Node      string           `json:"node,omitempty"`
 	API       string           `json:"api,omitempty"`
+	// Checkpoint is sync-checkpoint's.
+	Checkpoint *SyncCheckpoint `json:"checkpoint,omitempty"`
 	// Retention is audit-prune's: entries older than Time - Retention go.
 	Retention time.Duration `json:"retention,omitempty"`
 	// Resolved (start): the ensembles' ip:port as resolved when the
@@ -72,6 +78,9 @@ type Command struct {
 // the audit trail. Every entry is hash-chained to the one before it
 // (audit.go).
 func (s *State) Apply(c Command, index uint64) error {
+	if c.Kind == CmdSyncCheckpoint {
+		return s.apply(c) // bookkeeping: no audit entry
+	}
 	var err error
 	if c.Kind == CmdAuditPrune {
 		var d string
@@ -358,6 +367,12 @@ func (m *Migration) apply(c Command) error {
 		m.Sync.Running, m.Sync.Node, m.Sync.Since, m.Sync.Stopped = true, c.Node, c.Time, ""
 	case CmdSyncCopied:
 		m.Sync.Copied = true
+	case CmdSyncCheckpoint:
+		if c.Checkpoint == nil || !m.Sync.Running || c.Node != m.Sync.Node || c.Checkpoint.Node != c.Node {
+			return invalid(m, c, fmt.Sprintf("a checkpoint of %s, whose sync is not recorded as running", c.Node))
+		}
+		cp := *c.Checkpoint
+		m.Sync.Checkpoint = &cp
 	case CmdSyncStopped:
 		if !m.Sync.Running || c.Node != m.Sync.Node {
 			return invalid(m, c, fmt.Sprintf("the sync of %s is not recorded as running", c.Node))

@@ -161,6 +161,21 @@ type SyncState struct {
 	Copied bool `json:"copied"`
 	// Stopped says why the replicator last stopped.
 	Stopped string `json:"stopped,omitempty"`
+	// Checkpoint is the last moment the running replicator verified both
+	// sides equal: the next leader's replicator resumes from it, so a
+	// znode deleted while no sync ran is not copied back (SPEC 4c).
+	Checkpoint *SyncCheckpoint `json:"checkpoint,omitempty"`
+}
+
+// SyncCheckpoint is replicator.Checkpoint as the replicated state keeps
+// it: per side (A, B) the zxid up to which both trees were verified equal,
+// and the replicator's writer sessions then; Node is the control node
+// whose replicator took it.
+type SyncCheckpoint struct {
+	Zxid     [2]int64  `json:"zxid"`
+	Sessions [2]int64  `json:"sessions"`
+	Time     time.Time `json:"time"`
+	Node     string    `json:"node"`
 }
 
 // SyncRequired reports whether the replicator must run now: from phase 1's

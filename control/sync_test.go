@@ -1,9 +1,11 @@
 package control
 
 import (
-	"github.com/zk-migrate/zk-migrate/ensemble"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
 )
 
 // TestSyncRequiredFromPhase1ToPhase6: the replicator must run from phase 1
@@ -66,5 +68,37 @@ func TestSyncRequiredFromPhase1ToPhase6(t *testing.T) {
 		if got := c.m.SyncCopied(); got != c.want {
 			t.Errorf("%s %s copied=%v: SyncCopied %v", c.m.Step, c.m.Status, c.m.Sync.Copied, got)
 		}
+	}
+}
+
+// TestSyncCheckpointIsTheRunningReplicators: only the replicator recorded
+// as running may record a checkpoint (a former leader's late one is
+// refused), and a checkpoint leaves no audit entry (one per reconcile).
+func TestSyncCheckpointIsTheRunningReplicators(t *testing.T) {
+	s := NewState()
+	now := time.Now().UTC()
+	for _, c := range []Command{
+		{Kind: CmdCreate, Migration: "m", Config: &MigrationConfig{}, Time: now},
+		{Kind: CmdStart, Migration: "m", Time: now},
+		{Kind: CmdSyncStarted, Migration: "m", Node: "c1", Time: now},
+	} {
+		if err := s.Apply(c, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries := len(s.Audit)
+	cp := &SyncCheckpoint{Zxid: [2]int64{10, 20}, Sessions: [2]int64{1, 2}, Time: now, Node: "c2"}
+	if err := s.Apply(Command{Kind: CmdSyncCheckpoint, Migration: "m", Node: "c2", Checkpoint: cp, Time: now}, 0); err == nil {
+		t.Fatal("a checkpoint of c2, whose sync is not recorded as running, was accepted")
+	}
+	cp.Node = "c1"
+	if err := s.Apply(Command{Kind: CmdSyncCheckpoint, Migration: "m", Node: "c1", Checkpoint: cp, Time: now}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Migrations["m"].Sync.Checkpoint; got == nil || got.Zxid != cp.Zxid || got.Node != "c1" {
+		t.Fatalf("checkpoint recorded: %+v", got)
+	}
+	if len(s.Audit) != entries {
+		t.Fatalf("checkpoints left %d audit entries", len(s.Audit)-entries)
 	}
 }

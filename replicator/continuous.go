@@ -105,6 +105,16 @@ type ContinuousConfig struct {
 	// proxies' longest mirror pass, a shadow session's re-attach to
 	// another server included).
 	MirrorGrace time.Duration
+	// Checkpoint, for a start without the initial copy, is the last moment a
+	// former replicator found both sides equal (see Checkpoint): with it, a
+	// znode deleted on one side while no sync ran is deleted on the other,
+	// not copied back. Nil: every path found on one side only is copied.
+	Checkpoint *Checkpoint
+	// OnCheckpoint, if set, receives every checkpoint taken: after each full
+	// reconcile that verified both sides equal. It is called outside the
+	// replicator's lock and must not block (the control plane records it in
+	// its replicated state for the next leader).
+	OnCheckpoint func(Checkpoint)
 	// OneShotWatches watches with one-shot watch trees (a data and a child
 	// watch on every znode, re-armed as they fire) instead of persistent
 	// recursive watches. It is chosen by itself for a side whose servers
@@ -171,6 +181,9 @@ type Continuous struct {
 	// deferred are the differences left to their mirror for now.
 	primary  *Side
 	deferred map[string]deferral
+	// checkpoint is the last moment both sides were verified equal (given
+	// at start or taken since): see inferLocked.
+	checkpoint *Checkpoint
 
 	conns [2]*zkclient.Conn // writers (and readers); replaced on reconnect
 	// watchers and oneShot are the current session's watcher connections
@@ -228,6 +241,10 @@ func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
 		deferred: map[string]deferral{}}
 	if err := c.SetPrimary(cfg.Primary); err != nil {
 		return nil, err
+	}
+	if cfg.Checkpoint != nil && !cfg.InitialSync {
+		cp := *cfg.Checkpoint
+		c.checkpoint = &cp
 	}
 	return c, nil
 }
@@ -491,6 +508,9 @@ func (c *Continuous) runSession(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := c.validateCheckpoint(ctx); err != nil {
+		return err
+	}
 	if err := c.reconcileAll(ctx); err != nil {
 		return err
 	}
@@ -630,12 +650,15 @@ func (c *Continuous) reconcileAll(ctx context.Context) error {
 	if err := c.reconcileACLs(ctx, paths); err != nil {
 		return err
 	}
+	zxids, err := c.currentZxids(ctx)
+	if err != nil {
+		return err
+	}
 	if trees, err = c.readTrees(ctx, nil); err != nil {
 		return err
 	}
 	c.noteUnreadable(unreadableInAll(trees), false)
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for i, root := range c.cfg.Roots {
 		hidden := len(trees[SideA][i].Unreadable) + len(trees[SideB][i].Unreadable)
 		eq := trees[SideA][i].Digest() == trees[SideB][i].Digest() && hidden == 0
@@ -652,6 +675,11 @@ func (c *Continuous) reconcileAll(ctx context.Context) error {
 			}
 			c.cfg.Metrics.inSync.WithLabelValues(root).Set(v)
 		}
+	}
+	cp, ok := c.checkpointLocked(zxids, c.conns)
+	c.mu.Unlock()
+	if ok && c.cfg.OnCheckpoint != nil {
+		c.cfg.OnCheckpoint(cp)
 	}
 	return nil
 }
@@ -839,6 +867,19 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 			delete(c.inherited, p) // the side that still has it decides
 			delete(c.synced, p)
 			known = false
+		}
+		if !known {
+			inferred, how := c.inferLocked(p, [2]*read{&a, &b})
+			switch how {
+			case inferAgreed:
+				// Both unchanged since the checkpoint yet different (an ACL
+				// moved, which no zxid shows): decided as without it.
+				if inferred != cur || equalReads(&a, &b) {
+					st, known = inferred, true
+				}
+			case inferStaleCopy:
+				continue // a former replicator's copy: it expires with its session
+			}
 		}
 		changed := [2]bool{cur[SideA] != st[SideA], cur[SideB] != st[SideB]}
 		if !known {

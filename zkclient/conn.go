@@ -212,6 +212,12 @@ func dialOne(ctx context.Context, addr string, opts Options) (*Conn, error) {
 // SessionID is the session's id.
 func (c *Conn) SessionID() int64 { return c.sessionID }
 
+// LastZxid is the highest zxid a reply header carried on this connection:
+// every transaction up to it was applied on that server before the reply,
+// so later reads on the connection reflect it (after a Sync, it is at least
+// the leader's zxid when the sync began).
+func (c *Conn) LastZxid() int64 { return c.lastZxid.Load() }
+
 // Passwd is the session's password (to resume it with Options.Passwd).
 func (c *Conn) Passwd() []byte { return c.passwd }
 

@@ -77,6 +77,11 @@ type syncRun struct {
 	// beat holds when a heartbeat written on A (0) or B (1) last reached
 	// the other side (unix nanoseconds).
 	beat [2]atomic.Int64
+	// checkpoint is the replicator's last checkpoint, recorded in the
+	// replicated state by the supervisor (note).
+	checkpoint atomic.Pointer[replicator.Checkpoint]
+	// resumed is the checkpoint the run started from (nil: none).
+	resumed *control.SyncCheckpoint
 }
 
 // followPrimary keeps the replicator's idea of the proxies' primary the
@@ -105,8 +110,15 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 		return nil, err
 	}
 	r := &syncRun{roots: cfg.Migration.Paths, cfg: cfg, initial: !m.SyncCopied(), started: time.Now(), done: make(chan struct{})}
+	var resume *replicator.Checkpoint
+	if cp := m.Sync.Checkpoint; cp != nil && !r.initial {
+		r.resumed = cp
+		resume = &replicator.Checkpoint{Zxid: cp.Zxid, Sessions: cp.Sessions, Time: cp.Time}
+	}
 	cont, err := replicator.NewContinuous(replicator.ContinuousConfig{
-		Dial: dialer(cfg).Dial,
+		Checkpoint:   resume,
+		OnCheckpoint: func(cp replicator.Checkpoint) { r.checkpoint.Store(&cp) },
+		Dial:         dialer(cfg).Dial,
 		OnAlert: func(a replicator.Alert) {
 			if s.Alerts != nil {
 				sev := alert.Warning
@@ -165,6 +177,12 @@ func (s *Syncer) Status() any {
 			"digests_equal": r.cont.DigestsEqual(), "open_conflicts": r.cont.Conflicts()}
 		if p := r.replicating(false); p != "" {
 			st["problem"] = p
+		}
+		if cp := r.cont.LastCheckpoint(); cp != nil {
+			st["checkpoint"] = cp.Time
+		}
+		if r.resumed != nil {
+			st["resumed_from_checkpoint"] = r.resumed.Time
 		}
 		out[id] = st
 	}

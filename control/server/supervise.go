@@ -143,15 +143,28 @@ func (s *Syncer) note(ctx context.Context, id string, r *syncRun) error {
 	if !m.Sync.Running || m.Sync.Node != s.NodeID {
 		c := s.syncCmd(control.CmdSyncStarted, m, s.NodeID, "")
 		c.Detail = "resumed: continuous sync reconciles both sides, no copy"
-		if r.initial {
+		switch {
+		case r.initial:
 			c.Detail = "initial copy A to B, then continuous sync"
+		case r.resumed != nil:
+			c.Detail = fmt.Sprintf("resumed from the checkpoint %s took at %s: continuous sync reconciles both sides, no copy",
+				r.resumed.Node, r.resumed.Time.Format(time.RFC3339))
 		}
 		if err := s.Apply(ctx, c); err != nil {
 			return err
 		}
 	}
 	if r.initial && !m.Sync.Copied && len(r.cont.DigestsEqual()) > 0 {
-		return s.Apply(ctx, s.syncCmd(control.CmdSyncCopied, m, s.NodeID, ""))
+		if err := s.Apply(ctx, s.syncCmd(control.CmdSyncCopied, m, s.NodeID, "")); err != nil {
+			return err
+		}
+	}
+	// The last checkpoint goes into the replicated state, for the next
+	// leader's replicator (a new one at most every reconcile).
+	if cp := r.checkpoint.Load(); cp != nil && (m.Sync.Checkpoint == nil || m.Sync.Checkpoint.Node != s.NodeID || cp.Time.After(m.Sync.Checkpoint.Time)) {
+		c := s.syncCmd(control.CmdSyncCheckpoint, m, s.NodeID, "")
+		c.Checkpoint = &control.SyncCheckpoint{Zxid: cp.Zxid, Sessions: cp.Sessions, Time: cp.Time, Node: s.NodeID}
+		return s.Apply(ctx, c)
 	}
 	return nil
 }
