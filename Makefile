@@ -31,6 +31,7 @@ test-short: ## unit tests only, no JVMs
 
 bench: ## proxy vs direct-to-ZooKeeper, printed side by side with ratios
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/scale/
 
 soak: ## long mixed load through the proxy with server kills
 	ZKM_SOAK=10m $(GO) test -run TestSoak -v -timeout 30m ./bench/

@@ -232,8 +232,12 @@ func (sh *shadow) finished() bool {
 // connect opens the shadow session, or resumes it on another server.
 func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	sh.mu.Lock()
+	// One shadow session per client: small buffers (mirror writes are
+	// few; a large one still goes through) and no watches, so no room for
+	// events (64 KiB buffers and 4,096 event slots cost 200 KB a session).
 	opts := zkclient.Options{SessionTimeout: sh.timeout, DialTimeout: sh.srv.cfg.DialTimeout, Dial: sh.srv.cfg.Dial,
-		SessionID: sh.leg.id, Passwd: sh.leg.passwd, Auth: append([]zkclient.Auth(nil), sh.auths...)}
+		SessionID: sh.leg.id, Passwd: sh.leg.passwd, Auth: append([]zkclient.Auth(nil), sh.auths...),
+		BufferSize: 4 << 10, EventBuffer: 16}
 	resumed := sh.leg.id != 0
 	sh.swapped = false
 	l := sh.leg

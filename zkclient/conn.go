@@ -59,6 +59,11 @@ type Options struct {
 	// When it is full the connection stops reading until there is room:
 	// events are never dropped.
 	EventBuffer int
+	// BufferSize is the size of the connection's read and write buffers
+	// (default 64 KiB, for the replicator's pipelined bulk traffic). A
+	// session that carries little, like the proxy's shadow sessions, one
+	// per client, asks for less: a larger frame still goes through.
+	BufferSize int
 }
 
 // Auth is one credential, as for addAuth ("digest", "user:password").
@@ -121,6 +126,9 @@ func Dial(ctx context.Context, addrs []string, opts Options) (*Conn, error) {
 	if opts.MaxFrame == 0 {
 		opts.MaxFrame = 16 << 20
 	}
+	if opts.BufferSize <= 0 {
+		opts.BufferSize = 64 << 10
+	}
 	if opts.EventBuffer == 0 {
 		opts.EventBuffer = 4096
 	}
@@ -173,13 +181,13 @@ func dialOne(ctx context.Context, addr string, opts Options) (*Conn, error) {
 	_ = nc.SetDeadline(time.Now().Add(opts.DialTimeout))
 	req := jute.ConnectRequest{TimeOut: int32(opts.SessionTimeout / time.Millisecond), SessionID: opts.SessionID,
 		Passwd: opts.Passwd, HasReadOnly: true}
-	w := bufio.NewWriterSize(nc, 64<<10)
+	w := bufio.NewWriterSize(nc, opts.BufferSize)
 	_, _ = w.Write(jute.AppendFrame(nil, jute.Marshal(&req)))
 	if err := w.Flush(); err != nil {
 		nc.Close()
 		return nil, err
 	}
-	fr := jute.NewFrameReader(bufio.NewReaderSize(nc, 64<<10), opts.MaxFrame)
+	fr := jute.NewFrameReader(bufio.NewReaderSize(nc, opts.BufferSize), opts.MaxFrame)
 	frame, err := fr.Next()
 	if err != nil {
 		nc.Close()
