@@ -34,7 +34,7 @@ function clear(e) { while (e.firstChild) e.removeChild(e.firstChild); return e; 
 function problem(source, msg) {
   if (msg) state.problems[source] = msg; else delete state.problems[source];
   const b = $("banner");
-  const all = Object.values(state.problems);
+  const all = [...new Set(Object.values(state.problems))];
   b.hidden = all.length === 0;
   b.textContent = all.join(" | ");
 }
@@ -120,10 +120,35 @@ async function guarded(source, f) {
   try {
     await f();
     problem(source, "");
+    connected(true);
   } catch (e) {
     if (e.status === 401) { logout(); return; }
+    if (e.status === 0) { problem(source, ""); connected(false, e.message); return; }
     problem(source, source + ": " + e.message + (e.hint ? " (" + e.hint + ")" : ""));
   }
+}
+
+// connected records whether this control node answers; while it does
+// not, one banner says so (with the other nodes to try) and the buttons
+// are disabled: what the page shows is the last state it read.
+function connected(ok, why) {
+  const main = $("dash");
+  if (ok) {
+    if (!state.lost) return;
+    state.lost = false;
+    main.classList.remove("lost");
+    problem("connection", "");
+    for (const b of document.querySelectorAll("#actions button")) b.disabled = false;
+    return;
+  }
+  const first = !state.lost;
+  state.lost = true;
+  main.classList.add("lost");
+  for (const b of document.querySelectorAll("#actions button")) b.disabled = true;
+  if (first) state.lostSince = new Date();
+  const others = (state.nodes || []).filter((n) => n.api && !n.api.endsWith("//" + location.host)).map((n) => n.id + " " + n.api);
+  problem("connection", "Control node " + location.host + " unreachable since " + state.lostSince.toLocaleTimeString() +
+    " (" + why + "): retrying; the data below is the last read." + (others.length ? " Other control nodes: " + others.join(", ") + "." : ""));
 }
 
 function refreshMigration() {
@@ -145,6 +170,7 @@ function refreshMigration() {
 function refreshNodes() {
   return guarded("nodes", async () => {
     const { data } = await api("GET", "/api/v1/cluster/nodes");
+    state.nodes = data;
     const parts = data.map((n) => n.id + (n.leader ? " (leader)" : ""));
     const leader = data.find((n) => n.leader);
     $("node").textContent = "control plane: " + parts.join(", ");
@@ -199,6 +225,7 @@ async function follow() {
       if (resp.status === 401) { logout(); return; }
       if (!resp.ok || !resp.body) throw new Error("HTTP " + resp.status);
       problem("event stream", "");
+      connected(true);
       backoff = 500;
       const reader = resp.body.getReader();
       const dec = new TextDecoder();
@@ -215,7 +242,8 @@ async function follow() {
       }
     } catch (e) {
       if (ctrl.signal.aborted) return;
-      problem("event stream", "event stream lost: " + e.message + "; reconnecting");
+      if (e instanceof TypeError) connected(false, e.message); // the network: the node is gone
+      else problem("event stream", "event stream lost: " + e.message + "; reconnecting");
     }
     await new Promise((r) => setTimeout(r, backoff));
     backoff = Math.min(backoff * 2, 5000);
@@ -402,7 +430,10 @@ function drawLag() {
   const max = Math.max(10, ...state.lag.map((x) => Math.max(x[1], x[2])));
   g.fillStyle = "#555"; g.font = "11px sans-serif";
   g.fillText(max + " ms", 4, 12); g.fillText("0", 4, c.height - 4);
-  const x = (t) => 30 + (c.width - 34) * (1 - (now - t) / LAG_WINDOW_MS);
+  g.fillText("-" + Math.round(span / 1000) + " s", 30, c.height - 4);
+  // The window grows with the samples up to five minutes.
+  const span = Math.min(LAG_WINDOW_MS, Math.max(30000, state.lag.length ? now - state.lag[0][0] : 0));
+  const x = (t) => 30 + (c.width - 34) * (1 - (now - t) / span);
   const y = (v) => c.height - 6 - (c.height - 20) * v / max;
   for (const [i, color] of [[1, "#1565c0"], [2, "#e65100"]]) {
     g.strokeStyle = color; g.lineWidth = 2; g.beginPath();

@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/go-zookeeper/zk"
+
+	"github.com/zk-migrate/zk-migrate/zktest"
+)
+
+// chromiumPath finds headless Chromium (Debian's chromium package), or
+// skips the test with the install hint; in CI (CI set), where
+// scripts/deps.sh installs it, its absence fails the test.
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("chromium is not installed, and CI must run the browser test: scripts/deps.sh installs it (apt-get install chromium)")
+	}
+	t.Skip("chromium is not installed: apt-get install chromium (or bash scripts/deps.sh) to run the dashboard's browser test")
+	return ""
+}
+
+// artefactDir is where the browser test saves its screenshots:
+// $ZKM_ARTEFACTS, or zkm-dashboard-artefacts under the temp directory. It
+// is kept after the test (CI uploads it) and printed.
+func artefactDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("ZKM_ARTEFACTS")
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "zkm-dashboard-artefacts")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(os.Stderr, "dashboard screenshots in %s\n", dir)
+	t.Logf("dashboard screenshots in %s", dir)
+	return dir
+}
+
+// tab is one browser tab on one control node's dashboard.
+type tab struct {
+	t   *testing.T
+	ctx context.Context
+	dir string
+}
+
+// newTab opens a tab (its own session storage) in the browser of parent.
+// The first action on a context starts its tab and must run without a
+// timeout (a timeout there would close it); later ones are bounded.
+func newTab(t *testing.T, parent context.Context, dir string) *tab {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(parent)
+	t.Cleanup(cancel)
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	return &tab{t: t, ctx: ctx, dir: dir}
+}
+
+func (b *tab) run(actions ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		b.t.Fatalf("browser: %v", err)
+	}
+}
+
+// js evaluates a JavaScript expression in the page and returns its value
+// as a string.
+func (b *tab) js(expr string) string {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	out, err := chromedp.Run(ctx, chromedp.Evaluate[string]("String("+expr+")"))
+	if err != nil {
+		b.t.Fatalf("browser: %s: %v", expr, err)
+	}
+	return out
+}
+
+// text is an element's text.
+func (b *tab) text(id string) string {
+	return b.js(fmt.Sprintf(`(document.getElementById(%q) || {}).textContent`, id))
+}
+
+// until waits, up to d, for the page to satisfy cond (polled), failing
+// with what and the page's state.
+func (b *tab) until(d time.Duration, what string, cond func() bool) {
+	b.t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			b.shot("failed")
+			b.t.Fatalf("page: not within %v: %s\nbanner: %q\nwaiting: %q\nactions: %q", d, what,
+				b.text("banner"), b.text("waiting"), b.text("actions"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// shot saves a full-page screenshot as NAME.png in the artefact directory.
+func (b *tab) shot(name string) string {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Logf("screenshot %s: %v", name, err)
+		return ""
+	}
+	p := filepath.Join(b.dir, name+".png")
+	if err := os.WriteFile(p, png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+	return p
+}
+
+// open loads the dashboard of the node at api and logs in with token.
+func (b *tab) open(api, token string) {
+	b.t.Helper()
+	b.run(chromedp.Navigate(api+"/"), chromedp.WaitVisible(chromedp.ID("login")),
+		chromedp.SendKeys(chromedp.ID("token"), token), chromedp.Click(chromedp.ID("login-button")),
+		chromedp.WaitVisible(chromedp.ID("dash")))
+	if strings.Contains(b.js("location.href"), token) {
+		b.t.Fatal("the token is in the page's URL")
+	}
+	// A mark that a reload would wipe: the page must stay live without one.
+	b.js("window.zkmNoReload = 'kept'")
+}
+
+func (b *tab) notReloaded() {
+	b.t.Helper()
+	if got := b.js("window.zkmNoReload"); got != "kept" {
+		b.t.Fatalf("the page was reloaded (mark %q)", got)
+	}
+}
+
+// TestDashboardInABrowser drives the dashboard in headless Chromium during a
+// live migration: real ensembles (A of three servers, B), three `zk-migrate
+// control` processes in a gossip pool with a `zk-migrate proxy` and a
+// client session through it. As operator, on the leader's page, phase 1
+// waits for approval; pressing Approve starts it and the page follows it to
+// success; the flip entered from the CLI shows up without a reload, is
+// approved from the page and completes with the proxy on epoch 1. A viewer
+// sees the same state and no button. Killing the leader (the page's own
+// node) raises the error banner; restarting it clears the banner and the
+// page shows the new leader. Screenshots go to artefactDir.
+func TestDashboardInABrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts ZooKeeper, three control nodes, a proxy and a browser")
+	}
+	chromium := chromiumPath(t)
+	shots := artefactDir(t)
+	ctx := context.Background()
+	a, err := zktest.Start(ctx, zktest.Config{Servers: 3, Name: "dash-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	b, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: "dash-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	za, _, err := zk.Connect(a.Addrs(), 10*time.Second, zk.WithLogger(quiet{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer za.Close()
+	for _, p := range []string{"/mesos", "/mesos/log_replicas", "/mesos/state"} {
+		if _, err := za.Create(p, []byte("v"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	dir := t.TempDir()
+	tokens := writeTokens(t, dir)
+	proxyTok := filepath.Join(dir, "proxy.token")
+	if err := os.WriteFile(proxyTok, []byte("0123456789abcdef-proxy-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var apis []string
+	var cmds []*exec.Cmd
+	var gossip []string
+	for i := 1; i <= 3; i++ {
+		g := freeAddr(t)
+		extra := []string{"--gossip-addr", g, "--gossip-insecure", "--proxy-token-file", proxyTok}
+		join := ""
+		if i > 1 {
+			extra = append(extra, "--gossip-join", gossip[0])
+			join = apis[0]
+		}
+		api, cmd := controlNode(t, dir, tokens, fmt.Sprintf("c%d", i), join, extra...)
+		apis, cmds, gossip = append(apis, api), append(cmds, cmd), append(gossip, g)
+	}
+	waitVoters(t, apis[0], 3)
+	cl := &cluster{t: t, a: a, b: b, dir: dir, cmds: cmds}
+	for _, api := range apis {
+		cl.apis = append(cl.apis, strings.TrimPrefix(api, "http://"))
+	}
+
+	// A proxy in the pool, with a client session through it.
+	listen := freeAddr(t)
+	px := exec.Command(bin, "proxy", "--listen", listen, "--source", a.ConnectString(), "--target", b.ConnectString(),
+		"--admin-addr", freeAddr(t), "--admin-token-file", proxyTok, "--metrics-addr", "", "--name", "proxy-1",
+		"--gossip-addr", freeAddr(t), "--gossip-join", gossip[0], "--gossip-insecure")
+	pxLog := &syncBuffer{}
+	px.Stdout, px.Stderr = pxLog, pxLog
+	if err := px.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = px.Process.Kill()
+		_ = px.Wait()
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", pxLog.String())
+		}
+	})
+	zp, _, err := zk.Connect([]string{listen}, 10*time.Second, zk.WithLogger(quiet{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zp.Close()
+	waitFor(t, func() bool {
+		_, err := zp.Create("/mesos/state/through-proxy", []byte("x"), 0, zk.WorldACL(zk.PermAll))
+		return err == nil || err == zk.ErrNodeExists
+	})
+
+	cfg := filepath.Join(dir, "migration.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+migration:
+  id: prod
+  source_zk: %s
+  target_zk: %s
+  paths: [/mesos]
+  require_manual_approval: true
+  health_check_interval_sec: 1
+sync:
+  lag_threshold_ms: 500
+`, a.ConnectString(), b.ConnectString())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cl.must(0, "start", "--config", cfg)
+	cl.waitStep(0, "1-deploy-b-and-sync", "awaiting-approval")
+
+	// The browser: headless Chromium, one tab per role.
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.NoSandbox,
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1400, 1000))
+	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
+	defer acancel()
+	op := newTab(t, actx, shots)
+	leader := cl.leader()
+	op.open(apis[leader], opToken)
+
+	// Phase 1 waits for approval: the page says so and offers Approve.
+	op.until(30*time.Second, "phase 1 awaiting approval with an Approve button", func() bool {
+		return strings.Contains(op.text("waiting"), "approval") && op.js(`!!document.getElementById("btn-approve")`) == "true"
+	})
+	if cur := op.js(`document.querySelector("#timeline li.current").dataset.step`); cur != "1" {
+		t.Fatalf("current step on the timeline: %s", cur)
+	}
+	op.shot("1-awaiting-approval")
+	op.run(chromedp.Click(chromedp.ID("btn-approve")))
+	op.until(20*time.Second, "approve accepted", func() bool { return strings.Contains(op.text("action-result"), "approve: accepted") })
+	op.until(90*time.Second, "phase 1 succeeded after the approval", func() bool {
+		return strings.Contains(op.text("waiting"), "1-deploy-b-and-sync, succeeded")
+	})
+	if m := cl.migration(0); m["status"] != "succeeded" {
+		t.Fatalf("the page shows phase 1 succeeded, the API: %v", m)
+	}
+	op.until(20*time.Second, "the audit tail shows alice's approval", func() bool {
+		return strings.Contains(op.text("audit"), "aliceapprove")
+	})
+	op.notReloaded()
+
+	// The flip, entered from the CLI: the page follows without a reload.
+	cl.must(0, "advance", "--phase", "flip", "--confirm")
+	op.until(30*time.Second, "the flip on the timeline, awaiting approval", func() bool {
+		return op.js(`(document.querySelector("#timeline li.current") || {dataset: {}}).dataset.step`) == "2" &&
+			strings.Contains(op.text("waiting"), "approval of flip")
+	})
+	op.notReloaded()
+
+	// A viewer sees the same step and no button.
+	viewer := newTab(t, op.ctx, shots) // a second tab: its own session storage
+	viewer.open(apis[(leader+1)%3], viewerToken)
+	viewer.until(30*time.Second, "the viewer's page shows the flip awaiting approval", func() bool {
+		return strings.Contains(viewer.text("waiting"), "approval of flip") && strings.Contains(viewer.text("whoami"), "viewer")
+	})
+	if n := viewer.js(`document.querySelectorAll("#actions *").length`); n != "0" || viewer.js(`document.getElementById("confirm").hidden`) != "true" {
+		t.Fatalf("the viewer's page shows %s action elements", n)
+	}
+	viewer.shot("2-viewer")
+
+	// The operator approves the flip; the proxy acknowledges it.
+	op.run(chromedp.Click(chromedp.ID("btn-approve")))
+	op.until(90*time.Second, "the flip succeeded, primary B", func() bool {
+		w := op.text("waiting")
+		return strings.Contains(w, "flip, succeeded") && strings.Contains(w, "Primary B")
+	})
+	op.until(30*time.Second, "the proxy on epoch 1 with B as primary", func() bool {
+		rows := op.js(`[...document.querySelectorAll("#proxies tbody tr")].map(r => [...r.cells].map(c => c.textContent).join("|")).join("\n")`)
+		return strings.HasPrefix(rows, "proxy-1|") && strings.Contains(rows, "|B|1|1|") // primary B, epoch 1, one session
+	})
+	op.until(30*time.Second, "both ensembles with their servers", func() bool {
+		e := op.text("ensembles")
+		return strings.Contains(e, "Ensemble A") && strings.Contains(e, "Ensemble B") && strings.Contains(e, "leader") &&
+			strings.Contains(e, "follower") && strings.Contains(e, "standalone") && strings.Contains(e, "0x")
+	})
+	op.until(30*time.Second, "the sync panel with lag samples", func() bool {
+		return strings.Contains(op.text("sync"), "lag A→B") && op.js("state.lag.length") != "0"
+	})
+	op.notReloaded()
+	op.shot("3-after-flip")
+
+	// The leader dies: the page (served by it) raises the error banner.
+	// (Leadership may have moved under load: follow it first.)
+	if l := cl.leader(); l != leader {
+		leader = l
+		op.open(apis[leader], opToken)
+		op.until(30*time.Second, "the new leader's page", func() bool { return strings.Contains(op.text("waiting"), "flip, succeeded") })
+	}
+	cl.kill(leader)
+	op.until(30*time.Second, "the error banner once the leader is killed", func() bool {
+		return op.js(`document.getElementById("banner").hidden`) == "false" && strings.Contains(op.text("banner"), "unreachable")
+	})
+	if n := op.js(`[...document.querySelectorAll("#actions button")].filter(b => !b.disabled).length`); n != "0" {
+		t.Fatalf("%s buttons enabled while the page's control node is down", n)
+	}
+	op.shot("4-leader-killed")
+	cl.restart(leader)
+	op.until(60*time.Second, "recovery: the banner gone, a leader named", func() bool {
+		return op.js(`document.getElementById("banner").hidden`) == "true" && op.js(`document.getElementById("node").dataset.leader`) != ""
+	})
+	op.until(30*time.Second, "the state after recovery", func() bool { return strings.Contains(op.text("waiting"), "flip, succeeded") })
+	op.notReloaded()
+	op.shot("5-recovered")
+	viewer.until(30*time.Second, "the viewer's page (on another node) without a banner", func() bool {
+		return viewer.js(`document.getElementById("banner").hidden`) == "true" && strings.Contains(viewer.text("waiting"), "flip, succeeded")
+	})
+}
