@@ -430,9 +430,9 @@ function drawLag() {
   const max = Math.max(10, ...state.lag.map((x) => Math.max(x[1], x[2])));
   g.fillStyle = "#555"; g.font = "11px sans-serif";
   g.fillText(max + " ms", 4, 12); g.fillText("0", 4, c.height - 4);
-  g.fillText("-" + Math.round(span / 1000) + " s", 30, c.height - 4);
   // The window grows with the samples up to five minutes.
   const span = Math.min(LAG_WINDOW_MS, Math.max(30000, state.lag.length ? now - state.lag[0][0] : 0));
+  g.fillText("-" + Math.round(span / 1000) + " s", 30, c.height - 4);
   const x = (t) => 30 + (c.width - 34) * (1 - (now - t) / span);
   const y = (v) => c.height - 6 - (c.height - 20) * v / max;
   for (const [i, color] of [[1, "#1565c0"], [2, "#e65100"]]) {
