@@ -2,17 +2,22 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/go-zookeeper/zk"
 
+	"github.com/zk-migrate/zk-migrate/deployer"
 	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
@@ -240,6 +245,12 @@ func TestDashboardInABrowser(t *testing.T) {
 		return err == nil || err == zk.ErrNodeExists
 	})
 
+	// An emulated Mesos cluster on A (its own path, outside the synced
+	// one: it is there for the task counts, and its churn would only slow
+	// the flip's guard): a master and two agents on A, a framework keeping
+	// four tasks; B's master and agent are configured, not started.
+	mesos := startDashboardMesos(t, dir, "zk://"+a.ConnectString()+"/mesos-sim")
+
 	cfg := filepath.Join(dir, "migration.yaml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
 migration:
@@ -251,7 +262,7 @@ migration:
   health_check_interval_sec: 1
 sync:
   lag_threshold_ms: 500
-`, a.ConnectString(), b.ConnectString())), 0o644); err != nil {
+%s`, a.ConnectString(), b.ConnectString(), mesos)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cl.must(0, "start", "--config", cfg)
@@ -288,7 +299,15 @@ sync:
 	op.notReloaded()
 
 	// The flip, entered from the CLI: the page follows without a reload.
-	cl.must(0, "advance", "--phase", "flip", "--confirm")
+	// The flip's guard may refuse (exit 4) until the leader's sync has seen
+	// a heartbeat cross each way: an operator retries.
+	within(t, 30*time.Second, "the flip accepted", func() bool {
+		out, code := cl.cli(0, "advance", "--phase", "flip", "--confirm")
+		if code != 0 && (code != exitRefused || !strings.Contains(out, "flip refused")) {
+			t.Fatalf("advance --phase flip: exit %d\n%s", code, out)
+		}
+		return code == 0
+	})
 	op.until(30*time.Second, "the flip on the timeline, awaiting approval", func() bool {
 		return op.js(`(document.querySelector("#timeline li.current") || {dataset: {}}).dataset.step`) == "2" &&
 			strings.Contains(op.text("waiting"), "approval of flip")
@@ -321,6 +340,10 @@ sync:
 		return strings.Contains(e, "Ensemble A") && strings.Contains(e, "Ensemble B") && strings.Contains(e, "leader") &&
 			strings.Contains(e, "follower") && strings.Contains(e, "standalone") && strings.Contains(e, "0x")
 	})
+	op.until(30*time.Second, "the Mesos tasks on A's agents", func() bool {
+		rows := op.js(`[...document.querySelectorAll("#tasks tbody tr")].map(r => [...r.cells].map(c => c.textContent).join("|")).join(";")`)
+		return strings.Contains(rows, "A|2|4") && strings.Contains(rows, "B|0|0")
+	})
 	op.until(30*time.Second, "the sync panel with lag samples", func() bool {
 		return strings.Contains(op.text("sync"), "lag A→B") && op.js("state.lag.length") != "0"
 	})
@@ -352,4 +375,89 @@ sync:
 	viewer.until(30*time.Second, "the viewer's page (on another node) without a banner", func() bool {
 		return viewer.js(`document.getElementById("banner").hidden`) == "true" && strings.Contains(viewer.text("waiting"), "flip, succeeded")
 	})
+}
+
+// startDashboardMesos starts an emulated Mesos cluster (bin/mesos-sim) on
+// zkURL: side A's master and two agents and a framework keeping four tasks
+// running; side B's master and agent exist only in the returned mesos:
+// section of migration.yaml. It waits until the four tasks run.
+func startDashboardMesos(t *testing.T, dir, zkURL string) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/include/zookeeper/zookeeper.h"); err != nil {
+		t.Fatalf("libzookeeper-mt-dev is missing (run make deps): %v", err)
+	}
+	sim := filepath.Join(dir, "mesos-sim")
+	if out, err := exec.Command("go", "build", "-o", sim, "../mesos-sim").CombinedOutput(); err != nil {
+		t.Fatalf("building mesos-sim: %v\n%s", err, out)
+	}
+	port := func() int { // below the ephemeral range: the processes bind it later
+		p, err := zktest.StablePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	run := filepath.Join(dir, "mesos")
+	masterArgs := []string{"--agent_ping_timeout=300ms", "--max_agent_ping_timeouts=4", "--zk_session_timeout=4s"}
+	agentArgs := []string{"--heartbeat=100ms", "--zk_session_timeout=4s"}
+	dep := &deployer.Local{Binary: sim, Dir: run, ZK: zkURL, Quorum: 1, MasterArgs: masterArgs, AgentArgs: agentArgs}
+	procs := []deployer.Process{
+		{Kind: deployer.Master, Name: "a-m1", Host: "127.0.0.1", Port: port(), Hostname: "127.0.0.1"},
+		{Kind: deployer.Agent, Name: "a-ag1", Host: "127.0.0.1", Port: port(), Hostname: "agent-a1"},
+		{Kind: deployer.Agent, Name: "a-ag2", Host: "127.0.0.1", Port: port(), Hostname: "agent-a2"},
+	}
+	bMaster, bAgent := port(), port()
+	t.Cleanup(func() {
+		for _, p := range procs {
+			if pid := dep.PID(p); pid != 0 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	ctx := context.Background()
+	for _, p := range procs {
+		if err := dep.Start(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fwPort := port()
+	fwLog, _ := os.Create(filepath.Join(dir, "framework.log"))
+	fw := exec.Command(sim, "framework", "--master", zkURL, "--port", strconv.Itoa(fwPort), "--tasks", "4",
+		"--churn", "1s", "--zk_session_timeout", "4s", "--history", filepath.Join(dir, "history.jsonl"))
+	fw.Stdout, fw.Stderr = fwLog, fwLog
+	fw.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := fw.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fw.Process.Kill(); _ = fw.Wait(); fwLog.Close() })
+	within(t, 60*time.Second, "four tasks running on A's agents", func() bool {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/state", fwPort))
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Active map[string]int `json:"active"`
+		}
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Active["TASK_RUNNING"] >= 4
+	})
+	return fmt.Sprintf(`mesos:
+  zk: %s
+  quorum: 1
+  timeout_sec: 60
+  sides:
+    a:
+      masters: [{name: a-m1, host: 127.0.0.1, port: %d}]
+      agents: [{name: a-ag1, host: 127.0.0.1, port: %d, hostname: agent-a1}, {name: a-ag2, host: 127.0.0.1, port: %d, hostname: agent-a2}]
+    b:
+      masters: [{name: b-m1, host: 127.0.0.1, port: %d}]
+      agents: [{name: b-ag1, host: 127.0.0.1, port: %d, hostname: agent-b1}]
+  deployer:
+    kind: local
+    binary: %s
+    dir: %s
+    master_args: [%s]
+    agent_args: [%s]
+`, zkURL, procs[0].Port, procs[1].Port, procs[2].Port, bMaster, bAgent, sim, run,
+		strings.Join(masterArgs, ", "), strings.Join(agentArgs, ", "))
 }
