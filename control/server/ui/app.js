@@ -107,11 +107,20 @@ async function loadAudit() {
   renderAudit();
 }
 
+// refresh reads every view now and then every POLL_MS; a call while one
+// runs (an event arrived) makes that one read again when it is done, so
+// there is one poll at a time.
 async function refresh() {
+  if (state.refreshing) { state.again = true; return; }
+  state.refreshing = true;
   clearTimeout(state.timer);
   try {
-    await Promise.all([refreshMigration(), refreshNodes(), refreshEnsembles(), refreshProxies(), refreshTasks()]);
+    do {
+      state.again = false;
+      await Promise.all([refreshMigration(), refreshNodes(), refreshEnsembles(), refreshProxies(), refreshTasks()]);
+    } while (state.again);
   } finally {
+    state.refreshing = false;
     state.timer = setTimeout(refresh, POLL_MS);
   }
 }
