@@ -319,15 +319,27 @@ function renderPhases(m, syncProblem) {
 
 // renderActions shows the buttons an operator may press now; a viewer gets
 // none (the API would refuse them: 403).
+// The buttons are rebuilt only when the set changes: a button replaced
+// under the pointer by a poll would swallow the click.
 function renderActions(m) {
+  const want = [];
+  const add = (label, verb, body, confirmText) => want.push([label, verb, body, confirmText]);
+  if (state.role === "operator") actionsFor(m, add);
+  const key = m.id + JSON.stringify(want);
+  if (key === state.actionsKey) return;
+  state.actionsKey = key;
   const box = clear($("actions"));
-  if (state.role !== "operator") return;
-  const add = (label, verb, body, confirmText) => {
+  $("confirm").hidden = true;
+  for (const [label, verb, body, confirmText] of want) {
     const b = el("button", label);
     b.id = "btn-" + verb;
+    b.disabled = !!state.lost;
     b.onclick = () => confirmText ? ask(confirmText, () => act(verb, body)) : act(verb, body);
     box.appendChild(b);
-  };
+  }
+}
+
+function actionsFor(m, add) {
   if (m.status === "awaiting-approval") add("Approve " + m.step_name, "approve");
   if (m.status === "succeeded" && m.step < 7) {
     const arg = phaseArg(m.step + 1);
