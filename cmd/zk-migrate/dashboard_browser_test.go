@@ -284,6 +284,9 @@ sync:
 	op.until(30*time.Second, "phase 1 awaiting approval with an Approve button", func() bool {
 		return strings.Contains(op.text("waiting"), "approval") && op.js(`!!document.getElementById("btn-approve")`) == "true"
 	})
+	if a := op.text("approvals"); !strings.Contains(a, "Approvals waiting: prod (1-deploy-b-and-sync)") {
+		t.Fatalf("approvals: %q", a)
+	}
 	if cur := op.js(`document.querySelector("#timeline li.current").dataset.step`); cur != "1" {
 		t.Fatalf("current step on the timeline: %s", cur)
 	}

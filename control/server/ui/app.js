@@ -167,6 +167,8 @@ function refreshMigration() {
       if (data.length) { await start(); }
       return;
     }
+    const { data: all } = await api("GET", "/api/v1/migrations");
+    renderApprovals(all);
     const { data: h, stale } = await api("GET", "/api/v1/migrations/" + encodeURIComponent(state.mig) + "/health");
     problem("leader", stale ? "No control-plane leader reachable: " + stale : "");
     state.m = h.migration;
@@ -280,6 +282,22 @@ function onEvent(block) {
 }
 
 // ---- rendering ----
+
+// renderApprovals lists every migration waiting for an operator's
+// approval (the selected one or not) and keeps the selector's list current.
+function renderApprovals(all) {
+  const sel = $("migration");
+  const ids = all.map((m) => m.id);
+  if (ids.join(",") !== [...sel.options].map((o) => o.value).join(",")) {
+    clear(sel);
+    for (const id of ids) sel.appendChild(el("option", id)).value = id;
+    sel.value = state.mig;
+  }
+  const waiting = all.filter((m) => m.status === "awaiting-approval");
+  const p = $("approvals");
+  p.className = waiting.length ? "bad" : "";
+  p.textContent = waiting.length ? "Approvals waiting: " + waiting.map((m) => m.id + " (" + m.step_name + ")").join(", ") : "No approval waiting.";
+}
 
 function waitsFor(m, syncProblem) {
   if (syncProblem && m.sync && m.sync.node) return "SYNC NOT HEALTHY: " + syncProblem;
@@ -437,7 +455,7 @@ function renderSync(h) {
     state.lag.push([now, s.lag_a_to_b_ms, s.lag_b_to_a_ms]);
     state.lag = state.lag.filter((x) => x[0] > now - LAG_WINDOW_MS);
   } else {
-    row("running", "not on the leader");
+    row("running", "no (the leader runs no sync for this migration)");
   }
   drawLag();
   renderConflicts(s ? s.open_conflicts || [] : null);
@@ -465,7 +483,7 @@ function drawLag() {
 
 function renderConflicts(list) {
   const box = clear($("conflicts"));
-  if (list === null) { box.appendChild(el("p", "Unknown: the sync does not run on the leader.")); return; }
+  if (list === null) { box.appendChild(el("p", "Unknown: the sync is not running.")); return; }
   if (!list.length) { box.appendChild(el("p", "None.", "ok")); return; }
   box.appendChild(table(["path", "since", "strategy", "winner"],
     list.map((k) => [k.path, new Date(k.time).toLocaleTimeString(), k.strategy, k.winner || "unresolved (manual)"])));
