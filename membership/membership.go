@@ -53,6 +53,10 @@ type Member struct {
 	Name string
 	Addr string
 	Meta Meta
+	// Seen is when this member last heard from it: its join, a metadata
+	// update, or its answer to a probe (a heartbeat); for this member
+	// itself, when it started.
+	Seen time.Time
 }
 
 // Config configures Join.
@@ -95,9 +99,23 @@ func (e *events) set(n *memberlist.Node) {
 	var m Meta
 	_ = json.Unmarshal(n.Meta, &m)
 	e.mu.Lock()
-	e.members[n.Name] = Member{Name: n.Name, Addr: n.Address(), Meta: m}
+	e.members[n.Name] = Member{Name: n.Name, Addr: n.Address(), Meta: m, Seen: time.Now()}
 	e.mu.Unlock()
 }
+
+// NotifyPingComplete records a member's answer to this member's probe:
+// its last heartbeat (memberlist.PingDelegate).
+func (e *events) NotifyPingComplete(n *memberlist.Node, _ time.Duration, _ []byte) {
+	e.mu.Lock()
+	if m, ok := e.members[n.Name]; ok {
+		m.Seen = time.Now()
+		e.members[n.Name] = m
+	}
+	e.mu.Unlock()
+}
+
+// AckPayload sends nothing with a probe's answer (memberlist.PingDelegate).
+func (e *events) AckPayload() []byte { return nil }
 
 func (e *events) NotifyJoin(n *memberlist.Node)   { e.set(n) }
 func (e *events) NotifyUpdate(n *memberlist.Node) { e.set(n) }
@@ -159,6 +177,7 @@ func Join(cfg Config) (*Agent, error) {
 	mc.Delegate = d
 	ev := &events{members: map[string]Member{}}
 	mc.Events = ev
+	mc.Ping = ev
 	mc.Logger = log.New(io.Discard, "", 0)
 	ml, err := memberlist.Create(mc)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -147,6 +148,17 @@ func runControl(c *cli.Context) error {
 		Health: func(string) any { return sy.Status() }, SyncProblem: sy.Problem,
 		FlipCheck: func(ctx context.Context, m *control.Migration) error { return sy.FlipReady(ctx, m, "A", "B") },
 		Transport: tlsc.Peer}
+	// The dashboard's proxies come from the gossip pool, which is joined
+	// after the API serves (a joining node needs its API first).
+	var gossipAgent atomic.Pointer[membership.Agent]
+	if c.String("gossip-addr") != "" {
+		srv.Members = func() []membership.Member {
+			if a := gossipAgent.Load(); a != nil {
+				return a.Members()
+			}
+			return nil
+		}
+	}
 	ln, err := net.Listen("tcp", c.String("api-addr"))
 	if err != nil {
 		return fmt.Errorf("api listen on %s: %w", c.String("api-addr"), err)
@@ -205,6 +217,7 @@ func runControl(c *cli.Context) error {
 		}
 		mf := &membership.Fleet{Agent: agent, Token: ptok}
 		fleet = mf
+		gossipAgent.Store(agent)
 		srv.Health = func(id string) any {
 			detail := map[string]any{"sync": sy.Status()}
 			if m := node.State().Migrations[id]; m != nil {

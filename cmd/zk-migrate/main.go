@@ -17,7 +17,20 @@ const (
 )
 
 func main() {
-	app := &cli.App{
+	app := newApp()
+	// Errors of the commands' actions end in ExitErrHandler; what comes
+	// back here failed before any action ran: a bad flag, a missing
+	// required flag. Those are usage errors.
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "zk-migrate: %s (--help shows the flags)\n", err)
+		os.Exit(exitUsage)
+	}
+}
+
+// newApp is the command line: every command and flag (docs/reference.md
+// documents them; TestReferenceDocumentsEveryRouteCommandAndFlag checks).
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "zk-migrate",
 		Usage: "move a Mesos cluster's ZooKeeper ensemble without stopping a task",
 		Description: `zk-migrate runs a ZooKeeper-compatible sidecar proxy next to every Mesos
@@ -56,13 +69,6 @@ then put a proxy in front of an ensemble:
 			}
 			os.Exit(code)
 		},
-	}
-	// Errors of the commands' actions end in ExitErrHandler; what comes
-	// back here failed before any action ran: a bad flag, a missing
-	// required flag. Those are usage errors.
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "zk-migrate: %s (--help shows the flags)\n", err)
-		os.Exit(exitUsage)
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/membership"
 	"github.com/zk-migrate/zk-migrate/raftstore"
 )
 
@@ -112,9 +113,13 @@ type Server struct {
 	// default); with TLS between control nodes it verifies their
 	// certificates (tlsconf.Files.HTTPTransport).
 	Transport http.RoundTripper
-	Logger    *slog.Logger
+	// Members, if set, lists this node's gossip pool (GET
+	// /api/v1/proxies, the dashboard's proxies).
+	Members func() []membership.Member
+	Logger  *slog.Logger
 
 	refusals refusalLimiter
+	routes   []string
 }
 
 type apiError struct {
@@ -130,12 +135,22 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v)
 }
 
+// Routes lists the patterns Handler registers ("METHOD /path"), for the
+// API reference and its test.
+func Routes() []string {
+	s := &Server{}
+	s.Handler()
+	return append([]string(nil), s.routes...)
+}
+
 // Handler returns the routes.
 func (s *Server) Handler() http.Handler {
 	if s.Logger == nil {
 		s.Logger = slog.Default()
 	}
 	mux := http.NewServeMux()
+	s.routes = nil
+	handle := func(pattern string, h http.Handler) { mux.Handle(pattern, h); s.routes = append(s.routes, pattern) }
 	read := func(h http.HandlerFunc) http.Handler { return s.auth(RoleViewer, false, h) }
 	// A follower forwards every write, authorized or not, to the leader,
 	// which checks the token and records a refusal in the audit trail.
@@ -145,26 +160,34 @@ func (s *Server) Handler() http.Handler {
 	// them yet); with no leader reachable a node answers from its own
 	// state, marked stale (header X-Zkm-Stale).
 	view := func(h http.HandlerFunc) http.Handler { return s.auth(RoleViewer, false, s.leaderView(h)) }
-	mux.Handle("GET /api/v1/migrations", view(s.list))
-	mux.Handle("POST /api/v1/migrations", write(s.create))
-	mux.Handle("GET /api/v1/migrations/{id}", view(s.get))
-	mux.Handle("DELETE /api/v1/migrations/{id}", write(s.delete))
-	mux.Handle("GET /api/v1/migrations/{id}/health", view(s.health))
-	mux.Handle("GET /api/v1/migrations/{id}/report", view(s.report))
+	handle("GET /api/v1/migrations", view(s.list))
+	handle("POST /api/v1/migrations", write(s.create))
+	handle("GET /api/v1/migrations/{id}", view(s.get))
+	handle("DELETE /api/v1/migrations/{id}", write(s.delete))
+	handle("GET /api/v1/migrations/{id}/health", view(s.health))
+	handle("GET /api/v1/migrations/{id}/report", view(s.report))
 	for _, verb := range []string{"start", "approve", "pause", "resume", "retry", "advance", "rollback"} {
-		mux.Handle("POST /api/v1/migrations/{id}/"+verb, write(s.action(verb)))
+		handle("POST /api/v1/migrations/{id}/"+verb, write(s.action(verb)))
 	}
-	mux.Handle("GET /api/v1/sync/status", view(s.syncStatus))
-	mux.Handle("GET /api/v1/audit", view(s.audit))
-	mux.Handle("GET /api/v1/events", read(s.events))
-	mux.Handle("POST /api/v1/cluster/join", write(s.join))
-	mux.Handle("GET /api/v1/cluster/nodes", read(s.nodes))
-	mux.Handle("GET /api/v1/cluster/self", read(s.self))
-	mux.Handle("DELETE /api/v1/cluster/nodes/{id}", write(s.removeNode))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	handle("GET /api/v1/sync/status", view(s.syncStatus))
+	handle("GET /api/v1/audit", view(s.audit))
+	handle("GET /api/v1/events", read(s.events))
+	handle("POST /api/v1/cluster/join", write(s.join))
+	handle("GET /api/v1/cluster/nodes", read(s.nodes))
+	handle("GET /api/v1/cluster/self", read(s.self))
+	handle("DELETE /api/v1/cluster/nodes/{id}", write(s.removeNode))
+	handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_, id := s.Node.Leader()
 		writeJSON(w, http.StatusOK, map[string]any{"ok": true, "leader": id, "is_leader": s.Node.IsLeader()})
-	})
+	}))
+	// The dashboard: the page and its files need no token; its data
+	// comes from the API with the token the user gives it.
+	handle("GET /{$}", http.HandlerFunc(serveUI))
+	handle("GET /ui/{file}", http.HandlerFunc(serveUI))
+	handle("GET /api/v1/whoami", read(s.whoami))
+	handle("GET /api/v1/proxies", read(s.proxies))
+	handle("GET /api/v1/migrations/{id}/ensembles", read(s.ensembles))
+	handle("GET /api/v1/migrations/{id}/tasks", read(s.tasks))
 	return mux
 }
 
