@@ -146,6 +146,22 @@ func (b *tab) open(api, token string) {
 	}
 	// A mark that a reload would wipe: the page must stay live without one.
 	b.js("window.zkmNoReload = 'kept'")
+	b.js("performance.setResourceTimingBufferSize(1000000)") // every URL the page fetches
+}
+
+// tokenNotInURLs checks every URL the page has requested (the resource
+// timing entries: its files and every completed API call; the event
+// stream's request never completes, so it is not among them) for the
+// token.
+func (b *tab) tokenNotInURLs(token string) {
+	b.t.Helper()
+	urls := b.js(`performance.getEntriesByType("resource").map(e => e.name).join("\n")`)
+	if !strings.Contains(urls, "/health") || !strings.Contains(urls, "/api/v1/whoami") {
+		b.t.Fatalf("the page's requests are not recorded:\n%s", urls)
+	}
+	if strings.Contains(urls, token) {
+		b.t.Fatalf("a URL the page requested carries the token:\n%s", urls)
+	}
 }
 
 func (b *tab) notReloaded() {
@@ -357,6 +373,7 @@ sync:
 		return strings.Contains(op.text("sync"), "lag A→B") && op.js("state.lag.length") != "0"
 	})
 	op.notReloaded()
+	op.tokenNotInURLs(opToken)
 	op.shot("3-after-flip")
 
 	// The leader dies: the page (served by it) raises the error banner.
