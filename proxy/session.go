@@ -467,7 +467,7 @@ func (s *session) handleRequest(frame []byte) error {
 		}
 	case *jute.SASLRequest:
 		p.track = trackSASL
-		s.sasl.Store(true)
+		s.saslStarted()
 	}
 	p.spath = statPathOf(req.Body)
 	if m, ok := req.Body.(*jute.MultiRequest); ok {

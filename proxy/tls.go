@@ -1,0 +1,91 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// TLS on both sides of the proxy (SPEC.md 4.11).
+//
+// Clients: ServeTLS serves a listener whose connections speak TLS (as a
+// ZooKeeper server's secureClientPort); the handshake runs in the
+// connection's own goroutine, bounded by HandshakeTimeout, so a client
+// that stalls it holds up nobody. Upstream: Config.UpstreamTLS wraps every
+// connection the proxy opens to ZooKeeper (relay, shadow sessions, the
+// mirror's readers, catch-up, four-letter words) in TLS, handshake
+// completed before the first ZooKeeper byte.
+
+// ServeTLS is Serve for clients that speak TLS: every accepted connection
+// completes a TLS handshake with cfg (its GetConfigForClient, if set, is
+// consulted per connection: tlsconf reloads certificates that way) before
+// its first frame. A connection whose first bytes are not a TLS record (a
+// plaintext ZooKeeper client) is closed and logged. Serve and ServeTLS may
+// run at once on different listeners.
+func (s *Server) ServeTLS(ln net.Listener, cfg *tls.Config) error {
+	if cfg == nil {
+		return errors.New("proxy: ServeTLS needs a TLS configuration")
+	}
+	if cfg.MinVersion < tls.VersionTLS12 {
+		cfg = cfg.Clone()
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	return s.serve(ln, cfg)
+}
+
+// handshakeClient completes the TLS handshake of a client connection; on
+// failure it logs why (rate-limited) and returns false.
+func (s *Server) handshakeClient(c *tls.Conn) bool {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	err := c.HandshakeContext(ctx)
+	if err == nil {
+		return true
+	}
+	var rec tls.RecordHeaderError
+	switch {
+	case errors.As(err, &rec):
+		s.m.connsRefused.WithLabelValues("plaintext_on_tls").Inc()
+		s.logs.warn(s.log, "plaintext_on_tls", "refused a plaintext connection on the TLS-only client port",
+			"client", c.RemoteAddr().String(), "err", err,
+			"hint", "point the client at the plaintext --listen port, or make it speak TLS (Java: -Dzookeeper.client.secure=true with the Netty socket; go-zookeeper: a TLS dialer)")
+	case errors.Is(err, context.DeadlineExceeded):
+		s.m.connsRefused.WithLabelValues("handshake_timeout").Inc()
+		s.logs.warn(s.log, "tls_handshake_timeout", "closing client connection: no TLS handshake within the handshake timeout",
+			"client", c.RemoteAddr().String(), "timeout", s.cfg.HandshakeTimeout)
+	default:
+		s.m.connsRefused.WithLabelValues("tls_handshake").Inc()
+		s.logs.warn(s.log, "tls_handshake", "refused a client connection: TLS handshake failed",
+			"client", c.RemoteAddr().String(), "err", err,
+			"hint", "with --client-tls-ca the client must present a certificate signed by that CA; the client must trust the CA of --client-tls-cert")
+	}
+	return false
+}
+
+// tlsDial wraps dial: the connection is a TLS client of cfg(host) whose
+// handshake is complete when it is returned.
+func tlsDial(dial func(ctx context.Context, network, addr string) (net.Conn, error), cfg func(serverName string) *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		raw, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		c := tls.Client(raw, cfg(host))
+		if dl, ok := ctx.Deadline(); ok {
+			_ = raw.SetDeadline(dl)
+		}
+		if err := c.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("TLS handshake with %s (is it the server's secureClientPort, and does its certificate chain to --zk-tls-ca?): %w", addr, err)
+		}
+		_ = raw.SetDeadline(time.Time{})
+		return c, nil
+	}
+}
