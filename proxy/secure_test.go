@@ -170,13 +170,13 @@ func (sp *securePair) appTLS(t *testing.T) *tls.Config {
 	return f.ClientConfig("127.0.0.1")
 }
 
-// connectTLS opens a go-zookeeper session to addr over TLS with cfg.
-func connectTLS(t *testing.T, addr string, cfg *tls.Config, timeout time.Duration) (*zk.Conn, <-chan zk.Event) {
+// connectTLS opens a go-zookeeper session to addrs over TLS with cfg.
+func connectTLS(t *testing.T, addrs []string, cfg *tls.Config, timeout time.Duration) (*zk.Conn, <-chan zk.Event) {
 	t.Helper()
 	dialer := func(network, address string, d time.Duration) (net.Conn, error) {
 		return tls.DialWithDialer(&net.Dialer{Timeout: d}, network, address, cfg)
 	}
-	c, ev, err := zk.Connect([]string{addr}, timeout, zk.WithLogInfo(false), zk.WithDialer(dialer))
+	c, ev, err := zk.Connect(addrs, timeout, zk.WithLogInfo(false), zk.WithDialer(dialer))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func connectTLS(t *testing.T, addr string, cfg *tls.Config, timeout time.Duratio
 		select {
 		case <-ev:
 		case <-deadline:
-			t.Fatalf("no session over TLS through %s (state %v)", addr, c.State())
+			t.Fatalf("no session over TLS through %v (state %v)", addrs, c.State())
 		}
 	}
 	return c, ev

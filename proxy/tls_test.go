@@ -38,7 +38,7 @@ func TestTLSOnBothSides(t *testing.T) {
 		}
 	}
 	p, logs := sp.startProxy(t)
-	c, _ := connectTLS(t, p.TLSAddr, sp.appTLS(t), 6*time.Second)
+	c, _ := connectTLS(t, []string{p.TLSAddr}, sp.appTLS(t), 6*time.Second)
 	acl := zk.WorldACL(zk.PermAll)
 	if _, err := c.Create(root+"/p", []byte("v1"), 0, acl); err != nil {
 		t.Fatal(err)
