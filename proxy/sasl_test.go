@@ -172,8 +172,8 @@ func TestSASLThroughTheProxy(t *testing.T) {
 	if err := p.Flip(ctx, 1, ensemble.Target); err != nil {
 		t.Fatal(err)
 	}
-	logs.waitFor(t, "closing the client connection so it authenticates on the new primary", 10*time.Second)
 	check("afterflip")
+	logs.waitFor(t, "closing the client connection so it authenticates on the new primary", 10*time.Second)
 	noauthMatches(t, sp, p.TLSAddr, root+"/alice")
 	if out := alice.ic.out(); strings.Contains(out, "STATE LOST") {
 		t.Fatalf("kazoo's session was lost:\n%s", out)
