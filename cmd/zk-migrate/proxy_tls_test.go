@@ -190,7 +190,9 @@ func TestProxyOverTLSEverywhere(t *testing.T) {
 	if _, err := zkclient.Dial(ctx, []string{secure}, zkclient.Options{DialTimeout: 2 * time.Second}); err == nil {
 		t.Fatal("a plaintext ZooKeeper client was served on the TLS-only client port")
 	}
-	waitUntil(t, func() bool { return strings.Contains(logs.String(), "refused a plaintext connection on the TLS-only client port") })
+	waitUntil(t, func() bool {
+		return strings.Contains(logs.String(), "refused a plaintext connection on the TLS-only client port")
+	})
 
 	// The admin endpoint: HTTPS with mutual TLS only.
 	resp, err := http.Get("http://" + admin + "/admin/v1/sessions")
