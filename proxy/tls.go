@@ -65,6 +65,10 @@ func (s *Server) handshakeClient(c *tls.Conn) bool {
 	return false
 }
 
+// upstreamPlaintextHint is added to the log line of servers that closed
+// a plaintext connection unanswered: a TLS-only server does that too.
+const upstreamPlaintextHint = "if the servers serve TLS only (secureClientPort, Netty), start the proxy with --zk-tls-ca (and --zk-tls-cert/--zk-tls-key for ssl.clientAuth=need)"
+
 // tlsDial wraps dial: the connection is a TLS client of cfg(host) whose
 // handshake is complete when it is returned.
 func tlsDial(dial func(ctx context.Context, network, addr string) (net.Conn, error), cfg func(serverName string) *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/proxy"
+	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
 	"github.com/zk-migrate/zk-migrate/tlsconf/tlstest"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
@@ -146,4 +149,26 @@ func TestTLSOnBothSides(t *testing.T) {
 	if c.State() != zk.StateHasSession {
 		t.Fatalf("the client's session state is %v after the flip", c.State())
 	}
+}
+
+// TestPlaintextUpstreamToTLSOnlyEnsembleSaysWhy: a proxy without
+// UpstreamTLS in front of TLS-only servers cannot open sessions (the
+// servers close plaintext connections unanswered); the client is closed
+// and the log line says to give the proxy --zk-tls-ca.
+func TestPlaintextUpstreamToTLSOnlyEnsembleSaysWhy(t *testing.T) {
+	sp := secureEnsembles(t)
+	logs := &logBuffer{t: t}
+	p, err := proxytest.Start(proxy.Config{Upstream: sp.A.Addrs(), Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if c, err := zkclient.Dial(ctx, []string{p.Addr}, zkclient.Options{SessionTimeout: 3 * time.Second, DialTimeout: 10 * time.Second}); err == nil {
+		c.Close()
+		t.Fatal("a session was opened through a plaintext proxy to TLS-only servers")
+	}
+	logs.waitFor(t, "no upstream server accepted the session", 20*time.Second)
+	logs.waitFor(t, "start the proxy with --zk-tls-ca", time.Second)
 }
