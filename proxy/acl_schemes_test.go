@@ -102,6 +102,25 @@ func TestACLSchemesSurviveSnapshotMirrorAndFlip(t *testing.T) {
 		t.Fatal(err)
 	}
 	write("flip", root+"/mirror/digest", "mixed")
+	// ZooKeeper expands an auth:: ACL to every identity of the connection:
+	// through a TLS proxy that includes the x509 DN of the proxy's client
+	// certificate, shared by all its clients (README, "The proxy's
+	// certificate is one identity upstream").
+	if _, err := c.Create(root+"/authacl", nil, 0, zk.AuthACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	got, _, err := sb.GetACL(ctx, root+"/authacl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := false
+	for _, a := range got {
+		shared = shared || a.ID == (jute.Id{Scheme: "x509", ID: "CN=zk-client"})
+	}
+	if !shared {
+		t.Fatalf("auth:: through the TLS proxy gave %v; the README says it includes the proxy's x509 identity", got)
+	}
 	compareACLs(t, ctx, sa, sb, root)
 	v, err := replicator.Validate(ctx, replicator.Endpoints{Source: []*zkclient.Conn{sa}, Target: []*zkclient.Conn{sb}}, []string{root}, 10)
 	if err != nil {
