@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -228,4 +229,78 @@ func aclEqual(a, b []jute.ACL) bool {
 		}
 	}
 	return true
+}
+
+// javaCLI runs one command of ZooKeeper's Java CLI (ZooKeeperMain, what
+// zkCli.sh runs) over TLS with the Netty socket (PEM key and trust
+// stores, which ZooKeeper 3.8's client reads) and, with a JAAS file, SASL
+// DIGEST-MD5 as ZooKeeper's own tests configure the client.
+func javaCLI(t *testing.T, sp *securePair, server, jaas string, cmd ...string) string {
+	t.Helper()
+	ks := filepath.Join(t.TempDir(), "app-keystore.pem")
+	cert, err := os.ReadFile(sp.AppCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := os.ReadFile(sp.AppKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ks, append(key, cert...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-Xmx128m", "-XX:TieredStopAtLevel=1", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+		"-Dzookeeper.clientCnxnSocket=org.apache.zookeeper.ClientCnxnSocketNetty", "-Dzookeeper.client.secure=true",
+		"-Dzookeeper.ssl.keyStore.location=" + ks, "-Dzookeeper.ssl.keyStore.type=PEM",
+		"-Dzookeeper.ssl.trustStore.location=" + sp.ClientCA, "-Dzookeeper.ssl.trustStore.type=PEM"}
+	if jaas != "" {
+		args = append(args, "-Djava.security.auth.login.config="+jaas)
+	}
+	args = append(args, "-cp", zktest.DefaultClassPath+":"+zktest.NettyClassPath+":/usr/share/java/netty-resolver.jar",
+		"org.apache.zookeeper.ZooKeeperMain", "-server", server, "-waitforconnection", "-timeout", "30000")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, "java", append(args, cmd...)...).CombinedOutput()
+	return string(out)
+}
+
+// TestJavaSASLClientThroughTheProxy: ZooKeeper's Java client,
+// authenticated with SASL DIGEST-MD5 from a JAAS Client section over TLS
+// through the proxy, reads and writes alice's sasl:alice node as alice
+// (the write mirrored to B) and is refused as bob (ZooKeeper's NOAUTH,
+// "Insufficient permission").
+func TestJavaSASLClientThroughTheProxy(t *testing.T) {
+	sp := secureEnsembles(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	path := fmt.Sprintf("/java-sasl-%d", time.Now().UnixNano())
+	sa := sp.superConn(t, sp.A)
+	if _, err := sa.Create(ctx, path, []byte("for-alice"), []jute.ACL{{Perms: jute.PermAll, ID: jute.Id{Scheme: "sasl", ID: "alice"}}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := sp.startProxy(t)
+	jaas := func(user, pw string) string {
+		f := filepath.Join(t.TempDir(), user+"-jaas.conf")
+		body := fmt.Sprintf("Client {\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n  username=%q\n  password=%q;\n};\n", user, pw)
+		if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	alice, bob := jaas("alice", alicePw), jaas("bob", bobPw)
+	if out := javaCLI(t, sp, p.TLSAddr, alice, "set", path, "set-by-java"); strings.Contains(out, "Exception") || strings.Contains(out, "Insufficient permission") {
+		t.Fatalf("Java CLI as alice (SASL) through the proxy: set refused:\n%s", out)
+	}
+	if out := javaCLI(t, sp, p.TLSAddr, alice, "get", path); !strings.Contains(out, "set-by-java") {
+		t.Fatalf("Java CLI as alice (SASL) through the proxy: get did not return the data:\n%s", out)
+	}
+	viaProxy := javaCLI(t, sp, p.TLSAddr, bob, "get", path)
+	if !strings.Contains(viaProxy, "Insufficient permission") {
+		t.Fatalf("Java CLI as bob through the proxy: want Insufficient permission (NOAUTH):\n%s", viaProxy)
+	}
+	waitMirrored(t, p)
+	d, _, err := sp.superConn(t, sp.B).Get(ctx, path)
+	if err != nil || string(d) != "set-by-java" {
+		t.Fatalf("alice's write on B: %q, %v; want it mirrored by the shadow session", d, err)
+	}
 }
