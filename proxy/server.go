@@ -286,7 +286,7 @@ func (s *Server) serve(ln net.Listener, tlsCfg *tls.Config) error {
 		}
 		backoff = 0
 		if tlsCfg != nil {
-			c = tls.Server(c, tlsCfg)
+			c = &tlsConn{Conn: tls.Server(c, tlsCfg), raw: c}
 		}
 		ok, refused := s.track(c)
 		if !ok {
@@ -444,7 +444,7 @@ func (s *Server) unregisterSession(sess *session) {
 
 // serveConn owns one client connection from accept to close.
 func (s *Server) serveConn(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok && !s.handshakeClient(tc) {
+	if tc, ok := c.(*tlsConn); ok && !s.handshakeClient(tc.Conn) {
 		return
 	}
 	cc := newClientConn(s, c)

@@ -36,6 +36,20 @@ func (s *Server) ServeTLS(ln net.Listener, cfg *tls.Config) error {
 	return s.serve(ln, cfg)
 }
 
+// tlsConn is a TLS connection whose Close closes the TCP connection at
+// once, without a close_notify alert: tls.Conn.Close writes that alert
+// under a 5 s deadline, and the proxy closes connections while holding
+// locks (untrack and Close hold Server.mu, a relay's shutdown its own),
+// where a peer that does not read could hold them that long. ZooKeeper
+// peers need no close_notify (a closed connection is a lost connection).
+type tlsConn struct {
+	*tls.Conn
+	raw net.Conn
+}
+
+// Close closes the underlying TCP connection.
+func (c *tlsConn) Close() error { return c.raw.Close() }
+
 // handshakeClient completes the TLS handshake of a client connection; on
 // failure it logs why (rate-limited) and returns false.
 func (s *Server) handshakeClient(c *tls.Conn) bool {
@@ -90,6 +104,6 @@ func tlsDial(dial func(ctx context.Context, network, addr string) (net.Conn, err
 			return nil, fmt.Errorf("TLS handshake with %s (is it the server's secureClientPort, and does its certificate chain to --zk-tls-ca?): %w", addr, err)
 		}
 		_ = raw.SetDeadline(time.Time{})
-		return c, nil
+		return &tlsConn{Conn: c, raw: raw}, nil
 	}
 }

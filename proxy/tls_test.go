@@ -78,6 +78,9 @@ func TestTLSOnBothSides(t *testing.T) {
 	}
 	raw.Close()
 	logs.waitFor(t, "refused a plaintext connection on the TLS-only client port", 10*time.Second)
+	if v := metricValue(t, p.Registry, "zkmigrate_proxy_client_connections_refused_total", "reason", "plaintext_on_tls"); v != 1 {
+		t.Fatalf("client_connections_refused_total{reason=plaintext_on_tls} = %v, want 1", v)
+	}
 
 	// No client certificate under mutual TLS: refused.
 	noCert := sp.appTLS(t)
