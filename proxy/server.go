@@ -90,6 +90,11 @@ type Config struct {
 	// servers' ssl.clientAuth). Give a fresh configuration per call
 	// (tlsconf.Files.ClientConfig) so rotated certificates are used.
 	UpstreamTLS func(serverName string) *tls.Config
+	// PlaintextServers lists servers ("host:port") dialled without TLS
+	// even with UpstreamTLS: the ensemble that serves no TLS port in a
+	// migration from plaintext to TLS (or back). The decision follows the
+	// address, so it holds across a flip.
+	PlaintextServers []string
 	// SASLMirrorAuth are the credentials (digest "user:password") the
 	// proxy presents, in place of a SASL client's identity, on that
 	// client's shadow session and the mirror's reads of the primary (a
@@ -174,7 +179,7 @@ func (c *Config) setDefaults() error {
 		c.Dial = (&net.Dialer{}).DialContext
 	}
 	if c.UpstreamTLS != nil {
-		c.Dial = tlsDial(c.Dial, c.UpstreamTLS)
+		c.Dial = tlsDial(c.Dial, c.UpstreamTLS, c.PlaintextServers)
 	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics(nil)

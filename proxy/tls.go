@@ -84,9 +84,17 @@ func (s *Server) handshakeClient(c *tls.Conn) bool {
 const upstreamPlaintextHint = "if the servers serve TLS only (secureClientPort, Netty), start the proxy with --zk-tls-ca (and --zk-tls-cert/--zk-tls-key for ssl.clientAuth=need)"
 
 // tlsDial wraps dial: the connection is a TLS client of cfg(host) whose
-// handshake is complete when it is returned.
-func tlsDial(dial func(ctx context.Context, network, addr string) (net.Conn, error), cfg func(serverName string) *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// handshake is complete when it is returned, except to the servers listed
+// in plaintext.
+func tlsDial(dial func(ctx context.Context, network, addr string) (net.Conn, error), cfg func(serverName string) *tls.Config, plaintext []string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	plain := map[string]bool{}
+	for _, a := range plaintext {
+		plain[a] = true
+	}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if plain[addr] {
+			return dial(ctx, network, addr)
+		}
 		host, _, err := net.SplitHostPort(addr)
 		if err != nil {
 			return nil, err

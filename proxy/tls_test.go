@@ -175,3 +175,43 @@ func TestPlaintextUpstreamToTLSOnlyEnsembleSaysWhy(t *testing.T) {
 	logs.waitFor(t, "no upstream server accepted the session", 20*time.Second)
 	logs.waitFor(t, "start the proxy with --zk-tls-ca", time.Second)
 }
+
+// TestMigrationFromPlaintextToTLS: the proxy reaches the source ensemble
+// in plaintext and the target over TLS (Config.PlaintextServers, the
+// binary's --zk-tls-ensembles target). The mirror reaches B over TLS, and
+// after the flip B serves over TLS while A receives the mirror in
+// plaintext: the choice follows the servers' addresses, not the roles.
+func TestMigrationFromPlaintextToTLS(t *testing.T) {
+	sp := secureEnsembles(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	root := testRoot(t) // on ens, the plaintext one
+	sb := sp.superConn(t, sp.B)
+	if _, err := sb.Create(ctx, root, nil, zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	p, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: sp.B.Addrs(),
+		UpstreamTLS: sp.ZK.Client.ClientConfig, PlaintextServers: ens.Addrs(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, _ := connect(t, []string{p.Addr}, 6*time.Second)
+	if _, err := c.Create(root+"/x", []byte("a"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	if d, _, err := sb.Get(ctx, root+"/x"); err != nil || string(d) != "a" {
+		t.Fatalf("B (TLS) has %q, %v; want the mirrored write", d, err)
+	}
+	if err := p.Flip(ctx, 1, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Set(root+"/x", []byte("b"), -1); err != nil {
+		t.Fatalf("write through the proxy after the flip (B over TLS): %v", err)
+	}
+	waitMirrored(t, p)
+	if d, _, err := directConn(t).Get(root + "/x"); err != nil || string(d) != "b" {
+		t.Fatalf("A (plaintext) has %q, %v after the flip; want the mirrored write", d, err)
+	}
+}

@@ -99,6 +99,7 @@ func TestBadConfigurationIsAUsageErrorWithAHint(t *testing.T) {
 		{[]string{"proxy", "--upstream", "zk1:2181", "--listen", ""}, "no client port"},
 		{[]string{"proxy", "--upstream", "zk1:2181", "--zk-tls-ca", "/nonexistent/ca.pem"}, "TLS to ZooKeeper"},
 		{[]string{"proxy", "--upstream", "zk1:2181", "--mirror-auth-file", "/tmp/x"}, "--mirror-auth-file is for two-ensemble mode"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--zk-tls-ensembles", "target"}, "--zk-tls-ensembles needs --zk-tls-ca"},
 		{[]string{"sandbox", "--duration", "1s"}, "at least 5s"},
 	} {
 		out, code := run(t, c.args...)

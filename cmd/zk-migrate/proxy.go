@@ -290,6 +290,7 @@ func runProxy(c *cli.Context) error {
 		MaxConnectionsPerIP: c.Int("max-connections-per-ip"),
 		FourLetterWords:     words,
 		UpstreamTLS:         tlsc.Upstream,
+		PlaintextServers:    tlsc.Plaintext,
 		SASLMirrorAuth:      tlsc.Mirror,
 		Metrics:             proxy.NewMetrics(reg),
 		Logger:              log,

@@ -11,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/tlsconf"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
@@ -27,6 +28,7 @@ func proxyTLSFlags() []cli.Flag {
 		&cli.StringFlag{Name: "zk-tls-ca", Usage: "speak TLS to ZooKeeper (both ensembles' secureClientPort): CA bundle their certificates chain to", EnvVars: []string{"ZKM_ZK_TLS_CA"}},
 		&cli.StringFlag{Name: "zk-tls-cert", Usage: "client certificate (PEM) presented to ZooKeeper (servers with ssl.clientAuth=need); its DN is the x509 identity every client of the proxy shares upstream", EnvVars: []string{"ZKM_ZK_TLS_CERT"}},
 		&cli.StringFlag{Name: "zk-tls-key", Usage: "the key of --zk-tls-cert (PEM)", EnvVars: []string{"ZKM_ZK_TLS_KEY"}},
+		&cli.StringFlag{Name: "zk-tls-ensembles", Value: "source,target", Usage: "two-ensemble mode with --zk-tls-ca: the ensembles reached over TLS (source, target or both); the other one in plaintext, for a migration from a plaintext ensemble to a TLS one or back", EnvVars: []string{"ZKM_ZK_TLS_ENSEMBLES"}},
 		&cli.StringFlag{Name: "admin-tls-cert", Usage: "serve the admin endpoint over HTTPS with this certificate (PEM); advertised as https:// in gossip", EnvVars: []string{"ZKM_ADMIN_TLS_CERT"}},
 		&cli.StringFlag{Name: "admin-tls-key", Usage: "the key of --admin-tls-cert (PEM)", EnvVars: []string{"ZKM_ADMIN_TLS_KEY"}},
 		&cli.StringFlag{Name: "admin-tls-client-ca", Usage: "mutual TLS on the admin endpoint: callers (the control nodes' --proxy-tls-cert) must present a certificate signed by this CA", EnvVars: []string{"ZKM_ADMIN_TLS_CLIENT_CA"}},
@@ -40,6 +42,9 @@ type proxyTLS struct {
 	Upstream func(serverName string) *tls.Config // connections to ZooKeeper
 	Admin    *tls.Config                         // the admin endpoint
 	Mirror   []zkclient.Auth                     // SASL clients' shadow identity
+	// Plaintext lists the servers of the ensemble left out of
+	// --zk-tls-ensembles.
+	Plaintext []string
 }
 
 func loadProxyTLS(c *cli.Context, log *slog.Logger) (*proxyTLS, error) {
@@ -84,6 +89,13 @@ func loadProxyTLS(c *cli.Context, log *slog.Logger) (*proxyTLS, error) {
 			return nil, usageError("TLS to ZooKeeper: %v", err)
 		}
 		out.Upstream = f.ClientConfig
+		plain, err := plaintextServers(c)
+		if err != nil {
+			return nil, err
+		}
+		out.Plaintext = plain
+	} else if c.IsSet("zk-tls-ensembles") {
+		return nil, usageError("--zk-tls-ensembles needs --zk-tls-ca")
 	}
 	if cert := c.String("admin-tls-cert"); cert != "" {
 		f, err := tlsconf.Load(tlsconf.Paths{Cert: cert, Key: c.String("admin-tls-key"), CA: c.String("admin-tls-client-ca"), Logger: log})
@@ -158,4 +170,41 @@ func proxyFleetClient(c *cli.Context, log *slog.Logger) (*http.Client, error) {
 		return nil, usageError("proxy admin TLS: %v", err)
 	}
 	return &http.Client{Transport: f.HTTPTransport(), Timeout: 2 * time.Minute}, nil
+}
+
+// plaintextServers are the servers of the ensembles --zk-tls-ensembles
+// leaves out (two-ensemble mode only).
+func plaintextServers(c *cli.Context) ([]string, error) {
+	tlsOn := map[ensemble.Name]bool{}
+	for _, w := range strings.Split(c.String("zk-tls-ensembles"), ",") {
+		if w = strings.TrimSpace(w); w == "" {
+			continue
+		}
+		n, err := ensemble.Parse(w)
+		if err != nil {
+			return nil, usageError("--zk-tls-ensembles: %v", err)
+		}
+		tlsOn[n] = true
+	}
+	if len(tlsOn) == 0 {
+		return nil, usageError("--zk-tls-ensembles is empty: give source, target or source,target (or drop --zk-tls-ca)")
+	}
+	if c.String("upstream") != "" {
+		if c.IsSet("zk-tls-ensembles") {
+			return nil, usageError("--zk-tls-ensembles is for two-ensemble mode (--source and --target); with --upstream, --zk-tls-ca alone decides")
+		}
+		return nil, nil
+	}
+	var plain []string
+	for _, e := range ensemble.Names {
+		if tlsOn[e] {
+			continue
+		}
+		hosts, err := parseHosts(e.Flag(), c.String(e.Flag()))
+		if err != nil {
+			return nil, usageError("%v", err)
+		}
+		plain = append(plain, hosts...)
+	}
+	return plain, nil
 }
