@@ -250,3 +250,23 @@ func waitUntil(t *testing.T, f func() bool) {
 		}
 	}
 }
+
+// TestMirrorAuthFileIsChecked: the SASL mirror identity file must be
+// private and hold user:password, or the proxy does not start (exit 2).
+func TestMirrorAuthFileIsChecked(t *testing.T) {
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open.auth")
+	if err := os.WriteFile(open, []byte("zkm-mirror:pw\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.auth")
+	if err := os.WriteFile(bad, []byte("no-colon\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{open: "is readable by others", bad: "want one line user:password"} {
+		out, code := run(t, "proxy", "--source", "127.0.0.1:1", "--target", "127.0.0.1:2", "--metrics-addr", "", "--mirror-auth-file", file)
+		if code != exitUsage || !strings.Contains(out, want) {
+			t.Errorf("--mirror-auth-file %s: exit %d, %q; want exit %d mentioning %q", file, code, out, exitUsage, want)
+		}
+	}
+}
