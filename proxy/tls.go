@@ -23,15 +23,26 @@ import (
 // completes a TLS handshake with cfg (its GetConfigForClient, if set, is
 // consulted per connection: tlsconf reloads certificates that way) before
 // its first frame. A connection whose first bytes are not a TLS record (a
-// plaintext ZooKeeper client) is closed and logged. Serve and ServeTLS may
-// run at once on different listeners.
+// plaintext ZooKeeper client) is closed and logged. TLS below 1.2 is
+// refused whatever cfg says. Serve and ServeTLS may run at once on
+// different listeners.
 func (s *Server) ServeTLS(ln net.Listener, cfg *tls.Config) error {
 	if cfg == nil {
 		return errors.New("proxy: ServeTLS needs a TLS configuration")
 	}
-	if cfg.MinVersion < tls.VersionTLS12 {
-		cfg = cfg.Clone()
-		cfg.MinVersion = tls.VersionTLS12
+	cfg = cfg.Clone()
+	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
+	if get := cfg.GetConfigForClient; get != nil {
+		// The configuration returned per client replaces this one: hold it
+		// to TLS 1.2 as well.
+		cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := get(hello)
+			if c != nil && c.MinVersion < tls.VersionTLS12 {
+				c = c.Clone()
+				c.MinVersion = tls.VersionTLS12
+			}
+			return c, err
+		}
 	}
 	return s.serve(ln, cfg)
 }
