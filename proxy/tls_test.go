@@ -191,7 +191,7 @@ func TestMigrationFromPlaintextToTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: sp.B.Addrs(),
-		UpstreamTLS: sp.ZK.Client.ClientConfig, PlaintextServers: ens.Addrs(), Logger: testLogger(t)})
+		UpstreamTLS: sp.ZK.Client.ClientConfig, PlaintextServers: ens.Addrs(), DialTimeout: 10 * time.Second, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

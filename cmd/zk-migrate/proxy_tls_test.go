@@ -132,7 +132,7 @@ func TestProxyOverTLSEverywhere(t *testing.T) {
 	cmd := exec.Command(bin, "proxy", "--listen", "", "--secure-listen", secure,
 		"--client-tls-cert", srvCert.Cert, "--client-tls-key", srvCert.Key, "--client-tls-ca", caFile,
 		"--source", ens[0].ConnectString(), "--target", ens[1].ConnectString(),
-		"--zk-tls-ca", m.CA, "--zk-tls-cert", m.ClientCert, "--zk-tls-key", m.ClientKey,
+		"--zk-tls-ca", m.CA, "--zk-tls-cert", m.ClientCert, "--zk-tls-key", m.ClientKey, "--dial-timeout", "10s",
 		"--admin-addr", admin, "--admin-token-file", token,
 		"--admin-tls-cert", srvCert.Cert, "--admin-tls-key", srvCert.Key, "--admin-tls-client-ca", caFile,
 		"--metrics-addr", "", "--name", "proxy-tls", "--gossip-addr", freeAddr(t), "--gossip-join", seedAgent.Members()[0].Addr, "--gossip-insecure")
