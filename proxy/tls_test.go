@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -213,5 +215,36 @@ func TestMigrationFromPlaintextToTLS(t *testing.T) {
 	waitMirrored(t, p)
 	if d, _, err := directConn(t).Get(root + "/x"); err != nil || string(d) != "b" {
 		t.Fatalf("A (plaintext) has %q, %v after the flip; want the mirrored write", d, err)
+	}
+}
+
+// TestMesosCClientThroughTLSUpstream is the Mesos case: ZooKeeper's C
+// client has no TLS (Mesos pins 3.4; Debian's 3.8 library is built
+// without SSL), so it stays on the sidecar's plaintext port while the
+// proxy speaks TLS to both ensembles; its writes reach both.
+func TestMesosCClientThroughTLSUpstream(t *testing.T) {
+	requireFile(t, cliMTPath, "zookeeper-bin")
+	sp := secureEnsembles(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	root := fmt.Sprintf("/c-tls-%d", time.Now().UnixNano())
+	sa, sb := sp.superConn(t, sp.A), sp.superConn(t, sp.B)
+	for _, c := range []*zkclient.Conn{sa, sb} {
+		if _, err := c.Create(ctx, root, nil, zkclient.OpenACL, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, _ := sp.startProxy(t)
+	for _, cmd := range []string{"create " + root + "/m", "create " + root + "/m/log_replicas"} {
+		out, _ := exec.Command(cliMTPath, "-h", p.Addr, "-c", cmd).CombinedOutput()
+		if !strings.Contains(string(out), "rc = 0") {
+			t.Fatalf("cli_mt %q through the proxy's plaintext port: %s", cmd, out)
+		}
+	}
+	waitMirrored(t, p)
+	for name, c := range map[string]*zkclient.Conn{"A": sa, "B": sb} {
+		if _, err := c.Exists(ctx, root+"/m/log_replicas"); err != nil {
+			t.Fatalf("%s over TLS: the C client's %s/m/log_replicas: %v", name, root, err)
+		}
 	}
 }
