@@ -56,6 +56,13 @@ timeout plus timeout/10 + 1 s. Per-session and per-connection limits
 --max-connections, --max-connections-per-ip, --four-letter-words) keep one
 broken or hostile client from exhausting the proxy.
 
+TLS, each hop on its own (README, "TLS and SASL on the proxy"): a TLS
+client port (--secure-listen, --client-tls-*), TLS to ZooKeeper's
+secureClientPort (--zk-tls-*), the admin endpoint over HTTPS
+(--admin-tls-*). SASL clients authenticate with the primary through the
+proxy; when their session moves (server death, flip) the proxy closes their
+connection so they authenticate again.
+
 Examples:
 
    zk-migrate proxy --listen 127.0.0.1:2181 \
@@ -64,6 +71,10 @@ Examples:
    zk-migrate proxy --listen 127.0.0.1:2181 \
        --source zk1:2181,zk2:2181,zk3:2181 --target zkb1:2181,zkb2:2181,zkb3:2181 \
        --admin-addr 127.0.0.1:9405 --state-dir /var/lib/zk-migrate/proxy
+
+   zk-migrate proxy --listen 127.0.0.1:2181 --secure-listen 127.0.0.1:2281 \
+       --client-tls-cert proxy.pem --client-tls-key proxy-key.pem --client-tls-ca apps-ca.pem \
+       --upstream zk1:2281,zk2:2281,zk3:2281 --zk-tls-ca zk-ca.pem --zk-tls-cert me.pem --zk-tls-key me-key.pem
 
 Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
            curl -s 127.0.0.1:9404/metrics | grep zkmigrate_proxy`,
