@@ -106,6 +106,11 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer stopDual()
+	stopTLS, err := startTLS(bin)
+	if err != nil {
+		return 0, err
+	}
+	defer stopTLS()
 	relayAddr = freeAddr()
 	rcmd := exec.Command(os.Args[0])
 	rcmd.Env = append(os.Environ(), "ZKM_BENCH_RELAY_LISTEN="+relayAddr, "ZKM_BENCH_RELAY_UPSTREAM="+server)
@@ -126,6 +131,7 @@ func run(m *testing.M) (int, error) {
 	code := m.Run()
 	printTable()
 	printDualTable()
+	printTLSTable()
 	return code, nil
 }
 

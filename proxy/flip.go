@@ -283,6 +283,7 @@ func (s *session) flipTo(next *roles) error {
 	}
 	s.log.Info("session flipped", "primary", next.primary.Flag(), "upstream", up.addr,
 		"upstream_session", fmt.Sprintf("0x%x", nl.id), "zxid_offset", s.zoff.Load())
+	s.saslFlipped() // sasl.go
 	return nil
 }
 

@@ -38,6 +38,7 @@ func TestMain(m *testing.M) {
 	if ensB != nil {
 		ensB.Close()
 	}
+	secure.close()
 	os.Exit(code)
 }
 

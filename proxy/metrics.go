@@ -82,7 +82,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		fourLettersRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "four_letter_words_refused_total", Help: "Four-letter admin commands refused because --four-letter-words does not allow them, by word."}, []string{"word"}),
 		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "client_connections_refused_total", Help: "Client connections closed by a limit, by reason: max_connections, max_connections_per_ip, handshake_timeout (no ConnectRequest within --handshake-timeout)."}, []string{"reason"}),
+			Name: "client_connections_refused_total", Help: "Client connections closed by a limit, by reason: max_connections, max_connections_per_ip, handshake_timeout (no ConnectRequest or TLS handshake within --handshake-timeout), plaintext_on_tls (a plaintext client on the TLS port), tls_handshake (a failed TLS handshake)."}, []string{"reason"}),
 		credsRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "credentials_refused_total", Help: "addAuth requests answered AUTHFAILED because the session already holds --max-credentials distinct credentials."}),
 		logsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -119,7 +119,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"backlog_full", "noauth", "noauth_acl_applied", "noauth_acl_open", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "error"} {
 		m.mirrorFailures.WithLabelValues(r)
 	}
-	for _, r := range []string{"max_connections", "max_connections_per_ip", "handshake_timeout"} {
+	for _, r := range []string{"max_connections", "max_connections_per_ip", "handshake_timeout", "plaintext_on_tls", "tls_handshake"} {
 		m.connsRefused.WithLabelValues(r)
 	}
 	return m

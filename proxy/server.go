@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // Config configures a Server. Zero values take the documented defaults.
@@ -79,8 +81,26 @@ type Config struct {
 	// handshake included (default 3 s).
 	DialTimeout time.Duration
 	// Dial opens upstream connections (default net.Dialer.DialContext).
-	// Tests and, later, TLS use it.
+	// Tests use it; with UpstreamTLS the TLS handshake wraps it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// UpstreamTLS, if set, makes every connection to ZooKeeper (both
+	// ensembles: relay, shadow sessions, mirror readers, catch-up,
+	// four-letter words) a TLS client of the configuration it returns for
+	// the server's host (verify it, present a client certificate for the
+	// servers' ssl.clientAuth). Give a fresh configuration per call
+	// (tlsconf.Files.ClientConfig) so rotated certificates are used.
+	UpstreamTLS func(serverName string) *tls.Config
+	// PlaintextServers lists servers ("host:port") dialled without TLS
+	// even with UpstreamTLS: the ensemble that serves no TLS port in a
+	// migration from plaintext to TLS (or back). The decision follows the
+	// address, so it holds across a flip.
+	PlaintextServers []string
+	// SASLMirrorAuth are the credentials (digest "user:password") the
+	// proxy presents, in place of a SASL client's identity, on that
+	// client's shadow session and the mirror's reads of the primary (a
+	// SASL exchange cannot be replayed; sasl.go). The ensembles must let
+	// that identity read and write what SASL clients write (superDigest).
+	SASLMirrorAuth []zkclient.Auth
 	// Epoch is the flip epoch the proxy starts at (the control plane's
 	// recorded one, when known); a flip request for an older one is refused.
 	Epoch int64
@@ -157,6 +177,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Dial == nil {
 		c.Dial = (&net.Dialer{}).DialContext
+	}
+	if c.UpstreamTLS != nil {
+		c.Dial = tlsDial(c.Dial, c.UpstreamTLS, c.PlaintextServers)
 	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics(nil)
@@ -237,7 +260,11 @@ var ErrServerClosed = errors.New("proxy: server closed")
 
 // Serve accepts client connections on ln until Close. It always returns a
 // non-nil error; after Close, ErrServerClosed.
-func (s *Server) Serve(ln net.Listener) error {
+func (s *Server) Serve(ln net.Listener) error { return s.serve(ln, nil) }
+
+// serve accepts on ln; with tlsCfg, every connection is a TLS server
+// connection whose handshake serveConn completes.
+func (s *Server) serve(ln net.Listener, tlsCfg *tls.Config) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -263,6 +290,9 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("proxy: accept: %w", err)
 		}
 		backoff = 0
+		if tlsCfg != nil {
+			c = &tlsConn{Conn: tls.Server(c, tlsCfg), raw: c}
+		}
 		ok, refused := s.track(c)
 		if !ok {
 			c.Close()
@@ -419,6 +449,9 @@ func (s *Server) unregisterSession(sess *session) {
 
 // serveConn owns one client connection from accept to close.
 func (s *Server) serveConn(c net.Conn) {
+	if tc, ok := c.(*tlsConn); ok && !s.handshakeClient(tc.Conn) {
+		return
+	}
 	cc := newClientConn(s, c)
 	_ = c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	first, err := cc.fr.PeekLength()

@@ -210,8 +210,11 @@ func (s *session) open(connectFrame []byte) bool {
 		up, resp, raw, err = pl.dial(s.done, connectFrame, "")
 	}
 	if err != nil {
-		s.srv.logs.warn(s.log, "no_upstream", "closing client connection: no upstream server accepted the session",
-			"session", fmt.Sprintf("0x%x", s.connect.SessionID), "err", err)
+		args := []any{"session", fmt.Sprintf("0x%x", s.connect.SessionID), "err", err}
+		if errors.Is(err, errRefused) && s.srv.cfg.UpstreamTLS == nil {
+			args = append(args, "hint", upstreamPlaintextHint)
+		}
+		s.srv.logs.warn(s.log, "no_upstream", "closing client connection: no upstream server accepted the session", args...)
 		return false
 	}
 	upID, upPw := resp.SessionID, resp.Passwd
@@ -467,7 +470,7 @@ func (s *session) handleRequest(frame []byte) error {
 		}
 	case *jute.SASLRequest:
 		p.track = trackSASL
-		s.sasl.Store(true)
+		s.saslStarted()
 	}
 	p.spath = statPathOf(req.Body)
 	if m, ok := req.Body.(*jute.MultiRequest); ok {

@@ -77,6 +77,11 @@ prunes it.`,
 			gossipInsecureFlag(),
 			&cli.StringFlag{Name: "proxy-token-file", EnvVars: []string{"ZKM_PROXY_TOKEN_FILE"},
 				Usage: "file (mode 600) holding the bearer token sent with every flip request to the proxies (their --admin-token-file)"},
+			&cli.StringFlag{Name: "proxy-tls-ca", EnvVars: []string{"ZKM_PROXY_TLS_CA"},
+				Usage: "CA that signed the proxies' admin certificates (their --admin-tls-cert): flip requests go to https:// admin endpoints verified with it"},
+			&cli.StringFlag{Name: "proxy-tls-cert", EnvVars: []string{"ZKM_PROXY_TLS_CERT"},
+				Usage: "client certificate (PEM) presented to the proxies' admin endpoints (their --admin-tls-client-ca)"},
+			&cli.StringFlag{Name: "proxy-tls-key", EnvVars: []string{"ZKM_PROXY_TLS_KEY"}, Usage: "the key of --proxy-tls-cert"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "address of the Prometheus /metrics endpoint, plain HTTP without a token, e.g. 127.0.0.1:9406 (empty: off)"},
 			&cli.DurationFlag{Name: "audit-retention", Value: server.DefaultAuditRetention,
 				Usage: "drop audit entries older than this (the leader prunes hourly; the chain stays verifiable from an anchor); 0 keeps every entry"},
@@ -215,7 +220,11 @@ func runControl(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		mf := &membership.Fleet{Agent: agent, Token: ptok}
+		pclient, err := proxyFleetClient(c, log)
+		if err != nil {
+			return err
+		}
+		mf := &membership.Fleet{Agent: agent, Token: ptok, Client: pclient}
 		fleet = mf
 		gossipAgent.Store(agent)
 		srv.Health = func(id string) any {

@@ -93,6 +93,13 @@ func TestBadConfigurationIsAUsageErrorWithAHint(t *testing.T) {
 		{[]string{"proxy", "--source", "zk1:2181", "--target", "zk2"}, "--target \"zk2\": missing port"},
 		{[]string{"proxy", "--upstream", "zk1:2181", "--primary", "target"}, "--primary needs --source and --target"},
 		{[]string{"proxy", "--upstream", "zk1:2181", "--state-dir", "/tmp/x"}, "it needs --source and --target"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--secure-listen", "127.0.0.1:0"}, "--secure-listen needs --client-tls-cert"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--zk-tls-cert", "c.pem", "--zk-tls-key", "k.pem"}, "--zk-tls-cert needs --zk-tls-ca"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--admin-tls-cert", "c.pem"}, "--admin-tls-cert and --admin-tls-key go together"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--listen", ""}, "no client port"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--zk-tls-ca", "/nonexistent/ca.pem"}, "TLS to ZooKeeper"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--mirror-auth-file", "/tmp/x"}, "--mirror-auth-file is for two-ensemble mode"},
+		{[]string{"proxy", "--upstream", "zk1:2181", "--zk-tls-ensembles", "target"}, "--zk-tls-ensembles needs --zk-tls-ca"},
 		{[]string{"sandbox", "--duration", "1s"}, "at least 5s"},
 	} {
 		out, code := run(t, c.args...)

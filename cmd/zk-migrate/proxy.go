@@ -56,6 +56,13 @@ timeout plus timeout/10 + 1 s. Per-session and per-connection limits
 --max-connections, --max-connections-per-ip, --four-letter-words) keep one
 broken or hostile client from exhausting the proxy.
 
+TLS, each hop on its own (README, "TLS and SASL on the proxy"): a TLS
+client port (--secure-listen, --client-tls-*), TLS to ZooKeeper's
+secureClientPort (--zk-tls-*), the admin endpoint over HTTPS
+(--admin-tls-*). SASL clients authenticate with the primary through the
+proxy; when their session moves (server death, flip) the proxy closes their
+connection so they authenticate again.
+
 Examples:
 
    zk-migrate proxy --listen 127.0.0.1:2181 \
@@ -65,10 +72,14 @@ Examples:
        --source zk1:2181,zk2:2181,zk3:2181 --target zkb1:2181,zkb2:2181,zkb3:2181 \
        --admin-addr 127.0.0.1:9405 --state-dir /var/lib/zk-migrate/proxy
 
+   zk-migrate proxy --listen 127.0.0.1:2181 --secure-listen 127.0.0.1:2281 \
+       --client-tls-cert proxy.pem --client-tls-key proxy-key.pem --client-tls-ca apps-ca.pem \
+       --upstream zk1:2281,zk2:2281,zk3:2281 --zk-tls-ca zk-ca.pem --zk-tls-cert me.pem --zk-tls-key me-key.pem
+
 Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
            curl -s 127.0.0.1:9404/metrics | grep zkmigrate_proxy`,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:2181", Usage: "address clients connect to", EnvVars: []string{"ZKM_LISTEN"}},
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:2181", Usage: "address plaintext clients connect to (empty: none, with --secure-listen)", EnvVars: []string{"ZKM_LISTEN"}},
 			&cli.StringFlag{Name: "upstream", Usage: "ZooKeeper servers of the one ensemble, host:port,host:port,... (or --source and --target)", EnvVars: []string{"ZKM_UPSTREAM"}},
 			&cli.StringFlag{Name: "source", Usage: "two-ensemble mode: servers of the source ensemble A (migration.yaml's source_zk)", EnvVars: []string{"ZKM_SOURCE"}},
 			&cli.StringFlag{Name: "target", Usage: "two-ensemble mode: servers of the target ensemble B (migration.yaml's target_zk)", EnvVars: []string{"ZKM_TARGET"}},
@@ -93,7 +104,7 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			gossipKeyFlag(),
 			gossipInsecureFlag(),
 			&cli.StringFlag{Name: "name", Usage: "this proxy's name in the gossip pool (default proxy-HOSTNAME)"},
-		},
+		}, proxyTLSFlags()...),
 		Action: runProxy,
 	}
 }
@@ -213,6 +224,13 @@ func runProxy(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	tlsc, err := loadProxyTLS(c, log)
+	if err != nil {
+		return err
+	}
+	if c.String("listen") == "" && c.String("secure-listen") == "" {
+		return usageError("no client port: give --listen, --secure-listen or both")
+	}
 	var aln net.Listener
 	apiURL := ""
 	if addr := c.String("admin-addr"); addr != "" {
@@ -222,6 +240,9 @@ func runProxy(c *cli.Context) error {
 		}
 		defer aln.Close()
 		apiURL = "http://" + aln.Addr().String()
+		if tlsc.Admin != nil {
+			apiURL = "https://" + aln.Addr().String()
+		}
 		if secondary != nil && token == "" {
 			log.Warn("no --admin-token-file: the flip endpoint refuses every request (401), so the control plane cannot flip this proxy",
 				"hint", flipTokenHint)
@@ -279,21 +300,38 @@ func runProxy(c *cli.Context) error {
 		MaxConnections:      c.Int("max-connections"),
 		MaxConnectionsPerIP: c.Int("max-connections-per-ip"),
 		FourLetterWords:     words,
+		UpstreamTLS:         tlsc.Upstream,
+		PlaintextServers:    tlsc.Plaintext,
+		SASLMirrorAuth:      tlsc.Mirror,
 		Metrics:             proxy.NewMetrics(reg),
 		Logger:              log,
 	})
 	if err != nil {
 		return usageError("%v", err)
 	}
-	ln, err := net.Listen("tcp", c.String("listen"))
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w (is another ZooKeeper or proxy already there? choose another --listen)", c.String("listen"), err)
+	var ln, sln net.Listener
+	if addr := c.String("listen"); addr != "" {
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return fmt.Errorf("listen on %s: %w (is another ZooKeeper or proxy already there? choose another --listen)", addr, err)
+		}
+	}
+	if addr := c.String("secure-listen"); addr != "" {
+		if sln, err = net.Listen("tcp", addr); err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return fmt.Errorf("listen on %s: %w (choose another --secure-listen)", addr, err)
+		}
 	}
 	var metricsSrv *http.Server
 	if addr := c.String("metrics-addr"); addr != "" {
 		mln, err := net.Listen("tcp", addr)
 		if err != nil {
-			ln.Close()
+			for _, l := range []net.Listener{ln, sln} {
+				if l != nil {
+					l.Close()
+				}
+			}
 			return fmt.Errorf("metrics listen on %s: %w (choose another --metrics-addr, or empty to disable)", addr, err)
 		}
 		mux := http.NewServeMux()
@@ -305,13 +343,22 @@ func runProxy(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	errc := make(chan error, 2)
+	addrs := []any{}
+	if ln != nil {
+		go func() { errc <- srv.Serve(ln) }()
+		addrs = append(addrs, "addr", ln.Addr().String())
+	}
+	if sln != nil {
+		go func() { errc <- srv.ServeTLS(sln, tlsc.Client) }()
+		addrs = append(addrs, "tls_addr", sln.Addr().String(), "tls_mutual", c.String("client-tls-ca") != "")
+	}
+	addrs = append(addrs, "tls_upstream", tlsc.Upstream != nil)
 	if secondary == nil {
-		log.Info("proxy listening", "addr", ln.Addr().String(), "upstream", upstream)
+		log.Info("proxy listening", append(addrs, "upstream", upstream)...)
 	} else {
-		log.Info("proxy listening in two-ensemble mode", "addr", ln.Addr().String(),
-			"primary", primaryName.Flag(), primaryName.Flag(), upstream, primaryName.Other().Flag(), secondary)
+		log.Info("proxy listening in two-ensemble mode", append(addrs,
+			"primary", primaryName.Flag(), primaryName.Flag(), upstream, primaryName.Other().Flag(), secondary)...)
 	}
 	if aln != nil {
 		onFlip := func(epoch int64, primary ensemble.Name) {
@@ -320,10 +367,15 @@ func runProxy(c *cli.Context) error {
 				_ = agent.SetMeta(func(m *membership.Meta) { m.Epoch, m.Primary = epoch, primary })
 			}
 		}
-		adminSrv := &http.Server{Handler: proxyAdmin(srv, token, onFlip), ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = adminSrv.Serve(aln) }()
+		adminSrv := &http.Server{Handler: proxyAdmin(srv, token, onFlip), ReadHeaderTimeout: 5 * time.Second, ErrorLog: adminErrorLog(log)}
+		if tlsc.Admin != nil {
+			adminSrv.TLSConfig = tlsc.Admin
+			go func() { _ = adminSrv.ServeTLS(aln, "", "") }()
+		} else {
+			go func() { _ = adminSrv.Serve(aln) }()
+		}
 		defer adminSrv.Close()
-		log.Info("admin endpoint listening", "addr", aln.Addr().String())
+		log.Info("admin endpoint listening", "addr", aln.Addr().String(), "url", apiURL)
 	}
 	if agent != nil {
 		go advertiseSessions(ctx, agent, srv)

@@ -9,6 +9,7 @@
 package proxytest
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 
@@ -22,9 +23,12 @@ type Proxy struct {
 	*proxy.Server
 	// Addr is the client address, "127.0.0.1:port".
 	Addr string
+	// TLSAddr is the TLS client address (StartTLS only).
+	TLSAddr string
 	// Registry holds the proxy's metrics.
 	Registry *prometheus.Registry
 	done     chan error
+	tlsDone  chan error
 }
 
 // Start starts a proxy with cfg on 127.0.0.1:0. Metrics go to a fresh
@@ -35,6 +39,26 @@ func Start(cfg proxy.Config) (*Proxy, error) { return StartOn("127.0.0.1:0", cfg
 func (p *Proxy) Close() {
 	p.Server.Close()
 	<-p.done
+	if p.tlsDone != nil {
+		<-p.tlsDone
+	}
+}
+
+// StartTLS is Start with a second listener, TLSAddr, whose clients speak
+// TLS with clientTLS (Server.ServeTLS).
+func StartTLS(cfg proxy.Config, clientTLS *tls.Config) (*Proxy, error) {
+	p, err := Start(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("proxytest: listen: %w", err)
+	}
+	p.TLSAddr, p.tlsDone = ln.Addr().String(), make(chan error, 1)
+	go func() { p.tlsDone <- p.Server.ServeTLS(ln, clientTLS) }()
+	return p, nil
 }
 
 // StartOn is Start on a given address, for restarting a proxy where its
