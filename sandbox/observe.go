@@ -233,7 +233,7 @@ func (p *probe) run(ctx context.Context) {
 			p.slowest, p.slowestAt = took, start
 		}
 		p.mu.Unlock()
-		time.Sleep(5 * time.Millisecond) // a steady write stream, not a flood
+		time.Sleep(20 * time.Millisecond) // a steady write stream (50/s), not a flood
 	}
 }
 
