@@ -38,7 +38,7 @@ soak: ## long mixed load through the proxy with server kills
 ROLLBACK ?=
 
 demo: deps build ## migrate an emulated Mesos cluster from ZooKeeper A to B through the control plane and report (ROLLBACK=N: roll back at phase N)
-	$(BIN) demo $(if $(ROLLBACK),--rollback $(ROLLBACK))
+	@$(BIN) demo $(if $(ROLLBACK),--rollback $(ROLLBACK))
 
 sandbox: build ## the load sandbox: real ensembles A and B, proxies, Mesos-shaped Go load, servers killed
 	$(BIN) sandbox

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -100,11 +101,21 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		d.ctl = append(d.ctl, &ctlNode{id: id, api: api, gossip: gossip, args: args, proc: p})
 		d.api.urls = append(d.api.urls, "http://"+api)
 		if err := waitUntil(ctx, 30*time.Second, "control node "+id+" serving", func() bool {
 			resp, err := http.Get("http://" + api + "/healthz")
 			if err == nil {
 				resp.Body.Close()
+			}
+			if err != nil {
+				return !p.running()
+			}
+			// Its gossip port too: the next node and the proxies join
+			// the pool through it, and a refused join is fatal to them.
+			c, err := net.DialTimeout("tcp", gossip, time.Second)
+			if err == nil {
+				c.Close()
 			}
 			return err == nil || !p.running()
 		}); err != nil || !p.running() {

@@ -61,6 +61,12 @@ func (a *controlAPI) do(ctx context.Context, method, path string, body []byte, o
 				last = fmt.Errorf("%s %s: 503 %s", method, path, strings.TrimSpace(string(b)))
 				continue
 			}
+			if stale := resp.Header.Get("X-Zkm-Stale"); stale != "" {
+				// A node that knows no leader answers from its own state
+				// (a restarted node may not have caught up): ask another.
+				last = fmt.Errorf("%s %s: stale answer from %s: %s", method, path, u, stale)
+				continue
+			}
 			if resp.StatusCode/100 != 2 {
 				e := &apiError{Code: resp.StatusCode}
 				_ = json.Unmarshal(b, e)

@@ -25,6 +25,11 @@ type MigrationConfig struct {
 	// Agents per side (default 3), Tasks the framework keeps running
 	// (default 10), Proxies in front of the Mesos processes (default 3).
 	Agents, Tasks, Proxies int
+	// Chaos names the faults injected while phase 2 moves masters
+	// (chaos.go): FaultZooKeeper (the ZooKeeper leader of A and of B
+	// SIGKILLed and restarted), FaultControlLeader (the control-plane
+	// leader SIGKILLed and restarted from its data directory).
+	Chaos []string
 	// RollbackAt, if 2 to 5, rolls the migration back to phase 1 (primary
 	// A, Mesos on A) once that phase has succeeded, instead of going on.
 	RollbackAt int
@@ -53,6 +58,11 @@ func Migrate(ctx context.Context, cfg MigrationConfig, out io.Writer) (rep Migra
 	}
 	if cfg.SessionTimeout == 0 {
 		cfg.SessionTimeout = 10 * time.Second
+	}
+	for _, f := range cfg.Chaos {
+		if f != FaultZooKeeper && f != FaultControlLeader {
+			return rep, fmt.Errorf("sandbox: chaos fault %q: want %s or %s", f, FaultZooKeeper, FaultControlLeader)
+		}
 	}
 	if cfg.RollbackAt != 0 && (cfg.RollbackAt < 2 || cfg.RollbackAt > 5) {
 		return rep, fmt.Errorf("sandbox: rollback at phase %d: give 2 to 5 (phases that move Mesos processes)", cfg.RollbackAt)
@@ -97,6 +107,10 @@ type demo struct {
 	cleanups  []func()
 
 	gossipJoin, proxyToken, gossipKey string
+	ctl                               []*ctlNode
+	faults                            sync.WaitGroup // chaos goroutines, waited for by cleanup
+	faultLog                          []string       // what chaos did, for the report
+	faultMu                           sync.Mutex
 }
 
 func (d *demo) say(format string, args ...any) {
@@ -104,6 +118,7 @@ func (d *demo) say(format string, args ...any) {
 }
 
 func (d *demo) cleanup() {
+	d.faults.Wait()
 	for i := len(d.cleanups) - 1; i >= 0; i-- {
 		d.cleanups[i]()
 	}

@@ -26,10 +26,11 @@ type MigrationReport struct {
 	// FlipPauses: for each flip (a rollback across the flip is a second),
 	// the longest time a proxy held its clients' requests (its "flip done"
 	// log line). ProbeSlowest: the slowest write the probe client saw.
-	FlipPauses   []time.Duration
-	ProbeSlowest time.Duration
-	ProbeWrites  int64
-	ProbeErrors  int64
+	FlipPauses    []time.Duration
+	ProbeSlowest  time.Duration
+	ProbeWrites   int64
+	ProbeErrors   int64
+	ProbeConnLoss int64 // writes whose connection closed under them (a server killed): retried
 	// Sync lag: the replicator's (control plane, largest sample) and the
 	// proxies' mirror (write acknowledged on the primary to verified on
 	// the secondary: mean, and the bucket bound under which 99% fell).
@@ -52,6 +53,8 @@ type MigrationReport struct {
 	DigestDiffs            []string
 	LostWrites             int
 	Errors                 []string
+	// Faults injected by a chaos run, with their times.
+	Faults []string
 }
 
 // Unplanned counts leader changes the migration did not make on purpose.
@@ -75,6 +78,9 @@ func (r MigrationReport) OK() bool {
 // collect gathers the figures of the run into rep.
 func (d *demo) collect(ctx context.Context, rep *MigrationReport, lw *leaderWatch, lags *lagSampler, pr *probe) {
 	rep.Elapsed = time.Since(d.start)
+	d.faultMu.Lock()
+	rep.Faults = append([]string(nil), d.faultLog...)
+	d.faultMu.Unlock()
 	rep.Completed = true
 	if cr, err := d.api.report(ctx, demoID); err == nil {
 		rep.Steps = cr.Steps
@@ -91,7 +97,7 @@ func (d *demo) collect(ctx context.Context, rep *MigrationReport, lw *leaderWatc
 		rep.Errors = append(rep.Errors, "probe: "+pr.firstErr.Error())
 	}
 	pr.mu.Unlock()
-	rep.ProbeWrites, rep.ProbeErrors = pr.writes.Load(), pr.errs.Load()
+	rep.ProbeWrites, rep.ProbeErrors, rep.ProbeConnLoss = pr.writes.Load(), pr.errs.Load(), pr.connLoss.Load()
 	rep.ProbeExpired, rep.ProbeDisconnects = pr.expired.Load(), pr.disconnects.Load()
 	rep.SyncLagMax, rep.SyncLagSamples = lags.result()
 	var sum, count float64
@@ -217,6 +223,12 @@ func printMigrationReport(out io.Writer, r MigrationReport) {
 		title = "migration A -> B, rolled back to A"
 	}
 	fmt.Fprintf(out, "\nmigration report (%s, %v, every figure measured in this run)\n", title, r.Elapsed.Round(time.Second))
+	if len(r.Faults) > 0 {
+		fmt.Fprintf(out, "  faults injected\n")
+		for _, f := range r.Faults {
+			fmt.Fprintf(out, "    %s\n", f)
+		}
+	}
 	fmt.Fprintf(out, "  phases (control plane's report: time each step worked)\n")
 	for _, s := range r.Steps {
 		extra := ""
@@ -239,8 +251,8 @@ func printMigrationReport(out io.Writer, r MigrationReport) {
 		fmt.Fprintf(out, "   (the flip, then the rollback's reverse flip)")
 	}
 	fmt.Fprintf(out, "\n                               (longest hold of client requests by a proxy)\n")
-	fmt.Fprintf(out, "  slowest client write         %v   (%d writes through a proxy, %d errors)\n",
-		r.ProbeSlowest.Round(100*time.Microsecond), r.ProbeWrites, r.ProbeErrors)
+	fmt.Fprintf(out, "  slowest client write         %v   (%d writes through a proxy, %d errors, %d connection losses retried)\n",
+		r.ProbeSlowest.Round(100*time.Microsecond), r.ProbeWrites, r.ProbeErrors, r.ProbeConnLoss)
 	fmt.Fprintf(out, "  sync lag                     mirror mean %v, p99 <= %v (%d writes, primary to secondary);\n"+
 		"                               replicator at most %v (%d samples)\n",
 		r.MirrorMean.Round(10*time.Microsecond), r.MirrorP99, r.MirroredWrites, r.SyncLagMax, r.SyncLagSamples)

@@ -163,6 +163,7 @@ type probe struct {
 	acked       atomic.Int64
 	writes      atomic.Int64
 	errs        atomic.Int64
+	connLoss    atomic.Int64
 	expired     atomic.Int64
 	disconnects atomic.Int64
 	mu          sync.Mutex
@@ -216,6 +217,15 @@ func (p *probe) run(ctx context.Context) {
 		if err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			if transient(err) {
+				// A write in flight on a ZooKeeper server that died: the
+				// proxy closes the connection so the client learns the
+				// outcome by reconnecting into its session (SPEC.md 4.5).
+				// Its outcome is unknown; the next write supersedes it.
+				p.connLoss.Add(1)
+				time.Sleep(20 * time.Millisecond)
+				continue
 			}
 			p.errs.Add(1)
 			p.mu.Lock()

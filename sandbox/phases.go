@@ -119,6 +119,9 @@ func (d *demo) advance(ctx context.Context, phase int) error {
 	if err := d.api.step(ctx, demoID, "advance", fmt.Sprint(phase)); err != nil {
 		return fmt.Errorf("sandbox: advance to phase %d: %w", phase, err)
 	}
+	if len(d.cfg.Chaos) > 0 && phase == 2 {
+		d.chaos(ctx)
+	}
 	want := control.StatusSucceeded
 	if step == control.StepRemoveA {
 		step, want = control.StepDone, control.StatusCompleted

@@ -40,6 +40,7 @@ Exit status: 0 when every guarantee held, 1 otherwise, 2 on bad flags.`,
 			&cli.IntFlag{Name: "tasks", Value: 10, Usage: "tasks the framework keeps running"},
 			&cli.IntFlag{Name: "proxies", Value: 3, Usage: "zk-migrate proxies in front of the Mesos processes"},
 			&cli.DurationFlag{Name: "zk-session-timeout", Value: 10 * time.Second, Usage: "the Mesos processes' ZooKeeper session timeout (Mesos' default is 10s)"},
+			&cli.StringSliceFlag{Name: "chaos", Usage: "faults injected while phase 2 moves masters: zk (SIGKILL the ZooKeeper leader of A and of B, restarted after 3s), control (SIGKILL the control-plane leader, restarted from its data dir after 5s); comma-separated"},
 			&cli.BoolFlag{Name: "short", Usage: "a smaller cluster for CI: 1 agent a side, 4 tasks, 2 proxies"},
 			&cli.StringFlag{Name: "dir", Usage: "directory for logs, control-plane data and migration.yaml (default: a new temp directory)"},
 		},
@@ -49,7 +50,7 @@ Exit status: 0 when every guarantee held, 1 otherwise, 2 on bad flags.`,
 				return fmt.Errorf("demo: %w", err)
 			}
 			cfg := sandbox.MigrationConfig{ZkMigrate: self, MesosSim: c.String("mesos-sim"), Dir: c.String("dir"),
-				Agents: c.Int("agents"), Tasks: c.Int("tasks"), Proxies: c.Int("proxies"), RollbackAt: c.Int("rollback"),
+				Agents: c.Int("agents"), Tasks: c.Int("tasks"), Proxies: c.Int("proxies"), RollbackAt: c.Int("rollback"), Chaos: c.StringSlice("chaos"),
 				SessionTimeout: c.Duration("zk-session-timeout")}
 			if cfg.MesosSim == "" {
 				cfg.MesosSim = filepath.Join(filepath.Dir(self), "mesos-sim")
@@ -59,6 +60,11 @@ Exit status: 0 when every guarantee held, 1 otherwise, 2 on bad flags.`,
 			}
 			if r := cfg.RollbackAt; r != 0 && (r < 2 || r > 5) {
 				return usageError("--rollback %d: give a phase from 2 to 5 (the phases that move Mesos processes), or 0", r)
+			}
+			for _, f := range cfg.Chaos {
+				if f != sandbox.FaultZooKeeper && f != sandbox.FaultControlLeader {
+					return usageError("--chaos %q: want %s or %s (comma-separated)", f, sandbox.FaultZooKeeper, sandbox.FaultControlLeader)
+				}
 			}
 			if cfg.Agents < 1 || cfg.Tasks < 1 || cfg.Proxies < 1 {
 				return usageError("--agents, --tasks and --proxies must be at least 1")
