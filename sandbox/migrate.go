@@ -108,6 +108,7 @@ type demo struct {
 
 	gossipJoin, proxyToken, gossipKey string
 	ctl                               []*ctlNode
+	mirrorAtSync                      *mirrorHist    // the proxies' mirror delays when phase 1 succeeded
 	faults                            sync.WaitGroup // chaos goroutines, waited for by cleanup
 	faultLog                          []string       // what chaos did, for the report
 	faultMu                           sync.Mutex

@@ -70,6 +70,9 @@ func (d *demo) migrate(ctx context.Context) error {
 	if _, err := d.waitStep(ctx, control.StepDeployB, control.StatusSucceeded); err != nil {
 		return err
 	}
+	if h, _, err := d.mirrorStats(ctx); err == nil {
+		d.mirrorAtSync = &h
+	}
 	// The flip's guard refuses (409) until the sync has seen a heartbeat
 	// cross each way and the digests are equal: retried, as an operator
 	// would.
