@@ -22,10 +22,15 @@ type ctlNode struct {
 const (
 	FaultZooKeeper     = "zk"      // the ZooKeeper leader of A and of B
 	FaultControlLeader = "control" // the control-plane leader
+	FaultProxy         = "proxy"   // the framework host's proxy
 )
 
+// Faults lists every fault a chaos run knows.
+var Faults = []string{FaultZooKeeper, FaultControlLeader, FaultProxy}
+
 // chaos starts the faults of a chaos run while phase 2 moves masters
-// (SPEC.md 5c): with FaultZooKeeper, one second in, the ZooKeeper leader of
+// (SPEC.md 5c): with FaultProxy, three seconds in, the framework host's
+// proxy is SIGKILLed and restarted; with FaultZooKeeper, one second in, the ZooKeeper leader of
 // A and of B is SIGKILLed and restarted 3 s later; with
 // FaultControlLeader, two seconds in, the control-plane leader is
 // SIGKILLed and restarted 5 s later from its data directory (neither
@@ -40,6 +45,33 @@ func (d *demo) chaos(ctx context.Context) {
 		d.faults.Add(1)
 		go d.killControlLeader(ctx)
 	}
+	if slices.Contains(d.cfg.Chaos, FaultProxy) {
+		d.faults.Add(1)
+		go d.killProxy(ctx)
+	}
+}
+
+// killProxy SIGKILLs the framework host's proxy three seconds from now and
+// restarts it one second later on the same address with the same state
+// directory: its clients (the framework, the probe) reconnect to it and
+// must find their sessions, flipped to B already.
+func (d *demo) killProxy(ctx context.Context) {
+	defer d.faults.Done()
+	if !sleepCtx(ctx, 3*time.Second) {
+		return
+	}
+	pr := d.fwProxy
+	d.fault("SIGKILL %s (%s)", pr.name, pr.listen)
+	_ = pr.proc.cmd.Process.Kill()
+	<-pr.proc.exited
+	if !sleepCtx(ctx, time.Second) {
+		return
+	}
+	if err := d.startProxy(ctx, pr); err != nil {
+		d.fault("restarting %s failed: %v", pr.name, err)
+		return
+	}
+	d.fault("%s restarted from its state directory", pr.name)
 }
 
 // killZooKeeperLeaders SIGKILLs the leader of A and of B one second from

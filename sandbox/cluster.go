@@ -133,9 +133,12 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 // startProxies starts the `zk-migrate proxy` processes in two-ensemble
 // mode (primary A, mirroring to B), each in the gossip pool with its admin
 // endpoint, so the control plane's flip barrier finds them, and with a
-// state directory.
+// state directory: Proxies in front of the masters and agents, and one
+// more on the framework's host, which the framework and the probe client
+// use (the one a chaos run kills and restarts: its clients come back to
+// it, as to a host's sidecar).
 func (d *demo) startProxies(ctx context.Context) error {
-	for i := 1; i <= d.cfg.Proxies; i++ {
+	for i := 1; i <= d.cfg.Proxies+1; i++ {
 		listen, err1 := freeAddr()
 		admin, err2 := freeAddr()
 		metrics, err3 := freeAddr()
@@ -144,25 +147,50 @@ func (d *demo) startProxies(ctx context.Context) error {
 			return err
 		}
 		name := fmt.Sprintf("proxy-%d", i)
-		p, err := d.ps.start(name, d.cfg.ZkMigrate, "proxy", "--listen", listen,
+		if i > d.cfg.Proxies {
+			name = "proxy-framework"
+		}
+		pr := &proxyProc{name: name, listen: listen, args: []string{"proxy", "--listen", listen,
 			"--source", d.a.ConnectString(), "--target", d.b.ConnectString(),
 			"--admin-addr", admin, "--admin-token-file", d.proxyToken, "--state-dir", filepath.Join(d.cfg.Dir, name+".state"),
 			"--metrics-addr", metrics, "--name", name,
-			"--gossip-addr", gossip, "--gossip-join", d.gossipJoin, "--gossip-key-file", d.gossipKey)
-		if err != nil {
+			"--gossip-addr", gossip, "--gossip-join", d.gossipJoin, "--gossip-key-file", d.gossipKey}}
+		if err := d.startProxy(ctx, pr); err != nil {
 			return err
 		}
-		if err := waitUntil(ctx, 20*time.Second, name+" serving", func() bool {
-			out, err := zktest.FourLetterWord(listen, "ruok", time.Second)
-			return (err == nil && out == "imok") || !p.running()
-		}); err != nil || !p.running() {
-			return fmt.Errorf("sandbox: %s did not start: %v\n%s", name, err, d.ps.tail(name, 10))
+		if i > d.cfg.Proxies {
+			d.fwProxy = pr
+		} else {
+			d.proxies = append(d.proxies, listen)
 		}
-		d.proxies = append(d.proxies, listen)
 		d.proxyLogs = append(d.proxyLogs, name)
 		d.metrics = append(d.metrics, metrics)
 	}
-	d.say("%d zk-migrate proxies in two-ensemble mode (primary A, mirroring to B): %s", d.cfg.Proxies, strings.Join(d.proxies, " "))
+	d.say("%d zk-migrate proxies in two-ensemble mode (primary A, mirroring to B): %s for the masters and agents, %s for the framework",
+		d.cfg.Proxies+1, strings.Join(d.proxies, " "), d.fwProxy.listen)
+	return nil
+}
+
+// proxyProc is one `zk-migrate proxy` process and how to start it again.
+type proxyProc struct {
+	name, listen string
+	args         []string
+	proc         *proc
+}
+
+// startProxy starts (or restarts) a proxy and waits until it answers ruok.
+func (d *demo) startProxy(ctx context.Context, pr *proxyProc) error {
+	p, err := d.ps.start(pr.name, d.cfg.ZkMigrate, pr.args...)
+	if err != nil {
+		return err
+	}
+	pr.proc = p
+	if err := waitUntil(ctx, 20*time.Second, pr.name+" serving", func() bool {
+		out, err := zktest.FourLetterWord(pr.listen, "ruok", time.Second)
+		return (err == nil && out == "imok") || !p.running()
+	}); err != nil || !p.running() {
+		return fmt.Errorf("sandbox: %s did not start: %v\n%s", pr.name, err, d.ps.tail(pr.name, 10))
+	}
 	return nil
 }
 
@@ -171,7 +199,7 @@ func (d *demo) startProxies(ctx context.Context) error {
 func (d *demo) zkURL() string { return "zk://" + strings.Join(d.proxies, ",") + "/mesos" }
 
 func (d *demo) masterArgs() []string {
-	return []string{"--zk_session_timeout=" + d.cfg.SessionTimeout.String(), "--agent_ping_timeout=1s", "--max_agent_ping_timeouts=5"}
+	return []string{"--zk_session_timeout=" + d.cfg.SessionTimeout.String(), "--agent_ping_timeout=3s", "--max_agent_ping_timeouts=5"}
 }
 
 func (d *demo) agentArgs() []string {
@@ -234,7 +262,7 @@ func (d *demo) startMesos(ctx context.Context) error {
 		return err
 	}
 	d.fwURL = "http://127.0.0.1:" + strconv.Itoa(port)
-	fw, err := d.ps.start("framework", d.cfg.MesosSim, "framework", "--master", d.zkURL(), "--port", strconv.Itoa(port),
+	fw, err := d.ps.start("framework", d.cfg.MesosSim, "framework", "--master", "zk://"+d.fwProxy.listen+"/mesos", "--port", strconv.Itoa(port),
 		"--tasks", strconv.Itoa(d.cfg.Tasks), "--churn", "2s", "--zk_session_timeout", d.cfg.SessionTimeout.String(),
 		"--history", filepath.Join(d.cfg.Dir, "tasks.jsonl"))
 	if err != nil {

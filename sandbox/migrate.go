@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,7 +29,8 @@ type MigrationConfig struct {
 	// Chaos names the faults injected while phase 2 moves masters
 	// (chaos.go): FaultZooKeeper (the ZooKeeper leader of A and of B
 	// SIGKILLed and restarted), FaultControlLeader (the control-plane
-	// leader SIGKILLed and restarted from its data directory).
+	// leader SIGKILLed and restarted from its data directory), FaultProxy
+	// (the framework host's proxy SIGKILLed and restarted).
 	Chaos []string
 	// RollbackAt, if 2 to 5, rolls the migration back to phase 1 (primary
 	// A, Mesos on A) once that phase has succeeded, instead of going on.
@@ -60,8 +62,8 @@ func Migrate(ctx context.Context, cfg MigrationConfig, out io.Writer) (rep Migra
 		cfg.SessionTimeout = 10 * time.Second
 	}
 	for _, f := range cfg.Chaos {
-		if f != FaultZooKeeper && f != FaultControlLeader {
-			return rep, fmt.Errorf("sandbox: chaos fault %q: want %s or %s", f, FaultZooKeeper, FaultControlLeader)
+		if !slices.Contains(Faults, f) {
+			return rep, fmt.Errorf("sandbox: chaos fault %q: want one of %v", f, Faults)
 		}
 	}
 	if cfg.RollbackAt != 0 && (cfg.RollbackAt < 2 || cfg.RollbackAt > 5) {
@@ -98,9 +100,10 @@ type demo struct {
 	a, b      *zktest.Ensemble
 	dep       *deployer.Local
 	sides     [2]struct{ masters, agents []deployer.Process }
-	proxies   []string // client addresses
-	proxyLogs []string // their names (NAME.log)
-	metrics   []string // their /metrics addresses
+	proxies   []string   // client addresses of the masters' and agents' proxies
+	fwProxy   *proxyProc // the framework's host's proxy (the framework and the probe)
+	proxyLogs []string   // their names (NAME.log)
+	metrics   []string   // their /metrics addresses
 	api       *controlAPI
 	fwURL     string
 	step      atomic.Value // string: the step being run, for leaderWatch
@@ -145,7 +148,7 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	defer func() { stopObs(); obs.Wait() }()
 	lw := &leaderWatch{masters: append(append([]deployer.Process{}, d.sides[0].masters...), d.sides[1].masters...), dep: d.dep, step: &d.step}
 	lags := &lagSampler{}
-	pr, err := startProbe(ctx, d.proxies[0], "/demo/probe")
+	pr, err := startProbe(ctx, d.fwProxy.listen, "/demo/probe")
 	if err != nil {
 		return rep, err
 	}
@@ -160,7 +163,7 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	if err := waitUntil(ctx, 20*time.Second, "a leading master", func() bool { return lw.leader() != "" }); err != nil {
 		return rep, err
 	}
-	d.say("Mesos on A: leader %s, %d agents, %d tasks; a client writes /demo/probe through %s", lw.leader(), d.cfg.Agents, d.cfg.Tasks, d.proxies[0])
+	d.say("Mesos on A: leader %s, %d agents, %d tasks; a client writes /demo/probe through %s", lw.leader(), d.cfg.Agents, d.cfg.Tasks, d.fwProxy.listen)
 
 	if err := d.migrate(ctx); err != nil {
 		return rep, err

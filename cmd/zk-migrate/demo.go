@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -40,7 +42,7 @@ Exit status: 0 when every guarantee held, 1 otherwise, 2 on bad flags.`,
 			&cli.IntFlag{Name: "tasks", Value: 10, Usage: "tasks the framework keeps running"},
 			&cli.IntFlag{Name: "proxies", Value: 3, Usage: "zk-migrate proxies in front of the Mesos processes"},
 			&cli.DurationFlag{Name: "zk-session-timeout", Value: 10 * time.Second, Usage: "the Mesos processes' ZooKeeper session timeout (Mesos' default is 10s)"},
-			&cli.StringSliceFlag{Name: "chaos", Usage: "faults injected while phase 2 moves masters: zk (SIGKILL the ZooKeeper leader of A and of B, restarted after 3s), control (SIGKILL the control-plane leader, restarted from its data dir after 5s); comma-separated"},
+			&cli.StringSliceFlag{Name: "chaos", Usage: "faults injected while phase 2 moves masters: zk (SIGKILL the ZooKeeper leader of A and of B, restarted after 3s), control (SIGKILL the control-plane leader, restarted from its data dir after 5s), proxy (SIGKILL the framework host's proxy, restarted after 1s); comma-separated"},
 			&cli.BoolFlag{Name: "short", Usage: "a smaller cluster for CI: 1 agent a side, 4 tasks, 2 proxies"},
 			&cli.StringFlag{Name: "dir", Usage: "directory for logs, control-plane data and migration.yaml (default: a new temp directory)"},
 		},
@@ -62,8 +64,8 @@ Exit status: 0 when every guarantee held, 1 otherwise, 2 on bad flags.`,
 				return usageError("--rollback %d: give a phase from 2 to 5 (the phases that move Mesos processes), or 0", r)
 			}
 			for _, f := range cfg.Chaos {
-				if f != sandbox.FaultZooKeeper && f != sandbox.FaultControlLeader {
-					return usageError("--chaos %q: want %s or %s (comma-separated)", f, sandbox.FaultZooKeeper, sandbox.FaultControlLeader)
+				if !slices.Contains(sandbox.Faults, f) {
+					return usageError("--chaos %q: want any of %s (comma-separated)", f, strings.Join(sandbox.Faults, ","))
 				}
 			}
 			if cfg.Agents < 1 || cfg.Tasks < 1 || cfg.Proxies < 1 {
