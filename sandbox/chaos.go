@@ -20,13 +20,15 @@ type ctlNode struct {
 
 // The faults a chaos run can inject (MigrationConfig.Chaos).
 const (
-	FaultZooKeeper     = "zk"      // the ZooKeeper leader of A and of B
-	FaultControlLeader = "control" // the control-plane leader
-	FaultProxy         = "proxy"   // the framework host's proxy
+	FaultZooKeeper     = "zk"        // the ZooKeeper leader of A and of B
+	FaultControlLeader = "control"   // the control-plane leader
+	FaultProxy         = "proxy"     // the framework host's proxy
+	FaultPartition     = "partition" // the framework host's proxy cut from B
+	FaultDelay         = "delay"     // every proxy's traffic with B delayed by 50 ms
 )
 
 // Faults lists every fault a chaos run knows.
-var Faults = []string{FaultZooKeeper, FaultControlLeader, FaultProxy}
+var Faults = []string{FaultZooKeeper, FaultControlLeader, FaultProxy, FaultPartition, FaultDelay}
 
 // chaos starts the faults of a chaos run while phase 2 moves masters
 // (SPEC.md 5c): with FaultProxy, three seconds in, the framework host's
@@ -49,6 +51,39 @@ func (d *demo) chaos(ctx context.Context) {
 		d.faults.Add(1)
 		go d.killProxy(ctx)
 	}
+	if slices.Contains(d.cfg.Chaos, FaultPartition) {
+		d.faults.Add(1)
+		go d.partitionProxy(ctx)
+	}
+	if slices.Contains(d.cfg.Chaos, FaultDelay) {
+		d.fault("every proxy's traffic with B delayed by 50 ms each way from now on")
+		for _, hs := range d.hops {
+			for _, h := range hs {
+				h.setDelay(50 * time.Millisecond)
+			}
+		}
+	}
+}
+
+// partitionProxy cuts the framework host's proxy from every server of B
+// (its primary since the flip) eight seconds from now, for 4 s: less than
+// the session timeout, so its sessions on B must survive and its clients
+// see requests wait, not fail.
+func (d *demo) partitionProxy(ctx context.Context) {
+	defer d.faults.Done()
+	if !sleepCtx(ctx, 8*time.Second) {
+		return
+	}
+	pr := d.fwProxy
+	d.fault("partition: %s cut from every server of B for 4s", pr.name)
+	for _, h := range d.hops[pr.name] {
+		h.partition()
+	}
+	sleepCtx(ctx, 4*time.Second)
+	for _, h := range d.hops[pr.name] {
+		h.heal()
+	}
+	d.fault("partition of %s from B healed", pr.name)
 }
 
 // killProxy SIGKILLs the framework host's proxy three seconds from now and

@@ -138,6 +138,7 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 // use (the one a chaos run kills and restarts: its clients come back to
 // it, as to a host's sidecar).
 func (d *demo) startProxies(ctx context.Context) error {
+	d.hops = map[string][]*hop{}
 	for i := 1; i <= d.cfg.Proxies+1; i++ {
 		listen, err1 := freeAddr()
 		admin, err2 := freeAddr()
@@ -150,8 +151,21 @@ func (d *demo) startProxies(ctx context.Context) error {
 		if i > d.cfg.Proxies {
 			name = "proxy-framework"
 		}
+		// The proxy reaches each server of B through a hop of its own,
+		// which chaos can delay or cut (a partition between this proxy
+		// and B).
+		var targets []string
+		for _, b := range d.b.Addrs() {
+			h, err := newHop(b)
+			if err != nil {
+				return err
+			}
+			d.cleanups = append(d.cleanups, h.Close)
+			d.hops[name] = append(d.hops[name], h)
+			targets = append(targets, h.addr())
+		}
 		pr := &proxyProc{name: name, listen: listen, args: []string{"proxy", "--listen", listen,
-			"--source", d.a.ConnectString(), "--target", d.b.ConnectString(),
+			"--source", d.a.ConnectString(), "--target", strings.Join(targets, ","),
 			"--admin-addr", admin, "--admin-token-file", d.proxyToken, "--state-dir", filepath.Join(d.cfg.Dir, name+".state"),
 			"--metrics-addr", metrics, "--name", name,
 			"--gossip-addr", gossip, "--gossip-join", d.gossipJoin, "--gossip-key-file", d.gossipKey}}

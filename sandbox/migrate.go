@@ -30,7 +30,9 @@ type MigrationConfig struct {
 	// (chaos.go): FaultZooKeeper (the ZooKeeper leader of A and of B
 	// SIGKILLed and restarted), FaultControlLeader (the control-plane
 	// leader SIGKILLed and restarted from its data directory), FaultProxy
-	// (the framework host's proxy SIGKILLed and restarted).
+	// (the framework host's proxy SIGKILLed and restarted),
+	// FaultPartition (that proxy cut from B for 4 s), FaultDelay (every
+	// proxy's traffic with B delayed by 50 ms each way from then on).
 	Chaos []string
 	// RollbackAt, if 2 to 5, rolls the migration back to phase 1 (primary
 	// A, Mesos on A) once that phase has succeeded, instead of going on.
@@ -100,10 +102,11 @@ type demo struct {
 	a, b      *zktest.Ensemble
 	dep       *deployer.Local
 	sides     [2]struct{ masters, agents []deployer.Process }
-	proxies   []string   // client addresses of the masters' and agents' proxies
-	fwProxy   *proxyProc // the framework's host's proxy (the framework and the probe)
-	proxyLogs []string   // their names (NAME.log)
-	metrics   []string   // their /metrics addresses
+	proxies   []string          // client addresses of the masters' and agents' proxies
+	fwProxy   *proxyProc        // the framework's host's proxy (the framework and the probe)
+	hops      map[string][]*hop // by proxy name: its way to each server of B
+	proxyLogs []string          // their names (NAME.log)
+	metrics   []string          // their /metrics addresses
 	api       *controlAPI
 	fwURL     string
 	step      atomic.Value // string: the step being run, for leaderWatch

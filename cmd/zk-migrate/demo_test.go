@@ -68,12 +68,13 @@ func TestDemoMigratesMesosWithEveryGuarantee(t *testing.T) {
 }
 
 // TestDemoUnderChaosRollsBackWithEveryGuarantee is issue 12's short chaos
-// run: `demo --short --chaos zk,proxy --rollback 3`. While phase 2 moves
-// masters (after the flip) the ZooKeeper leader of A and of B is SIGKILLed
-// and restarted, and so is the framework host's proxy (its clients, the
+// run: `demo --short --chaos zk,proxy,partition,delay --rollback 3`.
+// While phase 2 moves masters (after the flip) every proxy's traffic with
+// B is delayed by 50 ms, the ZooKeeper leader of A and of B is SIGKILLed
+// and restarted, so is the framework host's proxy (its clients, the
 // framework and the probe, come back to it and keep their flipped
-// sessions); after phase 3 the migration is rolled back across the flip
-// to A. The report
+// sessions), and then that proxy is cut from B for 4 s; after phase 3 the
+// migration is rolled back across the flip to A. The report
 // must show both faults, both flips, the two planned leader changes (to B
 // in phase 3, back to A in the undo of phase 2) and no other, no task
 // failed, no session expired, digests equal.
@@ -86,13 +87,15 @@ func TestDemoUnderChaosRollsBackWithEveryGuarantee(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", sim, "../mesos-sim").CombinedOutput(); err != nil {
 		t.Fatalf("building mesos-sim: %v\n%s", err, out)
 	}
-	out, code := runStdout(t, "demo", "--short", "--chaos", "zk,proxy", "--rollback", "3", "--mesos-sim", sim, "--dir", filepath.Join(dir, "run"))
+	out, code := runStdout(t, "demo", "--short", "--chaos", "zk,proxy,partition,delay", "--rollback", "3", "--mesos-sim", sim, "--dir", filepath.Join(dir, "run"))
 	if code != 0 {
 		t.Fatalf("demo: exit %d\n%s", code, out)
 	}
 	for _, want := range []string{
 		"FAULT: SIGKILL ZooKeeper server", "of A (", "of B (", "FAULT: SIGKILL proxy-framework",
 		"FAULT: proxy-framework restarted from its state directory",
+		"FAULT: partition: proxy-framework cut from every server of B", "FAULT: partition of proxy-framework from B healed",
+		"FAULT: every proxy's traffic with B delayed by 50 ms",
 		"rolled back: primary A (epoch 2)",
 		"(the flip, then the rollback's reverse flip)",
 		"tasks failed                 0 ",
