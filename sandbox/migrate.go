@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -162,6 +163,17 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	go func() { defer obs.Done(); lw.run(obsCtx) }()
 	go func() { defer obs.Done(); lags.run(obsCtx, d.api, demoID) }()
 	go func() { defer obs.Done(); pr.run(probeCtx) }()
+	// The register workload: one client per proxy, its history checked
+	// with porcupine at the end.
+	regReady, regDone := make(chan error, 1), make(chan *register, 1)
+	go func() {
+		regDone <- runRegister(probeCtx, append(append([]string{}, d.proxies...), d.fwProxy.listen), "/demo/register", regReady)
+	}()
+	if err := <-regReady; err != nil {
+		stopProbe()
+		<-regDone
+		return rep, err
+	}
 	go func() { defer obs.Done(); d.progress(obsCtx, lw) }()
 	if err := waitUntil(ctx, 20*time.Second, "a leading master", func() bool { return lw.leader() != "" }); err != nil {
 		return rep, err
@@ -174,6 +186,7 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 
 	// The checks of the end, then the figures.
 	stopProbe()
+	reg := <-regDone
 	rep.RolledBack = d.cfg.RollbackAt != 0
 	if err := pr.check(); err != nil {
 		rep.LostWrites = 1
@@ -198,5 +211,16 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	stopObs()
 	obs.Wait()
 	d.collect(ctx, &rep, lw, lags, pr)
+	rep.RegisterOps, rep.RegisterUnknown = len(reg.ops), reg.unsure
+	rep.RegisterErrors = reg.errs
+	rep.RegisterStart = reg.start.Sub(d.start)
+	rep.RegisterDups, rep.RegisterSkipped, rep.RegisterAnomalies[0], rep.RegisterAnomalies[1] = reg.versionGaps()
+	d.say("checking the register history (%d writes from %d clients) for linearizability (porcupine)", len(reg.ops), len(d.proxies)+1)
+	if err := reg.save(filepath.Join(d.cfg.Dir, "register.jsonl")); err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
+	}
+	t0 := time.Now()
+	rep.Linearizable = string(reg.check(2 * time.Minute))
+	rep.LinearizeTook = time.Since(t0)
 	return rep, nil
 }
