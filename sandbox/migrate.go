@@ -159,10 +159,12 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	defer pr.conn.Close()
 	probeCtx, stopProbe := context.WithCancel(obsCtx)
 	defer stopProbe()
-	obs.Add(4)
+	obs.Add(3)
+	probeDone := make(chan struct{})
 	go func() { defer obs.Done(); lw.run(obsCtx) }()
 	go func() { defer obs.Done(); lags.run(obsCtx, d.api, demoID) }()
-	go func() { defer obs.Done(); pr.run(probeCtx) }()
+	go func() { defer close(probeDone); pr.run(probeCtx) }()
+	defer func() { stopProbe(); <-probeDone }()
 	// The register workload: one client per proxy, its history checked
 	// with porcupine at the end.
 	regReady, regDone := make(chan error, 1), make(chan *register, 1)
@@ -186,6 +188,7 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 
 	// The checks of the end, then the figures.
 	stopProbe()
+	<-probeDone // its last write answered: what it acknowledged is final
 	reg := <-regDone
 	rep.RolledBack = d.cfg.RollbackAt != 0
 	if err := pr.check(); err != nil {

@@ -29,9 +29,11 @@ type leaderWatch struct {
 
 	mu      sync.Mutex
 	current string
-	changes []leaderChange
-	doubles []string // "m1+m2 at T" for every sample with two leaders
+	changes []*leaderChange
+	doubles []string // "[m1 m2] at T" for every second sample in a row with two leaders
+	twoLast bool     // the previous sample had two leaders
 	samples int
+	checks  sync.WaitGroup // goroutines deciding whether a change was planned
 }
 
 // leaderChange is one change of the leading master.
@@ -46,6 +48,7 @@ type leaderChange struct {
 }
 
 func (w *leaderWatch) run(ctx context.Context) {
+	defer w.checks.Wait()
 	hc := &http.Client{Timeout: 500 * time.Millisecond,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	t := time.NewTicker(100 * time.Millisecond)
@@ -87,26 +90,46 @@ func (w *leaderWatch) note(ctx context.Context, leaders []string) {
 	defer w.mu.Unlock()
 	w.samples++
 	if len(leaders) > 1 {
-		w.doubles = append(w.doubles, fmt.Sprintf("%v at %s", leaders, time.Now().Format("15:04:05.000")))
+		// A leader that was stopped may answer for a moment after its
+		// successor recovered (it closes its sessions, then exits): two
+		// samples in a row (100 ms apart) count.
+		if w.twoLast {
+			w.doubles = append(w.doubles, fmt.Sprintf("%v at %s", leaders, time.Now().Format("15:04:05.000")))
+		}
+		w.twoLast = true
 		return
 	}
+	w.twoLast = false
 	if len(leaders) == 0 || leaders[0] == w.current {
 		return
 	}
 	if w.current != "" {
 		step, _ := w.step.Load().(string)
-		c := leaderChange{At: time.Now(), From: w.current, To: leaders[0], Step: step}
+		c := &leaderChange{At: time.Now(), From: w.current, To: leaders[0], Step: step}
+		w.changes = append(w.changes, c)
 		if step == "3-masters-off-a" || step == "rollback" {
+			// Planned if the control plane stopped the old leader: its
+			// process is gone within 20 s (SIGTERM, then the exit).
 			var old deployer.Process
 			for _, m := range w.masters {
 				if m.Name == w.current {
 					old = m
 				}
 			}
-			running, _ := w.dep.Running(ctx, old)
-			c.Planned = !running
+			w.checks.Add(1)
+			go func() {
+				defer w.checks.Done()
+				// Not ctx: the watch may be stopping; this ends within 20 s.
+				bg := context.Background()
+				gone := waitUntil(bg, 20*time.Second, "the old leader's exit", func() bool {
+					running, _ := w.dep.Running(bg, old)
+					return !running
+				}) == nil
+				w.mu.Lock()
+				c.Planned = gone
+				w.mu.Unlock()
+			}()
 		}
-		w.changes = append(w.changes, c)
 	}
 	w.current = leaders[0]
 }
@@ -118,10 +141,16 @@ func (w *leaderWatch) leader() string {
 	return w.current
 }
 
+// result is the changes, the double-leader samples and the sample count;
+// call it after run has returned.
 func (w *leaderWatch) result() ([]leaderChange, []string, int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]leaderChange(nil), w.changes...), append([]string(nil), w.doubles...), w.samples
+	var cs []leaderChange
+	for _, c := range w.changes {
+		cs = append(cs, *c)
+	}
+	return cs, append([]string(nil), w.doubles...), w.samples
 }
 
 // frameworkState is what the emulated framework reports (GET /state).
