@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -136,4 +135,3 @@ func waitUntil(ctx context.Context, within time.Duration, what string, f func() 
 	return nil
 }
 
-var errStopped = errors.New("sandbox: interrupted")
