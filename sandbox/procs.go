@@ -134,4 +134,3 @@ func waitUntil(ctx context.Context, within time.Duration, what string, f func() 
 	}
 	return nil
 }
-
