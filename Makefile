@@ -8,7 +8,7 @@ SIM       := bin/mesos-sim
 PKGS      := ./...
 FUZZTIME  ?= 60s
 
-.PHONY: golden build mesos-sim test test-dual test-short bench soak demo lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean dashboards verify-dashboards
+.PHONY: golden build mesos-sim test test-dual test-short bench soak demo chaos sandbox lint deps gen verify-gen fix-gen verify-fmt fix-fmt fuzz clean dashboards verify-dashboards
 
 build: mesos-sim ## build bin/zk-migrate and bin/mesos-sim
 	$(GO) build -o $(BIN) ./cmd/zk-migrate
@@ -36,7 +36,18 @@ bench: ## proxy vs direct-to-ZooKeeper, printed side by side with ratios
 soak: ## long mixed load through the proxy with server kills
 	ZKM_SOAK=10m $(GO) test -run TestSoak -v -timeout 30m ./bench/
 
-demo: build ## the local sandbox: real ensemble, proxies, live load, a server killed
+ROLLBACK ?=
+
+demo: deps build ## migrate an emulated Mesos cluster from ZooKeeper A to B through the control plane and report (ROLLBACK=N: roll back at phase N)
+	@$(BIN) demo $(if $(ROLLBACK),--rollback $(ROLLBACK))
+
+CHAOS ?= zk,proxy,partition,delay
+
+chaos: deps build ## the demo under faults (CHAOS=zk,proxy,partition,delay[,control]), migrating to the end and then rolled back at phase 3
+	@$(BIN) demo --chaos $(CHAOS)
+	@$(BIN) demo --chaos $(CHAOS) --rollback 3
+
+sandbox: build ## the load sandbox: real ensembles A and B, proxies, Mesos-shaped Go load, servers killed
 	$(BIN) sandbox
 
 fuzz: ## fuzz every jute decoder for FUZZTIME each

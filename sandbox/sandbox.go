@@ -330,7 +330,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 		// closed.
 		rep.SyncChecked = true
 		settle := time.Now()
-		rep.SyncEqual, rep.SyncDifferences = awaitEqual(ctx, ens, ensB, out, 30*time.Second)
+		rep.SyncEqual, rep.SyncDifferences = awaitEqual(ctx, ens, ensB, []string{"/mesos", "/sandbox"}, out, 30*time.Second)
 		rep.SyncSettle = time.Since(settle)
 		rep.LagP50, rep.LagP99 = lags.quantiles()
 	}
@@ -571,7 +571,7 @@ func (l *lagSamples) quantiles() (p50, p99 time.Duration) {
 
 // awaitEqual compares A's and B's digests until they are equal or the time
 // is up, and returns the last differences.
-func awaitEqual(ctx context.Context, a, b *zktest.Ensemble, out io.Writer, within time.Duration) (bool, []string) {
+func awaitEqual(ctx context.Context, a, b *zktest.Ensemble, roots []string, out io.Writer, within time.Duration) (bool, []string) {
 	var ep replicator.Endpoints
 	for _, e := range []*zktest.Ensemble{a, b} {
 		c, err := zkclient.Dial(ctx, e.Addrs(), zkclient.Options{})
@@ -585,7 +585,6 @@ func awaitEqual(ctx context.Context, a, b *zktest.Ensemble, out io.Writer, withi
 			ep.Target = []*zkclient.Conn{c}
 		}
 	}
-	roots := []string{"/mesos", "/sandbox"}
 	deadline := time.Now().Add(within)
 	for {
 		vs, err := replicator.Validate(ctx, ep, roots, 5)

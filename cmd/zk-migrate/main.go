@@ -51,6 +51,7 @@ then put a proxy in front of an ensemble:
 			syncCommand(),
 			validateCommand(),
 			sandboxCommand(),
+			demoCommand(),
 		}, opCommands()...),
 		CommandNotFound: func(c *cli.Context, name string) {
 			fmt.Fprintf(os.Stderr, "zk-migrate: unknown command %q (zk-migrate --help lists the commands)\n", name)
