@@ -255,7 +255,7 @@ func TestPlanLeavesBlockedZnodesAlone(t *testing.T) {
 	src.Nodes["/r/there"].Data = []byte("new")
 	dst := tree("/r", "/r/there", "/r/gone", "/r/gone/hid", "/r/gone/other")
 	blocked := map[string]bool{"/r/hid": true, "/r/there": true, "/r/gone/hid": true}
-	p := plan(src, dst, 0, blocked)
+	p := plan(src, dst, 0, blocked, false)
 	paths := func(ops []zkclient.MultiOp) string {
 		var out []string
 		for _, op := range ops {

@@ -497,8 +497,13 @@ func (c *Continuous) runSession(ctx context.Context) error {
 		}(side, watchers[side])
 	}
 	if c.cfg.InitialSync {
+		// Beside dual-writing proxies, a client's ephemeral on B belongs to
+		// its proxy's shadow session: the copy must not take it over.
+		c.mu.Lock()
+		dualWrite := c.primary != nil
+		c.mu.Unlock()
 		res, err := Sync(ctx, Endpoints{Source: []*zkclient.Conn{c.conns[SideA]}, Target: []*zkclient.Conn{c.conns[SideB]}},
-			c.cfg.Roots, Options{SkipUnreadableACLs: true})
+			c.cfg.Roots, Options{SkipUnreadableACLs: true, KeepForeignEphemerals: dualWrite})
 		if err != nil {
 			return fmt.Errorf("initial copy: %w", err)
 		}
@@ -874,7 +879,14 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 			case inferAgreed:
 				// Both unchanged since the checkpoint yet different (an ACL
 				// moved, which no zxid shows): decided as without it.
-				if inferred != cur || equalReads(&a, &b) {
+				// Beside dual-writing proxies, a path both sides changed
+				// while no sync ran keeps the rule for a path nothing is
+				// agreed on (wait for the mirror, then a conflict): the
+				// checkpoint cannot tell the mirror's writes from a
+				// bypassing writer's, and the primary must not silently
+				// overwrite the other side's write.
+				bothMoved := inferred[SideA] != cur[SideA] && inferred[SideB] != cur[SideB]
+				if (inferred != cur || equalReads(&a, &b)) && !(bothMoved && c.primary != nil) {
 					st, known = inferred, true
 				}
 			case inferStaleCopy:

@@ -332,3 +332,56 @@ func TestMirroredResumeStillFindsConflicts(t *testing.T) {
 	ep := endpoints(t, 1)
 	waitEqual(t, ep, root, 10*time.Second)
 }
+
+// TestInitialCopyKeepsTheShadowSessionsEphemerals: phase 1's initial copy
+// runs while two-ensemble proxies already mirror (the Mesos masters started
+// behind them): a master's json.info_ on B is owned by its proxy's shadow
+// session, which the flip makes the master's own. The copy must leave that
+// owner alone: a copy owned by the replicator's session would vanish with
+// it (a control leader's death, phase 6) and take the leader's znode from
+// the new primary. Without Primary the copy owns it (a bypassing client's
+// node has no shadow session to own it).
+func TestInitialCopyKeepsTheShadowSessionsEphemerals(t *testing.T) {
+	for _, dualWrite := range []bool{true, false} {
+		ctx := context.Background()
+		root := testRoot(t)
+		a, b := dial(t, ensA), dial(t, ensB)
+		for _, c := range []*zkclient.Conn{a, b} {
+			if _, err := c.Create(ctx, root, nil, zkclient.OpenACL, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		master, shadow := dial(t, ensA), dial(t, ensB)
+		node := root + "/json.info_0000000000"
+		for _, c := range []*zkclient.Conn{master, shadow} {
+			if _, err := c.Create(ctx, node, []byte(`{"id":"m1"}`), zkclient.OpenACL, jute.FlagEphemeral); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg := ContinuousConfig{Dial: dialSide, Roots: []string{root}, Heartbeat: -1, InitialSync: true, ReconcileEvery: time.Minute}
+		if dualWrite {
+			cfg.Primary, cfg.MirrorGrace = ensemble.Source, testMirrorGrace
+		}
+		c, err := NewContinuous(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := runContinuous(t, c)
+		for deadline := time.Now().Add(10 * time.Second); len(c.DigestsEqual()) == 0; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("no reconcile after the initial copy")
+			}
+		}
+		st, err := b.Exists(ctx, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop()
+		if dualWrite && st.EphemeralOwner != shadow.SessionID() {
+			t.Fatalf("beside dual-writing proxies the initial copy took the shadow session's %s: owner %x, want %x", node, st.EphemeralOwner, shadow.SessionID())
+		}
+		if !dualWrite && st.EphemeralOwner == shadow.SessionID() {
+			t.Fatalf("without proxies the copy left %s to a foreign session %x", node, st.EphemeralOwner)
+		}
+	}
+}

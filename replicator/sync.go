@@ -42,6 +42,16 @@ type Options struct {
 	// nothing is ever written on the target for such a znode (nor below it,
 	// where it would have to be created first).
 	SkipUnreadableACLs bool
+	// KeepForeignEphemerals, beside dual-writing proxies: an ephemeral on
+	// the target owned by another session than the copier's, where the
+	// source holds an ephemeral too, is kept (its data and ACL brought in
+	// line) rather than deleted and created again under the copier's
+	// session. It is a proxy's shadow session's copy of a client's node,
+	// and must keep that owner: at the flip the shadow session becomes the
+	// client's own, and a copy owned by the replicator would vanish with
+	// the replicator's session (a control leader's death, phase 6),
+	// taking a Mesos master's json.info_ with it.
+	KeepForeignEphemerals bool
 }
 
 // Progress counts Sync's work; read it from another goroutine.
@@ -168,7 +178,7 @@ func Sync(ctx context.Context, ep Endpoints, roots []string, opt Options) (Resul
 		if !ok {
 			continue // an ancestor with a hidden ACL is missing on the target
 		}
-		p := plan(src, dst, ep.Target[0].SessionID(), blocked)
+		p := plan(src, dst, ep.Target[0].SessionID(), blocked, opt.KeepForeignEphemerals)
 		opt.Progress.Planned.Add(int64(len(p.deletes) + len(p.creates) + len(p.updates) + len(p.acls)))
 		w := &writer{c: ep.Target[0], opt: opt}
 		for _, stage := range []struct {
@@ -278,13 +288,14 @@ func parentOf(p string) string { return path.Dir(p) }
 // never blocks them. Nothing is planned for a blocked path (its ACL is
 // hidden on either side): not for it, not for its ancestors' deletion, not
 // for its descendants' creation when it would have to be created first.
-func plan(src, dst *Tree, owner int64, blocked map[string]bool) syncPlan {
+func plan(src, dst *Tree, owner int64, blocked map[string]bool, keepForeign bool) syncPlan {
 	p := syncPlan{skipped: map[string]bool{}}
 	var gone []string
 	keep := map[string]bool{} // blocked target-only nodes and their ancestors
 	for path, d := range dst.Nodes {
 		s := src.Nodes[path]
-		if s == nil || s.Ephemeral() != d.Ephemeral() || (d.Ephemeral() && d.Stat.EphemeralOwner != owner) {
+		foreign := d.Ephemeral() && d.Stat.EphemeralOwner != owner && !(keepForeign && s != nil)
+		if s == nil || s.Ephemeral() != d.Ephemeral() || foreign {
 			if blocked[path] {
 				for q := path; q != "/" && !keep[q]; q = parentOf(q) {
 					keep[q] = true

@@ -231,7 +231,9 @@ func runSync(c *cli.Context) error {
 	var prog replicator.Progress
 	done := make(chan struct{})
 	go reportProgress(out, &prog, metrics, done)
-	res, err := replicator.Sync(ctx, ep, args.paths, replicator.Options{Progress: &prog})
+	// Beside dual-writing proxies (--primary), a client's ephemeral on the
+	// target is its shadow session's: the copy leaves its owner alone.
+	res, err := replicator.Sync(ctx, ep, args.paths, replicator.Options{Progress: &prog, KeepForeignEphemerals: primary != ""})
 	close(done)
 	var hidden *replicator.UnreadableACLError
 	if errors.As(err, &hidden) {
