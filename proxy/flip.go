@@ -10,6 +10,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // The flip (SPEC.md 4.10): the proxy's side of the control plane's
@@ -25,6 +26,10 @@ type roles struct {
 	upstream  []string // the primary's servers
 	secondary []string
 	epoch     int64
+	// fence holds the version of each ensemble's fence znode (by
+	// ensemble index) the proxy's writes check; fenceKnown once read.
+	fence      [2]int32
+	fenceKnown [2]bool
 }
 
 // identity is the upstream session serving a client session whose own id
@@ -62,24 +67,17 @@ var errSwapped = errors.New("shadow leg swapped by a flip")
 // older epoch ErrStaleEpoch. If ctx ends before the drain completes,
 // nothing is swapped and requests resume on the old primary.
 func (s *Server) Flip(ctx context.Context, epoch int64, primary ensemble.Name) error {
-	if !primary.Valid() {
-		return fmt.Errorf("flip: primary %q: want %s or %s", primary, ensemble.Source, ensemble.Target)
-	}
 	s.flipMu.Lock()
 	defer s.flipMu.Unlock()
-	cur := s.roles.Load()
-	switch {
-	case epoch < cur.epoch:
-		return fmt.Errorf("%w: asked %d, holding %d", ErrStaleEpoch, epoch, cur.epoch)
-	case epoch == cur.epoch && primary == cur.primary:
-		return nil
-	case epoch == cur.epoch:
-		return fmt.Errorf("%w: epoch %d serves from %s, asked %s", ErrEpochConflict, epoch, cur.primary.Flag(), primary.Flag())
-	case primary == cur.primary:
-		s.roles.Store(&roles{primary: cur.primary, upstream: cur.upstream, secondary: cur.secondary, epoch: epoch})
-		return nil
-	case !s.TwoEnsembles():
-		return fmt.Errorf("flip to %s: the proxy runs with one ensemble (start it with --source and --target)", primary.Flag())
+	return s.flipLocked(ctx, epoch, primary)
+}
+
+// flipLocked is Flip with flipMu held: the one-shot flip (hold, drain,
+// fence, swap, release in one call).
+func (s *Server) flipLocked(ctx context.Context, epoch int64, primary ensemble.Name) error {
+	cur, done, err := s.flipNeeded(ctx, epoch, primary)
+	if done || err != nil {
+		return err
 	}
 	start := time.Now()
 	// A held request gets no reply and a client gives up on a server that
@@ -89,26 +87,93 @@ func (s *Server) Flip(ctx context.Context, epoch int64, primary ensemble.Name) e
 	// the control plane asks again.
 	ctx, cancel := context.WithTimeout(ctx, s.pauseBudget())
 	defer cancel()
-	// Taken by polling, not Lock: a waiting Lock would hold every new
-	// request behind a session still opening (up to 10 s in an election).
-	for !s.hold.TryLock() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("flip to %s at epoch %d: sessions still opening: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, ctx.Err(), cur.primary.Flag())
-		case <-time.After(time.Millisecond):
-		}
+	if err := s.takeHold(ctx); err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
 	defer s.hold.Unlock() // new client requests wait until here: the pause
 	if err := s.drainForFlip(ctx); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
+	return s.swapLocked(ctx, epoch, primary, cur, start)
+}
+
+// flipNeeded checks a flip request against the roles held: done when
+// there is nothing to swap (the epoch held, or a new epoch with the same
+// primary, taken here), an error when it must be refused.
+func (s *Server) flipNeeded(ctx context.Context, epoch int64, primary ensemble.Name) (cur *roles, done bool, err error) {
+	if !primary.Valid() {
+		return nil, false, fmt.Errorf("flip: primary %q: want %s or %s", primary, ensemble.Source, ensemble.Target)
+	}
+	cur = s.roles.Load()
+	switch {
+	case epoch < cur.epoch:
+		return cur, false, fmt.Errorf("%w: asked %d, holding %d", ErrStaleEpoch, epoch, cur.epoch)
+	case epoch == cur.epoch && primary == cur.primary:
+		return cur, true, nil
+	case epoch == cur.epoch:
+		return cur, false, fmt.Errorf("%w: epoch %d serves from %s, asked %s", ErrEpochConflict, epoch, cur.primary.Flag(), primary.Flag())
+	case primary == cur.primary:
+		next := *cur
+		next.epoch = epoch
+		// The fences may have been raised to this epoch (a rollback that
+		// found the proxy already there): their versions are learned again.
+		next.fenceKnown = [2]bool{}
+		s.roles.Store(&next)
+		s.pokeFence()
+		return cur, true, nil
+	case !s.TwoEnsembles():
+		return cur, false, fmt.Errorf("flip to %s: the proxy runs with one ensemble (start it with --source and --target)", primary.Flag())
+	}
+	return cur, false, nil
+}
+
+// takeHold takes the hold for writing, which holds every new client
+// request. Taken by polling, not Lock: a waiting Lock would hold every new
+// request behind a session still opening (up to 10 s in an election).
+func (s *Server) takeHold(ctx context.Context) error {
+	for !s.hold.TryLock() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sessions still opening: %w", ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// swapLocked makes primary the serving ensemble at epoch, with the hold
+// taken and the proxy drained: the fences are raised (a no-op when the
+// control plane raised them), versions read, roles switched and every
+// session moved.
+func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time) error {
 	drained := time.Since(start)
-	if err := s.rebase(ctx, cur.upstream, cur.secondary); err != nil {
+	// One connection to each ensemble raises the fences and reads the
+	// versions.
+	opts := zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial}
+	oc, err := zkclient.Dial(ctx, cur.upstream, opts)
+	if err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: reach the old primary: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
+	defer oc.Close()
+	nc, err := zkclient.Dial(ctx, cur.secondary, opts)
+	if err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: reach the new primary: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
+	defer nc.Close()
+	vers, err := s.raiseFences(ctx, cur, oc, nc, epoch, primary)
+	if err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
+	fenced := s.mono()
+	if err := s.rebase(ctx, oc, nc); err != nil {
+		// The old primary is fenced now: its writes fail. The control plane
+		// (or the fence watcher) asks again.
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; the old primary %s is fenced: writes fail until the flip is repeated)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
 	rebased := time.Since(start)
-	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch}
+	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch, fence: vers, fenceKnown: [2]bool{true, true}}
 	s.roles.Store(next)
+	s.grantLease(fenced)
 	s.closePrimaryReaders() // the mirror reads the new primary from now on
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))

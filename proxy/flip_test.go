@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -342,15 +343,18 @@ func (rc *rawClient) waitEvents(path string, n int) {
 	}
 }
 
-// TestFlipDeliversChangesOnce: while one proxy has flipped to B and
-// another still serves from A (the barrier reaches proxies one by one),
-// changes made through the other proxy reach the flipped proxy's client as
-// watch events exactly once: one made before the flip fires from A, one
-// made after fires from B (its mirror), none twice.
+// TestFlipDeliversChangesOnce: one proxy flips to B by itself (a one-shot
+// flip, which raises the fences) while another still serves from A, as
+// when a proxy misses the barrier. A change through the other proxy
+// before the flip fires from A once; its write after the flip is refused
+// by A's fence: the client sees ConnectionLoss and A is unchanged. That
+// proxy then finds the later epoch in the fence and moves to B by itself:
+// the client's retry lands on B and fires once on the flipped proxy's
+// re-armed watch. Without the fence the write landed on A (split brain).
 func TestFlipDeliversChangesOnce(t *testing.T) {
 	root := testRoot(t)
 	p1, _ := startDualProxy(t, root)
-	p2, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: secondary(t).Addrs(), Logger: testLogger(t)})
+	p2, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: secondary(t).Addrs(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,10 +379,27 @@ func TestFlipDeliversChangesOnce(t *testing.T) {
 	if err := p1.Flip(ctx, 1, ensemble.Target); err != nil {
 		t.Fatal(err)
 	}
-	// A change through the other proxy (still on A) after the flip: its
-	// mirror reaches B, where the watch was re-armed.
-	if _, err := c2.Set(root+"/after", []byte("1"), -1); err != nil {
-		t.Fatal(err)
+	// A write through the other proxy, which missed the flip: fenced.
+	if _, err := c2.Set(root+"/after", []byte("1"), -1); !errors.Is(err, zk.ErrConnectionClosed) {
+		t.Fatalf("write through a proxy that missed the flip: %v, want ConnectionLoss (zk.ErrConnectionClosed)", err)
+	}
+	if data, _, err := directConn(t).Get(root + "/after"); err != nil || len(data) != 0 {
+		t.Fatalf("a fenced write reached the old primary: %q, %v", data, err)
+	}
+	// The proxy moves to B by itself: the client's retry succeeds there.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := c2.Set(root+"/after", []byte("1"), -1)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fenced proxy did not recover: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if e, _ := p2.Epoch(); e != 1 {
+		t.Fatalf("the fenced proxy holds epoch %d after recovering, want 1", e)
 	}
 	waitMirrored(t, p2)
 	raw.waitEvents(root+"/before", 1)
@@ -407,7 +428,7 @@ func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	p1, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: dir, Logger: testLogger(t)})
+	p1, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: dir, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +448,7 @@ func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 	}
 	p1.Close()
 	// Restarted where its clients expect it, on the recorded primary.
-	p2, err := proxytest.StartOn(p1.Addr, proxy.Config{Upstream: b.Addrs(), Secondary: ens.Addrs(), PrimaryName: ensemble.Target,
+	p2, err := proxytest.StartOn(p1.Addr, proxy.Config{FencePath: testFence(t), Upstream: b.Addrs(), Secondary: ens.Addrs(), PrimaryName: ensemble.Target,
 		Epoch: 1, StateDir: dir, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

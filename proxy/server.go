@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/fence"
 	"github.com/zk-migrate/zk-migrate/jute"
 )
 
@@ -84,6 +85,14 @@ type Config struct {
 	// Epoch is the flip epoch the proxy starts at (the control plane's
 	// recorded one, when known); a flip request for an older one is refused.
 	Epoch int64
+	// FenceLease bounds how long a two-ensemble proxy that missed a flip
+	// may go on serving reads from the old primary after it (default 5 s):
+	// the proxy serves only while a read of its primary's fence znode,
+	// repeated every quarter of it, shows the epoch it holds (SPEC.md 4.10).
+	FenceLease time.Duration
+	// FencePath is the fence znode on both ensembles (default fence.Path;
+	// tests isolate theirs).
+	FencePath string
 	// Metrics receives the proxy's measurements (default: unregistered).
 	Metrics *Metrics
 	// Logger receives one line per notable event (default slog.Default()).
@@ -155,6 +164,12 @@ func (c *Config) setDefaults() error {
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 3 * time.Second
 	}
+	if c.FenceLease == 0 {
+		c.FenceLease = 5 * time.Second
+	}
+	if c.FencePath == "" {
+		c.FencePath = fence.Path
+	}
 	if c.Dial == nil {
 		c.Dial = (&net.Dialer{}).DialContext
 	}
@@ -201,6 +216,14 @@ type Server struct {
 	flipMu sync.Mutex            // one flip at a time
 	idmap  map[int64]identity    // client session id -> serving upstream session, once they differ (flip.go); under mu
 	view   view                  // version translation across flips (view.go)
+
+	started    time.Time     // the monotonic base of mono (fence.go)
+	leaseUntil atomic.Int64  // mono reading until which requests may be served (fence.go)
+	leaseMu    sync.Mutex    // guards leaseCh
+	leaseCh    chan struct{} // closed and replaced at every renewal of the lease
+	fencePoke  chan struct{} // asks the fence watcher for a round now
+	heldMu     sync.Mutex    // guards held
+	held       *holding      // a flip barrier's hold in place (barrier.go)
 }
 
 // New validates cfg and returns a Server that is not yet listening.
@@ -218,6 +241,7 @@ func New(cfg Config) (*Server, error) {
 		logs: newLogLimiter(cfg.Metrics), allow4lw: allow,
 		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]string{}, perIP: map[string]int{},
 		sessions: map[int64]*session{}, shadows: map[int64]*shadow{}, idmap: map[int64]identity{},
+		started: time.Now(), leaseCh: make(chan struct{}), fencePoke: make(chan struct{}, 1),
 	}
 	s.roles.Store(&roles{primary: cfg.PrimaryName, upstream: cfg.Upstream, secondary: cfg.Secondary, epoch: cfg.Epoch})
 	s.view.on = len(cfg.Secondary) > 0 // one ensemble never flips: nothing to record or translate
@@ -227,6 +251,11 @@ func New(cfg Config) (*Server, error) {
 		go func() {
 			defer s.wg.Done()
 			s.watchMirrorLag()
+		}()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchFence()
 		}()
 	}
 	return s, nil

@@ -490,6 +490,10 @@ func (s *session) handleRequest(frame []byte) error {
 		p.mirror = mirrorPaths(req.Body)
 		p.macl = requestedACL(req.Body)
 	}
+	// The fence (fence.go): every write checks the primary's fence version.
+	if frame, p.wrapped, err = s.guardWrite(req.Header, op, req.Body, frame); err != nil {
+		return err
+	}
 	return s.forward(p, frame, s.cc.fr.Buffered() == 0)
 }
 
