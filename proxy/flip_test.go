@@ -419,7 +419,9 @@ func TestFlipDeliversChangesOnce(t *testing.T) {
 // client to the session that serves it on the new primary: the client's
 // session does not expire and its ephemeral stays on B, owned by the same
 // session. Without the record the new primary is shown the client's
-// original id, which it does not know: expired.
+// original id, which it does not know: expired. A version the client read
+// before the flip keeps its meaning after the restart (the translation is
+// recorded too).
 func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 	root := testRoot(t)
 	b := secondary(t)
@@ -436,7 +438,19 @@ func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 	if _, err := c.Create(root+"/eph", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
+	// A node the client reads at version 0 on A while B's copy is at 3.
+	if _, err := c.Create(root+"/v", []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
 	waitMirrored(t, p1)
+	for i := 0; i < 3; i++ {
+		if _, err := cb.Set(root+"/v", []byte("x"), -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, vst, err := c.Get(root + "/v"); err != nil || vst.Version != 0 {
+		t.Fatalf("read before the flip: version %d, %v", vst.Version, err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := p1.Flip(ctx, 1, ensemble.Target); err != nil {
@@ -471,6 +485,11 @@ func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 	}
 	if _, err := c.Create(root+"/after", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatalf("write after the restart: %v", err)
+	}
+	// The version read before the flip keeps its meaning after the restart
+	// (the translation is in --state-dir): without it, BADVERSION.
+	if vst, err := c.Set(root+"/v", []byte("y"), 0); err != nil || vst.Version != 1 {
+		t.Fatalf("conditional write with the version read before the flip, after the restart: version %d, %v", vst.Version, err)
 	}
 	time.Sleep(5 * time.Second) // past the session timeout: a session left behind would have expired
 	_, st2, err := cb.Get(root + "/eph")

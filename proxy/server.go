@@ -247,6 +247,7 @@ func New(cfg Config) (*Server, error) {
 	s.view.on = len(cfg.Secondary) > 0 // one ensemble never flips: nothing to record or translate
 	if s.TwoEnsembles() {
 		s.restoreBacklog()
+		s.loadVersions()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -395,6 +396,7 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	if s.TwoEnsembles() {
 		s.saveBacklog(s.stopLeft) // every shadow has ended: what they held
+		s.saveVersions()
 	}
 	return nil
 }
