@@ -174,7 +174,7 @@ func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.N
 	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch, fence: vers, fenceKnown: [2]bool{true, true}}
 	s.roles.Store(next)
 	s.grantLease(fenced)
-	s.saveVersions() // the translation survives a restart (flip_state.go)
+	s.saveVersions()        // the translation survives a restart (flip_state.go)
 	s.closePrimaryReaders() // the mirror reads the new primary from now on
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))
