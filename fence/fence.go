@@ -17,6 +17,7 @@ package fence
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
@@ -40,12 +41,29 @@ type Record struct {
 // (Path unless a test isolates its own), creating it
 // (epoch 0, no primary) when it does not exist yet.
 func Read(ctx context.Context, c *zkclient.Conn, path string) (Record, error) {
+	return read(ctx, c, path, true)
+}
+
+// ErrMissing means the fence znode does not exist where a flip has been
+// recorded: someone deleted it. Recreating it at epoch 0 would unfence
+// every proxy that missed a flip, so a proxy past epoch 0 refuses to.
+var ErrMissing = errors.New("the fence znode is missing although a flip epoch is held (deleted by hand?): refusing to recreate it at epoch 0; the control plane recreates it at the next flip (zk-migrate advance --phase flip, or rollback)")
+
+// ReadExisting is Read without creating the znode: ErrMissing if absent.
+func ReadExisting(ctx context.Context, c *zkclient.Conn, path string) (Record, error) {
+	return read(ctx, c, path, false)
+}
+
+func read(ctx context.Context, c *zkclient.Conn, path string, create bool) (Record, error) {
 	for {
 		if err := c.Sync(ctx, path); err != nil && jute.CodeOf(err) != jute.CodeNoNode {
 			return Record{}, fmt.Errorf("sync before reading %s: %w", path, err)
 		}
 		data, st, err := c.Get(ctx, path)
 		if jute.CodeOf(err) == jute.CodeNoNode {
+			if !create {
+				return Record{}, fmt.Errorf("%s: %w", path, ErrMissing)
+			}
 			body, _ := json.Marshal(Record{})
 			_, err = c.Create(ctx, path, body, zkclient.OpenACL, 0)
 			if err != nil && jute.CodeOf(err) != jute.CodeNodeExists {

@@ -43,6 +43,10 @@ func TestBarrierNeverServesTwoPrimaries(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitMirrored(t, p1)
+	// Only the control plane raises the fence: a client's write is refused.
+	if _, err := c1.Set(testFence(t), []byte(`{"epoch":9,"primary":"B"}`), -1); !errors.Is(err, zk.ErrNoAuth) {
+		t.Fatalf("a client's write to the fence znode: %v, want NOAUTH", err)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

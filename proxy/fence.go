@@ -152,7 +152,7 @@ func (s *Server) checkFence(c *zkclient.Conn, r *roles) error {
 	ctx, cancel := context.WithTimeout(s.ctx, max(s.cfg.FenceLease/2, time.Second))
 	defer cancel()
 	t0 := s.mono()
-	rec, err := fence.Read(ctx, c, s.cfg.FencePath)
+	rec, err := s.readFence(ctx, c, r.epoch)
 	if err != nil {
 		return err
 	}
@@ -199,6 +199,15 @@ func (s *Server) missedFlip(rec fence.Record) error {
 	return nil
 }
 
+// readFence reads the fence through c; a proxy past epoch 0 never
+// recreates a missing one (fence.ErrMissing).
+func (s *Server) readFence(ctx context.Context, c *zkclient.Conn, epoch int64) (fence.Record, error) {
+	if epoch == 0 {
+		return fence.Read(ctx, c, s.cfg.FencePath)
+	}
+	return fence.ReadExisting(ctx, c, s.cfg.FencePath)
+}
+
 // learnFence records version v of ensemble n's fence in the roles r,
 // unless the roles changed since r was loaded.
 func (s *Server) learnFence(r *roles, n ensemble.Name, v int32) bool {
@@ -219,7 +228,7 @@ func (sh *shadow) secondaryFence(ctx context.Context, c *zkclient.Conn) (int32, 
 		if r.fenceKnown[n.Index()] {
 			return r.fence[n.Index()], nil
 		}
-		rec, err := fence.Read(ctx, c, s.cfg.FencePath)
+		rec, err := s.readFence(ctx, c, r.epoch)
 		if err != nil {
 			return 0, err
 		}
@@ -365,6 +374,12 @@ func (s *session) guardWrite(h jute.RequestHeader, op jute.Op, body jute.Record,
 		s.fencedWrite("read")
 		return nil, false, net.ErrClosed
 	}
+	if touchesFence(body, s.srv.cfg.FencePath) {
+		s.cc.logs.warn(s.log, "fence_write_refused", "refused a client write to the fence znode: only the control plane raises it; answered NOAUTH",
+			"path", s.srv.cfg.FencePath, "hint", "never write the fence znode; flip with `zk-migrate advance --phase flip`")
+		s.answerLocally(h.Xid, op, jute.CodeNoAuth, time.Now())
+		return nil, false, errAnswered
+	}
 	r := s.srv.roles.Load()
 	v := r.fence[r.primary.Index()]
 	switch {
@@ -378,6 +393,38 @@ func (s *session) guardWrite(h jute.RequestHeader, op jute.Op, body jute.Record,
 		return wrapFenced(h, op, body, s.srv.cfg.FencePath, v), true, nil
 	}
 	return frame, false, nil
+}
+
+// errAnswered means guardWrite answered the request itself.
+var errAnswered = errors.New("proxy: answered by the proxy")
+
+// touchesFence reports whether a write request changes the fence znode.
+func touchesFence(body jute.Record, path string) bool {
+	one := func(r jute.Record) bool {
+		switch b := r.(type) {
+		case *jute.CreateRequest:
+			return b.Path == path
+		case *jute.CreateTTLRequest:
+			return b.Path == path
+		}
+		return false
+	}
+	if one(body) {
+		return true
+	}
+	if m, ok := body.(*jute.MultiRequest); ok {
+		for _, op := range m.Ops {
+			if one(op.Req) {
+				return true
+			}
+		}
+	}
+	for _, p := range mirrorPaths(body) {
+		if p == path {
+			return true
+		}
+	}
+	return false
 }
 
 // fencedMulti runs ops on the secondary through c after the fence check

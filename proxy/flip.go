@@ -289,6 +289,16 @@ func (s *session) flipTo(next *roles) error {
 	ol.id, ol.passwd, ol.timeout = old.id, old.passwd, old.timeout
 	ol.lastZxid.Store(old.lastZxid.Load())
 	sh.swapTo(ol, nl.id)
+	// From here the shadow mirrors to the old primary with the old serving
+	// session. If this session cannot be attached now (a server of the new
+	// primary unreachable), the client is told to reconnect and finds its
+	// session there through the identity mapping, recorded first: its
+	// zxids shifted by all it has seen, so they keep increasing whatever
+	// the new primary's are.
+	failed := func(err error) error {
+		s.srv.mapIdentity(s.id, s.passwd, nl.id, nl.passwd, old.lastZxid.Load()+s.zoff.Load())
+		return err
+	}
 
 	connect := s.connect
 	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
@@ -296,16 +306,16 @@ func (s *session) flipTo(next *roles) error {
 	nl.timeout = s.timeout
 	up, resp, _, err := nl.dial(s.done, jute.Marshal(&connect), "")
 	if err != nil {
-		return fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err)
+		return failed(fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err))
 	}
 	if resp.Expired() {
 		up.conn.Close()
-		return fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag())
+		return failed(fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag()))
 	}
 	zx, err := up.probeZxid()
 	if err != nil {
 		up.conn.Close()
-		return fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err)
+		return failed(fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err))
 	}
 	nl.lastZxid.Store(zx)
 	// What the client has seen, in its own numbering; the new leg's zxids

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -602,5 +604,80 @@ func TestFlipUnderLoad(t *testing.T) {
 		if ok, _, _ := cb.Exists(fmt.Sprintf("%s/eph-%d", root, i)); !ok {
 			t.Errorf("client %d: its ephemeral is gone from B", i)
 		}
+	}
+}
+
+// TestFlipSessionNotAttachedFindsItsSession: the new primary's server
+// refuses the connection that would move a session at the flip (injected
+// in the proxy's dialer). The flip goes on; that session's client is told
+// to reconnect (ConnectionLoss) and finds its session on the new primary
+// through the identity mapping recorded before the attempt: no expiry,
+// its ephemeral still there, its writes on B, its zxids increasing.
+// Without the mapping the new primary was shown the client's id on A:
+// expired.
+func TestFlipSessionNotAttachedFindsItsSession(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	// armed > 0: let one dial to B through (the flip's own connection),
+	// refuse the next ones until disarmed.
+	var armed atomic.Int32
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if slices.Contains(b.Addrs(), addr) && armed.Load() > 0 && armed.Add(1) > 2 {
+			return nil, errors.New("injected: connection refused")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), Dial: dial, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	c, ev := connect(t, []string{p.Addr}, 6*time.Second)
+	if _, err := c.Create(root+"/eph", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	_, before, err := c.Get(root + "/eph")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	armed.Store(1)
+	err = p.Flip(ctx, 1, ensemble.Target)
+	armed.Store(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(15 * time.Second)
+	for disconnected := false; !disconnected || c.State() != zk.StateHasSession; {
+		select {
+		case e := <-ev:
+			if e.State == zk.StateExpired {
+				t.Fatal("the client's session expired: it was not found on the new primary")
+			}
+			if e.State == zk.StateDisconnected {
+				disconnected = true
+			}
+		case <-deadline:
+			t.Fatalf("client not back (state %v)", c.State())
+		}
+	}
+	if _, err := c.Create(root+"/after", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatalf("write after the reconnect: %v", err)
+	}
+	if ok, _, err := cb.Exists(root + "/after"); err != nil || !ok {
+		t.Fatalf("write after the reconnect not on B: %v %v", ok, err)
+	}
+	_, st, err := c.Get(root + "/eph")
+	if err != nil {
+		t.Fatalf("the client's ephemeral after the reconnect: %v", err)
+	}
+	if st.Mzxid < before.Mzxid || st.Czxid < before.Czxid {
+		t.Fatalf("zxids went backwards: czxid 0x%x after 0x%x", st.Czxid, before.Czxid)
 	}
 }

@@ -492,6 +492,9 @@ func (s *session) handleRequest(frame []byte) error {
 	}
 	// The fence (fence.go): every write checks the primary's fence version.
 	if frame, p.wrapped, err = s.guardWrite(req.Header, op, req.Body, frame); err != nil {
+		if errors.Is(err, errAnswered) {
+			return nil
+		}
 		return err
 	}
 	return s.forward(p, frame, s.cc.fr.Buffered() == 0)
