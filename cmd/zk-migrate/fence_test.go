@@ -60,6 +60,30 @@ func startFenceProxy(t *testing.T, name string, a, b *zktest.Ensemble, tokenFile
 	return p
 }
 
+// waitStopped waits until every thread of the process is stopped (state
+// T in /proc/<pid>/task/*/stat).
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	waitFor(t, func() bool {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			return false
+		}
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return false
+			}
+			// pid (comm) state ...: the state follows the last ')'.
+			i := strings.LastIndexByte(string(b), ')')
+			if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // rawSession opens a session through addr with a raw jute connection, so
 // the test can put a request in the socket while the proxy is stopped.
 func rawSession(t *testing.T, addr string, timeout time.Duration) (net.Conn, *jute.FrameReader) {
@@ -164,6 +188,7 @@ func TestStaleProxyIsFenced(t *testing.T) {
 	if err := p2.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	waitStopped(t, p2.cmd.Process.Pid) // a signal is delivered asynchronously
 	var e jute.Encoder
 	(&jute.RequestHeader{Xid: 1, Type: int32(jute.OpSetData)}).Encode(&e)
 	(&jute.SetDataRequest{Path: "/x", Data: []byte("stale"), Version: -1}).Encode(&e)
