@@ -34,8 +34,10 @@ func TestBarrierNeverServesTwoPrimaries(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p2.Close)
-	c1, _ := connect(t, []string{p1.Addr}, 3*time.Second)
-	c2, _ := connect(t, []string{p2.Addr}, 3*time.Second)
+	// 9 s sessions: a 3 s pause budget, room for the swaps on a loaded
+	// machine.
+	c1, _ := connect(t, []string{p1.Addr}, 9*time.Second)
+	c2, _ := connect(t, []string{p2.Addr}, 9*time.Second)
 	if _, err := c1.Create(root+"/x", []byte("0"), 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
@@ -66,8 +68,8 @@ func TestBarrierNeverServesTwoPrimaries(t *testing.T) {
 			}
 		}
 	}
-	if budget <= 0 || budget > time.Second {
-		t.Fatalf("hold budget %v, want a third of the 3 s session timeout at most", budget)
+	if budget <= 0 || budget > 3*time.Second {
+		t.Fatalf("hold budget %v, want a third of the 9 s session timeout at most", budget)
 	}
 	// A write through the second proxy waits in its hold.
 	written := make(chan error, 1)

@@ -503,3 +503,48 @@ func shiftZxid(frame []byte, off int64) {
 		z >>= 8
 	}
 }
+
+// catchUpSession moves, as its client re-opens it, a session a flip did
+// not move because no relay held it at that moment (its client was
+// between connections, or its relay was re-opening): its shadow session
+// is on the serving ensemble. The client's password is checked by the old
+// primary (a re-open there must succeed) before anything changes; then
+// the shadow takes the old session, mirroring to the old primary, and the
+// client is mapped to the shadow session, its zxids shifted above all it
+// has seen. ZooKeeper then fires the watches the client sets again with a
+// relative zxid of 0 (every watched node changed "since"): spurious
+// events, never a missed one.
+func (s *session) catchUpSession(id int64, passwd []byte, lastZxid int64) (identity, bool) {
+	srv := s.srv
+	srv.mu.Lock()
+	sh := srv.shadows[id]
+	srv.mu.Unlock()
+	if sh == nil {
+		return identity{}, false
+	}
+	r := srv.roles.Load()
+	sh.mu.Lock()
+	nl := sh.leg
+	sh.mu.Unlock()
+	if nl == nil || nl.name != r.primary || nl.id == 0 {
+		return identity{}, false
+	}
+	ol := newLeg(srv, r.primary.Other(), r.secondary)
+	ol.id, ol.passwd, ol.timeout = id, passwd, nl.timeout
+	probe := s.connect
+	probe.SessionID, probe.Passwd = id, passwd
+	up, resp, _, err := ol.dial(s.done, jute.Marshal(&probe), "")
+	if err != nil {
+		return identity{}, false
+	}
+	up.conn.Close()
+	if resp.Expired() {
+		return identity{}, false // a wrong password, or the session is gone
+	}
+	ol.lastZxid.Store(lastZxid)
+	sh.swapTo(ol, nl.id)
+	srv.mapIdentity(id, passwd, nl.id, nl.passwd, lastZxid)
+	s.log.Info("session re-opened after a flip that did not move it: now served by its shadow session on the new primary",
+		"session", fmt.Sprintf("0x%x", id), "primary", r.primary.Flag(), "upstream_session", fmt.Sprintf("0x%x", nl.id))
+	return identity{id: nl.id, passwd: nl.passwd, client: passwd, zoff: lastZxid}, true
+}

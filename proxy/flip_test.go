@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -680,4 +681,71 @@ func TestFlipSessionNotAttachedFindsItsSession(t *testing.T) {
 	if st.Mzxid < before.Mzxid || st.Czxid < before.Czxid {
 		t.Fatalf("zxids went backwards: czxid 0x%x after 0x%x", st.Czxid, before.Czxid)
 	}
+}
+
+// TestFlipCatchesUpASessionBetweenConnections: a flip happens while no
+// relay holds a client's session (the client was re-opening it and that
+// attempt failed: the old primary refused the proxy's connection), so the
+// flip does not move it; its shadow session on B lives on. When the
+// client re-opens it after the flip, the proxy checks its password on A,
+// moves it to its shadow session on B and maps it: the client keeps its
+// session. Without that, B was shown the client's id on A: expired.
+func TestFlipCatchesUpASessionBetweenConnections(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	var refuseA atomic.Bool
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if refuseA.Load() && slices.Contains(ens.Addrs(), addr) {
+			return nil, errors.New("injected: connection refused")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), Dial: dial, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	rc, _ := rawConnect(t, p.Addr, 0, nil, 0)
+	rc.get("/")
+	deadline := time.Now().Add(10 * time.Second)
+	for _, ok := p.ShadowSession(rc.id); !ok; _, ok = p.ShadowSession(rc.id) {
+		if time.Now().After(deadline) {
+			t.Fatal("no shadow session for the client")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The client re-opens its session while A refuses the proxy: that
+	// relay fails, the first one was shut down: no relay holds it.
+	refuseA.Store(true)
+	conn, err := net.Dial("tcp", p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := jute.ConnectRequest{LastZxidSeen: rc.zxid, TimeOut: 4000, SessionID: rc.id, Passwd: rc.passwd}
+	if _, err := conn.Write(jute.AppendFrame(nil, jute.Marshal(&req))); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	for p.SessionCount() != 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	refuseA.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.Flip(ctx, 1, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	rc2, resp := rawConnect(t, p.Addr, rc.id, rc.passwd, rc.zxid)
+	if resp.TimeOut <= 0 || rc2.id != rc.id {
+		t.Fatalf("re-open after the flip: session 0x%x timeout %d, want 0x%x alive", rc2.id, resp.TimeOut, rc.id)
+	}
+	rc2.get("/") // served, zxid not below the last one seen
 }

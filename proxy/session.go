@@ -186,6 +186,9 @@ func (s *session) open(connectFrame []byte) bool {
 	mapped, isMapped := identity{}, false
 	if clientID != 0 {
 		mapped, isMapped = s.srv.identityOf(clientID, clientPw)
+		if !isMapped && s.srv.TwoEnsembles() {
+			mapped, isMapped = s.catchUpSession(clientID, clientPw, s.connect.LastZxidSeen)
+		}
 	}
 	if isMapped {
 		// Served by another upstream session since a flip: re-open that
