@@ -54,6 +54,7 @@ func (s *Server) leaseValid() bool {
 // grantLease extends the lease to FenceLease after from (a mono reading
 // taken before the fence read that justified it).
 func (s *Server) grantLease(from int64) {
+	s.stale.Store(false)
 	until := from + int64(s.cfg.FenceLease)
 	for old := s.leaseUntil.Load(); until > old && !s.leaseUntil.CompareAndSwap(old, until); old = s.leaseUntil.Load() {
 	}
@@ -71,6 +72,11 @@ func (s *Server) awaitLease(d time.Duration) bool {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {
+		if s.stale.Load() {
+			// A missed flip is being caught up with: it needs the hold this
+			// request holds for reading, so waiting would only delay it.
+			return false
+		}
 		s.leaseMu.Lock()
 		ch := s.leaseCh
 		s.leaseMu.Unlock()
@@ -160,6 +166,8 @@ func (s *Server) checkFence(c *zkclient.Conn, r *roles) error {
 		return nil // a flip changed the roles meanwhile: the next round reads again
 	}
 	switch {
+	case rec.Epoch > r.epoch && s.holdingFor(rec.Epoch):
+		return nil // the barrier raised it while this proxy holds: its swap follows
 	case rec.Epoch > r.epoch:
 		return s.missedFlip(rec)
 	case !r.fenceKnown[r.primary.Index()] || rec.Version != r.fence[r.primary.Index()]:
@@ -173,6 +181,13 @@ func (s *Server) checkFence(c *zkclient.Conn, r *roles) error {
 	return nil
 }
 
+// holdingFor reports whether the proxy holds for a barrier at epoch.
+func (s *Server) holdingFor(epoch int64) bool {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	return s.held != nil && s.held.epoch == epoch
+}
+
 // missedFlip moves the proxy to the epoch and primary its primary's fence
 // records: the flip it missed (killed, paused or cut off while the control
 // plane flipped the others), done here as a flip of its own.
@@ -182,6 +197,7 @@ func (s *Server) missedFlip(rec fence.Record) error {
 	s.log.Warn("this proxy missed a flip: its primary's fence records a later epoch; its writes are refused there. Moving its sessions to the recorded primary",
 		"held_epoch", r.epoch, "fence_epoch", rec.Epoch, "recorded_primary", rec.Primary.Flag())
 	s.revokeLease()
+	s.stale.Store(true)
 	if !s.flipMu.TryLock() {
 		return nil // a flip is under way
 	}

@@ -219,6 +219,7 @@ type Server struct {
 
 	started    time.Time     // the monotonic base of mono (fence.go)
 	leaseUntil atomic.Int64  // mono reading until which requests may be served (fence.go)
+	stale      atomic.Bool   // a later epoch was found in the fence: catching up (fence.go)
 	leaseMu    sync.Mutex    // guards leaseCh
 	leaseCh    chan struct{} // closed and replaced at every renewal of the lease
 	fencePoke  chan struct{} // asks the fence watcher for a round now
