@@ -31,6 +31,7 @@ const (
 	CmdFlipAck       Kind = "flip-ack"       // a proxy drained and holds Epoch
 	CmdFlipFence     Kind = "flip-fence"     // a proxy that did not ack is fenced
 	CmdFlipDone      Kind = "flip-done"      // every expected proxy acked or was fenced
+	CmdFlipCommit    Kind = "flip-commit"    // executor: every proxy held, the guard held; the fences are raised next (no abort after)
 	CmdNodeJoin      Kind = "node-join"      // a control-plane node and its API address
 	CmdNodeRemove    Kind = "node-remove"    // a control-plane node left the Raft configuration
 	CmdRecord        Kind = "record"         // an audit entry only (Event, Detail): conflicts, alerts
@@ -350,9 +351,17 @@ func (m *Migration) apply(c Command) error {
 		}
 		m.Flip.Done = true
 		m.Primary = m.Flip.Primary
+	case CmdFlipCommit:
+		if m.Flip == nil || m.Flip.Done || c.Epoch != m.Flip.Epoch {
+			return invalid(m, c, "no flip barrier open at that epoch")
+		}
+		m.Flip.Committed = true
 	case CmdFlipAbort:
 		if m.Flip == nil || m.Flip.Done || c.Epoch != m.Flip.Epoch {
 			return invalid(m, c, "no flip barrier open at that epoch")
+		}
+		if m.Flip.Committed {
+			return invalid(m, c, "the flip is committed (the old primary is fenced): it can only be completed")
 		}
 		// The primary stays; the proxies that acknowledged were sent back
 		// to it under the next epoch, which a later flip goes above.

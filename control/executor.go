@@ -71,6 +71,10 @@ type Executor struct {
 	// check (default 10 s).
 	Guard        FlipGuard
 	GuardTimeout time.Duration
+	// Fencer, if set with a Fleet that is a BarrierFleet, makes every flip
+	// the two-phase barrier (barrier.go): hold every proxy, check the
+	// guard, commit, raise the fences, swap every proxy, release.
+	Fencer Fencer
 }
 
 // ready runs the guard, if any, for a flip of m's primary to primary.
@@ -193,7 +197,12 @@ func (e *Executor) flip(ctx context.Context, m *Migration, primary ensemble.Name
 		m = e.P.State().Migrations[m.ID]
 		f = m.Flip
 	}
-	if !f.Done {
+	if bf, ok := e.barrierOf(); ok && !f.Done {
+		if err := e.barrier(ctx, m, f, bf); err != nil {
+			return err
+		}
+		m = e.P.State().Migrations[m.ID]
+	} else if !f.Done {
 		var waiting []string
 		for _, p := range f.Expected {
 			if !slices.Contains(f.Acked, p) && !slices.Contains(f.Fenced, p) {
@@ -287,7 +296,11 @@ func (e *Executor) rollback(ctx context.Context, m *Migration) error {
 					}
 				}
 				epoch = m.Epoch + 1
-				if err := e.reverseFlip(ctx, m, epoch); err != nil {
+				if bf, ok := e.barrierOf(); ok {
+					if err := e.reverseBarrier(ctx, m, epoch, bf); err != nil {
+						return err
+					}
+				} else if err := e.reverseFlip(ctx, m, epoch); err != nil {
 					return err
 				}
 			}

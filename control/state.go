@@ -122,6 +122,10 @@ type Flip struct {
 	Acked    []string `json:"acked"`
 	Fenced   []string `json:"fenced"`
 	Done     bool     `json:"done"`
+	// Committed: every proxy held (or was fenced) and the guard held; the
+	// fences are raised next, so the flip can no longer be aborted, only
+	// completed (a new leader finishes it).
+	Committed bool `json:"committed,omitempty"`
 	// Primary is the ensemble the proxies use once the flip is done.
 	Primary ensemble.Name `json:"primary"`
 }

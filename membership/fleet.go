@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
 )
@@ -21,6 +23,32 @@ type FlipRequest struct {
 	Migration string        `json:"migration"`
 	Epoch     int64         `json:"epoch"`
 	Primary   ensemble.Name `json:"primary"`
+	// Phase is the step of the two-phase barrier: PhaseHold, PhaseSwap or
+	// PhaseRelease; empty asks for the whole flip in one request (hold,
+	// drain, fence, swap, release).
+	Phase string `json:"phase,omitempty"`
+}
+
+// The phases of the two-phase barrier (SPEC.md 4.10).
+const (
+	// PhaseHold: hold client requests and drain; the answer carries the
+	// hold's budget (HoldReply). The hold ends by itself after it.
+	PhaseHold = "hold"
+	// PhaseSwap: the fences record the epoch; move every session to
+	// Primary under the hold.
+	PhaseSwap = "swap"
+	// PhaseRelease: end the hold (after the swaps, or to abort).
+	PhaseRelease = "release"
+)
+
+// HoldReply is a proxy's answer to PhaseHold (and, with BudgetMS 0, to the
+// other phases).
+type HoldReply struct {
+	Epoch   int64         `json:"epoch"`
+	Primary ensemble.Name `json:"primary"`
+	// BudgetMS is how long the hold lasts from the request unless
+	// released (0: nothing held, the proxy already serves Primary at Epoch).
+	BudgetMS int64 `json:"budget_ms,omitempty"`
 }
 
 // FlipPath is the proxy admin endpoint of the barrier.
@@ -47,9 +75,44 @@ func (f *Fleet) Live(context.Context) ([]string, error) {
 	return out, nil
 }
 
-// Flip posts the barrier request to each named proxy's admin endpoint and
-// returns those that acknowledged before ctx ended.
+// Flip posts the one-shot barrier request to each named proxy's admin
+// endpoint and returns those that acknowledged before ctx ended.
 func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) ([]string, error) {
+	replies := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary}, proxies)
+	return sortedKeys(replies), nil
+}
+
+// Hold asks the proxies to hold and drain (PhaseHold) and returns those
+// that hold and the shortest budget among them.
+func (f *Fleet) Hold(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) ([]string, time.Duration, error) {
+	replies := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary, Phase: PhaseHold}, proxies)
+	var budget time.Duration
+	for _, r := range replies {
+		if b := time.Duration(r.BudgetMS) * time.Millisecond; b > 0 && (budget == 0 || b < budget) {
+			budget = b
+		}
+	}
+	return sortedKeys(replies), budget, nil
+}
+
+// Swap asks the proxies to move their sessions (PhaseSwap) and returns
+// those that did.
+func (f *Fleet) Swap(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) ([]string, error) {
+	replies := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary, Phase: PhaseSwap}, proxies)
+	return sortedKeys(replies), nil
+}
+
+// Release ends the proxies' holds (PhaseRelease); a proxy that does not
+// answer ends its hold by itself at its budget.
+func (f *Fleet) Release(ctx context.Context, migration string, epoch int64, proxies []string) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	f.post(rctx, FlipRequest{Migration: migration, Epoch: epoch, Phase: PhaseRelease}, proxies)
+}
+
+// post sends req to each named proxy's admin endpoint at once and returns
+// the replies of those that answered 200 before ctx ended.
+func (f *Fleet) post(ctx context.Context, req FlipRequest, proxies []string) map[string]HoldReply {
 	apis := map[string]string{}
 	for _, m := range f.Agent.Members() {
 		apis[m.Name] = m.Meta.API
@@ -58,9 +121,9 @@ func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary
 	if client == nil {
 		client = http.DefaultClient
 	}
-	body, _ := json.Marshal(FlipRequest{Migration: migration, Epoch: epoch, Primary: primary})
+	body, _ := json.Marshal(req)
 	var mu sync.Mutex
-	var acked []string
+	out := map[string]HoldReply{}
 	var wg sync.WaitGroup
 	for _, p := range proxies {
 		api := apis[p]
@@ -70,29 +133,40 @@ func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary
 		wg.Add(1)
 		go func(p, api string) {
 			defer wg.Done()
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+FlipPath, bytes.NewReader(body))
+			hr, err := http.NewRequestWithContext(ctx, http.MethodPost, api+FlipPath, bytes.NewReader(body))
 			if err != nil {
 				return
 			}
-			req.Header.Set("Content-Type", "application/json")
+			hr.Header.Set("Content-Type", "application/json")
 			if f.Token != "" {
-				req.Header.Set("Authorization", "Bearer "+f.Token)
+				hr.Header.Set("Authorization", "Bearer "+f.Token)
 			}
-			resp, err := client.Do(req)
+			resp, err := client.Do(hr)
 			if err != nil {
 				return
 			}
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				mu.Lock()
-				acked = append(acked, p)
-				mu.Unlock()
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return
 			}
+			var r HoldReply
+			_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&r) // a proxy answering 200 without a body holds nothing
+			mu.Lock()
+			out[p] = r
+			mu.Unlock()
 		}(p, api)
 	}
 	wg.Wait()
-	sort.Strings(acked)
-	return acked, nil
+	return out
+}
+
+func sortedKeys(m map[string]HoldReply) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Stale lists live proxies advertising an epoch below epoch: after a flip

@@ -46,6 +46,9 @@ type Meta struct {
 	LagMS    int64         `json:"l,omitempty"`
 	// API is the member's admin endpoint (a proxy's flip endpoint).
 	API string `json:"a,omitempty"`
+	// LeaseMS is a two-ensemble proxy's read lease: the longest it serves
+	// requests from the old primary after a flip it missed.
+	LeaseMS int64 `json:"rl,omitempty"`
 }
 
 // Member is one live member.

@@ -23,7 +23,9 @@ const FlipTimeout = 30 * time.Second
 // without --admin-token-file can never be flipped by anyone. It answers
 // 200 once the flip is done (or the epoch is already held), 409 for an
 // older epoch or the same epoch with another primary, 400 for a bad body
-// and 503 when the drain did not finish in time (nothing swapped). done,
+// and 503 when the drain did not finish in time (nothing swapped). The
+// request's Phase selects a step of the two-phase barrier (barrier.go);
+// none asks for the whole flip. done,
 // if not nil, is called after each successful flip (to advertise the
 // epoch in gossip).
 func (s *Server) FlipHandler(token string, done func(epoch int64, primary ensemble.Name)) http.Handler {
@@ -50,7 +52,21 @@ func (s *Server) FlipHandler(token string, done func(epoch int64, primary ensemb
 			ctx, cancel = context.WithTimeout(ctx, FlipTimeout)
 			defer cancel()
 		}
-		err := s.Flip(ctx, req.Epoch, req.Primary)
+		var err error
+		var budget time.Duration
+		switch req.Phase {
+		case "":
+			err = s.Flip(ctx, req.Epoch, req.Primary)
+		case membership.PhaseHold:
+			budget, err = s.Hold(ctx, req.Epoch, req.Primary)
+		case membership.PhaseSwap:
+			err = s.Swap(ctx, req.Epoch, req.Primary)
+		case membership.PhaseRelease:
+			s.Release(req.Epoch)
+		default:
+			http.Error(w, "bad flip request: phase "+req.Phase+": want hold, swap, release or none", http.StatusBadRequest)
+			return
+		}
 		epoch, primary := s.Epoch()
 		switch {
 		case err == nil:
@@ -58,7 +74,7 @@ func (s *Server) FlipHandler(token string, done func(epoch int64, primary ensemb
 				done(epoch, primary)
 			}
 			w.Header().Set("Content-Type", "application/json")
-			_ = json.NewEncoder(w).Encode(map[string]any{"epoch": epoch, "primary": primary})
+			_ = json.NewEncoder(w).Encode(membership.HoldReply{Epoch: epoch, Primary: primary, BudgetMS: budget.Milliseconds()})
 		case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrEpochConflict):
 			http.Error(w, err.Error(), http.StatusConflict)
 		case req.Primary != "" && !req.Primary.Valid():

@@ -88,7 +88,7 @@ func TestDualWriteBacklogSurvivesProxyRestartWithStateDir(t *testing.T) {
 	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
-	cfg := proxy.Config{Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: t.TempDir(), Logger: testLogger(t)}
+	cfg := proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: t.TempDir(), Logger: testLogger(t)}
 	p1, err := proxytest.Start(cfg)
 	if err != nil {
 		t.Fatal(err)

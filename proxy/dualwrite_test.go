@@ -50,7 +50,7 @@ func startDualProxy(t *testing.T, root string) (*proxytest.Proxy, *zk.Conn) {
 	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
-	p, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: b.Addrs(), Logger: testLogger(t)})
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ func TestShadowSessionSurvivesProxyRestartWithStateDir(t *testing.T) {
 	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
-	cfg := proxy.Config{Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: t.TempDir(), Logger: testLogger(t)}
+	cfg := proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: t.TempDir(), Logger: testLogger(t)}
 	p1, err := proxytest.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -341,7 +341,7 @@ func TestDualWriteWithTargetPrimary(t *testing.T) {
 	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
-	p, err := proxytest.Start(proxy.Config{Upstream: b.Addrs(), Secondary: ens.Addrs(), PrimaryName: ensemble.Target, Logger: testLogger(t)})
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: b.Addrs(), Secondary: ens.Addrs(), PrimaryName: ensemble.Target, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // The flip (SPEC.md 4.10): the proxy's side of the control plane's
@@ -25,6 +26,10 @@ type roles struct {
 	upstream  []string // the primary's servers
 	secondary []string
 	epoch     int64
+	// fence holds the version of each ensemble's fence znode (by
+	// ensemble index) the proxy's writes check; fenceKnown once read.
+	fence      [2]int32
+	fenceKnown [2]bool
 }
 
 // identity is the upstream session serving a client session whose own id
@@ -62,24 +67,17 @@ var errSwapped = errors.New("shadow leg swapped by a flip")
 // older epoch ErrStaleEpoch. If ctx ends before the drain completes,
 // nothing is swapped and requests resume on the old primary.
 func (s *Server) Flip(ctx context.Context, epoch int64, primary ensemble.Name) error {
-	if !primary.Valid() {
-		return fmt.Errorf("flip: primary %q: want %s or %s", primary, ensemble.Source, ensemble.Target)
-	}
 	s.flipMu.Lock()
 	defer s.flipMu.Unlock()
-	cur := s.roles.Load()
-	switch {
-	case epoch < cur.epoch:
-		return fmt.Errorf("%w: asked %d, holding %d", ErrStaleEpoch, epoch, cur.epoch)
-	case epoch == cur.epoch && primary == cur.primary:
-		return nil
-	case epoch == cur.epoch:
-		return fmt.Errorf("%w: epoch %d serves from %s, asked %s", ErrEpochConflict, epoch, cur.primary.Flag(), primary.Flag())
-	case primary == cur.primary:
-		s.roles.Store(&roles{primary: cur.primary, upstream: cur.upstream, secondary: cur.secondary, epoch: epoch})
-		return nil
-	case !s.TwoEnsembles():
-		return fmt.Errorf("flip to %s: the proxy runs with one ensemble (start it with --source and --target)", primary.Flag())
+	return s.flipLocked(ctx, epoch, primary)
+}
+
+// flipLocked is Flip with flipMu held: the one-shot flip (hold, drain,
+// fence, swap, release in one call).
+func (s *Server) flipLocked(ctx context.Context, epoch int64, primary ensemble.Name) error {
+	cur, done, err := s.flipNeeded(ctx, epoch, primary)
+	if done || err != nil {
+		return err
 	}
 	start := time.Now()
 	// A held request gets no reply and a client gives up on a server that
@@ -89,26 +87,94 @@ func (s *Server) Flip(ctx context.Context, epoch int64, primary ensemble.Name) e
 	// the control plane asks again.
 	ctx, cancel := context.WithTimeout(ctx, s.pauseBudget())
 	defer cancel()
-	// Taken by polling, not Lock: a waiting Lock would hold every new
-	// request behind a session still opening (up to 10 s in an election).
-	for !s.hold.TryLock() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("flip to %s at epoch %d: sessions still opening: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, ctx.Err(), cur.primary.Flag())
-		case <-time.After(time.Millisecond):
-		}
+	if err := s.takeHold(ctx); err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
 	defer s.hold.Unlock() // new client requests wait until here: the pause
 	if err := s.drainForFlip(ctx); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
+	return s.swapLocked(ctx, epoch, primary, cur, start)
+}
+
+// flipNeeded checks a flip request against the roles held: done when
+// there is nothing to swap (the epoch held, or a new epoch with the same
+// primary, taken here), an error when it must be refused.
+func (s *Server) flipNeeded(ctx context.Context, epoch int64, primary ensemble.Name) (cur *roles, done bool, err error) {
+	if !primary.Valid() {
+		return nil, false, fmt.Errorf("flip: primary %q: want %s or %s", primary, ensemble.Source, ensemble.Target)
+	}
+	cur = s.roles.Load()
+	switch {
+	case epoch < cur.epoch:
+		return cur, false, fmt.Errorf("%w: asked %d, holding %d", ErrStaleEpoch, epoch, cur.epoch)
+	case epoch == cur.epoch && primary == cur.primary:
+		return cur, true, nil
+	case epoch == cur.epoch:
+		return cur, false, fmt.Errorf("%w: epoch %d serves from %s, asked %s", ErrEpochConflict, epoch, cur.primary.Flag(), primary.Flag())
+	case primary == cur.primary:
+		next := *cur
+		next.epoch = epoch
+		// The fences may have been raised to this epoch (a rollback that
+		// found the proxy already there): their versions are learned again.
+		next.fenceKnown = [2]bool{}
+		s.roles.Store(&next)
+		s.pokeFence()
+		return cur, true, nil
+	case !s.TwoEnsembles():
+		return cur, false, fmt.Errorf("flip to %s: the proxy runs with one ensemble (start it with --source and --target)", primary.Flag())
+	}
+	return cur, false, nil
+}
+
+// takeHold takes the hold for writing, which holds every new client
+// request. Taken by polling, not Lock: a waiting Lock would hold every new
+// request behind a session still opening (up to 10 s in an election).
+func (s *Server) takeHold(ctx context.Context) error {
+	for !s.hold.TryLock() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sessions still opening: %w", ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// swapLocked makes primary the serving ensemble at epoch, with the hold
+// taken and the proxy drained: the fences are raised (a no-op when the
+// control plane raised them), versions read, roles switched and every
+// session moved.
+func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time) error {
 	drained := time.Since(start)
-	if err := s.rebase(ctx, cur.upstream, cur.secondary); err != nil {
+	// One connection to each ensemble raises the fences and reads the
+	// versions.
+	opts := zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial}
+	oc, err := zkclient.Dial(ctx, cur.upstream, opts)
+	if err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: reach the old primary: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
+	defer oc.Close()
+	nc, err := zkclient.Dial(ctx, cur.secondary, opts)
+	if err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: reach the new primary: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
+	defer nc.Close()
+	vers, err := s.raiseFences(ctx, cur, oc, nc, epoch, primary)
+	if err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
+	fenced := s.mono()
+	if err := s.rebase(ctx, oc, nc); err != nil {
+		// The old primary is fenced now: its writes fail. The control plane
+		// (or the fence watcher) asks again.
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; the old primary %s is fenced: writes fail until the flip is repeated)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
 	rebased := time.Since(start)
-	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch}
+	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch, fence: vers, fenceKnown: [2]bool{true, true}}
 	s.roles.Store(next)
+	s.grantLease(fenced)
+	s.saveVersions()        // the translation survives a restart (flip_state.go)
 	s.closePrimaryReaders() // the mirror reads the new primary from now on
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))
@@ -223,6 +289,16 @@ func (s *session) flipTo(next *roles) error {
 	ol.id, ol.passwd, ol.timeout = old.id, old.passwd, old.timeout
 	ol.lastZxid.Store(old.lastZxid.Load())
 	sh.swapTo(ol, nl.id)
+	// From here the shadow mirrors to the old primary with the old serving
+	// session. If this session cannot be attached now (a server of the new
+	// primary unreachable), the client is told to reconnect and finds its
+	// session there through the identity mapping, recorded first: its
+	// zxids shifted by all it has seen, so they keep increasing whatever
+	// the new primary's are.
+	failed := func(err error) error {
+		s.srv.mapIdentity(s.id, s.passwd, nl.id, nl.passwd, old.lastZxid.Load()+s.zoff.Load())
+		return err
+	}
 
 	connect := s.connect
 	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
@@ -230,16 +306,16 @@ func (s *session) flipTo(next *roles) error {
 	nl.timeout = s.timeout
 	up, resp, _, err := nl.dial(s.done, jute.Marshal(&connect), "")
 	if err != nil {
-		return fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err)
+		return failed(fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err))
 	}
 	if resp.Expired() {
 		up.conn.Close()
-		return fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag())
+		return failed(fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag()))
 	}
 	zx, err := up.probeZxid()
 	if err != nil {
 		up.conn.Close()
-		return fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err)
+		return failed(fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err))
 	}
 	nl.lastZxid.Store(zx)
 	// What the client has seen, in its own numbering; the new leg's zxids
@@ -427,4 +503,49 @@ func shiftZxid(frame []byte, off int64) {
 		frame[i] = byte(z)
 		z >>= 8
 	}
+}
+
+// catchUpSession moves, as its client re-opens it, a session a flip did
+// not move because no relay held it at that moment (its client was
+// between connections, or its relay was re-opening): its shadow session
+// is on the serving ensemble. The client's password is checked by the old
+// primary (a re-open there must succeed) before anything changes; then
+// the shadow takes the old session, mirroring to the old primary, and the
+// client is mapped to the shadow session, its zxids shifted above all it
+// has seen. ZooKeeper then fires the watches the client sets again with a
+// relative zxid of 0 (every watched node changed "since"): spurious
+// events, never a missed one.
+func (s *session) catchUpSession(id int64, passwd []byte, lastZxid int64) (identity, bool) {
+	srv := s.srv
+	srv.mu.Lock()
+	sh := srv.shadows[id]
+	srv.mu.Unlock()
+	if sh == nil {
+		return identity{}, false
+	}
+	r := srv.roles.Load()
+	sh.mu.Lock()
+	nl := sh.leg
+	sh.mu.Unlock()
+	if nl == nil || nl.name != r.primary || nl.id == 0 {
+		return identity{}, false
+	}
+	ol := newLeg(srv, r.primary.Other(), r.secondary)
+	ol.id, ol.passwd, ol.timeout = id, passwd, nl.timeout
+	probe := s.connect
+	probe.SessionID, probe.Passwd = id, passwd
+	up, resp, _, err := ol.dial(s.done, jute.Marshal(&probe), "")
+	if err != nil {
+		return identity{}, false
+	}
+	up.conn.Close()
+	if resp.Expired() {
+		return identity{}, false // a wrong password, or the session is gone
+	}
+	ol.lastZxid.Store(lastZxid)
+	sh.swapTo(ol, nl.id)
+	srv.mapIdentity(id, passwd, nl.id, nl.passwd, lastZxid)
+	s.log.Info("session re-opened after a flip that did not move it: now served by its shadow session on the new primary",
+		"session", fmt.Sprintf("0x%x", id), "primary", r.primary.Flag(), "upstream_session", fmt.Sprintf("0x%x", nl.id))
+	return identity{id: nl.id, passwd: nl.passwd, client: passwd, zoff: lastZxid}, true
 }

@@ -67,3 +67,77 @@ func (s *Server) loadIdentity(key int64) (identity, bool) {
 	}
 	return identity{id: int64(id), passwd: pw, client: cpw, zoff: zoff}, true
 }
+
+// The version translation (view.go) in --state-dir: <state-dir>/versions
+// holds, after every flip, each path the proxy translates or has shown to
+// a client, with its offsets: "version cversion aversion path" a line
+// (ZooKeeper paths hold no newline). A proxy restarted after a flip loads
+// it, so a version its clients read before the flip keeps its meaning
+// after the restart. Written at every flip and at a clean stop; paths
+// first shown after the last write are not kept across a SIGKILL (their
+// offset is 0 until the next flip; a client reading them again records
+// them again).
+
+func (s *Server) versionsFile() string { return filepath.Join(s.cfg.StateDir, "versions") }
+
+// saveVersions writes the translation (nothing without --state-dir).
+func (s *Server) saveVersions() {
+	if s.cfg.StateDir == "" || !s.view.on {
+		return
+	}
+	v := &s.view
+	var b strings.Builder
+	v.mu.RLock()
+	for p := range v.seen {
+		o := v.off[p]
+		fmt.Fprintf(&b, "%d %d %d %s\n", o.v, o.c, o.a, p)
+	}
+	v.mu.RUnlock()
+	f := s.versionsFile()
+	tmp := f + ".tmp"
+	err := os.MkdirAll(s.cfg.StateDir, 0o700)
+	if err == nil {
+		if err = os.WriteFile(tmp, []byte(b.String()), 0o600); err == nil {
+			err = os.Rename(tmp, f)
+		}
+	}
+	if err != nil {
+		s.logs.warn(s.log, "state_dir", "cannot record the version translation in --state-dir; after a restart a version read before the flip may be refused (BADVERSION)",
+			"dir", s.cfg.StateDir, "err", err, "hint", "make --state-dir writable by the proxy")
+	}
+}
+
+// loadVersions reads the translation recorded before a restart.
+func (s *Server) loadVersions() {
+	if s.cfg.StateDir == "" || !s.view.on {
+		return
+	}
+	b, err := os.ReadFile(s.versionsFile())
+	if err != nil {
+		return
+	}
+	v := &s.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.seen == nil {
+		v.seen = map[string]struct{}{}
+	}
+	off := map[string]verOff{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(line, " ", 4)
+		if len(f) != 4 || len(v.seen) >= maxStatPaths {
+			continue
+		}
+		ov, e1 := strconv.ParseInt(f[0], 10, 32)
+		oc, e2 := strconv.ParseInt(f[1], 10, 32)
+		oa, e3 := strconv.ParseInt(f[2], 10, 32)
+		if e1 != nil || e2 != nil || e3 != nil {
+			continue
+		}
+		v.seen[f[3]] = struct{}{}
+		if o := (verOff{v: int32(ov), c: int32(oc), a: int32(oa)}); o != (verOff{}) {
+			off[f[3]] = o
+		}
+	}
+	v.off = off
+}

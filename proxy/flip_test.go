@@ -5,10 +5,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -342,15 +346,18 @@ func (rc *rawClient) waitEvents(path string, n int) {
 	}
 }
 
-// TestFlipDeliversChangesOnce: while one proxy has flipped to B and
-// another still serves from A (the barrier reaches proxies one by one),
-// changes made through the other proxy reach the flipped proxy's client as
-// watch events exactly once: one made before the flip fires from A, one
-// made after fires from B (its mirror), none twice.
+// TestFlipDeliversChangesOnce: one proxy flips to B by itself (a one-shot
+// flip, which raises the fences) while another still serves from A, as
+// when a proxy misses the barrier. A change through the other proxy
+// before the flip fires from A once; its write after the flip is refused
+// by A's fence: the client sees ConnectionLoss and A is unchanged. That
+// proxy then finds the later epoch in the fence and moves to B by itself:
+// the client's retry lands on B and fires once on the flipped proxy's
+// re-armed watch. Without the fence the write landed on A (split brain).
 func TestFlipDeliversChangesOnce(t *testing.T) {
 	root := testRoot(t)
 	p1, _ := startDualProxy(t, root)
-	p2, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: secondary(t).Addrs(), Logger: testLogger(t)})
+	p2, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: secondary(t).Addrs(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,10 +382,27 @@ func TestFlipDeliversChangesOnce(t *testing.T) {
 	if err := p1.Flip(ctx, 1, ensemble.Target); err != nil {
 		t.Fatal(err)
 	}
-	// A change through the other proxy (still on A) after the flip: its
-	// mirror reaches B, where the watch was re-armed.
-	if _, err := c2.Set(root+"/after", []byte("1"), -1); err != nil {
-		t.Fatal(err)
+	// A write through the other proxy, which missed the flip: fenced.
+	if _, err := c2.Set(root+"/after", []byte("1"), -1); !errors.Is(err, zk.ErrConnectionClosed) {
+		t.Fatalf("write through a proxy that missed the flip: %v, want ConnectionLoss (zk.ErrConnectionClosed)", err)
+	}
+	if data, _, err := directConn(t).Get(root + "/after"); err != nil || len(data) != 0 {
+		t.Fatalf("a fenced write reached the old primary: %q, %v", data, err)
+	}
+	// The proxy moves to B by itself: the client's retry succeeds there.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := c2.Set(root+"/after", []byte("1"), -1)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fenced proxy did not recover: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if e, _ := p2.Epoch(); e != 1 {
+		t.Fatalf("the fenced proxy holds epoch %d after recovering, want 1", e)
 	}
 	waitMirrored(t, p2)
 	raw.waitEvents(root+"/before", 1)
@@ -398,7 +422,9 @@ func TestFlipDeliversChangesOnce(t *testing.T) {
 // client to the session that serves it on the new primary: the client's
 // session does not expire and its ephemeral stays on B, owned by the same
 // session. Without the record the new primary is shown the client's
-// original id, which it does not know: expired.
+// original id, which it does not know: expired. A version the client read
+// before the flip keeps its meaning after the restart (the translation is
+// recorded too).
 func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 	root := testRoot(t)
 	b := secondary(t)
@@ -407,7 +433,7 @@ func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	p1, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: dir, Logger: testLogger(t)})
+	p1, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: dir, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +441,19 @@ func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 	if _, err := c.Create(root+"/eph", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
+	// A node the client reads at version 0 on A while B's copy is at 3.
+	if _, err := c.Create(root+"/v", []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
 	waitMirrored(t, p1)
+	for i := 0; i < 3; i++ {
+		if _, err := cb.Set(root+"/v", []byte("x"), -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, vst, err := c.Get(root + "/v"); err != nil || vst.Version != 0 {
+		t.Fatalf("read before the flip: version %d, %v", vst.Version, err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := p1.Flip(ctx, 1, ensemble.Target); err != nil {
@@ -427,7 +465,7 @@ func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 	}
 	p1.Close()
 	// Restarted where its clients expect it, on the recorded primary.
-	p2, err := proxytest.StartOn(p1.Addr, proxy.Config{Upstream: b.Addrs(), Secondary: ens.Addrs(), PrimaryName: ensemble.Target,
+	p2, err := proxytest.StartOn(p1.Addr, proxy.Config{FencePath: testFence(t), Upstream: b.Addrs(), Secondary: ens.Addrs(), PrimaryName: ensemble.Target,
 		Epoch: 1, StateDir: dir, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -450,6 +488,11 @@ func TestFlippedSessionSurvivesProxyRestart(t *testing.T) {
 	}
 	if _, err := c.Create(root+"/after", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatalf("write after the restart: %v", err)
+	}
+	// The version read before the flip keeps its meaning after the restart
+	// (the translation is in --state-dir): without it, BADVERSION.
+	if vst, err := c.Set(root+"/v", []byte("y"), 0); err != nil || vst.Version != 1 {
+		t.Fatalf("conditional write with the version read before the flip, after the restart: version %d, %v", vst.Version, err)
 	}
 	time.Sleep(5 * time.Second) // past the session timeout: a session left behind would have expired
 	_, st2, err := cb.Get(root + "/eph")
@@ -563,4 +606,146 @@ func TestFlipUnderLoad(t *testing.T) {
 			t.Errorf("client %d: its ephemeral is gone from B", i)
 		}
 	}
+}
+
+// TestFlipSessionNotAttachedFindsItsSession: the new primary's server
+// refuses the connection that would move a session at the flip (injected
+// in the proxy's dialer). The flip goes on; that session's client is told
+// to reconnect (ConnectionLoss) and finds its session on the new primary
+// through the identity mapping recorded before the attempt: no expiry,
+// its ephemeral still there, its writes on B, its zxids increasing.
+// Without the mapping the new primary was shown the client's id on A:
+// expired.
+func TestFlipSessionNotAttachedFindsItsSession(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	// armed > 0: let one dial to B through (the flip's own connection),
+	// refuse the next ones until disarmed.
+	var armed atomic.Int32
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if slices.Contains(b.Addrs(), addr) && armed.Load() > 0 && armed.Add(1) > 2 {
+			return nil, errors.New("injected: connection refused")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), Dial: dial, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	c, ev := connect(t, []string{p.Addr}, 6*time.Second)
+	if _, err := c.Create(root+"/eph", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	_, before, err := c.Get(root + "/eph")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	armed.Store(1)
+	err = p.Flip(ctx, 1, ensemble.Target)
+	armed.Store(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(15 * time.Second)
+	for disconnected := false; !disconnected || c.State() != zk.StateHasSession; {
+		select {
+		case e := <-ev:
+			if e.State == zk.StateExpired {
+				t.Fatal("the client's session expired: it was not found on the new primary")
+			}
+			if e.State == zk.StateDisconnected {
+				disconnected = true
+			}
+		case <-deadline:
+			t.Fatalf("client not back (state %v)", c.State())
+		}
+	}
+	if _, err := c.Create(root+"/after", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatalf("write after the reconnect: %v", err)
+	}
+	if ok, _, err := cb.Exists(root + "/after"); err != nil || !ok {
+		t.Fatalf("write after the reconnect not on B: %v %v", ok, err)
+	}
+	_, st, err := c.Get(root + "/eph")
+	if err != nil {
+		t.Fatalf("the client's ephemeral after the reconnect: %v", err)
+	}
+	if st.Mzxid < before.Mzxid || st.Czxid < before.Czxid {
+		t.Fatalf("zxids went backwards: czxid 0x%x after 0x%x", st.Czxid, before.Czxid)
+	}
+}
+
+// TestFlipCatchesUpASessionBetweenConnections: a flip happens while no
+// relay holds a client's session (the client was re-opening it and that
+// attempt failed: the old primary refused the proxy's connection), so the
+// flip does not move it; its shadow session on B lives on. When the
+// client re-opens it after the flip, the proxy checks its password on A,
+// moves it to its shadow session on B and maps it: the client keeps its
+// session. Without that, B was shown the client's id on A: expired.
+func TestFlipCatchesUpASessionBetweenConnections(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	var refuseA atomic.Bool
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if refuseA.Load() && slices.Contains(ens.Addrs(), addr) {
+			return nil, errors.New("injected: connection refused")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), Dial: dial, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	rc, _ := rawConnect(t, p.Addr, 0, nil, 0)
+	rc.get("/")
+	deadline := time.Now().Add(10 * time.Second)
+	for _, ok := p.ShadowSession(rc.id); !ok; _, ok = p.ShadowSession(rc.id) {
+		if time.Now().After(deadline) {
+			t.Fatal("no shadow session for the client")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The client re-opens its session while A refuses the proxy: that
+	// relay fails, the first one was shut down: no relay holds it.
+	refuseA.Store(true)
+	conn, err := net.Dial("tcp", p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := jute.ConnectRequest{LastZxidSeen: rc.zxid, TimeOut: 4000, SessionID: rc.id, Passwd: rc.passwd}
+	if _, err := conn.Write(jute.AppendFrame(nil, jute.Marshal(&req))); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	for p.SessionCount() != 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	refuseA.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.Flip(ctx, 1, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	rc2, resp := rawConnect(t, p.Addr, rc.id, rc.passwd, rc.zxid)
+	if resp.TimeOut <= 0 || rc2.id != rc.id {
+		t.Fatalf("re-open after the flip: session 0x%x timeout %d, want 0x%x alive", rc2.id, resp.TimeOut, rc.id)
+	}
+	rc2.get("/") // served, zxid not below the last one seen
 }

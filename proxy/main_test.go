@@ -46,6 +46,12 @@ var rootSeq atomic.Int64
 
 // testRoot creates a fresh persistent znode for one test, directly on the
 // ensemble, and returns its path.
+// testFence is the test's own fence znode (proxy.Config.FencePath), so
+// the epochs one test raises do not fence the next test's proxies.
+func testFence(t *testing.T) string {
+	return "/fence-" + strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+}
+
 func testRoot(t *testing.T) string {
 	t.Helper()
 	c := directConn(t)

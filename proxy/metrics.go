@@ -36,6 +36,7 @@ type Metrics struct {
 	mirrored       prometheus.Counter
 	mirrorDelay    prometheus.Observer
 	mirrorReattach prometheus.Counter
+	fenced         *prometheus.CounterVec
 
 	byOp map[jute.Op]*opMetrics
 	// unknown serves opcodes outside ZooKeeper 3.4-3.8.
@@ -92,11 +93,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		mirrorLag: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "mirror_lag_seconds", Help: "Age of the oldest write not yet mirrored to the secondary (0: the secondary is the primary's state)."}),
 		mirrorFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "mirror_failures_total", Help: "Writes the proxy could not mirror to the secondary and left to the replicator, by reason: backlog_full, noauth, noauth_acl_applied (the writer cannot read the primary back; the ACL it requested was applied to the secondary), noauth_acl_open (that ACL could not be applied: the secondary may be more permissive than the primary, act now), acl_hidden, not_converged, session_ended, shadow_expired (the secondary expired a shadow session; its ephemerals are re-created), error."}, []string{"reason"}),
+			Name: "mirror_failures_total", Help: "Writes the proxy could not mirror to the secondary and left to the replicator, by reason: backlog_full, noauth, noauth_acl_applied (the writer cannot read the primary back; the ACL it requested was applied to the secondary), noauth_acl_open (that ACL could not be applied: the secondary may be more permissive than the primary, act now), acl_hidden, not_converged, session_ended, shadow_expired (the secondary expired a shadow session; its ephemerals are re-created), fenced (the secondary's fence refused the mirror's write: this proxy missed a flip), error."}, []string{"reason"}),
 		mirrored: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "mirrored_paths_total", Help: "Znode paths whose state was mirrored to the secondary and verified equal."}),
 		mirrorReattach: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "shadow_reattaches_total", Help: "Shadow sessions resumed on another server of the secondary after losing theirs."}),
+		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "fenced_total", Help: "Fencing events (two-ensemble mode, SPEC.md 4.10), by what: write (a client write refused by the old primary's fence: the client's connection was closed), mirror (a mirror write refused by the secondary's fence: the path is left to the replicator), read (a request refused because the read lease could not be renewed), stale_epoch (the proxy found it had missed a flip and moved its sessions), hold_expired (a flip hold ended without a swap within its budget)."}, []string{"what"}),
 		byOp: map[jute.Op]*opMetrics{},
 	}
 	mirrorDelay := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
@@ -107,7 +110,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.requests, m.errors, m.duration, m.bytesIn, m.bytesOut, m.conns, m.sessions,
 			m.reconnects, m.expired, m.backpressure, m.events, m.badFrames, m.fourLetters,
 			m.fourLettersRefused, m.connsRefused, m.credsRefused, m.logsDropped,
-			m.mirrorBacklog, m.mirrorLag, m.mirrorFailures, m.mirrored, mirrorDelay, m.mirrorReattach)
+			m.mirrorBacklog, m.mirrorLag, m.mirrorFailures, m.mirrored, mirrorDelay, m.mirrorReattach, m.fenced)
 	}
 	for _, op := range jute.AllOps() {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}
@@ -116,8 +119,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"ok", "client_reconnect", "expired", "failed"} {
 		m.reconnects.WithLabelValues(r)
 	}
-	for _, r := range []string{"backlog_full", "noauth", "noauth_acl_applied", "noauth_acl_open", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "error"} {
+	for _, r := range []string{"backlog_full", "noauth", "noauth_acl_applied", "noauth_acl_open", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "fenced", "error"} {
 		m.mirrorFailures.WithLabelValues(r)
+	}
+	for _, r := range []string{"write", "mirror", "read", "stale_epoch", "hold_expired"} {
+		m.fenced.WithLabelValues(r)
 	}
 	for _, r := range []string{"max_connections", "max_connections_per_ip", "handshake_timeout", "plaintext_on_tls", "tls_handshake"} {
 		m.connsRefused.WithLabelValues(r)

@@ -177,7 +177,7 @@ func (sh *shadow) mirror(ctx context.Context, c *zkclient.Conn, p string) error 
 		}
 		switch {
 		case !pa.exists:
-			err = c.Delete(ctx, p, b.stat.Version)
+			err = sh.fencedDelete(ctx, c, p, b.stat.Version)
 			if jute.CodeOf(err) == jute.CodeNotEmpty {
 				// Its children on the secondary go first (each is mirrored:
 				// gone on the primary, it is deleted).
@@ -196,7 +196,7 @@ func (sh *shadow) mirror(ctx context.Context, c *zkclient.Conn, p string) error 
 			b.exists && kindOf(pa.stat.EphemeralOwner) == kindEphemeral && pa.stat.EphemeralOwner == sh.ownerID() && b.stat.EphemeralOwner != c.SessionID():
 			// Deleted and re-created as another kind (or by a lost shadow
 			// session): delete it here, then create it as it is there.
-			err = c.Delete(ctx, p, b.stat.Version)
+			err = sh.fencedDelete(ctx, c, p, b.stat.Version)
 		case !b.exists:
 			if kindOf(pa.stat.EphemeralOwner) == kindEphemeral && pa.stat.EphemeralOwner != sh.ownerID() {
 				// Another session's ephemeral: only its own shadow session
@@ -220,10 +220,10 @@ func (sh *shadow) mirror(ctx context.Context, c *zkclient.Conn, p string) error 
 			}
 		default:
 			if !bytes.Equal(pa.data, b.data) {
-				_, err = c.Set(ctx, p, pa.data, b.stat.Version)
+				_, err = sh.fencedMulti(ctx, c, zkclient.MultiOp{Op: jute.OpSetData, Req: &jute.SetDataRequest{Path: p, Data: pa.data, Version: b.stat.Version}})
 			}
 			if err == nil && !aclEqual(pa.acl, b.acl) {
-				err = c.SetACL(ctx, p, pa.acl, b.stat.Aversion)
+				err = sh.fencedSetACL(ctx, c, p, pa.acl, b.stat.Aversion)
 			}
 		}
 		switch jute.CodeOf(err) {
@@ -240,17 +240,35 @@ func (sh *shadow) mirror(ctx context.Context, c *zkclient.Conn, p string) error 
 // and kind; an ephemeral is owned by the shadow session.
 func (sh *shadow) create(ctx context.Context, c *zkclient.Conn, p string, pa node) error {
 	owner := pa.stat.EphemeralOwner
+	op, req := jute.OpCreate, jute.Record(&jute.CreateRequest{Path: p, Data: pa.data, ACL: pa.acl})
 	switch kindOf(owner) {
 	case kindEphemeral:
-		_, err := c.Create(ctx, p, pa.data, pa.acl, jute.FlagEphemeral)
-		return err
+		req.(*jute.CreateRequest).Flags = jute.FlagEphemeral
 	case kindContainer:
-		return c.Do(ctx, jute.OpCreateContainer, &jute.CreateRequest{Path: p, Data: pa.data, ACL: pa.acl, Flags: jute.FlagContainer}, &jute.Create2Response{})
+		op = jute.OpCreateContainer
+		req.(*jute.CreateRequest).Flags = jute.FlagContainer
 	case kindTTL:
-		return c.Do(ctx, jute.OpCreateTTL, &jute.CreateTTLRequest{Path: p, Data: pa.data, ACL: pa.acl, Flags: jute.FlagPersistentWithTTL, TTL: ttlOf(owner)}, &jute.Create2Response{})
+		op, req = jute.OpCreateTTL, &jute.CreateTTLRequest{Path: p, Data: pa.data, ACL: pa.acl, Flags: jute.FlagPersistentWithTTL, TTL: ttlOf(owner)}
 	}
-	_, err := c.Create(ctx, p, pa.data, pa.acl, 0)
+	_, err := sh.fencedMulti(ctx, c, zkclient.MultiOp{Op: op, Req: req})
 	return err
+}
+
+// fencedDelete deletes p on the secondary at version v, after the fence
+// check.
+func (sh *shadow) fencedDelete(ctx context.Context, c *zkclient.Conn, p string, v int32) error {
+	_, err := sh.fencedMulti(ctx, c, zkclient.MultiOp{Op: jute.OpDelete, Req: &jute.DeleteRequest{Path: p, Version: v}})
+	return err
+}
+
+// fencedSetACL sets p's ACL on the secondary after a fence check sent just
+// before it on the same session: setACL cannot go inside a multi, so this
+// one is not atomic with the check (SPEC.md 4.10, "setACL").
+func (sh *shadow) fencedSetACL(ctx context.Context, c *zkclient.Conn, p string, acl []jute.ACL, v int32) error {
+	if _, err := sh.fencedMulti(ctx, c); err != nil {
+		return err
+	}
+	return c.SetACL(ctx, p, acl, v)
 }
 
 // noteEphemeral keeps the set of the client's ephemerals current, to

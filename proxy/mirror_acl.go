@@ -60,7 +60,7 @@ func (sh *shadow) tightenACL(ctx context.Context, c *zkclient.Conn, p string, b 
 	if !b.exists || aclEqual(b.acl, acl) {
 		return errACLApplied // nothing on the secondary is more open than asked
 	}
-	err := c.SetACL(ctx, p, acl, -1)
+	err := sh.fencedSetACL(ctx, c, p, acl, -1)
 	switch {
 	case err == nil, jute.CodeOf(err) == jute.CodeNoNode:
 		return errACLApplied

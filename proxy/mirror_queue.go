@@ -166,6 +166,10 @@ func (sh *shadow) done1(p string, err error) {
 		reason = "noauth_acl_applied"
 	case errors.Is(err, errACLOpen):
 		reason = "noauth_acl_open"
+	case errors.Is(err, errFenced):
+		reason = "fenced"
+		m.fenced.WithLabelValues("mirror").Inc()
+		sh.srv.pokeFence() // learn the epoch this proxy missed
 	}
 	if reason == "noauth_acl_open" {
 		m.mirrorFailures.WithLabelValues(reason).Inc()
@@ -181,5 +185,5 @@ func (sh *shadow) done1(p string, err error) {
 // connLost reports whether a mirror ended in err for a lost connection (or
 // a timeout), not for an answer of the ensembles: the path is retried.
 func connLost(err error) bool {
-	return err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) && !errors.Is(err, errACLApplied)
+	return err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) && !errors.Is(err, errACLApplied) && !errors.Is(err, errFenced)
 }

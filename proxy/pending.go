@@ -48,6 +48,10 @@ type pending struct {
 	// body is a client request's decoded body, kept to re-send it when the
 	// session moves to another server while it is in flight.
 	body jute.Record
+	// wrapped: the write went to the primary inside a multi after the
+	// fence check (fence.go); its reply is unwrapped before the client
+	// sees it.
+	wrapped bool
 }
 
 // resendable reports whether a request can be sent again to another server

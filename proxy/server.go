@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/fence"
 	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
@@ -104,6 +105,14 @@ type Config struct {
 	// Epoch is the flip epoch the proxy starts at (the control plane's
 	// recorded one, when known); a flip request for an older one is refused.
 	Epoch int64
+	// FenceLease bounds how long a two-ensemble proxy that missed a flip
+	// may go on serving reads from the old primary after it (default 5 s):
+	// the proxy serves only while a read of its primary's fence znode,
+	// repeated every quarter of it, shows the epoch it holds (SPEC.md 4.10).
+	FenceLease time.Duration
+	// FencePath is the fence znode on both ensembles (default fence.Path;
+	// tests isolate theirs).
+	FencePath string
 	// Metrics receives the proxy's measurements (default: unregistered).
 	Metrics *Metrics
 	// Logger receives one line per notable event (default slog.Default()).
@@ -175,6 +184,12 @@ func (c *Config) setDefaults() error {
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 3 * time.Second
 	}
+	if c.FenceLease == 0 {
+		c.FenceLease = 5 * time.Second
+	}
+	if c.FencePath == "" {
+		c.FencePath = fence.Path
+	}
 	if c.Dial == nil {
 		c.Dial = (&net.Dialer{}).DialContext
 	}
@@ -224,6 +239,15 @@ type Server struct {
 	flipMu sync.Mutex            // one flip at a time
 	idmap  map[int64]identity    // client session id -> serving upstream session, once they differ (flip.go); under mu
 	view   view                  // version translation across flips (view.go)
+
+	started    time.Time     // the monotonic base of mono (fence.go)
+	leaseUntil atomic.Int64  // mono reading until which requests may be served (fence.go)
+	stale      atomic.Bool   // a later epoch was found in the fence: catching up (fence.go)
+	leaseMu    sync.Mutex    // guards leaseCh
+	leaseCh    chan struct{} // closed and replaced at every renewal of the lease
+	fencePoke  chan struct{} // asks the fence watcher for a round now
+	heldMu     sync.Mutex    // guards held
+	held       *holding      // a flip barrier's hold in place (barrier.go)
 }
 
 // New validates cfg and returns a Server that is not yet listening.
@@ -241,15 +265,22 @@ func New(cfg Config) (*Server, error) {
 		logs: newLogLimiter(cfg.Metrics), allow4lw: allow,
 		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]string{}, perIP: map[string]int{},
 		sessions: map[int64]*session{}, shadows: map[int64]*shadow{}, idmap: map[int64]identity{},
+		started: time.Now(), leaseCh: make(chan struct{}), fencePoke: make(chan struct{}, 1),
 	}
 	s.roles.Store(&roles{primary: cfg.PrimaryName, upstream: cfg.Upstream, secondary: cfg.Secondary, epoch: cfg.Epoch})
 	s.view.on = len(cfg.Secondary) > 0 // one ensemble never flips: nothing to record or translate
 	if s.TwoEnsembles() {
 		s.restoreBacklog()
+		s.loadVersions()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.watchMirrorLag()
+		}()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchFence()
 		}()
 	}
 	return s, nil
@@ -396,6 +427,7 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	if s.TwoEnsembles() {
 		s.saveBacklog(s.stopLeft) // every shadow has ended: what they held
+		s.saveVersions()
 	}
 	return nil
 }

@@ -186,6 +186,9 @@ func (s *session) open(connectFrame []byte) bool {
 	mapped, isMapped := identity{}, false
 	if clientID != 0 {
 		mapped, isMapped = s.srv.identityOf(clientID, clientPw)
+		if !isMapped && s.srv.TwoEnsembles() {
+			mapped, isMapped = s.catchUpSession(clientID, clientPw, s.connect.LastZxidSeen)
+		}
 	}
 	if isMapped {
 		// Served by another upstream session since a flip: re-open that
@@ -492,6 +495,13 @@ func (s *session) handleRequest(frame []byte) error {
 		}
 		p.mirror = mirrorPaths(req.Body)
 		p.macl = requestedACL(req.Body)
+	}
+	// The fence (fence.go): every write checks the primary's fence version.
+	if frame, p.wrapped, err = s.guardWrite(req.Header, op, req.Body, frame); err != nil {
+		if errors.Is(err, errAnswered) {
+			return nil
+		}
+		return err
 	}
 	return s.forward(p, frame, s.cc.fr.Buffered() == 0)
 }

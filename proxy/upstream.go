@@ -110,6 +110,20 @@ func (s *session) readUpstream(up *upstream) error {
 			s.cc.logs.warn(s.log, "unmatched_reply", "dropping reply that matches no request", "xid", h.Xid, "upstream", up.addr)
 			continue
 		}
+		if p.wrapped {
+			nf, fenced, err := unwrapFenced(frame, p.op)
+			if err != nil {
+				s.omu.Unlock()
+				return fmt.Errorf("reply from %s to a fenced write: %w", up.addr, err)
+			}
+			if fenced {
+				s.omu.Unlock()
+				s.fencedWrite("write") // the client sees ConnectionLoss
+				continue
+			}
+			frame, d = nf, jute.NewDecoder(nf)
+			_ = h.Decode(d)
+		}
 		code := jute.Code(h.Err)
 		s.watches.learn(&p, code)
 		if p.track == trackAuth && code == jute.CodeOK && p.kind == pendingClient {

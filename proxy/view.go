@@ -85,8 +85,9 @@ func (v *view) active() bool {
 // rebase computes the offsets for a flip from old to next: for each path
 // shown to a client, (stat on next) - (stat on old) + (the old offset), so
 // the client keeps seeing the versions it saw. Called with client requests
-// held and the mirror drained.
-func (s *Server) rebase(ctx context.Context, oldAddrs, nextAddrs []string) error {
+// held and the mirror drained, on connections to the old (oc) and the
+// next (nc) primary.
+func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
 	v := &s.view
 	v.mu.Lock()
 	paths := make([]string, 0, len(v.seen))
@@ -98,17 +99,6 @@ func (s *Server) rebase(ctx context.Context, oldAddrs, nextAddrs []string) error
 	if len(paths) == 0 {
 		return nil
 	}
-	opts := zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial}
-	oc, err := zkclient.Dial(ctx, oldAddrs, opts)
-	if err != nil {
-		return fmt.Errorf("read versions on the old primary: %w", err)
-	}
-	defer oc.Close()
-	nc, err := zkclient.Dial(ctx, nextAddrs, opts)
-	if err != nil {
-		return fmt.Errorf("read versions on the new primary: %w", err)
-	}
-	defer nc.Close()
 	if err := oc.Sync(ctx, "/"); err != nil {
 		return fmt.Errorf("sync the old primary: %w", err)
 	}

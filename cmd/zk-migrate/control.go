@@ -247,7 +247,7 @@ func runControl(c *cli.Context) error {
 	supervised := make(chan struct{})
 	go func() { defer close(supervised); sy.Supervise(sctx) }()
 	defer func() { scancel(); <-supervised }()
-	ex := &control.Executor{P: node, Steps: server.Steps(sy), Fleet: fleet, Logger: log, Name: c.String("id"), Guard: sy,
+	ex := &control.Executor{P: node, Steps: server.Steps(sy), Fleet: fleet, Logger: log, Name: c.String("id"), Guard: sy, Fencer: sy,
 		OnFail: func(m *control.Migration, err error) {
 			hub.For(m).Notify(alert.Alert{Kind: "phase_failed", Severity: alert.Critical, Migration: m.ID,
 				Summary: fmt.Sprintf("%s failed", m.Step), Detail: err.Error(), DedupKey: fmt.Sprintf("phase_failed/%s/%s", m.ID, m.Step)})

@@ -85,6 +85,7 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringFlag{Name: "target", Usage: "two-ensemble mode: servers of the target ensemble B (migration.yaml's target_zk)", EnvVars: []string{"ZKM_TARGET"}},
 			&cli.StringFlag{Name: "primary", Value: "source", Usage: "two-ensemble mode: the ensemble that serves clients, source or target; the other gets mirrored writes", EnvVars: []string{"ZKM_PRIMARY"}},
 			&cli.StringFlag{Name: "admin-addr", Usage: "address of the proxy's admin endpoint (GET /admin/v1/sessions: each client session and its shadow session; POST /admin/v1/flip: the control plane's flip barrier), advertised in gossip; empty: off", EnvVars: []string{"ZKM_ADMIN_ADDR"}},
+			&cli.DurationFlag{Name: "fence-lease", Value: 5 * time.Second, Usage: "two-ensemble mode: the longest this proxy serves requests from the old primary after a flip it missed (it renews the lease by reading its primary's fence znode every quarter of it); advertised in gossip", EnvVars: []string{"ZKM_FENCE_LEASE"}},
 			&cli.StringFlag{Name: "admin-token-file", Usage: "file (mode 600) holding the bearer token the control plane sends with a flip (its --proxy-token-file); without it every flip request is refused (401)", EnvVars: []string{"ZKM_ADMIN_TOKEN_FILE"}},
 			&cli.StringFlag{Name: "state-dir", Usage: "two-ensemble mode: directory keeping each session's shadow session, so a restarted proxy resumes it", EnvVars: []string{"ZKM_STATE_DIR"}},
 			&cli.IntFlag{Name: "max-mirror-backlog", Value: 100000, Usage: "two-ensemble mode: znode paths waiting for the secondary; beyond, writes are left to the replicator (counted in mirror_failures_total)"},
@@ -263,8 +264,12 @@ func runProxy(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
+		meta := membership.Meta{Role: membership.RoleProxy, Primary: primaryName, API: apiURL}
+		if secondary != nil {
+			meta.LeaseMS = c.Duration("fence-lease").Milliseconds()
+		}
 		agent, err = membership.Join(membership.Config{Name: name, BindAddr: addr, Seeds: c.StringSlice("gossip-join"),
-			Meta: membership.Meta{Role: membership.RoleProxy, Primary: primaryName, API: apiURL}, SecretKey: key})
+			Meta: meta, SecretKey: key})
 		if err != nil {
 			return err
 		}
@@ -289,6 +294,7 @@ func runProxy(c *cli.Context) error {
 		Secondary:           secondary,
 		PrimaryName:         primaryName,
 		Epoch:               epoch,
+		FenceLease:          c.Duration("fence-lease"),
 		MaxMirrorBacklog:    c.Int("max-mirror-backlog"),
 		StateDir:            c.String("state-dir"),
 		MaxFrame:            c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
@@ -397,11 +403,13 @@ func runProxy(c *cli.Context) error {
 	return nil
 }
 
-// advertiseSessions keeps the proxy's session count current in the pool.
+// advertiseSessions keeps the proxy's session count, epoch and primary
+// current in the pool.
 func advertiseSessions(ctx context.Context, agent *membership.Agent, srv *proxy.Server) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	last := -1
+	lastEpoch, lastPrimary := srv.Epoch()
 	for {
 		select {
 		case <-ctx.Done():
@@ -411,6 +419,11 @@ func advertiseSessions(ctx context.Context, agent *membership.Agent, srv *proxy.
 		if n := srv.SessionCount(); n != last {
 			last = n
 			_ = agent.SetMeta(func(m *membership.Meta) { m.Sessions = n })
+		}
+		// A proxy that found a missed flip in the fence moved by itself.
+		if epoch, primary := srv.Epoch(); epoch != lastEpoch || primary != lastPrimary {
+			lastEpoch, lastPrimary = epoch, primary
+			_ = agent.SetMeta(func(m *membership.Meta) { m.Epoch, m.Primary = epoch, primary })
 		}
 	}
 }
@@ -438,9 +451,18 @@ func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Nam
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"primary": primary.Flag(), "epoch": epoch, "two_ensembles": srv.TwoEnsembles(),
-			"mirror_backlog": srv.MirrorBacklog(), "sessions": rows})
+			"mirror_backlog": srv.MirrorBacklog(), "read_lease_ms": readLeaseMS(srv), "sessions": rows})
 	})
 	return mux
+}
+
+// readLeaseMS is the bound, advertised, on how long the proxy serves reads
+// after a flip it missed (0 in one-ensemble mode: it never flips).
+func readLeaseMS(srv *proxy.Server) int64 {
+	if !srv.TwoEnsembles() {
+		return 0
+	}
+	return srv.ReadLease().Milliseconds()
 }
 
 // recordedPrimary waits up to wait for a control node in the gossip pool

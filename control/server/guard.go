@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/fence"
 	"github.com/zk-migrate/zk-migrate/replicator"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
@@ -138,4 +139,48 @@ func hasSequential(children []string) bool {
 		}
 	}
 	return false
+}
+
+var _ control.Fencer = (*Syncer)(nil)
+
+// Fence raises the fence znode (fence.Path) of both of m's ensembles to
+// epoch and primary (control.Fencer): from then on a proxy holding an
+// older epoch can commit no write on either ensemble. Idempotent: a
+// fence at epoch or later is left alone, so a new leader repeating it
+// fences none of the proxies that learned it.
+func (s *Syncer) Fence(ctx context.Context, m *control.Migration, epoch int64, primary ensemble.Name) error {
+	cfg, err := configOf(m)
+	if err != nil {
+		return err
+	}
+	opts, err := zkOptions(cfg)
+	if err != nil {
+		return err
+	}
+	// The old primary first: it is the one stale proxies write to.
+	for _, side := range []struct {
+		name    ensemble.Name
+		connect string
+	}{{primary.Other(), serversOf(cfg, primary.Other())}, {primary, serversOf(cfg, primary)}} {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, err := zkclient.Dial(dctx, strings.Split(side.connect, ","), opts)
+		if err != nil {
+			cancel()
+			return fmt.Errorf("fence %s: %w", side.name, err)
+		}
+		_, err = fence.Raise(dctx, c, fence.Path, epoch, primary)
+		_ = c.Close()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("fence %s: %w", side.name, err)
+		}
+	}
+	return nil
+}
+
+func serversOf(cfg *control.Config, n ensemble.Name) string {
+	if n == ensemble.Target {
+		return cfg.Migration.TargetZK
+	}
+	return cfg.Migration.SourceZK
 }

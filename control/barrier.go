@@ -1,0 +1,199 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
+)
+
+// BarrierFleet is a ProxyFleet that speaks the two-phase barrier (SPEC.md
+// 4.10): hold every proxy, raise the fences, swap every proxy, release.
+// The executor uses it when the fleet has it and a Fencer is set.
+type BarrierFleet interface {
+	ProxyFleet
+	// Hold asks the proxies to hold client requests and drain for a flip
+	// to primary at epoch. It returns those that hold (or already serve
+	// primary at epoch) and the shortest hold budget among them, counted
+	// from the request (0 when none holds anything).
+	Hold(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) (held []string, budget time.Duration, err error)
+	// Swap asks the proxies to move their sessions to primary at epoch
+	// (the fences record it) and returns those that did.
+	Swap(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) (swapped []string, err error)
+	// Release ends the proxies' holds for epoch.
+	Release(ctx context.Context, migration string, epoch int64, proxies []string)
+}
+
+// Fencer raises the fence znode of both ensembles of a migration to an
+// epoch and primary (idempotent: a fence at that epoch or a later one is
+// left alone). Once it returns, no proxy holding an older epoch can write
+// to either ensemble.
+type Fencer interface {
+	Fence(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name) error
+}
+
+// barrierOf returns the two-phase fleet when the executor can run the
+// two-phase barrier.
+func (e *Executor) barrierOf() (BarrierFleet, bool) {
+	bf, ok := e.Fleet.(BarrierFleet)
+	return bf, ok && e.Fencer != nil
+}
+
+// errHoldExpired means the holds would end before the flip could be
+// committed: nothing was fenced; the flip is aborted.
+var errHoldExpired = errors.New("the proxies' hold budget ran out before the flip could be committed")
+
+// barrier runs the open barrier f in two phases. Before the commit:
+// hold every expected proxy (one that does not answer is fenced), check
+// the guard within the holds' budget (a failure releases every hold and
+// aborts with the old primary kept; running out of budget releases and
+// retries on the next pass), record flip-commit. After it (also for a new
+// leader that finds the barrier committed): raise the fences, swap every
+// proxy not fenced (one that does not answer is fenced), release, record
+// flip-done.
+func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf BarrierFleet) error {
+	pending := func(f *Flip) []string {
+		var out []string
+		for _, p := range f.Expected {
+			if !slices.Contains(f.Acked, p) && !slices.Contains(f.Fenced, p) {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	if !f.Committed {
+		waiting := pending(f)
+		sent := time.Now()
+		hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+		held, budget, err := bf.Hold(hctx, m.ID, f.Epoch, f.Primary, waiting)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return err
+		}
+		for _, p := range waiting {
+			if !slices.Contains(held, p) {
+				if err := e.fenceProxy(ctx, m, f.Epoch, p, "no answer to the hold within "+e.FlipTimeout.String()); err != nil {
+					return err
+				}
+			}
+		}
+		// The holds end by themselves at sent+budget: the commit must come
+		// before, with room for the fences.
+		deadline := sent.Add(budget * 3 / 4)
+		if budget == 0 {
+			deadline = time.Now().Add(e.FlipTimeout)
+		}
+		gctx, cancel := context.WithDeadline(ctx, deadline)
+		gerr := e.readyUntil(gctx, m, f.Primary)
+		cancel()
+		if gerr == nil && time.Now().After(deadline) {
+			gerr = fmt.Errorf("%w (the guard took %v)", errHoldExpired, time.Since(sent).Round(time.Millisecond))
+		}
+		if gerr != nil {
+			// Nothing is fenced yet: the old primary stays.
+			bf.Release(ctx, m.ID, f.Epoch, held)
+			return e.abortBarrier(ctx, m, f, gerr)
+		}
+		c := e.cmd(CmdFlipCommit, m)
+		c.Epoch = f.Epoch
+		if err := e.P.Apply(ctx, c); err != nil {
+			bf.Release(ctx, m.ID, f.Epoch, held)
+			return err
+		}
+		m = e.P.State().Migrations[m.ID]
+		f = m.Flip
+	}
+	// Committed: from here the flip only goes forward.
+	if err := e.Fencer.Fence(ctx, m, f.Epoch, f.Primary); err != nil {
+		return fmt.Errorf("flip at epoch %d: raise the fences: %w (retrying)", f.Epoch, err)
+	}
+	waiting := pending(f)
+	sctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+	swapped, err := bf.Swap(sctx, m.ID, f.Epoch, f.Primary, waiting)
+	cancel()
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
+	bf.Release(ctx, m.ID, f.Epoch, f.Expected)
+	for _, p := range waiting {
+		if slices.Contains(swapped, p) {
+			c := e.cmd(CmdFlipAck, m)
+			c.Epoch, c.Proxy = f.Epoch, p
+			if err := e.P.Apply(ctx, c); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := e.fenceProxy(ctx, m, f.Epoch, p, "no answer to the swap within "+e.FlipTimeout.String()+" (its writes are fenced; it moves by itself when it reads the fence)"); err != nil {
+			return err
+		}
+	}
+	c := e.cmd(CmdFlipDone, m)
+	c.Epoch = f.Epoch
+	return e.P.Apply(ctx, c)
+}
+
+// fenceProxy records that proxy p is out of the barrier at epoch.
+func (e *Executor) fenceProxy(ctx context.Context, m *Migration, epoch int64, p, why string) error {
+	c := e.cmd(CmdFlipFence, m)
+	c.Epoch, c.Proxy, c.Detail = epoch, p, why
+	return e.P.Apply(ctx, c)
+}
+
+// readyUntil runs the guard, if any, until ctx ends.
+func (e *Executor) readyUntil(ctx context.Context, m *Migration, primary ensemble.Name) error {
+	if e.Guard == nil {
+		return nil
+	}
+	return e.Guard.FlipReady(ctx, m, primary.Other(), primary)
+}
+
+// abortBarrier ends an uncommitted barrier without a flip: the holds are
+// released (done by the caller), the old primary stays, and flip-abort
+// fails the step with the reason.
+func (e *Executor) abortBarrier(ctx context.Context, m *Migration, f *Flip, why error) error {
+	c := e.cmd(CmdFlipAbort, m)
+	c.Epoch, c.Error = f.Epoch, why.Error()
+	if err := e.P.Apply(ctx, c); err != nil {
+		return errors.Join(why, err)
+	}
+	if e.OnFail != nil {
+		e.OnFail(m, fmt.Errorf("flip aborted: %w", why))
+	}
+	return why
+}
+
+// reverseBarrier moves the live proxies back to A at epoch with the
+// two-phase barrier (the guard was checked by the caller): hold, fence,
+// swap, release. Proxies that do not answer are left fenced: they move by
+// themselves when they read the fence.
+func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64, bf BarrierFleet) error {
+	live, err := e.Fleet.Live(ctx)
+	if err != nil {
+		return fmt.Errorf("reverse flip: list proxies: %w", err)
+	}
+	hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+	held, _, err := bf.Hold(hctx, m.ID, epoch, ensemble.Source, live)
+	cancel()
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
+	if err := e.Fencer.Fence(ctx, m, epoch, ensemble.Source); err != nil {
+		bf.Release(ctx, m.ID, epoch, held)
+		return fmt.Errorf("reverse flip at epoch %d: raise the fences: %w (retrying)", epoch, err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+	swapped, err := bf.Swap(sctx, m.ID, epoch, ensemble.Source, live)
+	cancel()
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
+	bf.Release(ctx, m.ID, epoch, live)
+	if len(swapped) < len(live) {
+		e.Logger.Warn("reverse flip: proxies did not answer; their writes are fenced and they move by themselves when they read the fence", "swapped", swapped, "live", live)
+	}
+	return nil
+}

@@ -1,0 +1,201 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
+)
+
+// barrierFleet is a BarrierFleet and Fencer test double: it records every
+// call in order, in one log shared with the fences; proxies in silent
+// never answer.
+type barrierFleet struct {
+	fleet
+	log      []string
+	fenceErr error
+}
+
+func (b *barrierFleet) note(s string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.log = append(b.log, s)
+}
+
+func (b *barrierFleet) answer(ctx context.Context, proxies []string) []string {
+	var out []string
+	for _, p := range proxies {
+		if !b.silent[p] {
+			out = append(out, p)
+		}
+	}
+	if len(out) < len(proxies) {
+		<-ctx.Done()
+	}
+	return out
+}
+
+func (b *barrierFleet) Hold(ctx context.Context, _ string, epoch int64, primary ensemble.Name, proxies []string) ([]string, time.Duration, error) {
+	b.note(fmt.Sprintf("hold %d %s %v", epoch, primary, proxies))
+	return b.answer(ctx, proxies), time.Minute, nil
+}
+
+func (b *barrierFleet) Swap(ctx context.Context, _ string, epoch int64, primary ensemble.Name, proxies []string) ([]string, error) {
+	b.note(fmt.Sprintf("swap %d %s %v", epoch, primary, proxies))
+	return b.answer(ctx, proxies), nil
+}
+
+func (b *barrierFleet) Release(_ context.Context, _ string, epoch int64, proxies []string) {
+	b.note(fmt.Sprintf("release %d %v", epoch, proxies))
+}
+
+func (b *barrierFleet) Fence(_ context.Context, _ *Migration, epoch int64, primary ensemble.Name) error {
+	b.note(fmt.Sprintf("fence %d %s", epoch, primary))
+	return b.fenceErr
+}
+
+func (b *barrierFleet) calls() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.log, "; ")
+}
+
+func newBarrierExecutor(t *testing.T, b *barrierFleet, g FlipGuard) (*Executor, *localProposer) {
+	p := &localProposer{s: NewState()}
+	rec := &recorder{failRuns: map[Step]int{}}
+	steps := map[Step]StepRunner{}
+	for s := StepDeployB; s <= StepRemoveA; s++ {
+		if s != StepFlip {
+			steps[s] = stepRunner{s, rec}
+		}
+	}
+	e := &Executor{P: p, Steps: steps, Fleet: b, Fencer: b, Guard: g, Interval: 5 * time.Millisecond, FlipTimeout: 100 * time.Millisecond, Name: "test"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = e.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return e, p
+}
+
+// TestBarrierHoldsAllThenFencesThenSwapsAll: every proxy is held before
+// the fences are raised, every swap comes after the fences, the releases
+// last; a proxy that does not answer the hold is fenced and never asked
+// to swap; the commit is recorded before the fences.
+func TestBarrierHoldsAllThenFencesThenSwapsAll(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2", "dead"}, silent: map[string]bool{"dead": true}}}
+	g := &guard{}
+	_, p := newBarrierExecutor(t, b, g)
+	runTo(t, p, StepDeployB)
+	if err := op(p, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, p, StepFlip, StatusSucceeded)
+	if m.Primary != "B" || !m.Flip.Done || !m.Flip.Committed || !slices.Equal(m.Flip.Acked, []string{"p1", "p2"}) || !slices.Equal(m.Flip.Fenced, []string{"dead"}) {
+		t.Fatalf("flip: %+v %+v", m, m.Flip)
+	}
+	want := "hold 1 B [dead p1 p2]; fence 1 B; swap 1 B [p1 p2]; release 1 [dead p1 p2]"
+	if got := b.calls(); got != want {
+		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+	if g.checks[len(g.checks)-1] != "A->B" || len(g.checks) != 2 {
+		t.Fatalf("guard checks %v: want one before the barrier and one while every proxy holds", g.checks)
+	}
+	var kinds []string
+	for _, a := range p.State().Audit {
+		if strings.HasPrefix(a.Action, "flip-") && a.Result == "ok" {
+			kinds = append(kinds, a.Action)
+		}
+	}
+	if got := strings.Join(kinds, " "); got != "flip-begin flip-fence flip-commit flip-ack flip-ack flip-done" {
+		t.Fatalf("recorded: %s", got)
+	}
+}
+
+// TestBarrierAbortsBeforeTheFence: the guard fails while the proxies hold:
+// every hold is released, nothing is fenced or swapped, the primary stays
+// A and the step fails with the reason.
+func TestBarrierAbortsBeforeTheFence(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}}
+	g := &guard{}
+	g.set(errors.New("digests differ on /mesos"), 2)
+	_, p := newBarrierExecutor(t, b, g)
+	runTo(t, p, StepDeployB)
+	if err := op(p, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, p, StepFlip, StatusFailed)
+	if m.Primary != "A" || m.Flip != nil || !strings.Contains(m.LastError, "digests differ on /mesos") {
+		t.Fatalf("aborted flip left %+v", m)
+	}
+	if got, want := b.calls(), "hold 1 B [p1 p2]; release 1 [p1 p2]"; got != want {
+		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestNewLeaderFinishesACommittedBarrier: the leader recorded the commit
+// and died before raising the fences. The next leader (a new executor on
+// the replicated state) neither holds again nor aborts, even with the
+// guard failing now: it raises the fences, swaps and completes. A commit
+// cannot be aborted.
+func TestNewLeaderFinishesACommittedBarrier(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}}
+	p := &localProposer{s: NewState()}
+	if err := op(p, CmdCreate, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []Command{
+		{Kind: CmdStart}, {Kind: CmdStepSucceeded, Step: StepDeployB}, {Kind: CmdAdvance, Step: StepFlip},
+		{Kind: CmdFlipBegin, Epoch: 1, Proxies: []string{"p1", "p2"}, Step: StepFlip}, {Kind: CmdFlipCommit, Epoch: 1},
+	} {
+		c.Migration, c.By, c.Time = "m", "old-leader", time.Now().UTC()
+		if c.Step == 0 {
+			c.Step = p.State().Migrations["m"].Step
+		}
+		if err := p.Apply(context.Background(), c); err != nil {
+			t.Fatalf("%s: %v", c.Kind, err)
+		}
+	}
+	if err := p.Apply(context.Background(), Command{Kind: CmdFlipAbort, Migration: "m", Epoch: 1, By: "t", Time: time.Now().UTC()}); err == nil {
+		t.Fatal("a committed flip was aborted")
+	}
+	g := &guard{bad: errors.New("the replicator is not running on the leader")}
+	e := &Executor{P: p, Fleet: b, Fencer: b, Guard: g, Interval: 5 * time.Millisecond, FlipTimeout: 100 * time.Millisecond, Name: "new-leader"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = e.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	m := waitStatus(t, p, StepFlip, StatusSucceeded)
+	if m.Primary != "B" || !m.Flip.Done {
+		t.Fatalf("after the new leader: %+v", m)
+	}
+	if got, want := b.calls(), "fence 1 B; swap 1 B [p1 p2]; release 1 [p1 p2]"; got != want {
+		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestReverseFlipUsesTheBarrier: a rollback across the flip holds every
+// proxy, raises the fences to A under the next epoch, swaps, releases.
+func TestReverseFlipUsesTheBarrier(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"p1"}}}
+	_, p := newBarrierExecutor(t, b, &guard{})
+	runTo(t, p, StepFlip)
+	if err := op(p, CmdRollback, StepDeployB); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for p.State().Migrations["m"].Primary != "A" {
+		if time.Now().After(deadline) {
+			t.Fatalf("rollback did not flip back: %+v", p.State().Migrations["m"])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	want := "hold 1 B [p1]; fence 1 B; swap 1 B [p1]; release 1 [p1]; hold 2 A [p1]; fence 2 A; swap 2 A [p1]; release 2 [p1]"
+	if got := b.calls(); got != want {
+		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+}

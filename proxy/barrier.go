@@ -1,0 +1,167 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
+)
+
+// The proxy's side of the control plane's two-phase barrier (SPEC.md
+// 4.10): Hold holds client requests and drains, and keeps holding after
+// it answers; Swap, once every proxy holds and the control plane has
+// raised the fences, moves the sessions under the same hold; Release ends
+// the hold (after the swaps, or to abort with the old primary kept). A
+// hold ends by itself when its budget (a third of the shortest session
+// timeout, from the moment it was asked) runs out without a release: the
+// clients must not see a silence their library would take for a dead
+// server.
+
+// holding is a hold in place for a barrier at epoch.
+type holding struct {
+	epoch   int64
+	primary ensemble.Name
+	cur     *roles    // the roles when the hold began
+	start   time.Time // when it was asked
+	until   time.Time // when it ends by itself
+	swapped bool      // under heldMu
+	release chan struct{}
+	done    chan struct{} // closed once the hold is released
+	closed  bool          // release closed, under heldMu
+}
+
+// Hold holds client requests and drains for a barrier at epoch towards
+// primary, and returns how long the hold lasts unless released. Asked
+// again for the same barrier, it answers with what is left. A proxy that
+// already holds epoch with primary has nothing to hold (0, nil).
+func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (time.Duration, error) {
+	s.heldMu.Lock()
+	h := s.held
+	s.heldMu.Unlock()
+	if h != nil {
+		if h.epoch == epoch && h.primary == primary {
+			return max(time.Until(h.until), 0), nil
+		}
+		if epoch < h.epoch {
+			return 0, fmt.Errorf("%w: asked to hold for %d, holding for %d", ErrStaleEpoch, epoch, h.epoch)
+		}
+		s.Release(h.epoch) // an older barrier's hold, abandoned by its leader
+	}
+	start := time.Now()
+	budget := s.pauseBudget()
+	bctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	// flipMu stays locked for the whole hold: no other flip meanwhile.
+	for !s.flipMu.TryLock() {
+		select {
+		case <-bctx.Done():
+			return 0, fmt.Errorf("hold for epoch %d: another flip is under way: %w", epoch, bctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	cur, done, err := s.flipNeeded(bctx, epoch, primary)
+	if done || err != nil {
+		s.flipMu.Unlock()
+		return 0, err
+	}
+	if err := s.takeHold(bctx); err != nil {
+		s.flipMu.Unlock()
+		return 0, fmt.Errorf("hold for epoch %d: %w (nothing held)", epoch, err)
+	}
+	if err := s.drainForFlip(bctx); err != nil {
+		s.hold.Unlock()
+		s.flipMu.Unlock()
+		return 0, fmt.Errorf("hold for epoch %d: %w (nothing held; serving from %s)", epoch, err, cur.primary.Flag())
+	}
+	h = &holding{epoch: epoch, primary: primary, cur: cur, start: start, until: start.Add(budget),
+		release: make(chan struct{}), done: make(chan struct{})}
+	s.heldMu.Lock()
+	s.held = h
+	s.heldMu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.keepHold(h)
+	}()
+	s.log.Info("flip barrier: holding client requests", "epoch", epoch, "primary", primary.Flag(), "drained_after", time.Since(start).Round(time.Microsecond), "budget", budget)
+	return max(time.Until(h.until), 0), nil
+}
+
+// keepHold owns a hold: it ends it at Release, at its budget, or when the
+// server closes.
+func (s *Server) keepHold(h *holding) {
+	t := time.NewTimer(time.Until(h.until))
+	defer t.Stop()
+	expired := false
+	select {
+	case <-h.release:
+	case <-t.C:
+		expired = true
+	case <-s.ctx.Done():
+	}
+	s.heldMu.Lock() // a swap in progress finishes first
+	if s.held == h {
+		s.held = nil
+	}
+	swapped := h.swapped
+	s.heldMu.Unlock()
+	if expired {
+		s.m.fenced.WithLabelValues("hold_expired").Inc()
+		where := h.cur.primary
+		if swapped {
+			where = h.primary
+		}
+		s.log.Warn("flip barrier: no release within the hold's budget; resuming by itself", "epoch", h.epoch, "swapped", swapped,
+			"serving_from", where.Flag(), "held_for", time.Since(h.start).Round(time.Millisecond),
+			"hint", "the control plane releases or retries; if the old primary was fenced meanwhile, this proxy finds it and moves")
+	}
+	s.hold.Unlock()
+	s.flipMu.Unlock()
+	close(h.done)
+}
+
+// Swap moves the sessions to primary at epoch under the hold taken for
+// that barrier, which stays until Release. Without that hold (it ended by
+// itself, or the proxy restarted) it is a one-shot flip: the fences
+// already record epoch, so every other proxy is held, swapped or fenced.
+func (s *Server) Swap(ctx context.Context, epoch int64, primary ensemble.Name) error {
+	s.heldMu.Lock()
+	h := s.held
+	if h != nil && h.epoch == epoch && h.primary == primary && !h.closed {
+		defer s.heldMu.Unlock() // keepHold waits for the swap to end
+		if h.swapped {
+			return nil
+		}
+		sctx, cancel := context.WithDeadline(ctx, h.until)
+		defer cancel()
+		if err := s.swapLocked(sctx, epoch, primary, h.cur, h.start); err != nil {
+			return err
+		}
+		h.swapped = true
+		return nil
+	}
+	s.heldMu.Unlock()
+	if cur := s.roles.Load(); cur.epoch == epoch && cur.primary == primary {
+		return nil
+	}
+	return s.Flip(ctx, epoch, primary)
+}
+
+// Release ends the hold for epoch (nothing if there is none): requests
+// resume on the primary the proxy serves from now, the new one after a
+// swap, the old one after an abort.
+func (s *Server) Release(epoch int64) {
+	s.heldMu.Lock()
+	h := s.held
+	if h == nil || h.epoch != epoch {
+		s.heldMu.Unlock()
+		return
+	}
+	if !h.closed {
+		h.closed = true
+		close(h.release)
+	}
+	s.heldMu.Unlock()
+	<-h.done
+}
