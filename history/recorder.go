@@ -1,8 +1,11 @@
 package history
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"math"
+	"sort"
 	"sync"
 	"time"
 
@@ -118,4 +121,29 @@ func (r *Recorder) Check(timeout time.Duration, visualize string) (porcupine.Che
 		}
 	}
 	return res, nil
+}
+
+// Since returns the recorder's clock (nanoseconds since NewRecorder), the
+// time base of every Call and Return, to place other events on it.
+func (r *Recorder) Since() int64 { return r.now() }
+
+// WriteJSON writes the history, one operation a line in call order, for
+// reading a failure.
+func (r *Recorder) WriteJSON(w io.Writer) error {
+	ops := r.Operations()
+	sort.Slice(ops, func(i, j int) bool { return ops[i].Call < ops[j].Call })
+	enc := json.NewEncoder(w)
+	for _, op := range ops {
+		line := struct {
+			Client       int
+			Call, Return int64
+			In           Input
+			Out          Output
+			Text         string
+		}{op.ClientId, op.Call, op.Return, op.Input.(Input), op.Output.(Output), Model.DescribeOperation(op.Input, op.Output)}
+		if err := enc.Encode(line); err != nil {
+			return err
+		}
+	}
+	return nil
 }
