@@ -126,6 +126,7 @@ func run(m *testing.M) (int, error) {
 	code := m.Run()
 	printTable()
 	printDualTable()
+	printFlipTable()
 	return code, nil
 }
 
