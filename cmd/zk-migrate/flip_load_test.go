@@ -35,7 +35,11 @@ type regWriter struct {
 	rec     *history.Recorder
 	acked   []string // unique znodes whose create was acknowledged
 	noticed []string // errors and session states a user would see
-	mu      sync.Mutex
+	// tolerateLoss: the writer's proxy is killed on purpose, so a lost
+	// connection (and a write of unknown outcome) is expected; an expired
+	// session never is.
+	tolerateLoss atomic.Bool
+	mu           sync.Mutex
 }
 
 // writePause is each writer's pause between operations.
@@ -73,7 +77,7 @@ func (w *regWriter) run(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case ev := <-w.events:
-			if ev.State == zk.StateDisconnected || ev.State == zk.StateExpired || ev.State == zk.StateAuthFailed {
+			if ev.State == zk.StateExpired || ev.State == zk.StateAuthFailed || ev.State == zk.StateDisconnected && !w.tolerateLoss.Load() {
 				w.notice("session event %v", ev.State)
 			}
 			continue
@@ -86,7 +90,7 @@ func (w *regWriter) run(stop <-chan struct{}) {
 			v, err := write()
 			code, ok := outcome(err)
 			op.End(history.Output{Code: code, Version: v})
-			if !ok {
+			if !ok && (!w.tolerateLoss.Load() || errors.Is(err, zk.ErrSessionExpired)) {
 				w.notice("%s %s: %v", in.Kind, in.Path, err)
 			}
 		}
@@ -101,7 +105,9 @@ func (w *regWriter) run(stop <-chan struct{}) {
 				break
 			}
 			if err != nil {
-				w.notice("get %s: %v", reg, err)
+				if !w.tolerateLoss.Load() || errors.Is(err, zk.ErrSessionExpired) {
+					w.notice("get %s: %v", reg, err)
+				}
 				break
 			}
 			if r < 25 {
@@ -131,7 +137,7 @@ func (w *regWriter) run(stop <-chan struct{}) {
 				w.mu.Lock()
 				w.acked = append(w.acked, p)
 				w.mu.Unlock()
-			} else {
+			} else if !w.tolerateLoss.Load() || errors.Is(err, zk.ErrSessionExpired) {
 				w.notice("create %s: %v", p, err)
 			}
 		}
