@@ -37,15 +37,15 @@ const (
 // emulated Mesos masters (C client) each behind its own proxy, and the
 // test's load.
 type flipScenario struct {
-	t        *testing.T
-	a, b     *zktest.Ensemble
-	za, zb   *zk.Conn
-	dir      string
-	api      string   // the control node the CLI talks to
-	apis     []string // every control node's API URL
-	ctl      []*exec.Cmd
-	gossip   []string // the control nodes' gossip addresses
-	opts     flipOptions
+	t      *testing.T
+	a, b   *zktest.Ensemble
+	za, zb *zk.Conn
+	dir    string
+	api    string   // the control node the CLI talks to
+	apis   []string // every control node's API URL
+	ctl    []*exec.Cmd
+	gossip []string // the control nodes' gossip addresses
+	opts   flipOptions
 	// killed names the proxies killed on purpose: their clients may see a
 	// lost connection (never an expiry).
 	killed map[string]bool
