@@ -69,7 +69,7 @@ func (w *regWriter) notice(format string, args ...any) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.noticed) < 20 {
-		w.noticed = append(w.noticed, fmt.Sprintf("writer %d via %s: ", w.id, w.via)+fmt.Sprintf(format, args...))
+		w.noticed = append(w.noticed, fmt.Sprintf("%s writer %d via %s: ", time.Now().Format("15:04:05.000"), w.id, w.via)+fmt.Sprintf(format, args...))
 	}
 }
 
