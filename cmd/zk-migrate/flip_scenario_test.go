@@ -589,6 +589,9 @@ const knownRestartLosesSessions = true
 func (s *flipScenario) logFlips() {
 	for _, p := range s.proxies {
 		for _, line := range strings.Split(p.logs.String(), "\n") {
+			if strings.Contains(line, `"msg":"flip`) && strings.Contains(line, `"level":"WARN"`) {
+				s.t.Logf("%s: %s", p.name, line)
+			}
 			if strings.Contains(line, "the control plane recorded another primary") {
 				s.t.Logf("%s started on the recorded primary: %s", p.name, line)
 			}
