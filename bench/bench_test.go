@@ -132,6 +132,7 @@ func run(m *testing.M) (int, error) {
 	printTable()
 	printDualTable()
 	printTLSTable()
+	printFlipTable()
 	return code, nil
 }
 

@@ -268,6 +268,10 @@ func (s *Server) flipBlocker() string {
 // and credentials are replayed, and the zxid offset is set so the client's
 // zxids keep increasing.
 func (s *session) flipTo(next *roles) error {
+	if !s.join() {
+		return nil // the relay is ending: nothing to move
+	}
+	defer s.leave()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	select {

@@ -63,13 +63,17 @@ func (cc *clientConn) serve() {
 		cc.badFrame("connect request", err)
 		return
 	}
+	// A session is opened and registered under the flip's hold, so a flip
+	// either sees it (and moves it) or happens before it opens on the new
+	// primary; never one opened on the old primary after the swap. The
+	// hold is taken before the old relay of a re-opened session is shut
+	// down: otherwise a flip between the two relays finds the session in
+	// neither, does not move it, and the new relay resumes it on the new
+	// primary with the old primary's identity (refused, or expired).
+	cc.srv.hold.RLock()
 	if req.SessionID != 0 {
 		cc.srv.reconnecting(req.SessionID, req.Passwd)
 	}
-	// A session is opened and registered under the flip's hold, so a flip
-	// either sees it (and moves it) or happens before it opens on the new
-	// primary; never one opened on the old primary after the swap.
-	cc.srv.hold.RLock()
 	sess := newSession(cc, &req)
 	if !sess.open(connectFrame) {
 		cc.srv.hold.RUnlock()
@@ -78,6 +82,9 @@ func (cc *clientConn) serve() {
 	if cc.srv.TwoEnsembles() {
 		sess.attachShadow()
 	}
+	// Its goroutines run before a flip can see it: a flip moves a running
+	// relay (flipTo starts the new upstream's reader).
+	sess.start()
 	cc.srv.registerSession(sess)
 	cc.srv.hold.RUnlock()
 	defer cc.srv.unregisterSession(sess)
@@ -158,6 +165,8 @@ type session struct {
 	done     chan struct{}
 	doneOnce sync.Once
 	wg       sync.WaitGroup
+	life     sync.Mutex // guards stopped
+	stopped  bool       // the supervisor has returned: wg may reach zero
 }
 
 func newSession(cc *clientConn, req *jute.ConnectRequest) *session {
@@ -258,6 +267,18 @@ func (s *session) open(connectFrame []byte) bool {
 // so a client that comes back within its timeout finds its session; the
 // supervisor closes the session upstream once the timeout has passed.
 func (s *session) run() {
+	err := s.readClient()
+	if err != nil {
+		s.cc.badFrame("request", err)
+	}
+	s.detach()
+	s.wg.Wait()
+}
+
+// start runs the relay's goroutines: the client writer, the upstream
+// reader and the supervisor. Once the supervisor has returned, stopped
+// is set (under life) and nothing may join the wait group any more.
+func (s *session) start() {
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
@@ -266,15 +287,29 @@ func (s *session) run() {
 	s.startReader(s.serving().up.Load())
 	go func() {
 		defer s.wg.Done()
+		defer func() {
+			s.life.Lock()
+			s.stopped = true
+			s.life.Unlock()
+		}()
 		s.supervise()
 	}()
-	err := s.readClient()
-	if err != nil {
-		s.cc.badFrame("request", err)
-	}
-	s.detach()
-	s.wg.Wait()
 }
+
+// join takes a place in the relay's wait group for work done outside its
+// goroutines (a flip starting the new upstream's reader); false once the
+// relay is ending. Call leave when done.
+func (s *session) join() bool {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.wg.Add(1) // the supervisor still runs: the count is not zero
+	return true
+}
+
+func (s *session) leave() { s.wg.Done() }
 
 // detach ends the client side of the relay and keeps the upstream session
 // for the client to come back to.

@@ -27,8 +27,14 @@ const maxStatPaths = 100000
 const rebaseParallel = 64
 
 // verOff is what is subtracted from a serving ensemble's versions of one
-// znode before the client sees them.
-type verOff struct{ v, c, a int32 }
+// znode before the client sees them. It holds for one incarnation of the
+// znode, the one created at czxid on the serving ensemble: a znode deleted
+// and created again starts at version 0 on both ensembles, so a later
+// incarnation has no offset (toClient and forget drop it).
+type verOff struct {
+	v, c, a int32
+	czxid   int64
+}
 
 // view is the server-wide version translation, replaced at each flip.
 type view struct {
@@ -71,6 +77,30 @@ func (v *view) offset(path string) (verOff, bool) {
 	defer v.mu.RUnlock()
 	o, ok := v.off[path]
 	return o, ok
+}
+
+// forget drops path's offset if it belongs to the incarnation created at
+// czxid (0: whatever incarnation): that znode is gone.
+func (v *view) forget(path string, czxid int64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if o, ok := v.off[path]; ok && (czxid == 0 || o.czxid == czxid) {
+		delete(v.off, path)
+	}
+}
+
+// written notes a write the serving ensemble acknowledged: a delete or a
+// create of path ends the incarnation its offset was for.
+func (v *view) written(op jute.Op, path string) {
+	if !v.on {
+		return
+	}
+	switch op {
+	case jute.OpDelete, jute.OpCreate, jute.OpCreate2, jute.OpCreateTTL, jute.OpCreateContainer:
+		if _, ok := v.offset(path); ok {
+			v.forget(path, 0)
+		}
+	}
 }
 
 func (v *view) active() bool {
@@ -130,8 +160,12 @@ func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
 				return // gone on either side: nothing to translate
 			}
 			o := prev[p]
+			if o.czxid != so.Czxid {
+				o = verOff{} // recorded for an earlier incarnation, gone since
+			}
 			d := verOff{v: sn.Version - so.Version + o.v, c: sn.Cversion - so.Cversion + o.c, a: sn.Aversion - so.Aversion + o.a}
 			if d != (verOff{}) {
+				d.czxid = sn.Czxid
 				next[p] = d
 			}
 		}()
@@ -219,7 +253,9 @@ func (v *view) toServing(body jute.Record) bool {
 // toClient translates a Stat of path from the serving ensemble into the
 // client's view: versions by the path's offsets, zxids by the session's.
 func (v *view) toClient(path string, st *jute.Stat, zoff int64) {
-	if o, ok := v.offset(path); ok {
+	if o, ok := v.offset(path); ok && o.czxid != st.Czxid {
+		v.forget(path, o.czxid) // a later incarnation: its own versions
+	} else if ok {
 		st.Version -= o.v
 		st.Cversion -= o.c
 		st.Aversion -= o.a
