@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"time"
 
@@ -95,6 +96,9 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 		if gerr != nil {
 			// Nothing is fenced yet: the old primary stays.
 			bf.Release(ctx, m.ID, f.Epoch, held)
+			if e.retryHold(m.ID, f.Epoch, gerr) {
+				return errHoldAgain
+			}
 			return e.abortBarrier(ctx, m, f, gerr)
 		}
 		c := e.cmd(CmdFlipCommit, m)
@@ -134,6 +138,41 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 	c := e.cmd(CmdFlipDone, m)
 	c.Epoch = f.Epoch
 	return e.P.Apply(ctx, c)
+}
+
+// errHoldAgain: the barrier released its holds to hold again on the next
+// pass (retryHold); the flip goes on.
+var errHoldAgain = errors.New("flip barrier: holding again")
+
+// maxHoldRetries bounds the barriers tried again at one epoch when the
+// guard could not finish within the holds' budget.
+const maxHoldRetries = 3
+
+// retryHold reports whether a barrier whose guard failed with err is tried
+// again (the proxies were released; the next pass holds them again): when
+// the guard ran out of time rather than found a problem (a slow read of a
+// loaded ensemble while the clients wait), up to maxHoldRetries times per
+// epoch. A problem it found (digests differ, a conflict, lag) aborts at
+// once.
+func (e *Executor) retryHold(migration string, epoch int64, err error) bool {
+	var ne net.Error
+	timedOut := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errHoldExpired) || errors.As(err, &ne) && ne.Timeout()
+	if !timedOut {
+		return false
+	}
+	key := fmt.Sprintf("%s/%d", migration, epoch)
+	e.retryMu.Lock()
+	defer e.retryMu.Unlock()
+	if e.holdRetries == nil {
+		e.holdRetries = map[string]int{}
+	}
+	if e.holdRetries[key] >= maxHoldRetries {
+		return false
+	}
+	e.holdRetries[key]++
+	e.Logger.Warn("flip barrier: the guard did not finish within the proxies' hold budget; released them, holding again",
+		"migration", migration, "epoch", epoch, "try", e.holdRetries[key], "of", maxHoldRetries, "err", err)
+	return true
 }
 
 // fenceProxy records that proxy p is out of the barrier at epoch.

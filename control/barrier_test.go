@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -198,4 +199,57 @@ func TestReverseFlipUsesTheBarrier(t *testing.T) {
 	if got := b.calls(); got != want {
 		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
 	}
+}
+
+// TestBarrierRetriesAGuardThatRanOutOfTime: the guard inside the hold
+// could not finish within the proxies' budget (a read of a loaded
+// ensemble timed out): that is no finding, so the holds are released and
+// the barrier holds again at the same epoch, and the flip completes. A
+// guard that keeps running out of time aborts after maxHoldRetries.
+func TestBarrierRetriesAGuardThatRanOutOfTime(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}}
+	g := &guard{}
+	g.set(fmt.Errorf("read /mesos on A: %w", context.DeadlineExceeded), 2)
+	_, p := newBarrierExecutor(t, b, g)
+	runTo(t, p, StepDeployB)
+	if err := op(p, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, p, StepFlip, StatusSucceeded)
+	if m.Primary != "B" {
+		t.Fatalf("after the retried barrier: %+v", m)
+	}
+	if got, want := b.calls(), "hold 1 B [p1 p2]; release 1 [p1 p2]; hold 1 B [p1 p2]; fence 1 B; swap 1 B [p1 p2]; release 1 [p1 p2]"; got != want {
+		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+
+	b2 := &barrierFleet{fleet: fleet{proxies: []string{"p1"}}}
+	_, p2 := newBarrierExecutor(t, b2, &slowGuard{})
+	runTo(t, p2, StepDeployB)
+	if err := op(p2, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	m = waitStatus(t, p2, StepFlip, StatusFailed)
+	if m.Primary != "A" || !strings.Contains(m.LastError, "deadline exceeded") {
+		t.Fatalf("a guard that never finishes in time: %+v", m)
+	}
+	if n := strings.Count(b2.calls(), "hold 1"); n != maxHoldRetries+1 {
+		t.Fatalf("%d holds, want %d: %s", n, maxHoldRetries+1, b2.calls())
+	}
+}
+
+// slowGuard passes the check before the barrier and runs out of time in
+// every one inside it.
+type slowGuard struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (g *slowGuard) FlipReady(context.Context, *Migration, ensemble.Name, ensemble.Name) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.n++; g.n == 1 {
+		return nil
+	}
+	return fmt.Errorf("read /mesos on A: %w", context.DeadlineExceeded)
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -75,6 +76,11 @@ type Executor struct {
 	// the two-phase barrier (barrier.go): hold every proxy, check the
 	// guard, commit, raise the fences, swap every proxy, release.
 	Fencer Fencer
+
+	// holdRetries counts, per migration and epoch, barriers whose guard
+	// could not finish within the holds' budget (barrier.go).
+	retryMu     sync.Mutex
+	holdRetries map[string]int
 }
 
 // ready runs the guard, if any, for a flip of m's primary to primary.
@@ -198,7 +204,9 @@ func (e *Executor) flip(ctx context.Context, m *Migration, primary ensemble.Name
 		f = m.Flip
 	}
 	if bf, ok := e.barrierOf(); ok && !f.Done {
-		if err := e.barrier(ctx, m, f, bf); err != nil {
+		if err := e.barrier(ctx, m, f, bf); errors.Is(err, errHoldAgain) {
+			return nil // released; the next pass holds again
+		} else if err != nil {
 			return err
 		}
 		m = e.P.State().Migrations[m.ID]

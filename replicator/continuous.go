@@ -363,6 +363,19 @@ func (c *Continuous) Lag() (aToB, bToA time.Duration) {
 	return c.lastLag[SideA], c.lastLag[SideB]
 }
 
+// Conn is the replicator's open session on side, or nil while it has none
+// (starting, reconnecting). Others may read through it (the flip's guard
+// compares digests on it rather than dialing while the proxies hold):
+// never close it.
+func (c *Continuous) Conn(side Side) *zkclient.Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if conn := c.conns[side]; conn != nil && conn.Err() == nil {
+		return conn
+	}
+	return nil
+}
+
 // Rounds is the number of rounds done (for tests and status).
 func (c *Continuous) Rounds() int64 {
 	c.mu.Lock()
@@ -400,7 +413,9 @@ func (c *Continuous) Run(ctx context.Context) error {
 	for i, conn := range c.conns {
 		if conn != nil {
 			_ = conn.Close()
+			c.mu.Lock()
 			c.conns[i] = nil
+			c.mu.Unlock()
 		}
 	}
 	return ctx.Err()
@@ -428,7 +443,9 @@ func (c *Continuous) runSession(ctx context.Context) error {
 		if c.conns[side] != nil && c.conns[side] != w {
 			c.conns[side].Abandon()
 		}
+		c.mu.Lock()
 		c.conns[side] = w
+		c.mu.Unlock()
 		if watchers[side], err = c.cfg.Dial(ctx, side, nil); err != nil {
 			return fmt.Errorf("watcher on %s: %w", side, err)
 		}

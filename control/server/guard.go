@@ -32,7 +32,7 @@ func (s *Syncer) FlipReady(ctx context.Context, m *control.Migration, from, to e
 	var conns [2]*zkclient.Conn // from, to; dialled when first needed
 	defer func() {
 		for _, c := range conns {
-			if c != nil {
+			if c != nil && !s.replicatorsConn(m, c) {
 				_ = c.Close()
 			}
 		}
@@ -72,10 +72,20 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 	}
 	for i := range conns {
 		if conns[i] != nil && conns[i].Err() != nil {
-			_ = conns[i].Close()
+			if !s.replicatorsConn(m, conns[i]) {
+				_ = conns[i].Close()
+			}
 			conns[i] = nil
 		}
 		if conns[i] == nil {
+			// The replicator's own open session first: no dial (and its
+			// timeout) while the proxies hold, on a loaded ensemble.
+			if name, err := ensemble.Parse(side[i]); err == nil {
+				if c := r.cont.Conn(replicator.Side(name.Index())); c != nil {
+					conns[i] = c
+					continue
+				}
+			}
 			dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			opts, err := zkOptions(cfg)
 			if err != nil {
@@ -121,6 +131,13 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 		}
 	}
 	return nil
+}
+
+// replicatorsConn reports whether c is one of the running replicator's own
+// sessions (borrowed by the guard, never closed by it).
+func (s *Syncer) replicatorsConn(m *control.Migration, c *zkclient.Conn) bool {
+	r := s.run(m.ID)
+	return r != nil && (r.cont.Conn(replicator.SideA) == c || r.cont.Conn(replicator.SideB) == c)
 }
 
 // hasSequential reports whether a child name ends in ZooKeeper's ten-digit
