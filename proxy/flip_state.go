@@ -70,7 +70,8 @@ func (s *Server) loadIdentity(key int64) (identity, bool) {
 
 // The version translation (view.go) in --state-dir: <state-dir>/versions
 // holds, after every flip, each path the proxy translates or has shown to
-// a client, with its offsets: "version cversion aversion path" a line
+// a client, with its offsets and the incarnation they hold for:
+// "version cversion aversion czxid path" a line
 // (ZooKeeper paths hold no newline). A proxy restarted after a flip loads
 // it, so a version its clients read before the flip keeps its meaning
 // after the restart. Written at every flip and at a clean stop; paths
@@ -90,7 +91,7 @@ func (s *Server) saveVersions() {
 	v.mu.RLock()
 	for p := range v.seen {
 		o := v.off[p]
-		fmt.Fprintf(&b, "%d %d %d %s\n", o.v, o.c, o.a, p)
+		fmt.Fprintf(&b, "%d %d %d %d %s\n", o.v, o.c, o.a, o.czxid, p)
 	}
 	v.mu.RUnlock()
 	f := s.versionsFile()
@@ -124,19 +125,20 @@ func (s *Server) loadVersions() {
 	}
 	off := map[string]verOff{}
 	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.SplitN(line, " ", 4)
-		if len(f) != 4 || len(v.seen) >= maxStatPaths {
+		f := strings.SplitN(line, " ", 5)
+		if len(f) != 5 || len(v.seen) >= maxStatPaths {
 			continue
 		}
 		ov, e1 := strconv.ParseInt(f[0], 10, 32)
 		oc, e2 := strconv.ParseInt(f[1], 10, 32)
 		oa, e3 := strconv.ParseInt(f[2], 10, 32)
-		if e1 != nil || e2 != nil || e3 != nil {
+		cz, e4 := strconv.ParseInt(f[3], 10, 64)
+		if e1 != nil || e2 != nil || e3 != nil || e4 != nil {
 			continue
 		}
-		v.seen[f[3]] = struct{}{}
-		if o := (verOff{v: int32(ov), c: int32(oc), a: int32(oa)}); o != (verOff{}) {
-			off[f[3]] = o
+		v.seen[f[4]] = struct{}{}
+		if o := (verOff{v: int32(ov), c: int32(oc), a: int32(oa), czxid: cz}); o.v != 0 || o.c != 0 || o.a != 0 {
+			off[f[4]] = o
 		}
 	}
 	v.off = off

@@ -132,7 +132,7 @@ func (sp *securePair) startProxy(t *testing.T) (*proxytest.Proxy, *logBuffer) {
 	}
 	logs := &logBuffer{t: t}
 	p, err := proxytest.StartTLS(proxy.Config{
-		Upstream: sp.A.Addrs(), Secondary: sp.B.Addrs(),
+		FencePath: testFence(t), Upstream: sp.A.Addrs(), Secondary: sp.B.Addrs(),
 		UpstreamTLS: sp.ZK.Client.ClientConfig,
 		// A JVM's TLS handshake on a loaded two-core machine can take
 		// seconds; the default 3 s bound failed a flip's dial once.

@@ -192,7 +192,7 @@ func TestMigrationFromPlaintextToTLS(t *testing.T) {
 	if _, err := sb.Create(ctx, root, nil, zkclient.OpenACL, 0); err != nil {
 		t.Fatal(err)
 	}
-	p, err := proxytest.Start(proxy.Config{Upstream: ens.Addrs(), Secondary: sp.B.Addrs(),
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: sp.B.Addrs(),
 		UpstreamTLS: sp.ZK.Client.ClientConfig, PlaintextServers: ens.Addrs(), DialTimeout: 10 * time.Second, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -174,19 +174,38 @@ func (s *Syncer) Fence(ctx context.Context, m *control.Migration, epoch int64, p
 	if err != nil {
 		return err
 	}
+	// The proxies hold (the flip is committed): from their swap on they
+	// write to primary, so the replicator takes it as their primary now.
+	// With the old one it would copy the old primary's state (the mirror's
+	// late writes) over the clients' new writes until flip-done.
+	r := s.run(m.ID)
+	if r != nil {
+		if err := r.cont.SetPrimary(primary); err != nil {
+			return err
+		}
+	}
 	// The old primary first: it is the one stale proxies write to.
 	for _, side := range []struct {
 		name    ensemble.Name
 		connect string
 	}{{primary.Other(), serversOf(cfg, primary.Other())}, {primary, serversOf(cfg, primary)}} {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, err := zkclient.Dial(dctx, strings.Split(side.connect, ","), opts)
-		if err != nil {
-			cancel()
-			return fmt.Errorf("fence %s: %w", side.name, err)
+		// The replicator's open session first: no dial while clients wait.
+		var c *zkclient.Conn
+		if r != nil {
+			c = r.cont.Conn(replicator.Side(side.name.Index()))
+		}
+		owned := c == nil
+		if owned {
+			if c, err = zkclient.Dial(dctx, strings.Split(side.connect, ","), opts); err != nil {
+				cancel()
+				return fmt.Errorf("fence %s: %w", side.name, err)
+			}
 		}
 		_, err = fence.Raise(dctx, c, fence.Path, epoch, primary)
-		_ = c.Close()
+		if owned {
+			_ = c.Close()
+		}
 		cancel()
 		if err != nil {
 			return fmt.Errorf("fence %s: %w", side.name, err)

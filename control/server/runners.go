@@ -88,7 +88,11 @@ type syncRun struct {
 // migration's recorded one: it changes at the flip (and back at a
 // rollback across it), while the sync goes on.
 func (r *syncRun) followPrimary(m *control.Migration) error {
-	if err := r.cont.SetPrimary(ensemble.Name(m.Primary)); err != nil {
+	primary := m.Primary
+	if f := m.Flip; f != nil && f.Committed && !f.Done {
+		primary = f.Primary // the proxies swap to it (Syncer.Fence)
+	}
+	if err := r.cont.SetPrimary(ensemble.Name(primary)); err != nil {
 		return fmt.Errorf("migration %s: %w", m.ID, err)
 	}
 	return nil
