@@ -83,7 +83,10 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 		}
 		// The holds end by themselves at sent+budget: the commit must come
 		// before, with room for the fences.
-		deadline := sent.Add(budget * 3 / 4)
+		// Half of it for the guard: the commit, the fences and the swaps
+		// need the rest on a loaded machine (a hold that ends by itself
+		// before the fence is raised makes its proxy's next writes fail).
+		deadline := sent.Add(budget / 2)
 		if budget == 0 {
 			deadline = time.Now().Add(e.FlipTimeout)
 		}

@@ -21,6 +21,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -187,13 +188,29 @@ func Join(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("membership: start on %s: %w", cfg.BindAddr, err)
 	}
 	if len(cfg.Seeds) > 0 {
-		if _, err := ml.Join(cfg.Seeds); err != nil {
-			_ = ml.Shutdown()
-			return nil, fmt.Errorf("membership: join %v: %w", cfg.Seeds, err)
+		// Members start in any order (systemd starts the proxies and the
+		// control nodes side by side): a seed that refuses the connection
+		// is not up yet, so ask again for a while. Any other failure (a
+		// wrong gossip key) is final at once.
+		deadline := time.Now().Add(seedWait)
+		for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+			_, err := ml.Join(cfg.Seeds)
+			if err == nil {
+				break
+			}
+			if !strings.Contains(err.Error(), "connection refused") || time.Now().Add(backoff).After(deadline) {
+				_ = ml.Shutdown()
+				return nil, fmt.Errorf("membership: join %v: %w", cfg.Seeds, err)
+			}
+			time.Sleep(backoff)
 		}
 	}
 	return &Agent{ml: ml, d: d, ev: ev}, nil
 }
+
+// seedWait is how long Join asks again while every seed refuses the
+// connection (not started yet).
+const seedWait = 20 * time.Second
 
 // SetMeta changes what this member advertises and gossips it.
 func (a *Agent) SetMeta(change func(*Meta)) error {

@@ -173,3 +173,28 @@ func TestFlipBarrierOverGossip(t *testing.T) {
 	_ = good2.agent.Kill()
 	waitMembers(t, fleet, []string{"proxy-master1", "proxy-stuck"})
 }
+
+// TestJoinWaitsForASeedNotUpYet: members start in any order; a seed that
+// refuses the connection for a while is asked again, and the member
+// joins once it is up.
+func TestJoinWaitsForASeedNotUpYet(t *testing.T) {
+	seed := freeAddr(t)
+	started := make(chan *Agent, 1)
+	go func() {
+		time.Sleep(700 * time.Millisecond)
+		a, err := Join(Config{Name: "control-late", BindAddr: seed, Fast: true, Meta: Meta{Role: RoleControl}})
+		if err != nil {
+			t.Error(err)
+		}
+		started <- a
+	}()
+	p, err := Join(Config{Name: "proxy-early", BindAddr: freeAddr(t), Seeds: []string{seed}, Fast: true, Meta: Meta{Role: RoleProxy}})
+	if err != nil {
+		t.Fatalf("join before the seed was up: %v", err)
+	}
+	defer p.Leave()
+	if ctl := <-started; ctl != nil {
+		defer ctl.Leave()
+		waitMembers(t, &Fleet{Agent: ctl}, []string{"proxy-early"})
+	}
+}
