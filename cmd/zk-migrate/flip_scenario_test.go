@@ -23,11 +23,11 @@ import (
 )
 
 // Session timeouts of the flip scenario: the masters' as Mesos' own
-// --zk_session_timeout (shortened), the application clients' longer. The
+// --zk_session_timeout (10 s, its default), the application clients alike. The
 // proxies' pause budget is a third of the shortest.
 const (
-	masterTimeout = 6 * time.Second
-	clientTimeout = 8 * time.Second
+	masterTimeout = 10 * time.Second
+	clientTimeout = 10 * time.Second
 	flipReaders   = 20
 	flipWriters   = 6
 )
