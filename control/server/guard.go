@@ -29,14 +29,8 @@ func (s *Syncer) FlipReady(ctx context.Context, m *control.Migration, from, to e
 		return err
 	}
 	servers := map[ensemble.Name]string{ensemble.Source: cfg.Migration.SourceZK, ensemble.Target: cfg.Migration.TargetZK}
-	var conns [2]*zkclient.Conn // from, to; dialled when first needed
-	defer func() {
-		for _, c := range conns {
-			if c != nil && !s.replicatorsConn(m, c) {
-				_ = c.Close()
-			}
-		}
-	}()
+	var conns guardConns // from, to; borrowed or dialled when first needed
+	defer conns.close()
 	var last error
 	for {
 		last = s.flipProblem(ctx, m, cfg, &conns, [2]string{string(from), string(to)}, [2]string{servers[from], servers[to]})
@@ -51,7 +45,7 @@ func (s *Syncer) FlipReady(ctx context.Context, m *control.Migration, from, to e
 	}
 }
 
-func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *control.Config, conns *[2]*zkclient.Conn, side, connect [2]string) error {
+func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *control.Config, conns *guardConns, side, connect [2]string) error {
 	r := s.run(m.ID)
 	if r == nil || !s.IsLeader() {
 		return fmt.Errorf("the replicator is not running on the leader (%s)", s.NodeID)
@@ -70,19 +64,16 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 		}
 		return fmt.Errorf("%d open conflict(s) on %s: resolve them first", len(cs), strings.Join(paths, ", "))
 	}
-	for i := range conns {
-		if conns[i] != nil && conns[i].Err() != nil {
-			if !s.replicatorsConn(m, conns[i]) {
-				_ = conns[i].Close()
-			}
-			conns[i] = nil
+	for i := range conns.c {
+		if conns.c[i] != nil && conns.c[i].Err() != nil {
+			conns.drop(i)
 		}
-		if conns[i] == nil {
+		if conns.c[i] == nil {
 			// The replicator's own open session first: no dial (and its
 			// timeout) while the proxies hold, on a loaded ensemble.
 			if name, err := ensemble.Parse(side[i]); err == nil {
 				if c := r.cont.Conn(replicator.Side(name.Index())); c != nil {
-					conns[i] = c
+					conns.c[i], conns.owned[i] = c, false
 					continue
 				}
 			}
@@ -97,12 +88,12 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 			if err != nil {
 				return fmt.Errorf("cannot reach ensemble %s to compare digests: %w", side[i], err)
 			}
-			conns[i] = c
+			conns.c[i], conns.owned[i] = c, true
 		}
 	}
 	for _, root := range cfg.Migration.Paths {
 		var trees [2]*replicator.Tree
-		for i, c := range conns {
+		for i, c := range conns.c {
 			t, err := replicator.ReadTree(ctx, []*zkclient.Conn{c}, root, replicator.ReadOptions{})
 			if err != nil {
 				return fmt.Errorf("read %s on %s: %w", root, side[i], err)
@@ -112,7 +103,7 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 		if trees[0].Digest() != trees[1].Digest() {
 			return fmt.Errorf("digests of %s differ between %s and %s: %v", root, side[0], side[1], replicator.Compare(trees[0], trees[1], 3))
 		}
-		if _, _, err := replicator.PadSequenceCounters(ctx, conns[1], trees[0]); err != nil {
+		if _, _, err := replicator.PadSequenceCounters(ctx, conns.c[1], trees[0]); err != nil {
 			return fmt.Errorf("sequence counters on %s: %w", side[1], err)
 		}
 		for _, p := range trees[0].Sorted() {
@@ -120,7 +111,7 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 			if !hasSequential(n.Children) {
 				continue
 			}
-			st, err := conns[1].Exists(ctx, p)
+			st, err := conns.c[1].Exists(ctx, p)
 			if err != nil {
 				return fmt.Errorf("stat %s on %s: %w", p, side[1], err)
 			}
@@ -133,11 +124,27 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 	return nil
 }
 
-// replicatorsConn reports whether c is one of the running replicator's own
-// sessions (borrowed by the guard, never closed by it).
-func (s *Syncer) replicatorsConn(m *control.Migration, c *zkclient.Conn) bool {
-	r := s.run(m.ID)
-	return r != nil && (r.cont.Conn(replicator.SideA) == c || r.cont.Conn(replicator.SideB) == c)
+// guardConns are the guard's sessions on the old and the new primary:
+// the replicator's own (borrowed, never closed here) or dialled (owned).
+type guardConns struct {
+	c     [2]*zkclient.Conn
+	owned [2]bool
+}
+
+// drop forgets session i, closing it if the guard dialled it.
+func (g *guardConns) drop(i int) {
+	if g.owned[i] {
+		_ = g.c[i].Close()
+	}
+	g.c[i], g.owned[i] = nil, false
+}
+
+func (g *guardConns) close() {
+	for i := range g.c {
+		if g.c[i] != nil {
+			g.drop(i)
+		}
+	}
 }
 
 // hasSequential reports whether a child name ends in ZooKeeper's ten-digit
