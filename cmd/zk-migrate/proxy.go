@@ -289,7 +289,15 @@ func runProxy(c *cli.Context) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The hold marker is named after the proxy, stable across restarts:
+	// its gossip name, else the host and the client address.
+	markerName := c.String("name")
+	if markerName == "" {
+		host, _ := os.Hostname()
+		markerName = "proxy-" + host + "-" + c.String("listen") + c.String("secure-listen")
+	}
 	srv, err := proxy.New(proxy.Config{
+		Name:                markerName,
 		Upstream:            upstream,
 		Secondary:           secondary,
 		PrimaryName:         primaryName,
