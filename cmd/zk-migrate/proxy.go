@@ -104,7 +104,7 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 			gossipKeyFlag(),
 			gossipInsecureFlag(),
-			&cli.StringFlag{Name: "name", Usage: "this proxy's name in the gossip pool (default proxy-HOSTNAME)"},
+			&cli.StringFlag{Name: "name", Usage: "this proxy's name in the gossip pool (default proxy-HOSTNAME) and of its flip hold marker under the fence znode (default proxy-HOSTNAME-LISTEN): unique per proxy, the same across restarts"},
 		}, proxyTLSFlags()...),
 		Action: runProxy,
 	}
