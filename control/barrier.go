@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/fence"
 )
 
 // BarrierFleet is a ProxyFleet that speaks the two-phase barrier (SPEC.md
@@ -18,9 +19,10 @@ type BarrierFleet interface {
 	ProxyFleet
 	// Hold asks the proxies to hold client requests and drain for a flip
 	// to primary at epoch. It returns those that hold (or already serve
-	// primary at epoch) and the shortest hold budget among them, counted
-	// from the request (0 when none holds anything).
-	Hold(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) (held []string, budget time.Duration, err error)
+	// primary at epoch), the shortest hold budget among them, counted
+	// from the request (0 when none holds anything), and the hold marker
+	// of each proxy that armed one.
+	Hold(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) (held []string, budget time.Duration, markers map[string]fence.Marker, err error)
 	// Swap asks the proxies to move their sessions to primary at epoch
 	// (the fences record it) and returns those that did.
 	Swap(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) (swapped []string, err error)
@@ -30,10 +32,14 @@ type BarrierFleet interface {
 
 // Fencer raises the fence znode of both ensembles of a migration to an
 // epoch and primary (idempotent: a fence at that epoch or a later one is
-// left alone). Once it returns, no proxy holding an older epoch can write
-// to either ensemble.
+// left alone). Once it returns with nothing lapsed, no proxy holding an
+// older epoch can write to either ensemble. The old primary's fence is
+// raised only while every hold marker in markers (by proxy) has its
+// version (fence.RaiseIf): lapsed names the proxies whose marker changed
+// (their hold ran out and they resumed their clients first), and then
+// nothing is raised.
 type Fencer interface {
-	Fence(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name) error
+	Fence(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name, markers map[string]fence.Marker) (lapsed []string, err error)
 }
 
 // barrierOf returns the two-phase fleet when the executor can run the
@@ -65,11 +71,13 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 		}
 		return out
 	}
+	var markers map[string]fence.Marker
 	if !f.Committed {
 		waiting := pending(f)
 		sent := time.Now()
 		hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
-		held, budget, err := bf.Hold(hctx, m.ID, f.Epoch, f.Primary, waiting)
+		held, budget, holdMarkers, err := bf.Hold(hctx, m.ID, f.Epoch, f.Primary, waiting)
+		markers = holdMarkers
 		cancel()
 		if err != nil && ctx.Err() != nil {
 			return err
@@ -114,10 +122,17 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 		f = m.Flip
 	}
 	// Committed: from here the flip only goes forward.
-	if err := e.Fencer.Fence(ctx, m, f.Epoch, f.Primary); err != nil {
+	waiting := pending(f)
+	if markers == nil {
+		// Committed in an earlier pass (a new leader): the holds may have
+		// run out; hold again, which also tells the markers.
+		hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+		_, _, markers, _ = bf.Hold(hctx, m.ID, f.Epoch, f.Primary, waiting)
+		cancel()
+	}
+	if err := e.raiseFences(ctx, m, f.Epoch, f.Primary, bf, markers); err != nil {
 		return fmt.Errorf("flip at epoch %d: raise the fences: %w (retrying)", f.Epoch, err)
 	}
-	waiting := pending(f)
 	sctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
 	swapped, err := bf.Swap(sctx, m.ID, f.Epoch, f.Primary, waiting)
 	cancel()
@@ -141,6 +156,43 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 	c := e.cmd(CmdFlipDone, m)
 	c.Epoch = f.Epoch
 	return e.P.Apply(ctx, c)
+}
+
+// maxFenceTries bounds the raises tried on the condition of the hold
+// markers; the last one is unconditional (the flip is committed and only
+// goes forward: a proxy that keeps resuming first has its writes fenced
+// until it catches up by itself).
+const maxFenceTries = 4
+
+// raiseFences raises the fences of a committed flip while the held
+// proxies still hold: a proxy whose hold ran out first (its marker
+// changed: it resumed its clients on the old primary) is held again and
+// the raise retried, so its clients see a longer pause, never a write
+// refused by the fence.
+func (e *Executor) raiseFences(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name, bf BarrierFleet, markers map[string]fence.Marker) error {
+	for try := 1; ; try++ {
+		if try == maxFenceTries {
+			markers = nil
+		}
+		lapsed, err := e.Fencer.Fence(ctx, m, epoch, primary, markers)
+		if err != nil || len(lapsed) == 0 {
+			return err
+		}
+		e.Logger.Warn("flip barrier: proxies resumed their clients before the fence was raised (their hold ran out); holding them again before raising it",
+			"migration", m.ID, "epoch", epoch, "proxies", lapsed, "try", try, "of", maxFenceTries)
+		hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+		_, _, again, _ := bf.Hold(hctx, m.ID, epoch, primary, lapsed)
+		cancel()
+		if markers == nil {
+			markers = map[string]fence.Marker{}
+		}
+		for _, p := range lapsed {
+			delete(markers, p)
+			if mk, ok := again[p]; ok {
+				markers[p] = mk
+			}
+		}
+	}
 }
 
 // errHoldAgain: the barrier released its holds to hold again on the next
@@ -218,12 +270,12 @@ func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64
 		return fmt.Errorf("reverse flip: list proxies: %w", err)
 	}
 	hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
-	held, _, err := bf.Hold(hctx, m.ID, epoch, ensemble.Source, live)
+	held, _, markers, err := bf.Hold(hctx, m.ID, epoch, ensemble.Source, live)
 	cancel()
 	if err != nil && ctx.Err() != nil {
 		return err
 	}
-	if err := e.Fencer.Fence(ctx, m, epoch, ensemble.Source); err != nil {
+	if err := e.raiseFences(ctx, m, epoch, ensemble.Source, bf, markers); err != nil {
 		bf.Release(ctx, m.ID, epoch, held)
 		return fmt.Errorf("reverse flip at epoch %d: raise the fences: %w (retrying)", epoch, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/fence"
 )
 
 // barrierFleet is a BarrierFleet and Fencer test double: it records every
@@ -20,6 +21,10 @@ type barrierFleet struct {
 	fleet
 	log      []string
 	fenceErr error
+	// lapse counts, per proxy, the raises its marker makes fail (its hold
+	// ran out first and it resumed): each hold arms a new marker.
+	lapse map[string]int
+	holds int // markers armed
 }
 
 func (b *barrierFleet) note(s string) {
@@ -41,9 +46,17 @@ func (b *barrierFleet) answer(ctx context.Context, proxies []string) []string {
 	return out
 }
 
-func (b *barrierFleet) Hold(ctx context.Context, _ string, epoch int64, primary ensemble.Name, proxies []string) ([]string, time.Duration, error) {
+func (b *barrierFleet) Hold(ctx context.Context, _ string, epoch int64, primary ensemble.Name, proxies []string) ([]string, time.Duration, map[string]fence.Marker, error) {
 	b.note(fmt.Sprintf("hold %d %s %v", epoch, primary, proxies))
-	return b.answer(ctx, proxies), time.Minute, nil
+	held := b.answer(ctx, proxies)
+	markers := map[string]fence.Marker{}
+	b.mu.Lock()
+	for _, p := range held {
+		b.holds++
+		markers[p] = fence.Marker{Path: p, Version: int32(b.holds)}
+	}
+	b.mu.Unlock()
+	return held, time.Minute, markers, nil
 }
 
 func (b *barrierFleet) Swap(ctx context.Context, _ string, epoch int64, primary ensemble.Name, proxies []string) ([]string, error) {
@@ -55,9 +68,27 @@ func (b *barrierFleet) Release(_ context.Context, _ string, epoch int64, proxies
 	b.note(fmt.Sprintf("release %d %v", epoch, proxies))
 }
 
-func (b *barrierFleet) Fence(_ context.Context, _ *Migration, epoch int64, primary ensemble.Name) error {
-	b.note(fmt.Sprintf("fence %d %s", epoch, primary))
-	return b.fenceErr
+func (b *barrierFleet) Fence(_ context.Context, _ *Migration, epoch int64, primary ensemble.Name, markers map[string]fence.Marker) ([]string, error) {
+	b.mu.Lock()
+	var lapsed []string
+	for p := range markers {
+		if b.lapse[p] > 0 {
+			b.lapse[p]--
+			lapsed = append(lapsed, p)
+		}
+	}
+	b.mu.Unlock()
+	slices.Sort(lapsed)
+	if len(lapsed) > 0 {
+		b.note(fmt.Sprintf("fence %d %s refused: %v resumed", epoch, primary, lapsed))
+		return lapsed, nil
+	}
+	if markers == nil {
+		b.note(fmt.Sprintf("fence %d %s unconditional", epoch, primary))
+	} else {
+		b.note(fmt.Sprintf("fence %d %s", epoch, primary))
+	}
+	return nil, b.fenceErr
 }
 
 func (b *barrierFleet) calls() string {
@@ -140,9 +171,10 @@ func TestBarrierAbortsBeforeTheFence(t *testing.T) {
 
 // TestNewLeaderFinishesACommittedBarrier: the leader recorded the commit
 // and died before raising the fences. The next leader (a new executor on
-// the replicated state) neither holds again nor aborts, even with the
-// guard failing now: it raises the fences, swaps and completes. A commit
-// cannot be aborted.
+// the replicated state) does not abort, even with the guard failing now:
+// it holds the proxies again (their holds may have run out meanwhile;
+// the hold tells their markers), raises the fences, swaps and completes.
+// A commit cannot be aborted.
 func TestNewLeaderFinishesACommittedBarrier(t *testing.T) {
 	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}}
 	p := &localProposer{s: NewState()}
@@ -174,8 +206,43 @@ func TestNewLeaderFinishesACommittedBarrier(t *testing.T) {
 	if m.Primary != "B" || !m.Flip.Done {
 		t.Fatalf("after the new leader: %+v", m)
 	}
-	if got, want := b.calls(), "fence 1 B; swap 1 B [p1 p2]; release 1 [p1 p2]"; got != want {
+	if got, want := b.calls(), "hold 1 B [p1 p2]; fence 1 B; swap 1 B [p1 p2]; release 1 [p1 p2]"; got != want {
 		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestBarrierHoldsAgainAProxyWhoseHoldRanOut: a proxy resumed its
+// clients before the fence was raised (its marker changed): the raise
+// fails, the proxy is held again and the raise retried, so its clients
+// never meet a raised fence with writes in hand. One that keeps resuming
+// first gets the unconditional raise at the last try: the flip is
+// committed and goes forward.
+func TestBarrierHoldsAgainAProxyWhoseHoldRanOut(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}, lapse: map[string]int{"p2": 1}}
+	_, p := newBarrierExecutor(t, b, &guard{})
+	runTo(t, p, StepDeployB)
+	if err := op(p, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, p, StepFlip, StatusSucceeded)
+	if m.Primary != "B" || !slices.Equal(m.Flip.Acked, []string{"p1", "p2"}) || len(m.Flip.Fenced) != 0 {
+		t.Fatalf("flip: %+v %+v", m, m.Flip)
+	}
+	want := "hold 1 B [p1 p2]; fence 1 B refused: [p2] resumed; hold 1 B [p2]; fence 1 B; swap 1 B [p1 p2]; release 1 [p1 p2]"
+	if got := b.calls(); got != want {
+		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+
+	b2 := &barrierFleet{fleet: fleet{proxies: []string{"p1"}}, lapse: map[string]int{"p1": 100}}
+	_, p2 := newBarrierExecutor(t, b2, &guard{})
+	runTo(t, p2, StepDeployB)
+	if err := op(p2, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, p2, StepFlip, StatusSucceeded)
+	want = "hold 1 B [p1]; fence 1 B refused: [p1] resumed; hold 1 B [p1]; fence 1 B refused: [p1] resumed; hold 1 B [p1]; fence 1 B refused: [p1] resumed; hold 1 B [p1]; fence 1 B unconditional; swap 1 B [p1]; release 1 [p1]"
+	if got := b2.calls(); got != want {
+		t.Fatalf("a proxy that always resumes first:\n got %s\nwant %s", got, want)
 	}
 }
 

@@ -116,3 +116,165 @@ func Check(path string, v int32) jute.MultiOp {
 	return jute.MultiOp{Header: jute.MultiHeader{Type: int32(jute.OpCheck), Err: -1},
 		Req: &jute.CheckVersionRequest{Path: path, Version: v}}
 }
+
+// Hold markers close the race between a proxy's hold running out and the
+// control plane raising the fence (SPEC.md 4.10). A proxy that holds for a
+// barrier arms a marker, a child of the fence znode named after it, and
+// tells the control plane the marker's version. The control plane raises
+// the old primary's fence with RaiseIf: one multi that checks every held
+// proxy's marker version and sets the fence. A proxy whose hold runs out
+// calls Resume: one multi that checks the fence version and bumps its
+// marker. ZooKeeper orders the two multis: either the fence was raised
+// first (Resume finds it: the proxy swaps instead of resuming, its
+// clients see a longer pause, never a fenced write), or the proxy resumed
+// first (RaiseIf fails on its marker, raises nothing, and names the proxy:
+// the control plane holds it again and raises once it holds).
+
+// Marker is a proxy's hold marker and the version it had when the proxy
+// answered the hold.
+type Marker struct {
+	Path    string `json:"path"`
+	Version int32  `json:"version"`
+}
+
+// MarkerPath is the hold marker of the proxy called name under the fence
+// at path ('/' in the name becomes '_').
+func MarkerPath(path, name string) string {
+	b := []byte(name)
+	for i, c := range b {
+		if c == '/' {
+			b[i] = '_'
+		}
+	}
+	return path + "/hold-" + string(b)
+}
+
+// Arm creates or bumps the hold marker at marker (a child of the fence)
+// and returns its version now: a version no Resume has changed yet.
+func Arm(ctx context.Context, c *zkclient.Conn, marker string) (Marker, error) {
+	for {
+		st, err := c.Set(ctx, marker, nil, -1)
+		if jute.CodeOf(err) == jute.CodeNoNode {
+			_, err = c.Create(ctx, marker, nil, zkclient.OpenACL, 0)
+			if err == nil || jute.CodeOf(err) == jute.CodeNodeExists {
+				continue // created (version 0) or raced: bump it to learn the version
+			}
+		}
+		if err != nil {
+			return Marker{}, fmt.Errorf("arm the hold marker %s: %w", marker, err)
+		}
+		return Marker{Path: marker, Version: st.Version}, nil
+	}
+}
+
+// RaiseIf is Raise made conditional on every marker still having its
+// version: a proxy whose marker changed resumed its clients before the
+// fence could be raised, and raising it now would make its clients'
+// writes fail. Then nothing is raised and lapsed lists the indexes of the
+// markers that changed (or vanished). A fence already at epoch or later is
+// left alone, whatever the markers.
+func RaiseIf(ctx context.Context, c *zkclient.Conn, path string, epoch int64, primary ensemble.Name, markers []Marker) (rec Record, lapsed []int, err error) {
+	if len(markers) == 0 {
+		rec, err = Raise(ctx, c, path, epoch, primary)
+		return rec, nil, err
+	}
+	for {
+		r, err := Read(ctx, c, path)
+		if err != nil {
+			return Record{}, nil, err
+		}
+		if r.Epoch >= epoch {
+			return r, nil, nil
+		}
+		body, _ := json.Marshal(Record{Epoch: epoch, Primary: primary})
+		ops := make([]zkclient.MultiOp, 0, len(markers)+1)
+		for _, m := range markers {
+			ops = append(ops, zkclient.MultiOp{Op: jute.OpCheck, Req: &jute.CheckVersionRequest{Path: m.Path, Version: m.Version}})
+		}
+		ops = append(ops, zkclient.MultiOp{Op: jute.OpSetData, Req: &jute.SetDataRequest{Path: path, Data: body, Version: r.Version}})
+		call := c.GoMulti(ops)
+		select {
+		case <-call.Done:
+		case <-ctx.Done():
+			return Record{}, nil, fmt.Errorf("raise %s to epoch %d: %w", path, epoch, ctx.Err())
+		}
+		i, err := zkclient.MultiErr(call)
+		switch {
+		case err == nil:
+			res := call.Resp.(*jute.MultiResponse).Results[len(markers)]
+			var v int32
+			if st, ok := res.Resp.(*jute.SetDataResponse); ok {
+				v = st.Stat.Version
+			} else {
+				v = r.Version + 1
+			}
+			return Record{Epoch: epoch, Primary: primary, Version: v}, nil, nil
+		case i == len(markers) && jute.CodeOf(err) == jute.CodeBadVersion:
+			continue // raised meanwhile: read again
+		case i >= 0 && i < len(markers):
+			lapsed, lerr := changedMarkers(ctx, c, markers)
+			if lerr != nil {
+				return Record{}, nil, fmt.Errorf("raise %s to epoch %d: a hold marker changed; read them: %w", path, epoch, lerr)
+			}
+			if len(lapsed) == 0 {
+				lapsed = []int{i}
+			}
+			return r, lapsed, nil
+		default:
+			return Record{}, nil, fmt.Errorf("raise %s to epoch %d: %w", path, epoch, err)
+		}
+	}
+}
+
+// changedMarkers returns the indexes of the markers whose version is not
+// the one recorded (or that are gone).
+func changedMarkers(ctx context.Context, c *zkclient.Conn, markers []Marker) ([]int, error) {
+	var out []int
+	for i, m := range markers {
+		st, err := c.Exists(ctx, m.Path)
+		switch {
+		case jute.CodeOf(err) == jute.CodeNoNode:
+			out = append(out, i)
+		case err != nil:
+			return nil, fmt.Errorf("%s: %w", m.Path, err)
+		case st.Version != m.Version:
+			out = append(out, i)
+		}
+	}
+	return out, nil
+}
+
+// Resume is what a proxy whose hold ran out does before it lets its
+// clients' requests go on to the old primary: it bumps its marker on the
+// condition that the fence is still below epoch. resumed is false, with
+// the fence's record, when the fence already records epoch or later: the
+// flip committed, and the proxy must move its sessions instead.
+func Resume(ctx context.Context, c *zkclient.Conn, path, marker string, epoch int64) (rec Record, resumed bool, err error) {
+	for {
+		r, err := ReadExisting(ctx, c, path)
+		if err != nil {
+			return Record{}, false, err
+		}
+		if r.Epoch >= epoch {
+			return r, false, nil
+		}
+		call := c.GoMulti([]zkclient.MultiOp{
+			{Op: jute.OpCheck, Req: &jute.CheckVersionRequest{Path: path, Version: r.Version}},
+			{Op: jute.OpSetData, Req: &jute.SetDataRequest{Path: marker, Version: -1}},
+		})
+		select {
+		case <-call.Done:
+		case <-ctx.Done():
+			return Record{}, false, fmt.Errorf("bump the hold marker %s: %w", marker, ctx.Err())
+		}
+		i, err := zkclient.MultiErr(call)
+		switch {
+		case err == nil:
+			return r, true, nil
+		case i == 0 && jute.CodeOf(err) == jute.CodeBadVersion:
+			continue // the fence moved: read it again
+		default:
+			return Record{}, false, fmt.Errorf("bump the hold marker %s: %w", marker, err)
+		}
+	}
+}

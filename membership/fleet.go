@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/fence"
 )
 
 // FlipRequest is what the control plane asks a proxy in a flip barrier:
@@ -49,6 +50,11 @@ type HoldReply struct {
 	// BudgetMS is how long the hold lasts from the request unless
 	// released (0: nothing held, the proxy already serves Primary at Epoch).
 	BudgetMS int64 `json:"budget_ms,omitempty"`
+	// Marker is the proxy's hold marker on the old primary (PhaseHold):
+	// the control plane raises the old primary's fence only while it has
+	// this version (fence.RaiseIf). Absent, the fence is raised without
+	// that condition for this proxy.
+	Marker *fence.Marker `json:"marker,omitempty"`
 }
 
 // FlipPath is the proxy admin endpoint of the barrier.
@@ -83,16 +89,20 @@ func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary
 }
 
 // Hold asks the proxies to hold and drain (PhaseHold) and returns those
-// that hold and the shortest budget among them.
-func (f *Fleet) Hold(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) ([]string, time.Duration, error) {
+// that hold, the shortest budget among them and their hold markers.
+func (f *Fleet) Hold(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) ([]string, time.Duration, map[string]fence.Marker, error) {
 	replies := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary, Phase: PhaseHold}, proxies)
 	var budget time.Duration
-	for _, r := range replies {
+	markers := map[string]fence.Marker{}
+	for p, r := range replies {
 		if b := time.Duration(r.BudgetMS) * time.Millisecond; b > 0 && (budget == 0 || b < budget) {
 			budget = b
 		}
+		if r.Marker != nil {
+			markers[p] = *r.Marker
+		}
 	}
-	return sortedKeys(replies), budget, nil
+	return sortedKeys(replies), budget, markers, nil
 }
 
 // Swap asks the proxies to move their sessions (PhaseSwap) and returns

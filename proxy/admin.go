@@ -74,7 +74,11 @@ func (s *Server) FlipHandler(token string, done func(epoch int64, primary ensemb
 				done(epoch, primary)
 			}
 			w.Header().Set("Content-Type", "application/json")
-			_ = json.NewEncoder(w).Encode(membership.HoldReply{Epoch: epoch, Primary: primary, BudgetMS: budget.Milliseconds()})
+			reply := membership.HoldReply{Epoch: epoch, Primary: primary, BudgetMS: budget.Milliseconds()}
+			if m, ok := s.HoldMarker(req.Epoch); ok && req.Phase == membership.PhaseHold {
+				reply.Marker = &m
+			}
+			_ = json.NewEncoder(w).Encode(reply)
 		case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrEpochConflict):
 			http.Error(w, err.Error(), http.StatusConflict)
 		case req.Primary != "" && !req.Primary.Valid():

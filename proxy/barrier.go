@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/fence"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // The proxy's side of the control plane's two-phase barrier (SPEC.md
@@ -16,7 +18,9 @@ import (
 // hold ends by itself when its budget (a third of the shortest session
 // timeout, from the moment it was asked) runs out without a release: the
 // clients must not see a silence their library would take for a dead
-// server.
+// server. Before it ends by itself it settles with the control plane
+// through its hold marker (fence.Resume): if the fence was raised
+// meanwhile, the proxy swaps instead of resuming on the old primary.
 
 // holding is a hold in place for a barrier at epoch.
 type holding struct {
@@ -29,6 +33,11 @@ type holding struct {
 	release chan struct{}
 	done    chan struct{} // closed once the hold is released
 	closed  bool          // release closed, under heldMu
+	// marker is the hold marker armed on the old primary through
+	// markerConn (fence.Arm); markerConn is nil when it could not be
+	// armed (the control plane then raises the fence unconditionally).
+	marker     fence.Marker
+	markerConn *zkclient.Conn
 }
 
 // Hold holds client requests and drains for a barrier at epoch towards
@@ -65,17 +74,26 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 		s.flipMu.Unlock()
 		return 0, err
 	}
+	armed := make(chan armResult, 1)
+	go func() { armed <- s.armMarker(bctx, cur) }() // beside the drain: no added pause
 	if err := s.takeHold(bctx); err != nil {
 		s.flipMu.Unlock()
+		(<-armed).close()
 		return 0, fmt.Errorf("hold for epoch %d: %w (nothing held)", epoch, err)
 	}
 	if err := s.drainForFlip(bctx); err != nil {
 		s.hold.Unlock()
 		s.flipMu.Unlock()
+		(<-armed).close()
 		return 0, fmt.Errorf("hold for epoch %d: %w (nothing held; serving from %s)", epoch, err, cur.primary.Flag())
 	}
+	arm := <-armed
+	if arm.err != nil {
+		s.log.Warn("flip barrier: could not arm this proxy's hold marker; holding without it (the control plane raises the fence unconditionally: if this hold ends first, writes fail until the proxy catches up)",
+			"epoch", epoch, "err", arm.err, "hint", "check that the proxy reaches its primary and may write under the fence znode "+s.cfg.FencePath)
+	}
 	h = &holding{epoch: epoch, primary: primary, cur: cur, start: start, until: start.Add(budget),
-		release: make(chan struct{}), done: make(chan struct{})}
+		release: make(chan struct{}), done: make(chan struct{}), marker: arm.marker, markerConn: arm.conn}
 	s.heldMu.Lock()
 	s.held = h
 	s.heldMu.Unlock()
@@ -101,11 +119,18 @@ func (s *Server) keepHold(h *holding) {
 	case <-s.ctx.Done():
 	}
 	s.heldMu.Lock() // a swap in progress finishes first
+	settled := ""
+	if expired && !h.swapped && !h.closed {
+		settled = s.settleHold(h)
+	}
 	if s.held == h {
 		s.held = nil
 	}
 	swapped := h.swapped
 	s.heldMu.Unlock()
+	if h.markerConn != nil {
+		_ = h.markerConn.Close()
+	}
 	if expired {
 		s.m.fenced.WithLabelValues("hold_expired").Inc()
 		where := h.cur.primary
@@ -113,8 +138,8 @@ func (s *Server) keepHold(h *holding) {
 			where = h.primary
 		}
 		s.log.Warn("flip barrier: no release within the hold's budget; resuming by itself", "epoch", h.epoch, "swapped", swapped,
-			"serving_from", where.Flag(), "held_for", time.Since(h.start).Round(time.Millisecond),
-			"hint", "the control plane releases or retries; if the old primary was fenced meanwhile, this proxy finds it and moves")
+			"serving_from", where.Flag(), "held_for", time.Since(h.start).Round(time.Millisecond), "settled", settled,
+			"hint", "the control plane holds this proxy again before it raises the fence; if the old primary was fenced meanwhile, this proxy finds it and moves")
 	}
 	s.hold.Unlock()
 	s.flipMu.Unlock()
@@ -164,4 +189,86 @@ func (s *Server) Release(epoch int64) {
 	}
 	s.heldMu.Unlock()
 	<-h.done
+}
+
+// HoldMarker returns the hold marker of the hold in place for epoch (false
+// when there is none, or it could not be armed): the control plane raises
+// the old primary's fence only while the marker keeps this version.
+func (s *Server) HoldMarker(epoch int64) (fence.Marker, bool) {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	if h := s.held; h != nil && h.epoch == epoch && h.markerConn != nil {
+		return h.marker, true
+	}
+	return fence.Marker{}, false
+}
+
+// armResult is a hold marker armed on the old primary, with the
+// connection that armed it (kept for the settlement at the hold's end).
+type armResult struct {
+	marker fence.Marker
+	conn   *zkclient.Conn
+	err    error
+}
+
+func (a armResult) close() {
+	if a.conn != nil {
+		_ = a.conn.Close()
+	}
+}
+
+// markerName names this proxy's hold marker.
+func (s *Server) markerName() string { return fence.MarkerPath(s.cfg.FencePath, s.cfg.Name) }
+
+// armMarker dials the primary of cur and arms this proxy's hold marker.
+func (s *Server) armMarker(ctx context.Context, cur *roles) armResult {
+	c, err := zkclient.Dial(ctx, cur.upstream, zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial,
+		SessionTimeout: max(2*s.pauseBudget(), 4*time.Second)})
+	if err != nil {
+		return armResult{err: fmt.Errorf("reach the primary %s: %w", cur.primary.Flag(), err)}
+	}
+	m, err := fence.Arm(ctx, c, s.markerName())
+	if err != nil {
+		_ = c.Close()
+		return armResult{err: err}
+	}
+	return armResult{marker: m, conn: c}
+}
+
+// settleTimeout bounds the settlement of a hold that ran out: the clients
+// wait that much longer at most.
+func (s *Server) settleTimeout() time.Duration {
+	return min(max(s.pauseBudget()/2, 100*time.Millisecond), 2*time.Second)
+}
+
+// settleHold decides, under heldMu and with the clients still held, how
+// a hold that ran out ends: it bumps the hold marker on the condition that
+// the old primary's fence is still below the hold's epoch (fence.Resume).
+// If the fence records the epoch already, the control plane committed
+// the flip: the proxy swaps now instead of resuming on a fenced primary.
+// It returns what it did, for the log.
+func (s *Server) settleHold(h *holding) string {
+	if h.markerConn == nil {
+		return "no marker"
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.settleTimeout())
+	defer cancel()
+	rec, resumed, err := fence.Resume(ctx, h.markerConn, s.cfg.FencePath, h.marker.Path, h.epoch)
+	switch {
+	case err != nil:
+		return "unknown: " + err.Error()
+	case resumed:
+		return "resumed on the old primary before the fence was raised"
+	case rec.Epoch != h.epoch || rec.Primary != h.primary:
+		return fmt.Sprintf("the fence records epoch %d (%s): left to the fence watcher", rec.Epoch, rec.Primary.Flag())
+	}
+	sctx, cancel := context.WithTimeout(s.ctx, max(time.Until(h.until.Add(s.pauseBudget())), s.settleTimeout()))
+	defer cancel()
+	if err := s.swapLocked(sctx, h.epoch, h.primary, h.cur, h.start); err != nil {
+		s.log.Warn("flip barrier: the fence was raised as this proxy's hold ran out, but the swap failed; the fence watcher retries",
+			"epoch", h.epoch, "err", err)
+		return "swap failed: " + err.Error()
+	}
+	h.swapped = true
+	return "the fence was raised: swapped"
 }

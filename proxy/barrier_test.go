@@ -9,20 +9,23 @@ import (
 	"github.com/go-zookeeper/zk"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/fence"
 	"github.com/zk-migrate/zk-migrate/proxy"
 	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // TestBarrierNeverServesTwoPrimaries runs the two-phase barrier over two
 // proxies as the control plane does (hold both, swap, release), except
 // that the second proxy's swap never comes: the first serves B while the
 // second still holds A's sessions. A write sent through the second proxy
-// then waits in its hold; when the hold ends by itself (its budget: a
-// third of the session timeout) the write goes to A, whose fence refuses
-// it: its client sees ConnectionLoss and A never has the value. So no two
-// proxies ever write to different primaries. The second proxy then finds
-// the new epoch in the fence and moves to B by itself. Without the fence
-// the write landed on A while B served the other proxy's clients.
+// then waits in its hold. When the hold runs out (its budget: a third of
+// the session timeout) the proxy settles through its hold marker
+// (fence.Resume): it finds A's fence raised to the epoch, so it swaps
+// instead of resuming on A, and the write lands on B: its client sees a
+// longer pause and no error (A gets the value later, as B's mirror). So no two proxies
+// ever write to different primaries. Without the settlement the write went
+// to A, whose fence refused it (ConnectionLoss).
 func TestBarrierNeverServesTwoPrimaries(t *testing.T) {
 	root := testRoot(t)
 	p1, cb := startDualProxy(t, root)
@@ -89,37 +92,111 @@ func TestBarrierNeverServesTwoPrimaries(t *testing.T) {
 	if d, _, err := cb.Get(root + "/x"); err != nil || string(d) != "from-p1" {
 		t.Fatalf("B after the first proxy's swap: %q %v", d, err)
 	}
-	// The second proxy is never swapped: its hold ends by itself.
+	// The second proxy is never swapped: its hold ends by itself, finds
+	// the fence raised and swaps.
 	select {
 	case err := <-written:
-		if !errors.Is(err, zk.ErrConnectionClosed) {
-			t.Fatalf("write through the proxy left on A: %v, want ConnectionLoss", err)
+		if err != nil {
+			t.Fatalf("write through the proxy whose hold ran out after the fence: %v, want it done on B", err)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the write through the held proxy never ended")
 	}
-	a := directConn(t)
-	if _, err := a.Sync(root + "/x"); err != nil {
+	if e, pr := p2.Epoch(); e != epoch || pr != ensemble.Target {
+		t.Fatalf("after its hold ran out the second proxy serves epoch %d from %s, want %d from B", e, pr, epoch)
+	}
+	if _, err := cb.Sync(root + "/x"); err != nil {
 		t.Fatal(err)
 	}
-	if d, _, err := a.Get(root + "/x"); err != nil || string(d) == "from-p2" {
-		t.Fatalf("A holds %q (%v): a proxy wrote A while another served B", d, err)
+	if d, _, err := cb.Get(root + "/x"); err != nil || string(d) != "from-p2" {
+		t.Fatalf("B holds %q (%v), want the held write", d, err)
 	}
-	if n := metricValue(t, p2.Registry, "zkmigrate_proxy_fenced_total", "what", "write"); n < 1 {
-		t.Fatalf("fenced_total{what=write} = %v, want the refused write counted", n)
+	if n := metricValue(t, p2.Registry, "zkmigrate_proxy_fenced_total", "what", "write"); n != 0 {
+		t.Fatalf("fenced_total{what=write} = %v, want no write refused by the fence", n)
 	}
-	// The second proxy moves to B by itself (it retries every quarter of
-	// its lease until its flip fits the pause budget).
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		d, _, err := c2.Get(root + "/x")
-		if e, pr := p2.Epoch(); err == nil && string(d) == "from-p1" && e == epoch && pr == ensemble.Target {
+}
+
+// TestHoldRunningOutFirstStopsTheRaise is the other order: a proxy's hold
+// runs out before the control plane raises the fence. The proxy bumps its
+// hold marker (on the condition that the fence is not raised) and resumes
+// its clients on A; the control plane's raise, conditional on the marker
+// version the hold answered, then fails and names the marker, so the
+// proxy's clients never meet a raised fence with a write in hand. Held
+// again, the raise goes through. Without the marker the raise fenced A
+// while the proxy served it: its next write failed (ConnectionLoss).
+func TestHoldRunningOutFirstStopsTheRaise(t *testing.T) {
+	root := testRoot(t)
+	p, cb := startDualProxy(t, root)
+	c, _ := connect(t, []string{p.Addr}, 3*time.Second) // a 1 s budget
+	if _, err := c.Create(root+"/x", []byte("0"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const epoch = 1
+	hold := func() fence.Marker {
+		t.Helper()
+		for try := 0; ; try++ {
+			_, err := p.Hold(ctx, epoch, ensemble.Target)
+			if err == nil {
+				break
+			}
+			if try == 5 {
+				t.Fatal(err)
+			}
+		}
+		m, ok := p.HoldMarker(epoch)
+		if !ok {
+			t.Fatal("a hold answered without a hold marker")
+		}
+		return m
+	}
+	m := hold()
+	// The hold runs out: the proxy resumes on A.
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if _, ok := p.HoldMarker(epoch); !ok {
 			break
 		}
 		if time.Now().After(deadline) {
-			e, pr := p2.Epoch()
-			t.Fatalf("the fenced proxy did not move to B: read %q %v, epoch %d, primary %s", d, err, e, pr)
+			t.Fatal("the hold did not end by itself")
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := c.Set(root+"/x", []byte("after-the-hold"), -1); err != nil {
+		t.Fatalf("write after the hold ran out: %v", err)
+	}
+	a, err := zkclient.Dial(ctx, ens.Addrs(), zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	rec, lapsed, err := fence.RaiseIf(ctx, a, testFence(t), epoch, ensemble.Target, []fence.Marker{m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lapsed) != 1 || rec.Epoch != 0 {
+		t.Fatalf("raise after the proxy resumed: lapsed %v, fence at epoch %d; want it refused (the proxy serves A)", lapsed, rec.Epoch)
+	}
+	if _, err := c.Set(root+"/x", []byte("still-on-a"), -1); err != nil {
+		t.Fatalf("write after the refused raise: %v, want it done on A", err)
+	}
+	// Held again, the raise goes through; the swap and release follow.
+	m = hold()
+	if _, lapsed, err = fence.RaiseIf(ctx, a, testFence(t), epoch, ensemble.Target, []fence.Marker{m}); err != nil || len(lapsed) != 0 {
+		t.Fatalf("raise while the proxy holds: lapsed %v, err %v", lapsed, err)
+	}
+	if err := p.Swap(ctx, epoch, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	p.Release(epoch)
+	if _, err := c.Set(root+"/x", []byte("on-b"), -1); err != nil {
+		t.Fatalf("write after the flip: %v", err)
+	}
+	if d, _, err := cb.Get(root + "/x"); err != nil || string(d) != "on-b" {
+		t.Fatalf("B holds %q (%v) after the flip", d, err)
+	}
+	if n := metricValue(t, p.Registry, "zkmigrate_proxy_fenced_total", "what", "write"); n != 0 {
+		t.Fatalf("fenced_total{what=write} = %v, want no write refused by the fence", n)
 	}
 }

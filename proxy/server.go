@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +21,9 @@ import (
 	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
+
+// serverSeq tells apart the default names of the servers of one process.
+var serverSeq atomic.Int64
 
 // Config configures a Server. Zero values take the documented defaults.
 type Config struct {
@@ -113,6 +117,10 @@ type Config struct {
 	// FencePath is the fence znode on both ensembles (default fence.Path;
 	// tests isolate theirs).
 	FencePath string
+	// Name names this proxy's hold marker under the fence znode (SPEC.md
+	// 4.10): unique among the proxies of a migration, and the same after a
+	// restart (default proxy-HOST-PID-N, unique but not stable).
+	Name string
 	// Metrics receives the proxy's measurements (default: unregistered).
 	Metrics *Metrics
 	// Logger receives one line per notable event (default slog.Default()).
@@ -186,6 +194,10 @@ func (c *Config) setDefaults() error {
 	}
 	if c.FenceLease == 0 {
 		c.FenceLease = 5 * time.Second
+	}
+	if c.Name == "" {
+		host, _ := os.Hostname()
+		c.Name = fmt.Sprintf("proxy-%s-%d-%d", host, os.Getpid(), serverSeq.Add(1))
 	}
 	if c.FencePath == "" {
 		c.FencePath = fence.Path

@@ -200,7 +200,7 @@ func TestStaleProxyIsFenced(t *testing.T) {
 	const epoch = 1
 	proxies := []string{"proxy-1", "proxy-2"}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	held, budget, _ := fleet.Hold(hctx, "m", epoch, ensemble.Target, proxies)
+	held, budget, _, _ := fleet.Hold(hctx, "m", epoch, ensemble.Target, proxies)
 	cancel()
 	if !slices.Equal(held, []string{"proxy-1"}) || budget <= 0 {
 		t.Fatalf("held %v (budget %v), want proxy-1 only", held, budget)

@@ -627,15 +627,10 @@ func (s *flipScenario) logFlips() {
 // next master leads, and every reader's data, child and persistent watch
 // fires exactly once for it.
 //
-// It runs with ZKM_FLIP_SCENARIO=1 (and in make chaos): in full-suite runs
-// on a loaded two-core machine it failed one run in three, every time the
-// same way, a proxy's hold ending by itself before the control plane
-// raised the fence, so that writes of its clients met the fence
-// (ConnectionLoss); SPEC 4.10 has the fix to make.
+// On a loaded two-core machine a proxy's hold sometimes runs out before
+// the control plane raises the fence; the hold markers (SPEC 4.10) make
+// that a longer pause, never an error, and this test holds them to it.
 func TestFlipScenarioWithMesos(t *testing.T) {
-	if os.Getenv("ZKM_FLIP_SCENARIO") == "" {
-		t.Skip("run with ZKM_FLIP_SCENARIO=1: under load a proxy's hold can end before the fence is raised, and its clients' writes then get ConnectionLoss (SPEC.md 4.10)")
-	}
 	s := newFlipScenario(t, "fs", flipOptions{controls: 1, readerProxies: 3})
 	leader := s.leaderIndex()
 	if leader != 0 {

@@ -104,7 +104,7 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringSliceFlag{Name: "gossip-join", Usage: "gossip members to join, host:port (repeatable)"},
 			gossipKeyFlag(),
 			gossipInsecureFlag(),
-			&cli.StringFlag{Name: "name", Usage: "this proxy's name in the gossip pool (default proxy-HOSTNAME)"},
+			&cli.StringFlag{Name: "name", Usage: "this proxy's name in the gossip pool (default proxy-HOSTNAME) and of its flip hold marker under the fence znode (default proxy-HOSTNAME-LISTEN): unique per proxy, the same across restarts"},
 		}, proxyTLSFlags()...),
 		Action: runProxy,
 	}
@@ -289,7 +289,15 @@ func runProxy(c *cli.Context) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The hold marker is named after the proxy, stable across restarts:
+	// its gossip name, else the host and the client address.
+	markerName := c.String("name")
+	if markerName == "" {
+		host, _ := os.Hostname()
+		markerName = "proxy-" + host + "-" + c.String("listen") + c.String("secure-listen")
+	}
 	srv, err := proxy.New(proxy.Config{
+		Name:                markerName,
 		Upstream:            upstream,
 		Secondary:           secondary,
 		PrimaryName:         primaryName,

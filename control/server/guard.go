@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"slices"
 	"strings"
 	"time"
 
@@ -171,15 +172,26 @@ var _ control.Fencer = (*Syncer)(nil)
 // epoch and primary (control.Fencer): from then on a proxy holding an
 // older epoch can commit no write on either ensemble. Idempotent: a
 // fence at epoch or later is left alone, so a new leader repeating it
-// fences none of the proxies that learned it.
-func (s *Syncer) Fence(ctx context.Context, m *control.Migration, epoch int64, primary ensemble.Name) error {
+// fences none of the proxies that learned it. The old primary's is
+// raised first, on the condition of the held proxies' markers: if one
+// changed, nothing is raised and its proxy is returned in lapsed.
+func (s *Syncer) Fence(ctx context.Context, m *control.Migration, epoch int64, primary ensemble.Name, markers map[string]fence.Marker) (lapsed []string, err error) {
 	cfg, err := configOf(m)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	opts, err := zkOptions(cfg)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	proxies := make([]string, 0, len(markers))
+	for p := range markers {
+		proxies = append(proxies, p)
+	}
+	slices.Sort(proxies)
+	held := make([]fence.Marker, len(proxies))
+	for i, p := range proxies {
+		held[i] = markers[p]
 	}
 	// The proxies hold (the flip is committed): from their swap on they
 	// write to primary, so the replicator takes it as their primary now.
@@ -188,7 +200,7 @@ func (s *Syncer) Fence(ctx context.Context, m *control.Migration, epoch int64, p
 	r := s.run(m.ID)
 	if r != nil {
 		if err := r.cont.SetPrimary(primary); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	// The old primary first: it is the one stale proxies write to.
@@ -206,19 +218,30 @@ func (s *Syncer) Fence(ctx context.Context, m *control.Migration, epoch int64, p
 		if owned {
 			if c, err = zkclient.Dial(dctx, strings.Split(side.connect, ","), opts); err != nil {
 				cancel()
-				return fmt.Errorf("fence %s: %w", side.name, err)
+				return nil, fmt.Errorf("fence %s: %w", side.name, err)
 			}
 		}
-		_, err = fence.Raise(dctx, c, fence.Path, epoch, primary)
+		var gone []int
+		if side.name == primary {
+			_, err = fence.Raise(dctx, c, fence.Path, epoch, primary)
+		} else {
+			_, gone, err = fence.RaiseIf(dctx, c, fence.Path, epoch, primary, held)
+		}
 		if owned {
 			_ = c.Close()
 		}
 		cancel()
 		if err != nil {
-			return fmt.Errorf("fence %s: %w", side.name, err)
+			return nil, fmt.Errorf("fence %s: %w", side.name, err)
+		}
+		if len(gone) > 0 {
+			for _, i := range gone {
+				lapsed = append(lapsed, proxies[i])
+			}
+			return lapsed, nil // nothing raised: the caller holds them again
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 func serversOf(cfg *control.Config, n ensemble.Name) string {
