@@ -191,17 +191,25 @@ func (s *Server) holdingFor(epoch int64) bool {
 // missedFlip moves the proxy to the epoch and primary its primary's fence
 // records: the flip it missed (killed, paused or cut off while the control
 // plane flipped the others), done here as a flip of its own.
+//
+// While another flip holds flipMu (perhaps the one that raised the fence)
+// it does nothing: the lease, not renewed by this round, still ends within
+// FenceLease of the last renewal, and the next round reads again.
 func (s *Server) missedFlip(rec fence.Record) error {
+	if !s.flipMu.TryLock() {
+		return nil
+	}
+	defer s.flipMu.Unlock()
 	r := s.roles.Load()
+	if r.epoch >= rec.Epoch {
+		s.pokeFence() // the flip that raised it ended meanwhile: renew the lease
+		return nil
+	}
+	s.revokeLease()
+	s.stale.Store(true)
 	s.m.fenced.WithLabelValues("stale_epoch").Inc()
 	s.log.Warn("this proxy missed a flip: its primary's fence records a later epoch; its writes are refused there. Moving its sessions to the recorded primary",
 		"held_epoch", r.epoch, "fence_epoch", rec.Epoch, "recorded_primary", rec.Primary.Flag())
-	s.revokeLease()
-	s.stale.Store(true)
-	if !s.flipMu.TryLock() {
-		return nil // a flip is under way
-	}
-	defer s.flipMu.Unlock()
 	primary := rec.Primary
 	if !primary.Valid() {
 		primary = r.primary

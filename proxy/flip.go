@@ -165,6 +165,9 @@ func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.N
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
 	fenced := s.mono()
+	if _, err := s.matchCounters(ctx, oc, nc); err != nil {
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; the old primary %s is fenced: writes fail until the flip is repeated)", primary.Flag(), epoch, err, cur.primary.Flag())
+	}
 	if err := s.rebase(ctx, oc, nc); err != nil {
 		// The old primary is fenced now: its writes fail. The control plane
 		// (or the fence watcher) asks again.

@@ -749,3 +749,71 @@ func TestFlipCatchesUpASessionBetweenConnections(t *testing.T) {
 	}
 	rc2.get("/") // served, zxid not below the last one seen
 }
+
+// TestFlipKeepsSequentialNamesAscending (hard problem 2): a Mesos master
+// contends with an ephemeral sequential json.info_ node and the lowest
+// suffix leads, so after a flip the next sequential create under a parent
+// must sort above every sibling the old primary ever named, including
+// deleted ones, or a newcomer would take the lead. Created and deleted
+// through the proxy on A (the mirror coalesces a create and delete it
+// sees late, so B's counter falls behind), then a flip to B and back:
+// each new name is above all before it, and both ensembles list the same
+// children. Without the padding at the swap the first create on B failed
+// with NODEEXISTS (B's counter named an existing child).
+func TestFlipKeepsSequentialNamesAscending(t *testing.T) {
+	root := testRoot(t)
+	p, cb := startDualProxy(t, root)
+	c, _ := connect(t, []string{p.Addr}, 6*time.Second)
+	if _, err := c.Create(root+"/mesos", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	create := func() string {
+		t.Helper()
+		n, err := c.Create(root+"/mesos/json.info_", []byte("{}"), zk.FlagEphemeral|zk.FlagSequence, zk.WorldACL(zk.PermAll))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(names) > 0 && n <= names[len(names)-1] {
+			t.Fatalf("sequential create named %s after %s: not above every earlier sibling", n, names[len(names)-1])
+		}
+		names = append(names, n)
+		return n
+	}
+	for range 5 {
+		create()
+	}
+	// The highest and one in the middle go (masters that exited).
+	for _, n := range []string{names[4], names[2]} {
+		if err := c.Delete(n, -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for epoch, primary := range []ensemble.Name{ensemble.Target, ensemble.Source} {
+		waitMirrored(t, p)
+		if err := p.Flip(ctx, int64(epoch+1), primary); err != nil {
+			t.Fatal(err)
+		}
+		create()
+	}
+	waitMirrored(t, p)
+	a := directConn(t)
+	kidsA, _, err := a.Children(root + "/mesos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kidsB, _, err := cb.Children(root + "/mesos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(kidsA)
+	slices.Sort(kidsB)
+	if !slices.Equal(kidsA, kidsB) || len(kidsA) != 5 {
+		t.Fatalf("children after two flips: A %v, B %v; want the same five", kidsA, kidsB)
+	}
+	if lowest := root + "/mesos/" + kidsA[0]; lowest != names[0] {
+		t.Fatalf("lowest json.info_ is %s, want the first contender's %s (the leader must not change)", lowest, names[0])
+	}
+}

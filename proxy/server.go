@@ -246,11 +246,12 @@ type Server struct {
 	mirrorBacklog atomic.Int64 // paths queued on every shadow
 	wg            sync.WaitGroup
 
-	roles  atomic.Pointer[roles] // which ensemble serves, and the epoch (flip.go)
-	hold   sync.RWMutex          // client requests hold a read lock; a flip holds the write lock (the pause)
-	flipMu sync.Mutex            // one flip at a time
-	idmap  map[int64]identity    // client session id -> serving upstream session, once they differ (flip.go); under mu
-	view   view                  // version translation across flips (view.go)
+	roles      atomic.Pointer[roles] // which ensemble serves, and the epoch (flip.go)
+	hold       sync.RWMutex          // client requests hold a read lock; a flip holds the write lock (the pause)
+	flipMu     sync.Mutex            // one flip at a time
+	idmap      map[int64]identity    // client session id -> serving upstream session, once they differ (flip.go); under mu
+	view       view                  // version translation across flips (view.go)
+	seqParents seqParents            // parents of sequential creates, padded at a flip (flip_counters.go)
 
 	started    time.Time     // the monotonic base of mono (fence.go)
 	leaseUntil atomic.Int64  // mono reading until which requests may be served (fence.go)

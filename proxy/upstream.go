@@ -144,6 +144,7 @@ func (s *session) readUpstream(up *upstream) error {
 			for _, w := range written {
 				s.srv.view.note(w)
 				s.srv.view.written(p.op, w)
+				s.srv.seqParents.note(w)
 			}
 		}
 		if p.kind == pendingClient {

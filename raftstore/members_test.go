@@ -133,8 +133,13 @@ func TestJoinedNodeVotesOnceCaughtUp(t *testing.T) {
 		t.Fatalf("right after the join: %+v (want c2 a non-voter)", servers)
 	}
 	promote(t, n1, []*Node{n1, n2}, 2)
-	if st := n2.State(); len(st.Audit) < 301 {
-		t.Fatalf("promoted with %d of 301+ entries", len(st.Audit))
+	// Promotion follows the replicated log; the state machine applies it
+	// right after (on a loaded machine, a moment later).
+	for deadline := time.Now().Add(10 * time.Second); len(n2.State().Audit) < 301; {
+		if time.Now().After(deadline) {
+			t.Fatalf("promoted, and 10 s later applied %d of 301+ entries", len(n2.State().Audit))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if st := n2.Stats(); st.LastContact < 0 || st.Term != n1.Stats().Term {
 		t.Fatalf("c2 stats %+v", st)

@@ -179,11 +179,19 @@ func TestContinuousMirrorsEphemerals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitEqual(t, ep, root, 10*time.Second)
-	st, err := ep.Target[0].Exists(ctx, p)
-	if err != nil || st.EphemeralOwner == 0 {
-		t.Fatalf("mirrored node is not ephemeral on B: %+v %v", st, err)
+	// Not waitEqual: read from a follower that has not seen the create
+	// yet, both sides look equal without it.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		st, err := ep.Target[0].Exists(ctx, p)
+		if err == nil && st.EphemeralOwner != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mirrored node is not ephemeral on B: %+v %v", st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
+	waitEqual(t, ep, root, 10*time.Second)
 	_ = owner.Close() // the session ends: its ephemeral goes on A, then on B
 	waitEqual(t, ep, root, 10*time.Second)
 	if _, err := ep.Target[0].Exists(ctx, p); jute.CodeOf(err) != jute.CodeNoNode {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/seqcounter"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
@@ -529,25 +530,9 @@ func (w *writer) setACLs(ctx context.Context, fixes []aclFix) error {
 	return nil
 }
 
-// isSequentialName reports whether a child name ends in ZooKeeper's
-// ten-digit sequence suffix.
-func isSequentialName(name string) bool {
-	if len(name) < 10 {
-		return false
-	}
-	for _, c := range name[len(name)-10:] {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-// CreateCounter is the number of children ever created under a node, the
-// counter ZooKeeper's next sequential suffix comes from. The Stat shows
-// cversion = 2*creates - numChildren (DataNode.copyStat), so
-// creates = (cversion + numChildren) / 2.
-func CreateCounter(st jute.Stat) int64 { return (int64(st.Cversion) + int64(st.NumChildren)) / 2 }
+// CreateCounter is seqcounter.Creates: the number of children ever
+// created under a node.
+func CreateCounter(st jute.Stat) int64 { return seqcounter.Creates(st) }
 
 // PadSequenceCounters raises, on c's ensemble, the creation counter of
 // every parent with sequential children in src to at least src's (the
@@ -556,9 +541,6 @@ func CreateCounter(st jute.Stat) int64 { return (int64(st.Cversion) + int64(st.N
 func PadSequenceCounters(ctx context.Context, c *zkclient.Conn, src *Tree) (parents, creates int, err error) {
 	return padSequenceCounters(ctx, c, src, func(string) bool { return false })
 }
-
-// padName is the child the padding creates and deletes.
-const padName = "zk-migrate-pad"
 
 // padSequenceCounters raises, on the target, the creation counter of every
 // source parent with sequential children to at least the source's, by
@@ -573,7 +555,7 @@ func padSequenceCounters(ctx context.Context, c *zkclient.Conn, src *Tree, skip 
 		n := src.Nodes[p]
 		seq := false
 		for _, k := range n.Children {
-			if isSequentialName(k) {
+			if seqcounter.IsSequentialName(k) {
 				seq = true
 				break
 			}
@@ -590,23 +572,10 @@ func padSequenceCounters(ctx context.Context, c *zkclient.Conn, src *Tree, skip 
 			continue
 		}
 		parents++
-		pad := path.Join(p, padName)
-		for missing > 0 {
-			k := min(missing, 500)
-			ops := make([]zkclient.MultiOp, 0, 2*k)
-			for i := int64(0); i < k; i++ {
-				ops = append(ops,
-					zkclient.MultiOp{Op: jute.OpCreate, Req: &jute.CreateRequest{Path: pad, Data: []byte{}, ACL: zkclient.OpenACL}},
-					zkclient.MultiOp{Op: jute.OpDelete, Req: &jute.DeleteRequest{Path: pad, Version: -1}})
-			}
-			call := c.GoMulti(ops)
-			<-call.Done
-			if _, err := zkclient.MultiErr(call); err != nil {
-				return parents, creates, fmt.Errorf("pad sequence counter of %s on target: %w", p, err)
-			}
-			missing -= k
-			creates += int(k)
+		if err := seqcounter.Raise(ctx, c, p, missing); err != nil {
+			return parents, creates, fmt.Errorf("on target: %w", err)
 		}
+		creates += int(missing)
 	}
 	return parents, creates, nil
 }
