@@ -36,8 +36,9 @@ type holding struct {
 	// marker is the hold marker armed on the old primary through
 	// markerConn (fence.Arm); markerConn is nil when it could not be
 	// armed (the control plane then raises the fence unconditionally).
-	marker     fence.Marker
-	markerConn *zkclient.Conn
+	marker      fence.Marker
+	markerConn  *zkclient.Conn
+	markerOwned bool // markerConn was dialled for the hold (else the fence watcher's)
 }
 
 // Hold holds client requests and drains for a barrier at epoch towards
@@ -93,7 +94,7 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 			"epoch", epoch, "err", arm.err, "hint", "check that the proxy reaches its primary and may write under the fence znode "+s.cfg.FencePath)
 	}
 	h = &holding{epoch: epoch, primary: primary, cur: cur, start: start, until: start.Add(budget),
-		release: make(chan struct{}), done: make(chan struct{}), marker: arm.marker, markerConn: arm.conn}
+		release: make(chan struct{}), done: make(chan struct{}), marker: arm.marker, markerConn: arm.conn, markerOwned: arm.owned}
 	s.heldMu.Lock()
 	s.held = h
 	s.heldMu.Unlock()
@@ -128,7 +129,7 @@ func (s *Server) keepHold(h *holding) {
 	}
 	swapped := h.swapped
 	s.heldMu.Unlock()
-	if h.markerConn != nil {
+	if h.markerConn != nil && h.markerOwned {
 		_ = h.markerConn.Close()
 	}
 	if expired {
@@ -208,11 +209,12 @@ func (s *Server) HoldMarker(epoch int64) (fence.Marker, bool) {
 type armResult struct {
 	marker fence.Marker
 	conn   *zkclient.Conn
+	owned  bool // conn was dialled for this hold: closed with it
 	err    error
 }
 
 func (a armResult) close() {
-	if a.conn != nil {
+	if a.conn != nil && a.owned {
 		_ = a.conn.Close()
 	}
 }
@@ -220,19 +222,33 @@ func (a armResult) close() {
 // markerName names this proxy's hold marker.
 func (s *Server) markerName() string { return fence.MarkerPath(s.cfg.FencePath, s.cfg.Name) }
 
-// armMarker dials the primary of cur and arms this proxy's hold marker.
+// armMarker arms this proxy's hold marker on the primary of cur, through
+// the fence watcher's open session when it has one there (no dial while
+// the clients wait), else through a session dialled for the hold.
 func (s *Server) armMarker(ctx context.Context, cur *roles) armResult {
-	c, err := zkclient.Dial(ctx, cur.upstream, zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial,
-		SessionTimeout: max(2*s.pauseBudget(), 4*time.Second)})
-	if err != nil {
-		return armResult{err: fmt.Errorf("reach the primary %s: %w", cur.primary.Flag(), err)}
+	s.watcherMu.Lock()
+	c, owned := s.watcherConn, false
+	if c == nil || s.watcherFor != cur.primary || c.Err() != nil {
+		c = nil
+	}
+	s.watcherMu.Unlock()
+	if c == nil {
+		var err error
+		c, err = zkclient.Dial(ctx, cur.upstream, zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial,
+			SessionTimeout: max(2*s.pauseBudget(), 4*time.Second)})
+		if err != nil {
+			return armResult{err: fmt.Errorf("reach the primary %s: %w", cur.primary.Flag(), err)}
+		}
+		owned = true
 	}
 	m, err := fence.Arm(ctx, c, s.markerName())
 	if err != nil {
-		_ = c.Close()
+		if owned {
+			_ = c.Close()
+		}
 		return armResult{err: err}
 	}
-	return armResult{marker: m, conn: c}
+	return armResult{marker: m, conn: c, owned: owned}
 }
 
 // settleTimeout bounds the settlement of a hold that ran out: the clients

@@ -107,7 +107,13 @@ func (s *Server) pokeFence() {
 func (s *Server) watchFence() {
 	var c *zkclient.Conn
 	var cFor ensemble.Name
+	lend := func(c *zkclient.Conn, n ensemble.Name) {
+		s.watcherMu.Lock()
+		s.watcherConn, s.watcherFor = c, n
+		s.watcherMu.Unlock()
+	}
 	defer func() {
+		lend(nil, "")
 		if c != nil {
 			_ = c.Close()
 		}
@@ -117,6 +123,7 @@ func (s *Server) watchFence() {
 	for {
 		r := s.roles.Load()
 		if c != nil && (cFor != r.primary || c.Err() != nil) {
+			lend(nil, "")
 			_ = c.Close()
 			c = nil
 		}
@@ -126,6 +133,7 @@ func (s *Server) watchFence() {
 			cancel()
 			if err == nil {
 				c, cFor = nc, r.primary
+				lend(c, cFor)
 			} else if s.ctx.Err() == nil {
 				s.logs.warn(s.log, "fence_read", "cannot reach the primary to renew the read lease; requests are refused once it ends",
 					"primary", r.primary.Flag(), "err", err, "lease", s.cfg.FenceLease)
@@ -136,6 +144,7 @@ func (s *Server) watchFence() {
 				s.logs.warn(s.log, "fence_read", "could not renew the read lease; requests are refused once it ends",
 					"primary", r.primary.Flag(), "err", err, "lease", s.cfg.FenceLease)
 				if !isZKCode(err) {
+					lend(nil, "")
 					_ = c.Close()
 					c = nil
 				}

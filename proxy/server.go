@@ -259,8 +259,13 @@ type Server struct {
 	leaseMu    sync.Mutex    // guards leaseCh
 	leaseCh    chan struct{} // closed and replaced at every renewal of the lease
 	fencePoke  chan struct{} // asks the fence watcher for a round now
-	heldMu     sync.Mutex    // guards held
-	held       *holding      // a flip barrier's hold in place (barrier.go)
+	// watcherConn is the fence watcher's open session to the primary
+	// watcherFor, lent to a hold's marker (barrier.go); under watcherMu.
+	watcherMu   sync.Mutex
+	watcherConn *zkclient.Conn
+	watcherFor  ensemble.Name
+	heldMu      sync.Mutex // guards held
+	held        *holding   // a flip barrier's hold in place (barrier.go)
 }
 
 // New validates cfg and returns a Server that is not yet listening.
