@@ -75,7 +75,7 @@ func (s *Server) FlipHandler(token string, done func(epoch int64, primary ensemb
 			}
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(membership.HoldReply{Epoch: epoch, Primary: primary, BudgetMS: budget.Milliseconds()})
-		case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrEpochConflict):
+		case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrEpochConflict), errors.Is(err, ErrRetired):
 			http.Error(w, err.Error(), http.StatusConflict)
 		case req.Primary != "" && !req.Primary.Valid():
 			http.Error(w, err.Error(), http.StatusBadRequest)

@@ -82,6 +82,9 @@ func (sh *shadow) mark(paths ...string) { sh.markACL(nil, paths...) }
 func (sh *shadow) markACL(acl []jute.ACL, paths ...string) {
 	now := time.Now()
 	added := 0
+	if sh.srv.secondaryRetired() {
+		return // phase 6 retired the secondary: nothing is mirrored to it (retire.go)
+	}
 	sh.mu.Lock()
 	if sh.gone {
 		sh.mu.Unlock()

@@ -206,6 +206,7 @@ func runControl(c *cli.Context) error {
 		}
 	}
 	var fleet control.ProxyFleet = server.NoProxies{}
+	var _ control.Retirer = (*membership.Fleet)(nil) // phase 6 asks the proxies to retire A (control/executor_retire.go)
 	if addr := c.String("gossip-addr"); addr != "" {
 		agent, err := membership.Join(membership.Config{Name: "control-" + c.String("id"), BindAddr: addr, SecretKey: gkey,
 			Seeds: c.StringSlice("gossip-join"), Meta: membership.Meta{Role: membership.RoleControl, API: apiURL}})

@@ -84,7 +84,7 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringFlag{Name: "source", Usage: "two-ensemble mode: servers of the source ensemble A (migration.yaml's source_zk)", EnvVars: []string{"ZKM_SOURCE"}},
 			&cli.StringFlag{Name: "target", Usage: "two-ensemble mode: servers of the target ensemble B (migration.yaml's target_zk)", EnvVars: []string{"ZKM_TARGET"}},
 			&cli.StringFlag{Name: "primary", Value: "source", Usage: "two-ensemble mode: the ensemble that serves clients, source or target; the other gets mirrored writes", EnvVars: []string{"ZKM_PRIMARY"}},
-			&cli.StringFlag{Name: "admin-addr", Usage: "address of the proxy's admin endpoint (GET /admin/v1/sessions: each client session and its shadow session; POST /admin/v1/flip: the control plane's flip barrier), advertised in gossip; empty: off", EnvVars: []string{"ZKM_ADMIN_ADDR"}},
+			&cli.StringFlag{Name: "admin-addr", Usage: "address of the proxy's admin endpoint (GET /admin/v1/sessions: each client session and its shadow session; POST /admin/v1/flip: the control plane's flip barrier; POST /admin/v1/retire: phase 6 retires the old ensemble), advertised in gossip; empty: off", EnvVars: []string{"ZKM_ADMIN_ADDR"}},
 			&cli.DurationFlag{Name: "fence-lease", Value: 5 * time.Second, Usage: "two-ensemble mode: the longest this proxy serves requests from the old primary after a flip it missed (it renews the lease by reading its primary's fence znode every quarter of it); advertised in gossip", EnvVars: []string{"ZKM_FENCE_LEASE"}},
 			&cli.StringFlag{Name: "admin-token-file", Usage: "file (mode 600) holding the bearer token the control plane sends with a flip (its --proxy-token-file); without it every flip request is refused (401)", EnvVars: []string{"ZKM_ADMIN_TOKEN_FILE"}},
 			&cli.StringFlag{Name: "state-dir", Usage: "two-ensemble mode: directory keeping each session's shadow session, so a restarted proxy resumes it", EnvVars: []string{"ZKM_STATE_DIR"}},
@@ -373,7 +373,13 @@ func runProxy(c *cli.Context) error {
 				_ = agent.SetMeta(func(m *membership.Meta) { m.Epoch, m.Primary = epoch, primary })
 			}
 		}
-		adminSrv := &http.Server{Handler: proxyAdmin(srv, token, onFlip), ReadHeaderTimeout: 5 * time.Second, ErrorLog: adminErrorLog(log)}
+		onRetire := func(retired ensemble.Name) {
+			log.Info("retired the old ensemble at the control plane's request (phase 6)", "retired", retired.Flag())
+			if agent != nil {
+				_ = agent.SetMeta(func(m *membership.Meta) { m.Retired = retired })
+			}
+		}
+		adminSrv := &http.Server{Handler: proxyAdmin(srv, token, onFlip, onRetire), ReadHeaderTimeout: 5 * time.Second, ErrorLog: adminErrorLog(log)}
 		if tlsc.Admin != nil {
 			adminSrv.TLSConfig = tlsc.Admin
 			go func() { _ = adminSrv.ServeTLS(aln, "", "") }()
@@ -384,6 +390,9 @@ func runProxy(c *cli.Context) error {
 		log.Info("admin endpoint listening", "addr", aln.Addr().String(), "url", apiURL)
 	}
 	if agent != nil {
+		if r := srv.Retired(); r != "" {
+			_ = agent.SetMeta(func(m *membership.Meta) { m.Retired = r }) // recorded in --state-dir before a restart
+		}
 		go advertiseSessions(ctx, agent, srv)
 	}
 	select {
@@ -436,9 +445,10 @@ type sessionRow struct {
 
 // proxyAdmin serves the proxy's admin endpoint: the sessions and the flip
 // barrier (token-authenticated).
-func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Name)) http.Handler {
+func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Name), onRetire func(ensemble.Name)) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST "+membership.FlipPath, srv.FlipHandler(token, onFlip))
+	mux.Handle("POST "+membership.RetirePath, srv.RetireHandler(token, onRetire))
 	mux.HandleFunc("GET /admin/v1/sessions", func(w http.ResponseWriter, _ *http.Request) {
 		epoch, primary := srv.Epoch()
 		rows := []sessionRow{}
@@ -451,7 +461,7 @@ func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Nam
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"primary": primary.Flag(), "epoch": epoch, "two_ensembles": srv.TwoEnsembles(),
-			"mirror_backlog": srv.MirrorBacklog(), "read_lease_ms": readLeaseMS(srv), "sessions": rows})
+			"mirror_backlog": srv.MirrorBacklog(), "read_lease_ms": readLeaseMS(srv), "retired": srv.Retired().Flag(), "sessions": rows})
 	})
 	return mux
 }
