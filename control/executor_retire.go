@@ -50,7 +50,7 @@ func (e *Executor) retireA(ctx context.Context, m *Migration) error {
 	}
 	if !m.ARetired {
 		c := e.cmd(CmdRetireA, m)
-		c.Proxies = live
+		c.Proxies, c.Detail = live, "proxies="+strings.Join(live, ",")
 		if err := e.P.Apply(ctx, c); err != nil {
 			return err
 		}

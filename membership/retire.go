@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
 
@@ -93,4 +94,18 @@ func (f *Fleet) Retire(ctx context.Context, migration string, old ensemble.Name,
 	}
 	wg.Wait()
 	return failed, nil
+}
+
+// NotRetired lists the live proxies whose gossip metadata does not (yet)
+// say they retired old (Meta.Retired): after phase 6 asked them, a proxy
+// listed here still holds, or may hold, sessions on old.
+func (f *Fleet) NotRetired(old ensemble.Name) []string {
+	out := []string{}
+	for _, m := range f.Agent.Members() {
+		if m.Meta.Role == RoleProxy && m.Meta.Retired != old {
+			out = append(out, m.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -232,6 +232,9 @@ func runControl(c *cli.Context) error {
 			detail := map[string]any{"sync": sy.Status()}
 			if m := node.State().Migrations[id]; m != nil {
 				detail["stale_proxies"] = mf.Stale(m.Epoch)
+				if m.ARetired {
+					detail["proxies_not_retired_a"] = mf.NotRetired(ensemble.Source) // phase 6 asked them (gossip)
+				}
 			}
 			live, _ := mf.Live(ctx)
 			detail["live_proxies"] = live

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -200,6 +202,23 @@ func TestPhase6RetiresEveryProxyThroughTheCLI(t *testing.T) {
 			}
 		}
 		return n == len(proxies)
+	})
+	// The control plane sees it too: no live proxy left that has not
+	// retired A.
+	waitFor(t, func() bool {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+api+"/api/v1/migrations/prod/health", nil)
+		req.Header.Set("Authorization", "Bearer "+opToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var h struct {
+			Detail struct {
+				NotRetired *[]string `json:"proxies_not_retired_a"`
+			} `json:"detail"`
+		}
+		return json.NewDecoder(resp.Body).Decode(&h) == nil && h.Detail.NotRetired != nil && len(*h.Detail.NotRetired) == 0
 	})
 	cons, err := zkclient.FourLetterWord(a.Addrs()[0], "cons", 3*time.Second)
 	if err != nil {
