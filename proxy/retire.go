@@ -14,6 +14,7 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/membership"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // Retiring the old ensemble (phase 6, SPEC.md 4.9 "Retiring the
@@ -66,27 +67,14 @@ func (s *Server) Retire(ctx context.Context, old ensemble.Name) (int, error) {
 		case <-time.After(time.Millisecond):
 		}
 	}
-	defer s.flipMu.Unlock()
-	if !s.TwoEnsembles() {
-		return 0, nil // nothing mirrored to retire; its upstream is whatever --upstream names
-	}
-	r := s.roles.Load()
-	if r.primary == old {
-		return 0, fmt.Errorf("%w: the proxy serves from %s (epoch %d); flip to %s first", ErrRetirePrimary, old.Flag(), r.epoch, old.Other().Flag())
-	}
-	if have := s.Retired(); have == old {
-		return 0, s.waitShadowsGone(ctx) // asked again: the first answer may have timed out
-	}
-	if err := s.saveRetired(old); err != nil {
+	shadows, again, err := s.markRetired(old)
+	s.flipMu.Unlock() // a flip to old is refused from now on (flipNeeded)
+	if err != nil || again {
+		if err == nil {
+			err = s.waitShadowsGone(ctx) // asked again: the first answer may have timed out
+		}
 		return 0, err
 	}
-	s.mu.Lock()
-	s.retired.Store(&old)
-	shadows := make([]*shadow, 0, len(s.shadows))
-	for _, sh := range s.shadows {
-		shadows = append(shadows, sh)
-	}
-	s.mu.Unlock()
 	// Nothing more is mirrored (markACL) and no new shadow opens
 	// (shadowFor): what is still queued is dropped; A is being archived.
 	dropped := 0
@@ -94,11 +82,7 @@ func (s *Server) Retire(ctx context.Context, old ensemble.Name) (int, error) {
 		sh.mu.Lock()
 		n := sh.queue.len()
 		sh.queue = mirrorQueue{}
-		sh.retiring = true
-		if !sh.closing {
-			sh.closing = true
-		}
-		sh.closeBy = time.Now()
+		sh.retiring, sh.closing, sh.closeBy = true, true, time.Now()
 		sh.mu.Unlock()
 		if n > 0 {
 			s.mirrorBacklog.Add(-int64(n))
@@ -107,14 +91,40 @@ func (s *Server) Retire(ctx context.Context, old ensemble.Name) (int, error) {
 		sh.poke()
 	}
 	s.noteBacklog()
-	s.closePrimaryReaders() // they served the mirror only
 	s.log.Info("retiring the old ensemble: closing every shadow session on it",
 		"retired", old.Flag(), "shadows", len(shadows), "mirror_paths_dropped", dropped)
 	if err := s.waitShadowsGone(ctx); err != nil {
 		return len(shadows), err
 	}
+	s.closePrimaryReaders() // they served the mirror only
 	s.log.Info("old ensemble retired: no shadow session left on it", "retired", old.Flag(), "closed", len(shadows))
 	return len(shadows), nil
+}
+
+// markRetired checks and records the retirement of old, with flipMu
+// held, and returns the shadows to close; again says old was already
+// retired.
+func (s *Server) markRetired(old ensemble.Name) (shadows []*shadow, again bool, err error) {
+	if !s.TwoEnsembles() {
+		return nil, true, nil // nothing mirrored to retire; its upstream is whatever --upstream names
+	}
+	r := s.roles.Load()
+	if r.primary == old {
+		return nil, false, fmt.Errorf("%w: the proxy serves from %s (epoch %d); flip to %s first", ErrRetirePrimary, old.Flag(), r.epoch, old.Other().Flag())
+	}
+	if s.Retired() == old {
+		return nil, true, nil
+	}
+	if err := s.saveRetired(old); err != nil {
+		return nil, false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retired.Store(&old)
+	for _, sh := range s.shadows {
+		shadows = append(shadows, sh)
+	}
+	return shadows, false, nil
 }
 
 // waitShadowsGone waits until every shadow's goroutine has ended.
@@ -135,6 +145,33 @@ func (s *Server) waitShadowsGone(ctx context.Context) error {
 		case <-ctx.Done():
 			return fmt.Errorf("retire: shadow session of 0x%x still closing: %w", sh.key, ctx.Err())
 		}
+	}
+}
+
+// closeRetired closes the session of a retired shadow whose goroutine
+// ends without a connection (it was re-attaching when the retirement came):
+// resumed on a server of the retired ensemble and closed, so its ephemerals
+// go now rather than after its timeout. If no server takes it, it expires
+// there by itself.
+func (sh *shadow) closeRetired() {
+	sh.mu.Lock()
+	retiring, l := sh.retiring, sh.leg
+	id, passwd := l.id, l.passwd
+	sh.mu.Unlock()
+	if !retiring || id == 0 || sh.srv.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(sh.srv.ctx, sh.timeout)
+	defer cancel()
+	c, err := zkclient.Dial(ctx, l.addrs, zkclient.Options{SessionTimeout: sh.timeout, DialTimeout: sh.srv.cfg.DialTimeout, Dial: sh.srv.cfg.Dial,
+		SessionID: id, Passwd: passwd, BufferSize: 4 << 10, EventBuffer: 16})
+	if err != nil {
+		sh.log.Warn("retired ensemble: could not close the shadow session; it expires there after its timeout", "err", err, "timeout", sh.timeout)
+		return
+	}
+	_ = c.Close()
+	if !sh.repair {
+		sh.srv.dropShadowFile(sh.key)
 	}
 }
 

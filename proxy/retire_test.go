@@ -142,9 +142,40 @@ func TestRetireClosesShadowsOnAAndSurvivesRestart(t *testing.T) {
 	}
 	noSessionTrouble(t, ev, "flip")
 
+	// The client writes without a pause while its proxy retires A: every
+	// write must succeed.
+	if _, err := c.Create(root+"/load", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	stop, loadDone := make(chan struct{}), make(chan error, 1)
+	writes := 0
+	go func() {
+		for {
+			select {
+			case <-stop:
+				loadDone <- nil
+				return
+			default:
+			}
+			if _, err := c.Set(root+"/load", []byte("x"), -1); err != nil {
+				loadDone <- err
+				return
+			}
+			writes++
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
 	code, reply, body := postRetire(t, url, flipToken, ensemble.Source)
+	time.Sleep(50 * time.Millisecond)
+	close(stop)
+	if err := <-loadDone; err != nil {
+		t.Fatalf("a write while the proxy retired A failed: %v", err)
+	}
 	if code != http.StatusOK || reply.Retired != ensemble.Source || reply.Closed != 1 {
 		t.Fatalf("retire A: %d %q, want 200 retired A closed 1", code, body)
+	}
+	if writes == 0 {
+		t.Fatal("no write while the proxy retired A")
 	}
 	if sessionOnA(t, id) {
 		t.Fatalf("session 0x%x still on A after the retirement", id)

@@ -187,6 +187,7 @@ func (sh *shadow) run() {
 	backoff := 50 * time.Millisecond
 	for {
 		if sh.finished() {
+			sh.closeRetired() // retire.go: not left to expire on the retired ensemble
 			return
 		}
 		c, err := sh.connect(ctx)
