@@ -383,7 +383,7 @@ func (s *Server) forgetShadow(sh *shadow) {
 	auths := append([]zkclient.Auth(nil), sh.auths...)
 	sh.mu.Unlock()
 	if n > 0 && s.secondaryRetired() {
-		n = 0 // requeued by a mirror cut short by the retirement: nothing more goes to it
+		n = 0 // queued by a write racing the retirement: nothing more goes to the retired ensemble
 		s.mirrorBacklog.Add(-int64(q.len()))
 	}
 	if n > 0 && s.handOff(sh, q, auths) {
