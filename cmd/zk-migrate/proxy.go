@@ -374,10 +374,9 @@ func runProxy(c *cli.Context) error {
 			}
 		}
 		onRetire := func(retired ensemble.Name) {
+			// Advertised by advertiseSessions within 2 s: SetMeta waits for
+			// gossip (up to 5 s), which the control plane's request must not.
 			log.Info("retired the old ensemble at the control plane's request (phase 6)", "retired", retired.Flag())
-			if agent != nil {
-				_ = agent.SetMeta(func(m *membership.Meta) { m.Retired = retired })
-			}
 		}
 		adminSrv := &http.Server{Handler: proxyAdmin(srv, token, onFlip, onRetire), ReadHeaderTimeout: 5 * time.Second, ErrorLog: adminErrorLog(log)}
 		if tlsc.Admin != nil {
@@ -390,9 +389,6 @@ func runProxy(c *cli.Context) error {
 		log.Info("admin endpoint listening", "addr", aln.Addr().String(), "url", apiURL)
 	}
 	if agent != nil {
-		if r := srv.Retired(); r != "" {
-			_ = agent.SetMeta(func(m *membership.Meta) { m.Retired = r }) // recorded in --state-dir before a restart
-		}
 		go advertiseSessions(ctx, agent, srv)
 	}
 	select {
@@ -412,13 +408,18 @@ func runProxy(c *cli.Context) error {
 	return nil
 }
 
-// advertiseSessions keeps the proxy's session count, epoch and primary
-// current in the pool.
+// advertiseSessions keeps the proxy's session count, epoch, primary and
+// retired ensemble current in the pool.
 func advertiseSessions(ctx context.Context, agent *membership.Agent, srv *proxy.Server) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	last := -1
 	lastEpoch, lastPrimary := srv.Epoch()
+	var lastRetired ensemble.Name
+	if r := srv.Retired(); r != "" { // recorded in --state-dir before a restart
+		lastRetired = r
+		_ = agent.SetMeta(func(m *membership.Meta) { m.Retired = r })
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -433,6 +434,10 @@ func advertiseSessions(ctx context.Context, agent *membership.Agent, srv *proxy.
 		if epoch, primary := srv.Epoch(); epoch != lastEpoch || primary != lastPrimary {
 			lastEpoch, lastPrimary = epoch, primary
 			_ = agent.SetMeta(func(m *membership.Meta) { m.Epoch, m.Primary = epoch, primary })
+		}
+		if r := srv.Retired(); r != lastRetired { // phase 6 (POST /admin/v1/retire)
+			lastRetired = r
+			_ = agent.SetMeta(func(m *membership.Meta) { m.Retired = r })
 		}
 	}
 }
