@@ -46,6 +46,9 @@ const (
 	// checkpoint (Checkpoint). It is bookkeeping taken at every equal
 	// reconcile, not an action: it leaves no audit entry.
 	CmdSyncCheckpoint Kind = "sync-checkpoint"
+	// CmdRetireA (executor, phase 6) records that the proxies (Proxies)
+	// are being asked to retire ensemble A: no rollback after it.
+	CmdRetireA Kind = "retire-a"
 )
 
 // Command is one change to the state. Time and By are set by whoever
@@ -259,6 +262,9 @@ func (m *Migration) apply(c Command) error {
 		if m.Step >= StepRemoveA && m.Status == StatusSucceeded {
 			return invalid(m, c, "ensemble A is removed: a rollback is no longer possible")
 		}
+		if m.ARetired {
+			return invalid(m, c, "the proxies have retired ensemble A (phase 6 asked them): a rollback is no longer possible; retry phase 6")
+		}
 		m.RollbackTo = c.Step
 		m.Status = StatusRollingBack
 	case CmdRolledBack:
@@ -312,6 +318,11 @@ func (m *Migration) apply(c Command) error {
 		}
 		m.Status = StatusFailed
 		m.LastError = c.Error
+	case CmdRetireA:
+		if m.Step != StepRemoveA || m.Status != StatusRunning {
+			return invalid(m, c, "not running phase 6")
+		}
+		m.ARetired = true
 	case CmdFlipBegin:
 		if m.Step != StepFlip || m.Status != StatusRunning {
 			return invalid(m, c, "not in the flip step")

@@ -158,6 +158,11 @@ func (e *Executor) runStep(ctx context.Context, m *Migration) error {
 	if err := r.Run(ctx, m); err != nil {
 		return e.fail(ctx, m, fmt.Errorf("%s: %w", m.Step, err))
 	}
+	if m.Step == StepRemoveA {
+		if err := e.retireA(ctx, m); err != nil { // executor_retire.go
+			return e.fail(ctx, m, fmt.Errorf("%s: %w", m.Step, err))
+		}
+	}
 	if err := r.Verify(ctx, m); err != nil {
 		return e.fail(ctx, m, fmt.Errorf("%s: success criteria: %w", m.Step, err))
 	}

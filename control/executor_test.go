@@ -113,7 +113,7 @@ func (f *fleet) Flip(ctx context.Context, _ string, epoch int64, primary ensembl
 	return acked, nil
 }
 
-func newExecutor(t *testing.T, f *fleet) (*Executor, *localProposer, *recorder) {
+func newExecutor(t *testing.T, f ProxyFleet) (*Executor, *localProposer, *recorder) {
 	p := &localProposer{s: NewState()}
 	rec := &recorder{failRuns: map[Step]int{}}
 	steps := map[Step]StepRunner{}

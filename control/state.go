@@ -148,9 +148,12 @@ type Migration struct {
 	// Sync is what the replicated state knows of the replicator: the
 	// leader records each start and stop, so every node can tell whether
 	// it runs (SPEC.md, "Work that follows leadership").
-	Sync    SyncState `json:"sync"`
-	Created time.Time `json:"created"`
-	Updated time.Time `json:"updated"`
+	Sync SyncState `json:"sync"`
+	// ARetired: phase 6 has asked the proxies to retire ensemble A
+	// (retire-a); a rollback is refused from then on.
+	ARetired bool      `json:"a_retired,omitempty"`
+	Created  time.Time `json:"created"`
+	Updated  time.Time `json:"updated"`
 }
 
 // SyncState is the replicator's state as the leader recorded it.

@@ -50,6 +50,9 @@ type Meta struct {
 	// LeaseMS is a two-ensemble proxy's read lease: the longest it serves
 	// requests from the old primary after a flip it missed.
 	LeaseMS int64 `json:"rl,omitempty"`
+	// Retired is the ensemble a two-ensemble proxy has retired in phase 6
+	// (it no longer mirrors to it nor holds a session there).
+	Retired ensemble.Name `json:"rt,omitempty"`
 }
 
 // Member is one live member.

@@ -70,16 +70,22 @@ func (s *Server) FlipHandler(token string, done func(epoch int64, primary ensemb
 		epoch, primary := s.Epoch()
 		switch {
 		case err == nil:
-			if done != nil {
-				done(epoch, primary)
-			}
 			w.Header().Set("Content-Type", "application/json")
 			reply := membership.HoldReply{Epoch: epoch, Primary: primary, BudgetMS: budget.Milliseconds()}
 			if m, ok := s.HoldMarker(req.Epoch); ok && req.Phase == membership.PhaseHold {
 				reply.Marker = &m
 			}
 			_ = json.NewEncoder(w).Encode(reply)
-		case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrEpochConflict):
+			// The answer goes out before done runs: done advertises the
+			// epoch in gossip, which may wait seconds for the broadcast, and
+			// the control plane's barrier counts every millisecond of a hold.
+			if f, ok := w.(http.Flusher); ok {
+				f.Flush()
+			}
+			if done != nil && (req.Phase == "" || req.Phase == membership.PhaseSwap) {
+				done(epoch, primary)
+			}
+		case errors.Is(err, ErrStaleEpoch), errors.Is(err, ErrEpochConflict), errors.Is(err, ErrRetired):
 			http.Error(w, err.Error(), http.StatusConflict)
 		case req.Primary != "" && !req.Primary.Valid():
 			http.Error(w, err.Error(), http.StatusBadRequest)

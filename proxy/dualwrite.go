@@ -200,6 +200,14 @@ func (s *Server) loadShadow(key int64) (int64, []byte, bool) {
 	return int64(id), pw, true
 }
 
+// dropShadowFile forgets the shadow session's record only: the secondary
+// was retired and the client's session goes on (retire.go).
+func (s *Server) dropShadowFile(key int64) {
+	if s.cfg.StateDir != "" {
+		_ = os.Remove(s.shadowFile(key))
+	}
+}
+
 // dropShadowState forgets the shadow session of a closed client session.
 func (s *Server) dropShadowState(key int64) {
 	if s.cfg.StateDir != "" {

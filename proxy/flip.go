@@ -123,6 +123,8 @@ func (s *Server) flipNeeded(ctx context.Context, epoch int64, primary ensemble.N
 		return cur, true, nil
 	case !s.TwoEnsembles():
 		return cur, false, fmt.Errorf("flip to %s: the proxy runs with one ensemble (start it with --source and --target)", primary.Flag())
+	case s.Retired() == primary:
+		return cur, false, fmt.Errorf("flip to %s at epoch %d: %w (phase 6 ran; %s stays the primary)", primary.Flag(), epoch, ErrRetired, cur.primary.Flag())
 	}
 	return cur, false, nil
 }

@@ -80,6 +80,9 @@ func (sh *shadow) mark(paths ...string) { sh.markACL(nil, paths...) }
 // or a create; nil for any other write): the latest requested ACL of a
 // queued path is kept beside it.
 func (sh *shadow) markACL(acl []jute.ACL, paths ...string) {
+	if sh.srv.secondaryRetired() {
+		return // phase 6 retired the secondary: nothing is mirrored to it (retire.go)
+	}
 	now := time.Now()
 	added := 0
 	sh.mu.Lock()

@@ -32,7 +32,7 @@ const repairKeyBase = math.MinInt64 + 1
 // proxy is stopping (or sh is a repair shadow itself): the paths are then
 // the caller's to count as abandoned.
 func (s *Server) handOff(sh *shadow, q mirrorQueue, auths []zkclient.Auth) bool {
-	if sh.repair || s.ctx.Err() != nil {
+	if sh.repair || s.ctx.Err() != nil || s.secondaryRetired() {
 		return false
 	}
 	s.startRepair(fmt.Sprintf("0x%x", sh.key), sh.timeout, q, auths)

@@ -266,6 +266,8 @@ type Server struct {
 	watcherFor  ensemble.Name
 	heldMu      sync.Mutex // guards held
 	held        *holding   // a flip barrier's hold in place (barrier.go)
+
+	retired atomic.Pointer[ensemble.Name] // the secondary, once retired (retire.go); stored under mu
 }
 
 // New validates cfg and returns a Server that is not yet listening.
@@ -287,8 +289,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.roles.Store(&roles{primary: cfg.PrimaryName, upstream: cfg.Upstream, secondary: cfg.Secondary, epoch: cfg.Epoch})
 	s.view.on = len(cfg.Secondary) > 0 // one ensemble never flips: nothing to record or translate
+	if err := s.loadRetired(); err != nil {
+		cancel()
+		return nil, err
+	}
 	if s.TwoEnsembles() {
-		s.restoreBacklog()
+		if !s.secondaryRetired() {
+			s.restoreBacklog()
+		}
 		s.loadVersions()
 		s.wg.Add(1)
 		go func() {

@@ -14,7 +14,11 @@ func (s *session) attachShadow() {
 // client's session ended with it (closed by the client, expired by the
 // proxy or by the ensemble): then the shadow session is closed too.
 func (s *session) releaseShadow() {
-	s.shadow.release(s.closing.Load() || s.ended.Load())
+	ended := s.closing.Load() || s.ended.Load()
+	s.shadow.release(ended)
+	if ended && s.srv.secondaryRetired() {
+		s.srv.dropShadowState(s.id) // its shadow closed at the retirement: only its flip records are left
+	}
 }
 
 // sessionExpired is called when the primary says a client's session has

@@ -49,6 +49,7 @@ type shadow struct {
 	relays     int       // relays (client connections) serving the session
 	unrelayed  time.Time // when relays last dropped to 0
 	closing    bool      // the client's session ended: drain, then close
+	retiring   bool      // the secondary is retired (retire.go): close, keep the client's flip records
 	gone       bool      // run is ending: a relay arriving now needs a new shadow
 	closeBy    time.Time // give up draining at this time
 	repair     bool      // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
@@ -61,6 +62,9 @@ type shadow struct {
 func (s *Server) shadowFor(key int64, timeout time.Duration) *shadow {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.secondaryRetired() {
+		return s.retiredShadow(key) // phase 6 retired the secondary (retire.go)
+	}
 	sh := s.shadows[key]
 	if sh != nil {
 		sh.mu.Lock()
@@ -183,6 +187,7 @@ func (sh *shadow) run() {
 	backoff := 50 * time.Millisecond
 	for {
 		if sh.finished() {
+			sh.closeRetired() // retire.go: not left to expire on the retired ensemble
 			return
 		}
 		c, err := sh.connect(ctx)
@@ -299,7 +304,13 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 			sh.mu.Unlock()
 			if closing {
 				_ = c.Close() // closeSession: the client's ephemerals go from the secondary
-				if !sh.repair {
+				sh.mu.Lock()
+				retiring := sh.retiring
+				sh.mu.Unlock()
+				switch {
+				case retiring && !sh.repair:
+					sh.srv.dropShadowFile(sh.key) // the client's session goes on, served by the primary
+				case !sh.repair:
 					sh.srv.dropShadowState(sh.key)
 				}
 				sh.log.Debug("shadow session closed with the client's session")
@@ -371,6 +382,10 @@ func (s *Server) forgetShadow(sh *shadow) {
 	sh.queue = mirrorQueue{}
 	auths := append([]zkclient.Auth(nil), sh.auths...)
 	sh.mu.Unlock()
+	if n > 0 && s.secondaryRetired() {
+		n = 0 // queued by a write racing the retirement: nothing more goes to the retired ensemble
+		s.mirrorBacklog.Add(-int64(q.len()))
+	}
 	if n > 0 && s.handOff(sh, q, auths) {
 		s.logs.warn(sh.log, "mirror_handed_off", "session ended with writes not yet mirrored (the secondary is unreachable?); a repair session of the proxy mirrors them when it returns",
 			"paths", n, "hint", "bring the secondary back; `zk-migrate validate` shows what differs")

@@ -179,6 +179,7 @@ func (d *demo) startProxies(ctx context.Context) error {
 		}
 		d.proxyLogs = append(d.proxyLogs, name)
 		d.metrics = append(d.metrics, metrics)
+		d.admins = append(d.admins, admin)
 	}
 	d.say("%d zk-migrate proxies in two-ensemble mode (primary A, mirroring to B): %s for the masters and agents, %s for the framework",
 		d.cfg.Proxies+1, strings.Join(d.proxies, " "), d.fwProxy.listen)

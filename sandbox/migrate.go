@@ -108,6 +108,7 @@ type demo struct {
 	hops      map[string][]*hop // by proxy name: its way to each server of B
 	proxyLogs []string          // their names (NAME.log)
 	metrics   []string          // their /metrics addresses
+	admins    []string          // their admin endpoints (host:port)
 	api       *controlAPI
 	fwURL     string
 	step      atomic.Value // string: the step being run, for leaderWatch
@@ -203,13 +204,14 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	}
 	rep.DigestsEqual, rep.DigestDiffs = awaitEqual(ctx, d.a, d.b, []string{"/mesos", "/demo"}, d.out, 30*time.Second)
 	if d.cfg.RollbackAt == 0 {
-		// Phase 6 (sync stopped, no session left on A) cannot pass while
-		// the proxies mirror to A: their shadow sessions are on A, and
-		// nothing tells a proxy to stop mirroring yet (SPEC.md 8). The
-		// demo says so rather than fail the phase after its timeout.
-		rep.Phase6Skipped = "not run: the proxies still mirror to A (a shadow session per client session on A), and stopping their mirror is not built yet; " +
-			"A stays archived and in sync for the rollback window"
-		d.say("phase 6 (retire A) %s", rep.Phase6Skipped)
+		// Phase 6: the sync stops, every proxy retires A (its shadow
+		// sessions there closed), no client session is left on A. The
+		// Mesos processes keep running through it (their sessions are
+		// counted with the others).
+		var err error
+		if rep.Retired, err = d.phase6(ctx); err != nil {
+			return rep, err
+		}
 	}
 	stopObs()
 	obs.Wait()

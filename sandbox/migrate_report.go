@@ -67,6 +67,9 @@ type MigrationReport struct {
 	RegisterDups, RegisterSkipped int
 	RegisterAnomalies             [2]time.Duration
 	RegisterStart                 time.Duration // since the demo's start
+
+	// Retired is what phase 6 left: proxies that retired A, sessions on A.
+	Retired string
 }
 
 // Unplanned counts leader changes the migration did not make on purpose.
@@ -290,6 +293,9 @@ func printMigrationReport(out io.Writer, r MigrationReport) {
 	}
 	if r.Phase6Skipped != "" {
 		fmt.Fprintf(out, "    %-22s %s\n", "6-remove-a", r.Phase6Skipped)
+	}
+	if r.Retired != "" {
+		fmt.Fprintf(out, "  %-28s %s\n", "A retired (phase 6)", r.Retired)
 	}
 	fmt.Fprintf(out, "  write pause at the flip      ")
 	for i, p := range r.FlipPauses {

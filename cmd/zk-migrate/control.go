@@ -206,6 +206,7 @@ func runControl(c *cli.Context) error {
 		}
 	}
 	var fleet control.ProxyFleet = server.NoProxies{}
+	var _ control.Retirer = (*membership.Fleet)(nil) // phase 6 asks the proxies to retire A (control/executor_retire.go)
 	if addr := c.String("gossip-addr"); addr != "" {
 		agent, err := membership.Join(membership.Config{Name: "control-" + c.String("id"), BindAddr: addr, SecretKey: gkey,
 			Seeds: c.StringSlice("gossip-join"), Meta: membership.Meta{Role: membership.RoleControl, API: apiURL}})
@@ -231,6 +232,9 @@ func runControl(c *cli.Context) error {
 			detail := map[string]any{"sync": sy.Status()}
 			if m := node.State().Migrations[id]; m != nil {
 				detail["stale_proxies"] = mf.Stale(m.Epoch)
+				if m.ARetired {
+					detail["proxies_not_retired_a"] = mf.NotRetired(ensemble.Source) // phase 6 asked them (gossip)
+				}
 			}
 			live, _ := mf.Live(ctx)
 			detail["live_proxies"] = live

@@ -12,7 +12,8 @@ import (
 // as `make demo` runs it (a smaller cluster: one agent a side, four tasks,
 // two proxies): two real ensembles, three control nodes, proxies in
 // two-ensemble mode, the emulated Mesos cluster through them, and the
-// migration through the control plane. The demo's exit status and its
+// whole migration through the control plane, phase 6 included (every
+// proxy retires A, no session is left there). The demo's exit status and its
 // report must show every guarantee: no task failed, no session expired,
 // no Mesos process exited, exactly the one planned leader change, never
 // two leaders, digests equal, no acknowledged write lost; and its output
@@ -40,6 +41,11 @@ func TestDemoMigratesMesosWithEveryGuarantee(t *testing.T) {
 	for _, want := range []string{
 		"flip done: epoch 1, primary B, proxies acknowledged 3 of 3, fenced 0",
 		"5-drain-agents-a       succeeded",
+		// Phase 6 beside the dual-writing proxies: each retires A, no
+		// session is left there, and the guarantees below hold through it.
+		"6-remove-a             running",
+		"done                   completed",
+		"A retired (phase 6)          3 of 3 proxies retired A, client sessions left on A: 0",
 		"tasks failed                 0 ",
 		"sessions expired             0 ",
 		"Mesos processes exited       0 ",

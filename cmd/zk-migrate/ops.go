@@ -187,6 +187,8 @@ func nextAction(m control.Migration, leader string) string {
 			arg = "flip"
 		}
 		return "ready: zk-migrate advance --phase " + arg + " --confirm"
+	case m.Status == control.StatusFailed && m.ARetired:
+		return "failed: " + m.LastError + " (zk-migrate retry; no rollback: the proxies were asked to retire A)"
 	case m.Status == control.StatusFailed:
 		return "failed: " + m.LastError + " (zk-migrate retry, or rollback)"
 	case m.Status == control.StatusRollingBack:

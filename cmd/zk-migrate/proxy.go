@@ -84,10 +84,10 @@ Check it:  echo ruok | nc 127.0.0.1 2181      (answers imok)
 			&cli.StringFlag{Name: "source", Usage: "two-ensemble mode: servers of the source ensemble A (migration.yaml's source_zk)", EnvVars: []string{"ZKM_SOURCE"}},
 			&cli.StringFlag{Name: "target", Usage: "two-ensemble mode: servers of the target ensemble B (migration.yaml's target_zk)", EnvVars: []string{"ZKM_TARGET"}},
 			&cli.StringFlag{Name: "primary", Value: "source", Usage: "two-ensemble mode: the ensemble that serves clients, source or target; the other gets mirrored writes", EnvVars: []string{"ZKM_PRIMARY"}},
-			&cli.StringFlag{Name: "admin-addr", Usage: "address of the proxy's admin endpoint (GET /admin/v1/sessions: each client session and its shadow session; POST /admin/v1/flip: the control plane's flip barrier), advertised in gossip; empty: off", EnvVars: []string{"ZKM_ADMIN_ADDR"}},
+			&cli.StringFlag{Name: "admin-addr", Usage: "address of the proxy's admin endpoint (GET /admin/v1/sessions: each client session and its shadow session; POST /admin/v1/flip: the control plane's flip barrier; POST /admin/v1/retire: phase 6 retires the old ensemble), advertised in gossip; empty: off", EnvVars: []string{"ZKM_ADMIN_ADDR"}},
 			&cli.DurationFlag{Name: "fence-lease", Value: 5 * time.Second, Usage: "two-ensemble mode: the longest this proxy serves requests from the old primary after a flip it missed (it renews the lease by reading its primary's fence znode every quarter of it); advertised in gossip", EnvVars: []string{"ZKM_FENCE_LEASE"}},
 			&cli.StringFlag{Name: "admin-token-file", Usage: "file (mode 600) holding the bearer token the control plane sends with a flip (its --proxy-token-file); without it every flip request is refused (401)", EnvVars: []string{"ZKM_ADMIN_TOKEN_FILE"}},
-			&cli.StringFlag{Name: "state-dir", Usage: "two-ensemble mode: directory keeping each session's shadow session, so a restarted proxy resumes it", EnvVars: []string{"ZKM_STATE_DIR"}},
+			&cli.StringFlag{Name: "state-dir", Usage: "two-ensemble mode: directory keeping each session's shadow session, so a restarted proxy resumes it, and whether phase 6 retired the old ensemble (then no session is opened there again)", EnvVars: []string{"ZKM_STATE_DIR"}},
 			&cli.IntFlag{Name: "max-mirror-backlog", Value: 100000, Usage: "two-ensemble mode: znode paths waiting for the secondary; beyond, writes are left to the replicator (counted in mirror_failures_total)"},
 			&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9404", Usage: "address of the Prometheus /metrics endpoint (empty: off)", EnvVars: []string{"ZKM_METRICS_ADDR"}},
 			&cli.IntFlag{Name: "jute-maxbuffer", Value: jute.DefaultMaxBuffer, Usage: "largest client request in bytes, as the servers' jute.maxbuffer"},
@@ -381,7 +381,12 @@ func runProxy(c *cli.Context) error {
 				_ = agent.SetMeta(func(m *membership.Meta) { m.Epoch, m.Primary = epoch, primary })
 			}
 		}
-		adminSrv := &http.Server{Handler: proxyAdmin(srv, token, onFlip), ReadHeaderTimeout: 5 * time.Second, ErrorLog: adminErrorLog(log)}
+		onRetire := func(retired ensemble.Name) {
+			// Advertised by advertiseSessions within 2 s: SetMeta waits for
+			// gossip (up to 5 s), which the control plane's request must not.
+			log.Info("retired the old ensemble at the control plane's request (phase 6)", "retired", retired.Flag())
+		}
+		adminSrv := &http.Server{Handler: proxyAdmin(srv, token, onFlip, onRetire), ReadHeaderTimeout: 5 * time.Second, ErrorLog: adminErrorLog(log)}
 		if tlsc.Admin != nil {
 			adminSrv.TLSConfig = tlsc.Admin
 			go func() { _ = adminSrv.ServeTLS(aln, "", "") }()
@@ -411,13 +416,18 @@ func runProxy(c *cli.Context) error {
 	return nil
 }
 
-// advertiseSessions keeps the proxy's session count, epoch and primary
-// current in the pool.
+// advertiseSessions keeps the proxy's session count, epoch, primary and
+// retired ensemble current in the pool.
 func advertiseSessions(ctx context.Context, agent *membership.Agent, srv *proxy.Server) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	last := -1
 	lastEpoch, lastPrimary := srv.Epoch()
+	var lastRetired ensemble.Name
+	if r := srv.Retired(); r != "" { // recorded in --state-dir before a restart
+		lastRetired = r
+		_ = agent.SetMeta(func(m *membership.Meta) { m.Retired = r })
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -433,6 +443,10 @@ func advertiseSessions(ctx context.Context, agent *membership.Agent, srv *proxy.
 			lastEpoch, lastPrimary = epoch, primary
 			_ = agent.SetMeta(func(m *membership.Meta) { m.Epoch, m.Primary = epoch, primary })
 		}
+		if r := srv.Retired(); r != lastRetired { // phase 6 (POST /admin/v1/retire)
+			lastRetired = r
+			_ = agent.SetMeta(func(m *membership.Meta) { m.Retired = r })
+		}
 	}
 }
 
@@ -444,9 +458,10 @@ type sessionRow struct {
 
 // proxyAdmin serves the proxy's admin endpoint: the sessions and the flip
 // barrier (token-authenticated).
-func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Name)) http.Handler {
+func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Name), onRetire func(ensemble.Name)) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST "+membership.FlipPath, srv.FlipHandler(token, onFlip))
+	mux.Handle("POST "+membership.RetirePath, srv.RetireHandler(token, onRetire))
 	mux.HandleFunc("GET /admin/v1/sessions", func(w http.ResponseWriter, _ *http.Request) {
 		epoch, primary := srv.Epoch()
 		rows := []sessionRow{}
@@ -459,7 +474,7 @@ func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Nam
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"primary": primary.Flag(), "epoch": epoch, "two_ensembles": srv.TwoEnsembles(),
-			"mirror_backlog": srv.MirrorBacklog(), "read_lease_ms": readLeaseMS(srv), "sessions": rows})
+			"mirror_backlog": srv.MirrorBacklog(), "read_lease_ms": readLeaseMS(srv), "retired": srv.Retired().Flag(), "sessions": rows})
 	})
 	return mux
 }

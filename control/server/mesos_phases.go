@@ -30,7 +30,9 @@ import (
 //     on B's agents (GET_TASKS) with none failed, then their machines go
 //     DOWN and the agents stop;
 //   - phase 6 (remove_a): anything of A still running is stopped, the sync
-//     stops, and A's servers must show no client session (cons).
+//     stops, the executor asks every proxy to retire A (their shadow
+//     sessions there closed: control/executor_retire.go), and A's servers
+//     must show no client session (cons).
 //
 // Each Undo reverses its phase. Without a mesos section the phase runs its
 // actions (Script). Every Run, Verify and Undo works from what runs now, so
