@@ -201,9 +201,9 @@ func (s *Systemd) Stop(ctx context.Context, p Process) error {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case sctx.Err() != nil:
-			return fmt.Errorf("stop %s: `systemctl stop %s` on %s did not return within %v; not killed, since a killed master's "+
-				"znodes outlive it until its session expires (find out why it hangs: systemctl status %s; or kill it and wait out "+
-				"its session): %s", p, unit, p.Host, timeout, unit, s.Describe(p))
+			return fmt.Errorf("stop %s: `systemctl stop %s` on %s did not return within %v; not killed (the units never "+
+				"SIGKILL: a killed master's znodes outlive it until its session expires; find out why it hangs: systemctl status %s; "+
+				"or kill it and wait out its session): %s", p, unit, p.Host, timeout, unit, s.Describe(p))
 		}
 		return fmt.Errorf("stop %s: %w%s", p, err, s.journalAfter(err, p))
 	}

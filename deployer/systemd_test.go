@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -183,6 +184,30 @@ func TestSystemdDeployerOverSSH(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("start of a unit not installed: %v; want %q", err, want)
 		}
+	}
+
+	// A process that ignores SIGTERM: Stop fails when its time is up and
+	// the process lives on (never SIGKILL).
+	hang := Process{Kind: Agent, Name: "b-ag2", Side: "B", Host: "127.0.0.1", Port: freePort(t)}
+	host.env(t, hang, fmt.Sprintf("EXEC_START='trap \"\" TERM; exec python3 -m http.server %d --bind 127.0.0.1'", hang.Port))
+	t.Cleanup(func() {
+		if pid := host.pid(d.Unit(hang)); pid != 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL) // the test's own process
+		}
+	})
+	if err := d.Start(ctx, hang); err != nil {
+		t.Fatal(err)
+	}
+	short := host.deployer(sshd.ssh())
+	short.StopTimeout = 3 * time.Second
+	err = short.Stop(ctx, hang)
+	for _, want := range []string{"`systemctl stop mesos-agent@b-ag2` on 127.0.0.1 did not return within 3s; not killed"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("stop of a process that ignores SIGTERM: %v; want %q", err, want)
+		}
+	}
+	if ok, err := d.Running(ctx, hang); err != nil || !ok || host.pid(d.Unit(hang)) == 0 {
+		t.Fatalf("after a stop that timed out: running %v, %v, pid %d; want the process alive", ok, err, host.pid(d.Unit(hang)))
 	}
 
 	// A key the host refuses, and a host without sshd: errors, never
