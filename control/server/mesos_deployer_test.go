@@ -1,6 +1,10 @@
 package server
 
 import (
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,5 +54,40 @@ mesos:
 	}
 	if u := s.Unit(deployer.Process{Kind: deployer.Agent, Name: "b-ag1"}); u != "mesos-agent@b-ag1" {
 		t.Fatalf("agent unit %q", u)
+	}
+}
+
+// TestPreflightChecksTheDeployer: with kind systemd, a host the control
+// node cannot reach over SSH fails the pre-flight, before phase 1 touches
+// anything, with ssh's error and the fix (here no sshd listens on the
+// port; the real OpenSSH client is run).
+func TestPreflightChecksTheDeployer(t *testing.T) {
+	if _, err := exec.LookPath("ssh"); err != nil {
+		t.Skip("no OpenSSH client (apt-get install openssh-client)")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	c, err := control.ParseConfig([]byte(fmt.Sprintf(`
+migration: {id: m, source_zk: 127.0.0.1:1, target_zk: 127.0.0.1:2}
+mesos:
+  zk: zk://127.0.0.1:2181/mesos
+  sides:
+    a: {masters: [{name: a1, host: 127.0.0.1, port: 5050}]}
+    b: {masters: [{name: b1, host: 127.0.0.1, port: 5051}]}
+  deployer: {kind: systemd, ssh_port: %d, ssh_config: /dev/null, connect_timeout_sec: 5}
+`, port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Preflight(c)
+	for _, want := range []string{"pre-flight: the deployer (mesos.deployer.kind systemd) cannot tell whether 2 of 2 Mesos processes run",
+		"systemctl is-active mesos-master@b1`: ssh failed (exit status 255)", "Connection refused", "the host's ssh server is not reachable"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("pre-flight with no sshd: %v; want %q", err, want)
+		}
 	}
 }
