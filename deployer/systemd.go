@@ -146,7 +146,7 @@ func (s *Systemd) Start(ctx context.Context, p Process) error {
 		return fmt.Errorf("start %s: %w%s", p, err, s.journalAfter(err, p))
 	}
 	client := &http.Client{Timeout: time.Second}
-	lastCheck := time.Now()
+	lastCheck, failed := time.Now(), 0
 	for {
 		if s.answers(sctx, client, p) {
 			return nil
@@ -154,10 +154,15 @@ func (s *Systemd) Start(ctx context.Context, p Process) error {
 		if time.Since(lastCheck) >= time.Second { // the unit still up?
 			lastCheck = time.Now()
 			state, err := s.state(sctx, p)
+			if err != nil {
+				failed++ // three in a row: not a passing network hiccup
+			} else {
+				failed = 0
+			}
 			switch {
 			case ctx.Err() != nil:
 				return ctx.Err()
-			case err != nil && sctx.Err() == nil:
+			case err != nil && sctx.Err() == nil && failed >= 3:
 				return fmt.Errorf("start %s: started, then: %w", p, err)
 			case err == nil && !runningState(state):
 				return fmt.Errorf("start %s: unit %s on %s started, then went %s (it exited): %s", p, unit, p.Host, state, s.Describe(p))
