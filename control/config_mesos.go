@@ -24,11 +24,27 @@ import (
 //	      agents:  [{name: a-ag1, host: 10.0.0.4, port: 5051, hostname: agent-a1}]
 //	    b: {masters: [...], agents: [...]}
 //	  deployer:
-//	    kind: local                   # local (bin/mesos-sim); systemd-ssh is not built
-//	    binary: bin/mesos-sim
+//	    kind: local                   # local (bin/mesos-sim on this machine) or systemd (units over SSH)
+//	    binary: bin/mesos-sim         # local only
 //	    dir: /var/lib/zk-migrate/mesos
 //	    master_args: [--zk_session_timeout=10secs]
 //	    agent_args: []
+//
+// or, on real hosts (README, "Mesos-aware phases"):
+//
+//	deployer:
+//	  kind: systemd                 # ssh HOST systemctl start|stop|is-active UNIT
+//	  ssh_user: zkm                 # default: ssh's configuration
+//	  ssh_port: 22
+//	  ssh_identity_file: /etc/zk-migrate/id_ed25519
+//	  ssh_config: /etc/zk-migrate/ssh_config
+//	  ssh_options: [StrictHostKeyChecking=yes, ProxyJump=bastion]
+//	  connect_timeout_sec: 10
+//	  sudo: true                    # sudo -n systemctl ...
+//	  master_unit: mesos-master@{name}
+//	  agent_unit: mesos-agent@{name}
+//	  start_timeout_sec: 60         # both kinds (local's default 20)
+//	  stop_timeout_sec: 90
 type Mesos struct {
 	ZK         string `yaml:"zk"`
 	Quorum     int    `yaml:"quorum"`
@@ -56,19 +72,37 @@ type MesosProcess struct {
 	Hostname string `yaml:"hostname"`
 }
 
-// MesosDeployer says how processes are started and stopped.
+// MesosDeployer says how processes are started and stopped: kind local
+// (Binary, Dir, MasterArgs, AgentArgs) or kind systemd (the SSH and unit
+// fields; deployer.Systemd says what each does).
 type MesosDeployer struct {
 	Kind       string   `yaml:"kind"`
 	Binary     string   `yaml:"binary"`
 	Dir        string   `yaml:"dir"`
 	MasterArgs []string `yaml:"master_args"`
 	AgentArgs  []string `yaml:"agent_args"`
+
+	SSH               string   `yaml:"ssh"`
+	SSHUser           string   `yaml:"ssh_user"`
+	SSHPort           int      `yaml:"ssh_port"`
+	SSHIdentityFile   string   `yaml:"ssh_identity_file"`
+	SSHConfig         string   `yaml:"ssh_config"`
+	SSHOptions        []string `yaml:"ssh_options"`
+	ConnectTimeoutSec int      `yaml:"connect_timeout_sec"`
+	Sudo              bool     `yaml:"sudo"`
+	MasterUnit        string   `yaml:"master_unit"`
+	AgentUnit         string   `yaml:"agent_unit"`
+	Systemctl         string   `yaml:"systemctl"`
+	Journalctl        string   `yaml:"journalctl"`
+
+	StartTimeoutSec int `yaml:"start_timeout_sec"`
+	StopTimeoutSec  int `yaml:"stop_timeout_sec"`
 }
 
 // Deployer kinds.
 const (
-	DeployLocal      = "local"
-	DeploySystemdSSH = "systemd-ssh"
+	DeployLocal   = "local"
+	DeploySystemd = "systemd"
 )
 
 func (m *Mesos) setDefaults() {
@@ -78,6 +112,7 @@ func (m *Mesos) setDefaults() {
 	if m.TimeoutSec == 0 {
 		m.TimeoutSec = 120
 	}
+	m.Deployer.setDefaults()
 	for _, s := range []*MesosSide{&m.Sides.A, &m.Sides.B} {
 		for _, l := range [][]MesosProcess{s.Masters, s.Agents} {
 			for i := range l {
@@ -136,15 +171,5 @@ func (m *Mesos) validate(c *Config, bad func(field, value, want string)) {
 			}
 		}
 	}
-	switch d := m.Deployer; d.Kind {
-	case DeployLocal:
-		if d.Binary == "" || d.Dir == "" {
-			bad("mesos.deployer", "binary="+d.Binary+" dir="+d.Dir, "binary (bin/mesos-sim) and dir (pid files and logs) for kind local")
-		}
-	case DeploySystemdSSH:
-		bad("mesos.deployer.kind", d.Kind, "local: systemd-ssh is documented (deploy/systemd/mesos-*@.service) but not built; "+
-			"on real hosts remove the mesos section and drive the phases with actions")
-	default:
-		bad("mesos.deployer.kind", d.Kind, "local")
-	}
+	m.Deployer.validate(bad)
 }

@@ -6,7 +6,7 @@
 //   - prometheus/: alert rules, their promtool unit tests (rules_test.yml)
 //     and an example scrape configuration with the job names both use;
 //   - systemd/: the proxy's unit file, and example Mesos master and agent
-//     units for the systemd/SSH deployer shape (not built).
+//     units that mesos.deployer.kind systemd drives over SSH.
 //
 // The tests start real ZooKeeper servers, the zk-migrate control, proxy
 // and sync binaries and a real Prometheus (Debian's prometheus package),

@@ -1,17 +1,18 @@
 // Package deployer starts and stops Mesos processes (masters and agents) on
 // the hosts of either side of a migration, for the control plane's phases 2
-// to 5.
+// to 6 (migration.yaml's mesos.deployer).
 //
-// Two shapes:
+// Two implementations of Deployer:
 //
-//   - Local runs bin/mesos-sim processes on this machine (the sandbox, the
-//     demo and the tests);
-//   - on real hosts, a systemd unit per process reached over SSH
-//     (deploy/systemd/mesos-master@.service, mesos-agent@.service): Start is
-//     `systemctl start`, Stop `systemctl stop` (SIGTERM, as Local), Running
-//     `systemctl is-active`. That implementation is not built (see
-//     README, "Mesos-aware phases"); migration.yaml's actions remain the
-//     way to drive real hosts.
+//   - Local (kind local) runs bin/mesos-sim processes on this machine, with
+//     pid files: the sandbox, the demo and the tests;
+//   - Systemd (kind systemd) drives a systemd unit per process on its host
+//     over SSH (deploy/systemd/mesos-master@.service, mesos-agent@.service),
+//     through the OpenSSH client so the operator's ssh configuration
+//     applies: Start is `systemctl start` and a wait for HTTP, Stop
+//     `systemctl stop` (SIGTERM, as Local), Running `systemctl is-active`.
+//     Its tests use a real sshd; systemd is emulated there by a systemctl
+//     stand-in (testdata/systemctl), since none runs in the test container.
 package deployer
 
 import (

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,14 +27,8 @@ func TestLocalDeployerContract(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs bin/mesos-sim")
 	}
-	if _, err := os.Stat("/usr/include/zookeeper/zookeeper.h"); err != nil {
-		t.Fatalf("libzookeeper-mt-dev is missing (run make deps): %v", err)
-	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "mesos-sim")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/mesos-sim").CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
+	bin := mesosSim(t)
 	// No ZooKeeper answers here: an agent serves HTTP and keeps trying.
 	l := &Local{Binary: bin, Dir: filepath.Join(dir, "run"), ZK: "zk://127.0.0.1:1/mesos", Quorum: 1}
 	ctx := context.Background()

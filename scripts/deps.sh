@@ -2,7 +2,8 @@
 # Installs what zk-migrate's tests and sandbox need on a Debian machine:
 # ZooKeeper 3.8 (servers, Java CLI), its C client CLI, kazoo, Prometheus
 # (deploy/ tests run prometheus and promtool), Chromium (the dashboard's
-# browser test), and Go modules.
+# browser test), OpenSSH's server (the systemd deployer's tests), and Go
+# modules.
 set -euo pipefail
 need=()
 [ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
@@ -13,6 +14,7 @@ command -v java >/dev/null || need+=(default-jre-headless)
 command -v gcc >/dev/null || need+=(gcc)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium) # the dashboard's browser test
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)   # deployer/: the systemd deployer is tested over real SSH
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "installing Debian packages: ${need[*]}"

@@ -33,12 +33,20 @@ type mesosCluster struct {
 
 // NewDeployer builds the deployer a mesos section names.
 func NewDeployer(m *control.Mesos) (deployer.Deployer, error) {
-	switch m.Deployer.Kind {
+	d := m.Deployer
+	sec := func(n int) time.Duration { return time.Duration(n) * time.Second }
+	switch d.Kind {
 	case control.DeployLocal:
-		return &deployer.Local{Binary: m.Deployer.Binary, Dir: m.Deployer.Dir, ZK: m.ZK, Quorum: m.Quorum,
-			MasterArgs: m.Deployer.MasterArgs, AgentArgs: m.Deployer.AgentArgs}, nil
+		return &deployer.Local{Binary: d.Binary, Dir: d.Dir, ZK: m.ZK, Quorum: m.Quorum,
+			MasterArgs: d.MasterArgs, AgentArgs: d.AgentArgs, StartTimeout: sec(d.StartTimeoutSec), StopTimeout: sec(d.StopTimeoutSec)}, nil
+	case control.DeploySystemd:
+		return &deployer.Systemd{
+			SSH: deployer.SSH{Command: d.SSH, User: d.SSHUser, Port: d.SSHPort, IdentityFile: d.SSHIdentityFile,
+				ConfigFile: d.SSHConfig, Options: d.SSHOptions, ConnectTimeout: sec(d.ConnectTimeoutSec)},
+			Sudo: d.Sudo, MasterUnit: d.MasterUnit, AgentUnit: d.AgentUnit, Systemctl: d.Systemctl, Journalctl: d.Journalctl,
+			StartTimeout: sec(d.StartTimeoutSec), StopTimeout: sec(d.StopTimeoutSec)}, nil
 	default:
-		return nil, fmt.Errorf("mesos.deployer.kind %q is not built (local is; see README, Mesos-aware phases)", m.Deployer.Kind)
+		return nil, fmt.Errorf("mesos.deployer.kind %q is not one of local, systemd", d.Kind)
 	}
 }
 

@@ -65,11 +65,17 @@ func firstLine(s string) string {
 // of A and of B reachable from here (the replicator's path between them),
 // and every ACL under the paths readable with sync.auth on both sides
 // (CheckACLs); it notes servers older than 3.6 (sync then uses one-shot
-// watch trees).
+// watch trees). With a mesos section, the deployer must also reach every
+// master and agent (checkDeployer).
 func Preflight(cfg *control.Config) (notes []string, err error) {
 	tlsFor, err := zkTLS(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Mesos != nil {
+		if err := checkDeployer(context.Background(), cfg.Mesos); err != nil {
+			return nil, fmt.Errorf("pre-flight: %w", err)
+		}
 	}
 	for _, side := range []struct{ name, connect string }{{"A (source_zk)", cfg.Migration.SourceZK}, {"B (target_zk)", cfg.Migration.TargetZK}} {
 		h := CheckEnsembleTLS(side.connect, tlsFor)
