@@ -241,21 +241,20 @@ func names(ps []deployer.Process) string {
 // checkMasters verifies that exactly target runs, with one leader that
 // every running master follows, and that the leader is in leaderIn if set.
 func (c *mesosCluster) checkMasters(ctx context.Context, target []deployer.Process, leaderIn []deployer.Process) error {
-	return c.poll(ctx, "the masters "+names(target)+" with one leader", func() error {
+	var missing []deployer.Process // at the last poll
+	err := c.poll(ctx, "the masters "+names(target)+" with one leader", func() error {
 		run, err := c.running(ctx, c.allMasters())
 		if err != nil {
 			return err
 		}
+		missing = missing[:0]
 		if names(run) != names(sortLike(target, c.allMasters())) {
-			err := fmt.Errorf("running masters: %s; want %s", names(run), names(target))
-			if d, ok := c.dep.(deployer.Describer); ok {
-				for _, p := range target {
-					if !slices.Contains(run, p) {
-						err = fmt.Errorf("%w; %s: %s", err, p.Name, d.Describe(p))
-					}
+			for _, p := range target {
+				if !slices.Contains(run, p) {
+					missing = append(missing, p)
 				}
 			}
-			return err
+			return fmt.Errorf("running masters: %s; want %s", names(run), names(target))
 		}
 		if err := c.steady(ctx); err != nil {
 			return err
@@ -271,6 +270,14 @@ func (c *mesosCluster) checkMasters(ctx context.Context, target []deployer.Proce
 		}
 		return nil
 	})
+	// Described once, when the wait failed: a description may be a
+	// journalctl over ssh.
+	if d, ok := c.dep.(deployer.Describer); ok && err != nil {
+		for _, p := range missing {
+			err = fmt.Errorf("%w; %s: %s", err, p.Name, d.Describe(p))
+		}
+	}
+	return err
 }
 
 // sortLike returns ps in the order of all.
