@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
 )
 
 // The identity mapping of flipped sessions (4.6) in --state-dir, so a
@@ -14,7 +16,13 @@ import (
 // session that serves it (and translates its zxids as before) instead of
 // presenting its original id to the new primary, which would answer
 // "expired". One file per client session, sessions/<id>, removed with the
-// session's shadow record.
+// session's shadow record: "serving-id serving-password client-password
+// zxid-offset ensemble other-id other-password", the ensemble being the
+// one the serving session lives on and other the client's session on the
+// other ensemble (the shadow's at the time), so a proxy restarted on
+// another primary than the record's finds the session that lives there
+// (session_resume.go). A record of four fields (written before the last
+// three were kept) is taken as the primary's.
 
 func (s *Server) identityFile(key int64) string {
 	return filepath.Join(s.cfg.StateDir, "sessions", fmt.Sprintf("%016x", uint64(key)))
@@ -31,7 +39,12 @@ func (s *Server) saveIdentity(key int64, m *identity) {
 		_ = os.Remove(f)
 		return
 	}
-	body := fmt.Sprintf("%016x %s %s %d\n", uint64(m.id), hex.EncodeToString(m.passwd), hex.EncodeToString(m.client), m.zoff)
+	on := string(m.on)
+	if on == "" {
+		on = "-"
+	}
+	body := fmt.Sprintf("%016x %s %s %d %s %016x %s\n", uint64(m.id), hex.EncodeToString(m.passwd), hex.EncodeToString(m.client), m.zoff,
+		on, uint64(m.other), hexOrDash(m.otherPw))
 	if err := os.MkdirAll(filepath.Dir(f), 0o700); err == nil {
 		tmp := f + ".tmp"
 		if err = os.WriteFile(tmp, []byte(body), 0o600); err == nil {
@@ -55,7 +68,7 @@ func (s *Server) loadIdentity(key int64) (identity, bool) {
 		return identity{}, false
 	}
 	f := strings.Fields(string(b))
-	if len(f) != 4 {
+	if len(f) != 4 && len(f) != 7 {
 		return identity{}, false
 	}
 	id, err1 := strconv.ParseUint(f[0], 16, 64)
@@ -65,7 +78,31 @@ func (s *Server) loadIdentity(key int64) (identity, bool) {
 	if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
 		return identity{}, false
 	}
-	return identity{id: int64(id), passwd: pw, client: cpw, zoff: zoff}, true
+	m := identity{id: int64(id), passwd: pw, client: cpw, zoff: zoff}
+	if len(f) == 7 {
+		on := ensemble.Name(strings.TrimPrefix(f[4], "-"))
+		other, err5 := strconv.ParseUint(f[5], 16, 64)
+		opw, err6 := dashOrHex(f[6])
+		if (on != "" && !on.Valid()) || err5 != nil || err6 != nil {
+			return identity{}, false
+		}
+		m.on, m.other, m.otherPw = on, int64(other), opw
+	}
+	return m, true
+}
+
+func hexOrDash(b []byte) string {
+	if len(b) == 0 {
+		return "-"
+	}
+	return hex.EncodeToString(b)
+}
+
+func dashOrHex(s string) ([]byte, error) {
+	if s == "-" {
+		return nil, nil
+	}
+	return hex.DecodeString(s)
 }
 
 // The version translation (view.go) in --state-dir: <state-dir>/versions
