@@ -109,9 +109,21 @@ func TestSessionSurvivesProxyRestartAroundAFlip(t *testing.T) {
 	if _, err := c.Create(root+"/eph", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
+	// A node the client reads at version 0 on A while B's copy is at 3.
+	if _, err := c.Create(root+"/v", []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
 	rc, _ := rawOpen(t, addr, 0, nil, 0)
 	rc.get(root)
 	waitMirrored(t, p)
+	for i := 0; i < 3; i++ {
+		if _, err := cb.Set(root+"/v", []byte("x"), -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, vst, err := c.Get(root + "/v"); err != nil || vst.Version != 0 {
+		t.Fatalf("read before the flip: version %d, %v", vst.Version, err)
+	}
 	shB, ok := p.ShadowSession(k)
 	if !ok {
 		t.Fatal("no shadow session on B")
@@ -176,6 +188,11 @@ func TestSessionSurvivesProxyRestartAroundAFlip(t *testing.T) {
 	phase("restarted-on-B", func() *proxytest.Proxy {
 		return startAt(t, addr, cfgOn(ensemble.Target, 1))
 	}, cb, k, shB)
+	// The version read on A keeps its meaning on B: the translation
+	// recorded for A is carried over at the start on B (rebaseAtStart).
+	if vst, err := c.Set(root+"/v", []byte("y"), 0); err != nil || vst.Version != 1 {
+		t.Fatalf("conditional write with the version read on A, after the restart on B: version %d, %v", vst.Version, err)
+	}
 
 	// 2. B→A: the proxy comes back on B and is flipped without sessions.
 	phase("flipped-to-A-after-restart", func() *proxytest.Proxy {

@@ -1,14 +1,17 @@
 package proxy
 
 import (
+	"context"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // The identity mapping of flipped sessions (4.6) in --state-dir, so a
@@ -114,7 +117,9 @@ func dashOrHex(s string) ([]byte, error) {
 // after the restart. Written at every flip and at a clean stop; paths
 // first shown after the last write are not kept across a SIGKILL (their
 // offset is 0 until the next flip; a client reading them again records
-// them again).
+// them again). The first line, "# primary A" (or B), names the primary
+// the offsets translate from; a proxy started on the other one (a flip it
+// missed while it was down) translates them at start (rebaseAtStart).
 
 func (s *Server) versionsFile() string { return filepath.Join(s.cfg.StateDir, "versions") }
 
@@ -125,6 +130,7 @@ func (s *Server) saveVersions() {
 	}
 	v := &s.view
 	var b strings.Builder
+	fmt.Fprintf(&b, "# primary %s\n", s.roles.Load().primary)
 	v.mu.RLock()
 	for p := range v.seen {
 		o := v.off[p]
@@ -161,7 +167,12 @@ func (s *Server) loadVersions() {
 		v.seen = map[string]struct{}{}
 	}
 	off := map[string]verOff{}
+	var from ensemble.Name
 	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "# primary "); ok {
+			from = ensemble.Name(p)
+			continue
+		}
 		f := strings.SplitN(line, " ", 5)
 		if len(f) != 5 || len(v.seen) >= maxStatPaths {
 			continue
@@ -179,4 +190,60 @@ func (s *Server) loadVersions() {
 		}
 	}
 	v.off = off
+	if r := s.roles.Load(); from.Valid() && from != r.primary && len(v.seen) > 0 {
+		s.rebaseAtStart(from)
+	}
 }
+
+// rebaseAtStart translates the recorded offsets, which are from's, to the
+// primary the proxy starts on: the flip it missed while it was down,
+// done for its versions as a flip does them (rebase: for each path, the
+// difference between the two ensembles' stats plus the recorded offset).
+// Client requests and flips wait meanwhile (the hold and flipMu, taken
+// here before the server serves). If the ensembles cannot be read within
+// the start budget, the offsets are dropped, with a WARN: versions are
+// then the serving ensemble's own (a version read before the flip may be
+// refused with BADVERSION, never accepted wrongly by a stale offset).
+func (s *Server) rebaseAtStart(from ensemble.Name) {
+	s.flipMu.Lock()
+	s.hold.Lock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.flipMu.Unlock()
+		defer s.hold.Unlock()
+		r := s.roles.Load()
+		ctx, cancel := context.WithTimeout(s.ctx, rebaseAtStartBudget)
+		defer cancel()
+		err := func() error {
+			opts := zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial}
+			oc, err := zkclient.Dial(ctx, r.secondary, opts)
+			if err != nil {
+				return fmt.Errorf("reach %s: %w", from.Flag(), err)
+			}
+			defer oc.Close()
+			nc, err := zkclient.Dial(ctx, r.upstream, opts)
+			if err != nil {
+				return fmt.Errorf("reach %s: %w", r.primary.Flag(), err)
+			}
+			defer nc.Close()
+			return s.rebase(ctx, oc, nc)
+		}()
+		if err != nil {
+			s.view.mu.Lock()
+			s.view.off = map[string]verOff{}
+			s.view.mu.Unlock()
+			s.logs.warn(s.log, "state_dir", "the version translation in --state-dir is for the other primary and could not be carried over; versions are the serving ensemble's own",
+				"recorded_for", from.Flag(), "primary", r.primary.Flag(), "err", err,
+				"hint", "a conditional write with a version read before the flip may get BADVERSION; the client reads again")
+			return
+		}
+		s.saveVersions()
+		s.log.Info("carried the version translation over to the primary this proxy starts on (it missed a flip while down)",
+			"from", from.Flag(), "primary", r.primary.Flag())
+	}()
+}
+
+// rebaseAtStartBudget bounds the version reads of rebaseAtStart; client
+// requests wait meanwhile.
+const rebaseAtStartBudget = 10 * time.Second
