@@ -141,7 +141,9 @@ func (s *session) resumeOnPrimary(key int64, passwd []byte, lastZxid int64, mapp
 func (s *session) passwordHolds(key int64, passwd []byte, r *roles) bool {
 	ol := newLeg(s.srv, r.primary.Other(), r.secondary)
 	probe := s.connect
-	probe.SessionID, probe.Passwd = key, passwd
+	// lastZxidSeen 0: the client's last zxid may be in another numbering
+	// than this ensemble's, and a server refuses a client "ahead" of it.
+	probe.SessionID, probe.Passwd, probe.LastZxidSeen = key, passwd, 0
 	up, resp, _, err := ol.dial(s.done, jute.Marshal(&probe), "")
 	if err != nil {
 		s.log.Warn("cannot check a re-opened session's password on the other ensemble; the primary answers the re-open", "err", err)
