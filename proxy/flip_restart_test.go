@@ -75,7 +75,7 @@ func TestSessionSurvivesProxyRestartAroundAFlip(t *testing.T) {
 		}
 		return net.DialTimeout(network, address, timeout)
 	}
-	c, ev, err := zk.Connect([]string{addr}, 6*time.Second, zk.WithDialer(dialer), zk.WithLogInfo(false))
+	c, ev, err := zk.Connect([]string{addr}, 8*time.Second, zk.WithDialer(dialer), zk.WithLogInfo(false))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func TestSessionSurvivesProxyRestartAroundAFlip(t *testing.T) {
 		}
 	}, cb, k, shB)
 
-	time.Sleep(7 * time.Second) // past the session timeout: a session left behind would have expired
+	time.Sleep(9 * time.Second) // past the session timeout: a session left behind would have expired
 	owners("after the session timeout", k, shB)
 	if c.State() != zk.StateHasSession {
 		t.Fatalf("client state %v", c.State())
