@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
@@ -159,13 +160,15 @@ func (s *Server) shadowFile(key int64) string {
 	return filepath.Join(s.cfg.StateDir, "shadows", fmt.Sprintf("%016x", uint64(key)))
 }
 
-// saveShadow records the shadow session of client session key.
-func (s *Server) saveShadow(key, id int64, passwd []byte) {
+// saveShadow records the shadow session of client session key, which
+// lives on ensemble on: "id password ensemble" (a record of two fields,
+// written before the ensemble was kept, is taken as the secondary's).
+func (s *Server) saveShadow(key, id int64, passwd []byte, on ensemble.Name) {
 	if s.cfg.StateDir == "" {
 		return
 	}
 	f := s.shadowFile(key)
-	body := fmt.Sprintf("%016x %s\n", uint64(id), hex.EncodeToString(passwd))
+	body := fmt.Sprintf("%016x %s %s\n", uint64(id), hex.EncodeToString(passwd), on)
 	if err := os.MkdirAll(filepath.Dir(f), 0o700); err == nil {
 		tmp := f + ".tmp"
 		if err = os.WriteFile(tmp, []byte(body), 0o600); err == nil {
@@ -179,25 +182,32 @@ func (s *Server) saveShadow(key, id int64, passwd []byte) {
 		"dir", s.cfg.StateDir, "hint", "make --state-dir writable by the proxy")
 }
 
-// loadShadow returns the shadow session recorded for client session key.
-func (s *Server) loadShadow(key int64) (int64, []byte, bool) {
+// loadShadow returns the shadow session recorded for client session key
+// and the ensemble it lives on ("" for an old record).
+func (s *Server) loadShadow(key int64) (int64, []byte, ensemble.Name, bool) {
 	if s.cfg.StateDir == "" {
-		return 0, nil, false
+		return 0, nil, "", false
 	}
 	b, err := os.ReadFile(s.shadowFile(key))
 	if err != nil {
-		return 0, nil, false
+		return 0, nil, "", false
 	}
 	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return 0, nil, false
+	if len(f) != 2 && len(f) != 3 {
+		return 0, nil, "", false
 	}
 	id, err1 := strconv.ParseUint(f[0], 16, 64)
 	pw, err2 := hex.DecodeString(f[1])
 	if err1 != nil || err2 != nil {
-		return 0, nil, false
+		return 0, nil, "", false
 	}
-	return int64(id), pw, true
+	var on ensemble.Name
+	if len(f) == 3 {
+		if on = ensemble.Name(f[2]); !on.Valid() {
+			return 0, nil, "", false
+		}
+	}
+	return int64(id), pw, on, true
 }
 
 // dropShadowFile forgets the shadow session's record only: the secondary

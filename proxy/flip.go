@@ -34,12 +34,19 @@ type roles struct {
 
 // identity is the upstream session serving a client session whose own id
 // is not it (after a flip), and the offset added to that session's zxids
-// before the client sees them.
+// before the client sees them. on names the ensemble that session lives
+// on and other/otherPw the client's session on the other ensemble (the
+// shadow's), so a proxy that finds another primary serving than the one
+// recorded knows which session to serve (session_resume.go); on is ""
+// for a record written before they were kept.
 type identity struct {
-	id     int64
-	passwd []byte
-	client []byte // the client's password, checked before the mapping is used
-	zoff   int64
+	id      int64
+	passwd  []byte
+	client  []byte // the client's password, checked before the mapping is used
+	zoff    int64
+	on      ensemble.Name
+	other   int64
+	otherPw []byte
 }
 
 // ErrStaleEpoch means a flip request carried an epoch older than the one
@@ -297,6 +304,7 @@ func (s *session) flipTo(next *roles) error {
 	ol := newLeg(s.srv, old.name, next.secondary)
 	ol.id, ol.passwd, ol.timeout = old.id, old.passwd, old.timeout
 	ol.lastZxid.Store(old.lastZxid.Load())
+	otherID, otherPw := ol.id, ol.passwd // the shadow's goroutine owns ol from here
 	sh.swapTo(ol, nl.id)
 	// From here the shadow mirrors to the old primary with the old serving
 	// session. If this session cannot be attached now (a server of the new
@@ -304,8 +312,11 @@ func (s *session) flipTo(next *roles) error {
 	// session there through the identity mapping, recorded first: its
 	// zxids shifted by all it has seen, so they keep increasing whatever
 	// the new primary's are.
+	mapped := func(zoff int64) identity {
+		return identity{id: nl.id, passwd: nl.passwd, client: s.passwd, zoff: zoff, on: next.primary, other: otherID, otherPw: otherPw}
+	}
 	failed := func(err error) error {
-		s.srv.mapIdentity(s.id, s.passwd, nl.id, nl.passwd, old.lastZxid.Load()+s.zoff.Load())
+		s.srv.mapIdentity(s.id, mapped(old.lastZxid.Load()+s.zoff.Load()))
 		return err
 	}
 
@@ -346,7 +357,7 @@ func (s *session) flipTo(next *roles) error {
 	s.primary = next.primary
 	s.cur.Store(nl)
 	s.connect.SessionID, s.connect.Passwd = nl.id, nl.passwd
-	s.srv.mapIdentity(s.id, s.passwd, nl.id, nl.passwd, s.zoff.Load())
+	s.srv.mapIdentity(s.id, mapped(s.zoff.Load()))
 	s.startReader(up)
 	// Persistent watches: ZooKeeper fires nothing for changes between the
 	// probed zxid and the re-registration; the catch-up of a re-attach
@@ -432,18 +443,17 @@ func (u *upstream) probeZxid() (int64, error) {
 // primary's zxid at a flip.
 const xidProxyProbe int32 = -18
 
-// mapIdentity records that client session id (password clientPw) is
-// served by upstream session up, with zxid offset zoff. A session served
-// by its own id with no offset needs no entry.
-func (s *Server) mapIdentity(id int64, clientPw []byte, up int64, upPw []byte, zoff int64) {
+// mapIdentity records that client session id (password m.client) is
+// served by upstream session m.id on m.on, with zxid offset m.zoff. A
+// session served by its own id with no offset needs no entry.
+func (s *Server) mapIdentity(id int64, m identity) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if up == id && zoff == 0 {
+	if m.id == id && m.zoff == 0 {
 		delete(s.idmap, id)
 		s.saveIdentity(id, nil)
 		return
 	}
-	m := identity{id: up, passwd: upPw, client: clientPw, zoff: zoff}
 	s.idmap[id] = m
 	s.saveIdentity(id, &m)
 }
@@ -512,49 +522,4 @@ func shiftZxid(frame []byte, off int64) {
 		frame[i] = byte(z)
 		z >>= 8
 	}
-}
-
-// catchUpSession moves, as its client re-opens it, a session a flip did
-// not move because no relay held it at that moment (its client was
-// between connections, or its relay was re-opening): its shadow session
-// is on the serving ensemble. The client's password is checked by the old
-// primary (a re-open there must succeed) before anything changes; then
-// the shadow takes the old session, mirroring to the old primary, and the
-// client is mapped to the shadow session, its zxids shifted above all it
-// has seen. ZooKeeper then fires the watches the client sets again with a
-// relative zxid of 0 (every watched node changed "since"): spurious
-// events, never a missed one.
-func (s *session) catchUpSession(id int64, passwd []byte, lastZxid int64) (identity, bool) {
-	srv := s.srv
-	srv.mu.Lock()
-	sh := srv.shadows[id]
-	srv.mu.Unlock()
-	if sh == nil {
-		return identity{}, false
-	}
-	r := srv.roles.Load()
-	sh.mu.Lock()
-	nl := sh.leg
-	sh.mu.Unlock()
-	if nl == nil || nl.name != r.primary || nl.id == 0 {
-		return identity{}, false
-	}
-	ol := newLeg(srv, r.primary.Other(), r.secondary)
-	ol.id, ol.passwd, ol.timeout = id, passwd, nl.timeout
-	probe := s.connect
-	probe.SessionID, probe.Passwd = id, passwd
-	up, resp, _, err := ol.dial(s.done, jute.Marshal(&probe), "")
-	if err != nil {
-		return identity{}, false
-	}
-	up.conn.Close()
-	if resp.Expired() {
-		return identity{}, false // a wrong password, or the session is gone
-	}
-	ol.lastZxid.Store(lastZxid)
-	sh.swapTo(ol, nl.id)
-	srv.mapIdentity(id, passwd, nl.id, nl.passwd, lastZxid)
-	s.log.Info("session re-opened after a flip that did not move it: now served by its shadow session on the new primary",
-		"session", fmt.Sprintf("0x%x", id), "primary", r.primary.Flag(), "upstream_session", fmt.Sprintf("0x%x", nl.id))
-	return identity{id: nl.id, passwd: nl.passwd, client: passwd, zoff: lastZxid}, true
 }

@@ -1,12 +1,17 @@
 package proxy
 
 import (
+	"context"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // The identity mapping of flipped sessions (4.6) in --state-dir, so a
@@ -14,7 +19,13 @@ import (
 // session that serves it (and translates its zxids as before) instead of
 // presenting its original id to the new primary, which would answer
 // "expired". One file per client session, sessions/<id>, removed with the
-// session's shadow record.
+// session's shadow record: "serving-id serving-password client-password
+// zxid-offset ensemble other-id other-password", the ensemble being the
+// one the serving session lives on and other the client's session on the
+// other ensemble (the shadow's at the time), so a proxy restarted on
+// another primary than the record's finds the session that lives there
+// (session_resume.go). A record of four fields (written before the last
+// three were kept) is taken as the primary's.
 
 func (s *Server) identityFile(key int64) string {
 	return filepath.Join(s.cfg.StateDir, "sessions", fmt.Sprintf("%016x", uint64(key)))
@@ -31,7 +42,12 @@ func (s *Server) saveIdentity(key int64, m *identity) {
 		_ = os.Remove(f)
 		return
 	}
-	body := fmt.Sprintf("%016x %s %s %d\n", uint64(m.id), hex.EncodeToString(m.passwd), hex.EncodeToString(m.client), m.zoff)
+	on := string(m.on)
+	if on == "" {
+		on = "-"
+	}
+	body := fmt.Sprintf("%016x %s %s %d %s %016x %s\n", uint64(m.id), hex.EncodeToString(m.passwd), hex.EncodeToString(m.client), m.zoff,
+		on, uint64(m.other), hexOrDash(m.otherPw))
 	if err := os.MkdirAll(filepath.Dir(f), 0o700); err == nil {
 		tmp := f + ".tmp"
 		if err = os.WriteFile(tmp, []byte(body), 0o600); err == nil {
@@ -55,7 +71,7 @@ func (s *Server) loadIdentity(key int64) (identity, bool) {
 		return identity{}, false
 	}
 	f := strings.Fields(string(b))
-	if len(f) != 4 {
+	if len(f) != 4 && len(f) != 7 {
 		return identity{}, false
 	}
 	id, err1 := strconv.ParseUint(f[0], 16, 64)
@@ -65,7 +81,31 @@ func (s *Server) loadIdentity(key int64) (identity, bool) {
 	if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
 		return identity{}, false
 	}
-	return identity{id: int64(id), passwd: pw, client: cpw, zoff: zoff}, true
+	m := identity{id: int64(id), passwd: pw, client: cpw, zoff: zoff}
+	if len(f) == 7 {
+		on := ensemble.Name(strings.TrimPrefix(f[4], "-"))
+		other, err5 := strconv.ParseUint(f[5], 16, 64)
+		opw, err6 := dashOrHex(f[6])
+		if (on != "" && !on.Valid()) || err5 != nil || err6 != nil {
+			return identity{}, false
+		}
+		m.on, m.other, m.otherPw = on, int64(other), opw
+	}
+	return m, true
+}
+
+func hexOrDash(b []byte) string {
+	if len(b) == 0 {
+		return "-"
+	}
+	return hex.EncodeToString(b)
+}
+
+func dashOrHex(s string) ([]byte, error) {
+	if s == "-" {
+		return nil, nil
+	}
+	return hex.DecodeString(s)
 }
 
 // The version translation (view.go) in --state-dir: <state-dir>/versions
@@ -77,7 +117,9 @@ func (s *Server) loadIdentity(key int64) (identity, bool) {
 // after the restart. Written at every flip and at a clean stop; paths
 // first shown after the last write are not kept across a SIGKILL (their
 // offset is 0 until the next flip; a client reading them again records
-// them again).
+// them again). The first line, "# primary A" (or B), names the primary
+// the offsets translate from; a proxy started on the other one (a flip it
+// missed while it was down) translates them at start (rebaseAtStart).
 
 func (s *Server) versionsFile() string { return filepath.Join(s.cfg.StateDir, "versions") }
 
@@ -88,6 +130,7 @@ func (s *Server) saveVersions() {
 	}
 	v := &s.view
 	var b strings.Builder
+	fmt.Fprintf(&b, "# primary %s\n", s.roles.Load().primary)
 	v.mu.RLock()
 	for p := range v.seen {
 		o := v.off[p]
@@ -124,7 +167,12 @@ func (s *Server) loadVersions() {
 		v.seen = map[string]struct{}{}
 	}
 	off := map[string]verOff{}
+	var from ensemble.Name
 	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "# primary "); ok {
+			from = ensemble.Name(p)
+			continue
+		}
 		f := strings.SplitN(line, " ", 5)
 		if len(f) != 5 || len(v.seen) >= maxStatPaths {
 			continue
@@ -142,4 +190,60 @@ func (s *Server) loadVersions() {
 		}
 	}
 	v.off = off
+	if r := s.roles.Load(); from.Valid() && from != r.primary && len(v.seen) > 0 {
+		s.rebaseAtStart(from)
+	}
 }
+
+// rebaseAtStart translates the recorded offsets, which are from's, to the
+// primary the proxy starts on: the flip it missed while it was down,
+// done for its versions as a flip does them (rebase: for each path, the
+// difference between the two ensembles' stats plus the recorded offset).
+// Client requests and flips wait meanwhile (the hold and flipMu, taken
+// here before the server serves). If the ensembles cannot be read within
+// the start budget, the offsets are dropped, with a WARN: versions are
+// then the serving ensemble's own (a version read before the flip may be
+// refused with BADVERSION, never accepted wrongly by a stale offset).
+func (s *Server) rebaseAtStart(from ensemble.Name) {
+	s.flipMu.Lock()
+	s.hold.Lock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.flipMu.Unlock()
+		defer s.hold.Unlock()
+		r := s.roles.Load()
+		ctx, cancel := context.WithTimeout(s.ctx, rebaseAtStartBudget)
+		defer cancel()
+		err := func() error {
+			opts := zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial}
+			oc, err := zkclient.Dial(ctx, r.secondary, opts)
+			if err != nil {
+				return fmt.Errorf("reach %s: %w", from.Flag(), err)
+			}
+			defer oc.Close()
+			nc, err := zkclient.Dial(ctx, r.upstream, opts)
+			if err != nil {
+				return fmt.Errorf("reach %s: %w", r.primary.Flag(), err)
+			}
+			defer nc.Close()
+			return s.rebase(ctx, oc, nc)
+		}()
+		if err != nil {
+			s.view.mu.Lock()
+			s.view.off = map[string]verOff{}
+			s.view.mu.Unlock()
+			s.logs.warn(s.log, "state_dir", "the version translation in --state-dir is for the other primary and could not be carried over; versions are the serving ensemble's own",
+				"recorded_for", from.Flag(), "primary", r.primary.Flag(), "err", err,
+				"hint", "a conditional write with a version read before the flip may get BADVERSION; the client reads again")
+			return
+		}
+		s.saveVersions()
+		s.log.Info("carried the version translation over to the primary this proxy starts on (it missed a flip while down)",
+			"from", from.Flag(), "primary", r.primary.Flag())
+	}()
+}
+
+// rebaseAtStartBudget bounds the version reads of rebaseAtStart; client
+// requests wait meanwhile.
+const rebaseAtStartBudget = 10 * time.Second

@@ -210,7 +210,20 @@ func (s *Server) saveRetired(old ensemble.Name) error {
 // naming the primary is refused: the proxy would serve from an ensemble
 // that was archived.
 func (s *Server) loadRetired() error {
-	if s.cfg.StateDir == "" || !s.TwoEnsembles() {
+	if !s.TwoEnsembles() {
+		return nil
+	}
+	if r := s.cfg.Retired; r != "" && s.TwoEnsembles() {
+		if !r.Valid() || r == s.cfg.PrimaryName {
+			return fmt.Errorf("proxy: the control plane records ensemble %q as retired by phase 6, and the proxy would serve from it: start it with --primary %s", r, r.Other().Flag())
+		}
+		s.retired.Store(&r)
+		_ = s.saveRetired(r) // best effort: the control plane still advertises it
+		_ = os.Remove(s.backlogFile())
+		s.log.Info("the control plane records the old ensemble as retired (phase 6): no shadow session is opened on it", "retired", r.Flag())
+		return nil
+	}
+	if s.cfg.StateDir == "" {
 		return nil
 	}
 	b, err := os.ReadFile(s.retiredFile())

@@ -117,6 +117,11 @@ type Config struct {
 	// FencePath is the fence znode on both ensembles (default fence.Path;
 	// tests isolate theirs).
 	FencePath string
+	// Retired is the ensemble the control plane records as retired by
+	// phase 6 (advertised in gossip), for a proxy started without the
+	// record in StateDir: it opens no shadow session there and mirrors
+	// nothing to it, as if it had been asked to retire it.
+	Retired ensemble.Name
 	// Name names this proxy's hold marker under the fence znode (SPEC.md
 	// 4.10): unique among the proxies of a migration, and the same after a
 	// restart (default proxy-HOST-PID-N, unique but not stable).

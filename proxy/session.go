@@ -195,8 +195,11 @@ func (s *session) open(connectFrame []byte) bool {
 	mapped, isMapped := identity{}, false
 	if clientID != 0 {
 		mapped, isMapped = s.srv.identityOf(clientID, clientPw)
-		if !isMapped && s.srv.TwoEnsembles() {
-			mapped, isMapped = s.catchUpSession(clientID, clientPw, s.connect.LastZxidSeen)
+		if s.srv.TwoEnsembles() {
+			// A flip that did not move the session (session_resume.go).
+			if m, ok := s.resumeOnPrimary(clientID, clientPw, s.connect.LastZxidSeen, mapped, isMapped); ok {
+				mapped, isMapped = m, true
+			}
 		}
 	}
 	if isMapped {

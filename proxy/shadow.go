@@ -89,7 +89,7 @@ func (s *Server) shadowFor(key int64, timeout time.Duration) *shadow {
 			done:       make(chan struct{}),
 		}
 		sh.leg.timeout = timeout
-		if id, pw, ok := s.loadShadow(key); ok {
+		if id, pw, ok := s.recordedOnLocked(key, r.primary.Other()); ok {
 			sh.leg.id, sh.leg.passwd = id, pw // recorded by this proxy before a restart
 		}
 		s.shadows[key] = sh
@@ -280,7 +280,7 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	sh.authsSent = len(opts.Auth)
 	sh.mu.Unlock()
 	if !sh.repair {
-		sh.srv.saveShadow(sh.key, c.SessionID(), c.Passwd())
+		sh.srv.saveShadow(sh.key, c.SessionID(), c.Passwd(), l.name)
 	}
 	if resumed {
 		sh.srv.m.mirrorReattach.Inc()

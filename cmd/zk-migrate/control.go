@@ -314,10 +314,12 @@ func advertisePrimary(ctx context.Context, agent *membership.Agent, state func()
 	defer t.Stop()
 	var last membership.Meta
 	for {
-		primary, epoch := recordedPrimaryOf(state())
-		if primary != last.Primary || epoch != last.Epoch {
-			if err := agent.SetMeta(func(m *membership.Meta) { m.Primary, m.Epoch = primary, epoch }); err == nil {
-				last.Primary, last.Epoch = primary, epoch
+		st := state()
+		primary, epoch := recordedPrimaryOf(st)
+		retired := retiredOf(st, epoch)
+		if primary != last.Primary || epoch != last.Epoch || retired != last.Retired {
+			if err := agent.SetMeta(func(m *membership.Meta) { m.Primary, m.Epoch, m.Retired = primary, epoch, retired }); err == nil {
+				last.Primary, last.Epoch, last.Retired = primary, epoch, retired
 			}
 		}
 		select {
@@ -326,6 +328,19 @@ func advertisePrimary(ctx context.Context, agent *membership.Agent, state func()
 		case <-t.C:
 		}
 	}
+}
+
+// retiredOf is ensemble A when the migration with the highest flip epoch
+// (epoch) has had its proxies asked to retire A (phase 6), else "": a
+// proxy that starts without its --state-dir record then opens no shadow
+// session on A.
+func retiredOf(st *control.State, epoch int64) ensemble.Name {
+	for _, m := range st.Migrations {
+		if m.Epoch == epoch && m.ARetired {
+			return ensemble.Source
+		}
+	}
+	return ""
 }
 
 // recordedPrimaryOf is the primary of the migration with the highest flip

@@ -39,11 +39,7 @@ type regWriter struct {
 	// connection (and a write of unknown outcome) is expected; an expired
 	// session never is.
 	tolerateLoss atomic.Bool
-	// tolerateExpiry: a known bug expires this writer's session
-	// (knownRestartLosesSessions); counted in expired, not noticed.
-	tolerateExpiry atomic.Bool
-	expired        atomic.Int64
-	mu             sync.Mutex
+	mu           sync.Mutex
 }
 
 // writePause is each writer's pause between operations.
@@ -76,7 +72,7 @@ func (w *regWriter) notice(format string, args ...any) {
 // unexpected reports whether err is one the writer must notice.
 func (w *regWriter) unexpected(err error) bool {
 	if errors.Is(err, zk.ErrSessionExpired) {
-		return !w.tolerateExpiry.Load()
+		return true
 	}
 	return !w.tolerateLoss.Load()
 }
@@ -89,9 +85,7 @@ func (w *regWriter) run(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case ev := <-w.events:
-			if ev.State == zk.StateExpired && w.tolerateExpiry.Load() {
-				w.expired.Add(1)
-			} else if ev.State == zk.StateExpired || ev.State == zk.StateAuthFailed || ev.State == zk.StateDisconnected && !w.tolerateLoss.Load() {
+			if ev.State == zk.StateExpired || ev.State == zk.StateAuthFailed || ev.State == zk.StateDisconnected && !w.tolerateLoss.Load() {
 				w.notice("session event %v", ev.State)
 			}
 			continue

@@ -571,20 +571,6 @@ func (s *flipScenario) restartProxy(p *flipProxy, down time.Duration) {
 	s.t.Logf("%s restarted", p.name)
 }
 
-// knownRestartLosesSessions: a proxy restarted with --state-dir while a
-// flip is under way comes up on the primary the control plane recorded
-// (the old one: the rollback is not recorded yet), is flipped before its
-// clients have reconnected ("0 sessions" moved), and keeps their recorded
-// identities for the old primary: when they reconnect it resumes them on
-// the new primary with the other ensemble's session ids, which it does not
-// know, and every one of them expires (observed: master3's three
-// sessions and both writers of the restarted proxy). Fix: at a flip, swap
-// the recorded identity and shadow of every session recorded in
-// --state-dir but not reconnected yet, as for the live ones, with a zxid
-// offset taken from the old primary's last zxid. While true, those
-// expiries are logged, not asserted.
-const knownRestartLosesSessions = true
-
 // logFlips logs each proxy's flips as the proxies report them.
 func (s *flipScenario) logFlips() {
 	for _, p := range s.proxies {
@@ -659,10 +645,9 @@ func (s *flipScenario) checkAfterFlips(leader int) {
 		}
 		out := m.log.String()
 		killed := s.killed[s.proxyOf(m)]
-		switch {
-		case killed && knownRestartLosesSessions && strings.Contains(out, "xpired"):
-			t.Logf("KNOWN BUG (knownRestartLosesSessions): %s, behind the restarted %s, lost its sessions:\n%s", m.name, s.proxyOf(m), lastLines(out, 6))
-		case strings.Contains(out, "xpired") || !killed && strings.Contains(out, "disconnected from ZooKeeper"):
+		// Behind a killed proxy a master sees its connection go, never
+		// its session (the proxy resumes it on the primary it finds).
+		if strings.Contains(out, "xpired") || !killed && strings.Contains(out, "disconnected from ZooKeeper") {
 			t.Errorf("%s noticed the flips:\n%s", m.name, lastLines(out, 10))
 		}
 	}
@@ -680,9 +665,6 @@ func (s *flipScenario) checkAfterFlips(leader int) {
 	for _, w := range s.writers {
 		if len(w.noticed) > 0 {
 			t.Errorf("a writer saw errors: %v", w.noticed)
-		}
-		if n := w.expired.Load(); n > 0 {
-			t.Logf("KNOWN BUG (knownRestartLosesSessions): writer %d via %s saw its session expire %d time(s)", w.id, w.via, n)
 		}
 	}
 	recontended := false
@@ -867,13 +849,17 @@ func proxyMetric(t *testing.T, addr, name string) float64 {
 // It runs only with ZKM_FLIP_FAULTS=1 (and in make chaos): with the
 // two-phase barrier it passed one run of two; in the other, after the
 // control leader's SIGKILL inside the second flip's barrier, the flip did
-// not complete within a minute (not diagnosed yet, SPEC 4.10), and a
-// restarted proxy's recorded sessions are still not moved by a flip
-// (knownRestartLosesSessions).
+// not complete within a minute (not diagnosed yet, SPEC 4.10); and a
+// write acknowledged through the killed proxy just before its SIGKILL,
+// still in its recorded mirror backlog, was refused by the old primary's
+// fence after the restart and never reached the new primary (SPEC 4.10,
+// "Not done": only the replicator repairs it, and it covers /mesos
+// only). The restarted proxy's clients keep their sessions (a record
+// names the ensemble each session lives on: proxy/session_resume.go).
 func TestFlipScenarioUnderFaults(t *testing.T) {
 	if os.Getenv("ZKM_FLIP_FAULTS") == "" {
 		t.Skip("run with ZKM_FLIP_FAULTS=1: a control leader killed inside the barrier once left the flip unfinished for a minute, " +
-			"and a restarted proxy's recorded sessions are not moved by a flip (SPEC.md 4.10)")
+			"and a killed proxy's unmirrored write can miss the new primary (SPEC.md 4.10)")
 	}
 	s := newFlipScenario(t, "ff", flipOptions{controls: 3, readerProxies: 2})
 	leader := s.leaderIndex()
@@ -906,9 +892,6 @@ func TestFlipScenarioUnderFaults(t *testing.T) {
 	}
 	settle()
 	s.rollbackWith(func() {
-		for _, w := range s.writers {
-			w.tolerateExpiry.Store(knownRestartLosesSessions && w.via == s.proxies[2].name)
-		}
 		s.restartProxy(s.proxies[2], 300*time.Millisecond)
 	})
 	settle()

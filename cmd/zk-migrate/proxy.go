@@ -253,6 +253,7 @@ func runProxy(c *cli.Context) error {
 			"hint", "pass --admin-addr host:port and --admin-token-file")
 	}
 	var epoch int64
+	var retired ensemble.Name // the ensemble the control plane records as retired (phase 6)
 	var agent *membership.Agent
 	if addr := c.String("gossip-addr"); addr != "" {
 		name := c.String("name")
@@ -275,7 +276,10 @@ func runProxy(c *cli.Context) error {
 		}
 		defer agent.Leave()
 		if secondary != nil && len(c.StringSlice("gossip-join")) > 0 {
-			rec, recEpoch, ok := recordedPrimary(agent, 3*time.Second)
+			var rec ensemble.Name
+			var recEpoch int64
+			var ok bool
+			rec, recEpoch, retired, ok = recordedPrimary(agent, 3*time.Second)
 			if ok && rec != primaryName {
 				log.Warn("the control plane recorded another primary ensemble; it wins over --primary, so a restarted proxy never comes back on the wrong side",
 					"flag", primaryName.Flag(), "recorded", rec.Flag(), "epoch", recEpoch)
@@ -298,6 +302,7 @@ func runProxy(c *cli.Context) error {
 	}
 	srv, err := proxy.New(proxy.Config{
 		Name:                markerName,
+		Retired:             retired,
 		Upstream:            upstream,
 		Secondary:           secondary,
 		PrimaryName:         primaryName,
@@ -493,7 +498,7 @@ func readLeaseMS(srv *proxy.Server) int64 {
 // its epoch), the highest epoch winning among control nodes. ok is false
 // when no control node is seen in time or none advertises a primary: the
 // --primary flag stands.
-func recordedPrimary(agent *membership.Agent, wait time.Duration) (ensemble.Name, int64, bool) {
+func recordedPrimary(agent *membership.Agent, wait time.Duration) (primary ensemble.Name, epoch int64, retired ensemble.Name, ok bool) {
 	deadline := time.Now().Add(wait)
 	for {
 		var best membership.Meta
@@ -508,7 +513,7 @@ func recordedPrimary(agent *membership.Agent, wait time.Duration) (ensemble.Name
 			}
 		}
 		if seen || time.Now().After(deadline) {
-			return best.Primary, best.Epoch, best.Primary != ""
+			return best.Primary, best.Epoch, best.Retired, best.Primary != ""
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

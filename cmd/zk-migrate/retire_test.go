@@ -29,7 +29,8 @@ import (
 // the fleet), `retry` completes phase 6: both proxies advertise A retired,
 // A's server lists no client session, the clients' ephemerals are gone
 // from A and still on B, and the clients go on writing without a
-// disconnect or an expiry.
+// disconnect or an expiry. A proxy started afterwards, with no record of
+// its own, learns the retirement from the control plane's gossip.
 func TestPhase6RetiresEveryProxyThroughTheCLI(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two ZooKeeper ensembles, a control node and two proxies")
@@ -252,5 +253,28 @@ func TestPhase6RetiresEveryProxyThroughTheCLI(t *testing.T) {
 				t.Fatalf("client of proxy-%d saw %v", i+1, e.State)
 			}
 		}
+	}
+
+	// A proxy that joins after phase 6 without a --state-dir record (a new
+	// host, or a lost disk) learns from the control plane that A is
+	// retired: it serves from B and opens nothing on A.
+	late := startFenceProxy(t, "proxy-late", a, b, tokenFile, gossip, "5s")
+	cl, _, err := zk.Connect([]string{late.listen}, 6*time.Second, zk.WithLogInfo(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if _, err := cl.Create("/retire-eph-late", nil, zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatalf("write through a proxy started after phase 6: %v\n%s", err, late.logs.String())
+	}
+	if ok, _, err := cb.Exists("/retire-eph-late"); err != nil || !ok {
+		t.Fatalf("the late proxy's client's ephemeral is not on B: %v %v", ok, err)
+	}
+	time.Sleep(500 * time.Millisecond) // a mirror would have run by now
+	if onA("/retire-eph-late") {
+		t.Fatal("a proxy started after phase 6 mirrored to the retired A")
+	}
+	if cons, err := zkclient.FourLetterWord(a.Addrs()[0], "cons", 3*time.Second); err != nil || strings.Contains(cons, "sid=0x") {
+		t.Fatalf("a proxy started after phase 6 opened a session on A (%v):\n%s", err, cons)
 	}
 }
