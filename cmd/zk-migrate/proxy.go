@@ -254,8 +254,9 @@ func runProxy(c *cli.Context) error {
 	}
 	var epoch int64
 	var agent *membership.Agent
+	var name string
 	if addr := c.String("gossip-addr"); addr != "" {
-		name := c.String("name")
+		name = c.String("name")
 		if name == "" {
 			host, _ := os.Hostname()
 			name = "proxy-" + host
@@ -295,6 +296,7 @@ func runProxy(c *cli.Context) error {
 		PrimaryName:         primaryName,
 		Epoch:               epoch,
 		FenceLease:          c.Duration("fence-lease"),
+		PeerOffsets:         peerOffsets(agent, name, token),
 		MaxMirrorBacklog:    c.Int("max-mirror-backlog"),
 		StateDir:            c.String("state-dir"),
 		MaxFrame:            c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
@@ -439,6 +441,7 @@ type sessionRow struct {
 func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Name)) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST "+membership.FlipPath, srv.FlipHandler(token, onFlip))
+	mux.Handle("GET "+versionsPath, srv.OffsetsHandler(token))
 	mux.HandleFunc("GET /admin/v1/sessions", func(w http.ResponseWriter, _ *http.Request) {
 		epoch, primary := srv.Epoch()
 		rows := []sessionRow{}
