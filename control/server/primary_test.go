@@ -113,3 +113,64 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestPhase1VerifyOutlivesAStoppedSync: phase 1's verification keeps
+// going when the sync it started is stopped under it (the control node
+// lost and regained leadership: the supervisor stops its syncs, and leaves
+// phase 1's first start to the executor until the start is recorded). It
+// starts the sync again and succeeds; before, it watched the stopped
+// replicator until its timeout (the demo's phase 1 failed with "digests
+// map[]" on a loaded machine).
+func TestPhase1VerifyOutlivesAStoppedSync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts ZooKeeper")
+	}
+	ctx := context.Background()
+	var addrs [2]string
+	var ens [2]*zktest.Ensemble
+	for i, name := range []string{"ver-a", "ver-b"} {
+		e, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		addrs[i], ens[i] = e.ConnectString(), e
+	}
+	c, err := zkclient.Dial(ctx, []string{addrs[0]}, zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Create(ctx, "/x", []byte("v"), zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	var cfg control.Config
+	cfg.Migration.ID = "ver"
+	cfg.Migration.SourceZK, cfg.Migration.TargetZK = addrs[0], addrs[1]
+	cfg.Migration.Paths = []string{"/x"}
+	raw, err := json.Marshal(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &control.Migration{ID: "ver", Config: control.MigrationConfig{SourceZK: addrs[0], TargetZK: addrs[1], Raw: raw},
+		Step: control.StepDeployB, Status: control.StatusRunning, Primary: ensemble.Source}
+	st := &control.State{Migrations: map[string]*control.Migration{m.ID: m}}
+	sy := &Syncer{IsLeader: func() bool { return true }, NodeID: "n1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		VerifyTimeout: time.Minute, Apply: func(context.Context, control.Command) error { return nil }, State: func() *control.State { return st }}
+	t.Cleanup(func() { _ = sy.Undo(ctx, m) })
+	// B is down: the verification cannot succeed before its sync is
+	// stopped under it.
+	if err := ens[1].Kill(1); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sy.Verify(ctx, m) }()
+	waitFor(t, "the verification's sync", func() bool { return sy.run(m.ID) != nil })
+	sy.stopAll() // leadership lost and regained while it verifies
+	if err := ens[1].Restart(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("phase 1's verification after its sync was stopped: %v", err)
+	}
+}

@@ -281,6 +281,19 @@ func (s *Syncer) Verify(ctx context.Context, m *control.Migration) error {
 	}
 	deadline := time.Now().Add(timeout)
 	for {
+		if cur := s.run(m.ID); cur != r {
+			// Stopped meanwhile (leadership lost and regained under load:
+			// the supervisor leaves phase 1's first start to this runner
+			// until it is recorded): start it again rather than wait on a
+			// stopped replicator until the timeout; not on a node that no
+			// longer leads (the new leader runs its own).
+			if s.IsLeader != nil && !s.IsLeader() {
+				return fmt.Errorf("phase 1's sync was stopped here: %s no longer leads the control plane", s.NodeID)
+			}
+			if r, err = s.start(m); err != nil {
+				return err
+			}
+		}
 		if hidden := r.cont.Unreadable(); len(hidden) > 0 { // never equal: fail now, with the fix
 			return fmt.Errorf("phase 1 cannot succeed: %s", replicator.DescribeUnreadable(hidden, 20))
 		}
