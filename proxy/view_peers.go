@@ -94,6 +94,7 @@ func (s *Server) peerOffsets(ctx context.Context, epoch int64, primary ensemble.
 			"epoch", epoch, "primary", primary.Flag(), "err", err)
 		return nil
 	}
+	s.log.Info("flip: taking a peer's version offsets for this epoch (the numbering its clients see)", "epoch", epoch, "primary", primary.Flag(), "paths", len(o))
 	return o
 }
 
