@@ -86,6 +86,9 @@ func (s *Server) flipLocked(ctx context.Context, epoch int64, primary ensemble.N
 	if done || err != nil {
 		return err
 	}
+	// Before the hold: a peer that took this epoch in the barrier has the
+	// offsets every other proxy uses (view_peers.go).
+	peer := s.peerOffsets(ctx, epoch, primary)
 	start := time.Now()
 	// A held request gets no reply and a client gives up on a server that
 	// says nothing for 2/3 of its session timeout: the pause must end well
@@ -101,7 +104,7 @@ func (s *Server) flipLocked(ctx context.Context, epoch int64, primary ensemble.N
 	if err := s.drainForFlip(ctx); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
-	return s.swapLocked(ctx, epoch, primary, cur, start)
+	return s.swapWith(ctx, epoch, primary, cur, start, peer)
 }
 
 // flipNeeded checks a flip request against the roles held: done when
@@ -155,6 +158,12 @@ func (s *Server) takeHold(ctx context.Context) error {
 // control plane raised them), versions read, roles switched and every
 // session moved.
 func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time) error {
+	return s.swapWith(ctx, epoch, primary, cur, start, nil)
+}
+
+// swapWith is swapLocked taking peer's version offsets (nil: none) where
+// it has them (rebase).
+func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time, peer map[string]PathOffset) error {
 	drained := time.Since(start)
 	// One connection to each ensemble raises the fences and reads the
 	// versions.
@@ -177,7 +186,7 @@ func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.N
 	if _, err := s.matchCounters(ctx, oc, nc); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; the old primary %s is fenced: writes fail until the flip is repeated)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
-	if err := s.rebase(ctx, oc, nc); err != nil {
+	if err := s.rebase(ctx, oc, nc, peer); err != nil {
 		// The old primary is fenced now: its writes fail. The control plane
 		// (or the fence watcher) asks again.
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; the old primary %s is fenced: writes fail until the flip is repeated)", primary.Flag(), epoch, err, cur.primary.Flag())

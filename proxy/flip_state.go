@@ -227,7 +227,7 @@ func (s *Server) rebaseAtStart(from ensemble.Name) {
 				return fmt.Errorf("reach %s: %w", r.primary.Flag(), err)
 			}
 			defer nc.Close()
-			return s.rebase(ctx, oc, nc)
+			return s.rebase(ctx, oc, nc, nil)
 		}()
 		if err != nil {
 			s.view.mu.Lock()

@@ -114,6 +114,12 @@ type Config struct {
 	// the proxy serves only while a read of its primary's fence znode,
 	// repeated every quarter of it, shows the epoch it holds (SPEC.md 4.10).
 	FenceLease time.Duration
+	// PeerOffsets, if set, returns a peer proxy's version offsets at
+	// epoch and primary (its Offsets.Paths, from GET /admin/v1/versions):
+	// a one-shot flip (catching up with a flip this proxy missed) takes
+	// them instead of reading its own, so its clients see the versions
+	// the peers' clients see (view_peers.go). An error: it reads its own.
+	PeerOffsets func(ctx context.Context, epoch int64, primary ensemble.Name) (map[string]PathOffset, error)
 	// FencePath is the fence znode on both ensembles (default fence.Path;
 	// tests isolate theirs).
 	FencePath string

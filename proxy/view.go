@@ -116,8 +116,10 @@ func (v *view) active() bool {
 // shown to a client, (stat on next) - (stat on old) + (the old offset), so
 // the client keeps seeing the versions it saw. Called with client requests
 // held and the mirror drained, on connections to the old (oc) and the
-// next (nc) primary.
-func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
+// next (nc) primary. peer, if not nil, is a peer's offsets at this flip's
+// epoch (a one-shot flip catching up with a barrier): they win (adopt),
+// and the peer's paths this proxy was not shown are taken too.
+func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn, peer map[string]PathOffset) error {
 	v := &s.view
 	v.mu.Lock()
 	paths := make([]string, 0, len(v.seen))
@@ -126,7 +128,7 @@ func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
 	}
 	prev := v.off
 	v.mu.Unlock()
-	if len(paths) == 0 {
+	if len(paths) == 0 && len(peer) == 0 {
 		return nil
 	}
 	if err := oc.Sync(ctx, "/"); err != nil {
@@ -166,6 +168,8 @@ func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
 			d := verOff{v: sn.Version - so.Version + o.v, c: sn.Cversion - so.Cversion + o.c, a: sn.Aversion - so.Aversion + o.a}
 			if d != (verOff{}) {
 				d.czxid = sn.Czxid
+			}
+			if d = adopt(peer, p, sn.Czxid, d); d != (verOff{}) {
 				next[p] = d
 			}
 		}()
@@ -175,8 +179,21 @@ func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
 		return readErr
 	}
 	v.mu.Lock()
+	defer v.mu.Unlock()
+	for p, o := range peer {
+		if _, own := v.seen[p]; own || o == (PathOffset{}) || len(v.seen) >= maxStatPaths {
+			continue
+		}
+		// Shown to the peer's clients only: this proxy's clients see the
+		// same numbers if they read it (toClient drops the offset if the
+		// znode is another by then).
+		if v.seen == nil {
+			v.seen = map[string]struct{}{}
+		}
+		v.seen[p] = struct{}{}
+		next[p] = verOff{v: o.V, c: o.C, a: o.A, czxid: o.Czxid}
+	}
 	v.off = next
-	v.mu.Unlock()
 	return nil
 }
 

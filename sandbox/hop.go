@@ -64,10 +64,23 @@ func (h *hop) accept() {
 			c.Close()
 			continue
 		}
+		// Closed or partitioned while dialling: partition and Close have
+		// closed what they saw, so this one must not be carried (Close
+		// would wait for it for ever).
 		h.mu.Lock()
+		if h.closed || h.partitioned {
+			closed := h.closed
+			h.mu.Unlock()
+			c.Close()
+			up.Close()
+			if closed {
+				return
+			}
+			continue
+		}
 		h.conns[c], h.conns[up] = struct{}{}, struct{}{}
-		h.mu.Unlock()
 		h.wg.Add(2)
+		h.mu.Unlock()
 		go h.pipe(up, c)
 		go h.pipe(c, up)
 	}

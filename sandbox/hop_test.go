@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bufio"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -87,5 +88,72 @@ func TestHopDelaysPartitionsAndHeals(t *testing.T) {
 	defer c2.Close()
 	if _, err := echo(c2); err != nil {
 		t.Fatalf("after heal: %v", err)
+	}
+}
+
+// TestHopCloseEndsConnectionsAcceptedMeanwhile: a connection the hop
+// accepts while it closes (a proxy re-attaching to B as the demo ends) is
+// closed too, and Close returns. Before, one accepted between the closed
+// check and its registration was carried on, and Close waited for it for
+// ever: the chaos demo hung in its cleanup with every process alive.
+func TestHopCloseEndsConnectionsAcceptedMeanwhile(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var held []net.Conn // the target holds what it accepts open
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	go func() { // ends with ln
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	for i := 0; i < 30; i++ {
+		h, err := newHop(ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		dialled := make(chan []net.Conn)
+		go func() { // a client dialling again and again, holding its connections open
+			var cs []net.Conn
+			defer func() { dialled <- cs }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if c, err := net.Dial("tcp", h.addr()); err == nil {
+					cs = append(cs, c)
+				}
+			}
+		}()
+		time.Sleep(time.Duration(1+i%5) * time.Millisecond)
+		closed := make(chan struct{})
+		go func() { h.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("round %d: the hop's Close did not return with its clients' connections open", i)
+		}
+		close(stop)
+		for _, c := range <-dialled {
+			c.Close()
+		}
 	}
 }

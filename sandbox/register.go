@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,6 +81,7 @@ var registerModel = porcupine.Model{
 type register struct {
 	path  string
 	start time.Time
+	names []string // by client: the proxy it writes through
 
 	mu     sync.Mutex
 	ops    []porcupine.Operation
@@ -87,10 +90,11 @@ type register struct {
 	unsure int
 }
 
-// runRegister writes path through each of addrs until ctx ends; it returns
-// once every client has stopped. The znode is created first.
-func runRegister(ctx context.Context, addrs []string, path string, ready chan<- error) *register {
-	r := &register{path: path, start: time.Now()}
+// runRegister writes path through each of addrs (the proxies named names)
+// until ctx ends; it returns once every client has stopped. The znode is
+// created first.
+func runRegister(ctx context.Context, addrs, names []string, path string, ready chan<- error) *register {
+	r := &register{path: path, start: time.Now(), names: names}
 	var conns []*zk.Conn
 	defer func() {
 		for _, c := range conns {
@@ -199,46 +203,92 @@ func (r *register) save(path string) error {
 
 // versionGaps explains an Illegal verdict in the register's own terms:
 // among the versions acknowledged to clients, those given twice and those
-// skipped (a write applied that no client made, or applied twice), and the
-// time (since the start) of the first and last anomaly.
-func (r *register) versionGaps() (dups, skipped int, first, last time.Duration) {
+// skipped (a write applied that no client made, or applied twice; a write
+// of unknown outcome may account for one), and the anomalies, each naming
+// its writes (client, input, output, call and return times since the
+// demo's start, the register starting at offset), in time order.
+func (r *register) versionGaps(offset time.Duration) (dups, skipped int, anomalies []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	at := map[int32]time.Duration{}
+	acked := map[int32][]porcupine.Operation{}
 	for _, op := range r.ops {
-		out := op.Output.(regOutput)
-		if !out.OK {
-			continue
+		if out := op.Output.(regOutput); out.OK {
+			acked[out.Version] = append(acked[out.Version], op)
 		}
-		if _, seen := at[out.Version]; seen {
-			dups++
-		}
-		at[out.Version] = time.Duration(op.Return)
 	}
-	vs := make([]int32, 0, len(at))
-	for v := range at {
+	vs := make([]int32, 0, len(acked))
+	for v := range acked {
 		vs = append(vs, v)
 	}
 	slices.Sort(vs)
-	note := func(t time.Duration) {
-		if first == 0 || t < first {
-			first = t
+	type anomaly struct {
+		at   int64
+		text string
+	}
+	var found []anomaly
+	for _, v := range vs {
+		if ops := acked[v]; len(ops) > 1 {
+			dups += len(ops) - 1
+			parts := make([]string, len(ops))
+			for i, op := range ops {
+				parts[i] = r.describe(op, offset)
+			}
+			found = append(found, anomaly{ops[1].Return, fmt.Sprintf("version %d acknowledged %d times: %s", v, len(ops), strings.Join(parts, "; "))})
 		}
-		last = max(last, t)
 	}
 	for i := 1; i < len(vs); i++ {
-		if d := vs[i] - vs[i-1]; d > 1 {
-			skipped += int(d - 1)
-			note(at[vs[i]])
+		d := vs[i] - vs[i-1]
+		if d <= 1 {
+			continue
 		}
+		skipped += int(d - 1)
+		before, after := acked[vs[i-1]][0], acked[vs[i]][0]
+		unknown := 0 // writes of unknown outcome that began before the later version's answer
+		for _, op := range r.ops {
+			if op.Output.(regOutput).Unknown && op.Call < after.Return {
+				unknown++
+			}
+		}
+		what := fmt.Sprintf("version %d", vs[i-1]+1)
+		if d > 2 {
+			what = fmt.Sprintf("versions %d-%d", vs[i-1]+1, vs[i]-1)
+		}
+		found = append(found, anomaly{after.Return, fmt.Sprintf("%s acknowledged to no client (writes of unknown outcome begun by then: %d), between %s and %s",
+			what, unknown, r.describe(before, offset), r.describe(after, offset))})
 	}
-	return dups, skipped, first, last
+	slices.SortStableFunc(found, func(a, b anomaly) int { return cmp.Compare(a.at, b.at) })
+	for _, a := range found {
+		anomalies = append(anomalies, a.text)
+	}
+	return dups, skipped, anomalies
 }
 
-// check runs porcupine on the history (within timeout).
-func (r *register) check(timeout time.Duration) porcupine.CheckResult {
+// describe names one write of the history: its client, call and answer,
+// and when (seconds since the demo's start).
+func (r *register) describe(op porcupine.Operation, offset time.Duration) string {
+	at := func(ns int64) string { return fmt.Sprintf("%.3fs", (offset + time.Duration(ns)).Seconds()) }
+	ret := "never answered"
+	if op.Return != math.MaxInt64 {
+		ret = at(op.Return)
+	}
+	who := fmt.Sprintf("client %d", op.ClientId)
+	if op.ClientId < len(r.names) {
+		who += " (" + r.names[op.ClientId] + ")"
+	}
+	return fmt.Sprintf("%s %s, %s to %s", who, registerModel.DescribeOperation(op.Input, op.Output), at(op.Call), ret)
+}
+
+// check runs porcupine on the history (within timeout); an Illegal one
+// is also drawn by porcupine's visualization into html (if not empty).
+func (r *register) check(timeout time.Duration, html string) (porcupine.CheckResult, error) {
 	r.mu.Lock()
 	ops := append([]porcupine.Operation(nil), r.ops...)
 	r.mu.Unlock()
-	return porcupine.CheckOperationsTimeout(registerModel, ops, timeout)
+	res, info := porcupine.CheckOperationsVerbose(registerModel, ops, timeout)
+	if res == porcupine.Illegal && html != "" {
+		if err := porcupine.VisualizePath(registerModel, info, html); err != nil {
+			return res, fmt.Errorf("sandbox: register history: %w", err)
+		}
+	}
+	return res, nil
 }

@@ -30,7 +30,9 @@ agents drained) and phase 6, with the local deployer starting and stopping
 the Mesos processes. With --rollback N it rolls back to phase 1 once phase N
 has succeeded. The report gives each phase's time, the write pause at the
 flip, the sync lag, and the guarantees: tasks failed 0, sessions expired 0,
-only the planned leader changes, digests of A and B equal.
+only the planned leader changes, digests of A and B equal, and a register
+written through every proxy linearizable (porcupine; its history is kept as
+register.jsonl in --dir).
 
 Every process's log is kept in --dir (a new temp directory by default).
 

@@ -255,8 +255,9 @@ func runProxy(c *cli.Context) error {
 	var epoch int64
 	var retired ensemble.Name // the ensemble the control plane records as retired (phase 6)
 	var agent *membership.Agent
+	var name string
 	if addr := c.String("gossip-addr"); addr != "" {
-		name := c.String("name")
+		name = c.String("name")
 		if name == "" {
 			host, _ := os.Hostname()
 			name = "proxy-" + host
@@ -308,6 +309,7 @@ func runProxy(c *cli.Context) error {
 		PrimaryName:         primaryName,
 		Epoch:               epoch,
 		FenceLease:          c.Duration("fence-lease"),
+		PeerOffsets:         peerOffsets(agent, name, token),
 		MaxMirrorBacklog:    c.Int("max-mirror-backlog"),
 		StateDir:            c.String("state-dir"),
 		MaxFrame:            c.Int("jute-maxbuffer") + jute.DefaultMaxBufferExtra,
@@ -467,6 +469,7 @@ func proxyAdmin(srv *proxy.Server, token string, onFlip func(int64, ensemble.Nam
 	mux := http.NewServeMux()
 	mux.Handle("POST "+membership.FlipPath, srv.FlipHandler(token, onFlip))
 	mux.Handle("POST "+membership.RetirePath, srv.RetireHandler(token, onRetire))
+	mux.Handle("GET "+versionsPath, srv.OffsetsHandler(token))
 	mux.HandleFunc("GET /admin/v1/sessions", func(w http.ResponseWriter, _ *http.Request) {
 		epoch, primary := srv.Epoch()
 		rows := []sessionRow{}

@@ -193,16 +193,7 @@ func (s *Syncer) Fence(ctx context.Context, m *control.Migration, epoch int64, p
 	for i, p := range proxies {
 		held[i] = markers[p]
 	}
-	// The proxies hold (the flip is committed): from their swap on they
-	// write to primary, so the replicator takes it as their primary now.
-	// With the old one it would copy the old primary's state (the mirror's
-	// late writes) over the clients' new writes until flip-done.
 	r := s.run(m.ID)
-	if r != nil {
-		if err := r.cont.SetPrimary(primary); err != nil {
-			return nil, err
-		}
-	}
 	// The old primary first: it is the one stale proxies write to.
 	for _, side := range []struct {
 		name    ensemble.Name
@@ -239,6 +230,17 @@ func (s *Syncer) Fence(ctx context.Context, m *control.Migration, epoch int64, p
 				lapsed = append(lapsed, proxies[i])
 			}
 			return lapsed, nil // nothing raised: the caller holds them again
+		}
+		// The proxies hold (the flip is committed, or a reverse flip
+		// holds them): from their swap on they write to primary, and a
+		// stale proxy reading this fence moves there by itself, so the
+		// replicator takes it as their primary now and keeps it
+		// (followPrimary) whatever the state it reads says until the
+		// state records it. With the old one it would copy the old
+		// primary's state (the mirror's late writes) over the clients'
+		// new writes.
+		if err := s.fencedPrimary(m, epoch, primary); err != nil {
+			return nil, err
 		}
 	}
 	return nil, nil

@@ -64,6 +64,19 @@ type Syncer struct {
 	// health holds the health checks running here (on the leader).
 	healthMu sync.Mutex
 	health   map[string]*healthRun
+	// fenced holds, per migration, the epoch and primary of the last
+	// fences this node raised (Fence). From that raise on they are the
+	// proxies' primary, before the replicated state says so: a reverse
+	// flip is recorded only by rolled-back, once its proxies swapped and
+	// were released. primaryMu orders every SetPrimary with it.
+	primaryMu sync.Mutex
+	fenced    map[string]fencedAt
+}
+
+// fencedAt is a primary the fences name from an epoch on.
+type fencedAt struct {
+	epoch   int64
+	primary ensemble.Name
 }
 
 type syncRun struct {
@@ -84,18 +97,61 @@ type syncRun struct {
 	resumed *control.SyncCheckpoint
 }
 
-// followPrimary keeps the replicator's idea of the proxies' primary the
-// migration's recorded one: it changes at the flip (and back at a
-// rollback across it), while the sync goes on.
-func (r *syncRun) followPrimary(m *control.Migration) error {
+// primaryOf is the proxies' primary for m: the migration's recorded
+// one, the committed flip's while it runs, or the one of fences this node
+// raised at m's epoch or later (a reverse flip in progress, or a state
+// read before the flip's commit). Called with primaryMu held.
+func (s *Syncer) primaryOf(m *control.Migration) ensemble.Name {
 	primary := m.Primary
 	if f := m.Flip; f != nil && f.Committed && !f.Done {
 		primary = f.Primary // the proxies swap to it (Syncer.Fence)
 	}
-	if err := r.cont.SetPrimary(ensemble.Name(primary)); err != nil {
+	if f, ok := s.fenced[m.ID]; ok && f.epoch >= m.Epoch {
+		primary = f.primary
+	}
+	return primary
+}
+
+// followPrimary keeps the replicator's idea of the proxies' primary the
+// migration's (primaryOf): it changes at the flip (and back at a
+// rollback across it), while the sync goes on. The supervisor calls it
+// with the state it read at its tick, which may predate the fences a flip
+// raised since: those win (with the recorded primary instead, the
+// replicator copied the old primary's late state, the proxies' mirror
+// writes, over the clients' writes on the new one until rolled-back was
+// recorded: the demo's register history showed versions no client wrote).
+func (s *Syncer) followPrimary(r *syncRun, m *control.Migration) error {
+	s.primaryMu.Lock()
+	defer s.primaryMu.Unlock()
+	if err := r.cont.SetPrimary(s.primaryOf(m)); err != nil {
 		return fmt.Errorf("migration %s: %w", m.ID, err)
 	}
 	return nil
+}
+
+// fencedPrimary records that this node raised a fence of m to epoch and
+// primary, and gives the replicator that primary.
+func (s *Syncer) fencedPrimary(m *control.Migration, epoch int64, primary ensemble.Name) error {
+	r := s.run(m.ID) // before primaryMu: start holds s.mu while it takes primaryMu
+	s.primaryMu.Lock()
+	defer s.primaryMu.Unlock()
+	if f, ok := s.fenced[m.ID]; !ok || epoch >= f.epoch {
+		if s.fenced == nil {
+			s.fenced = map[string]fencedAt{}
+		}
+		s.fenced[m.ID] = fencedAt{epoch: epoch, primary: primary}
+	}
+	if r != nil {
+		return r.cont.SetPrimary(s.primaryOf(m))
+	}
+	return nil
+}
+
+// startPrimary is primaryOf for a replicator being started.
+func (s *Syncer) startPrimary(m *control.Migration) ensemble.Name {
+	s.primaryMu.Lock()
+	defer s.primaryMu.Unlock()
+	return s.primaryOf(m)
 }
 
 // start starts the migration's sync unless it runs. The initial copy A to
@@ -141,7 +197,7 @@ func (s *Syncer) start(m *control.Migration) (*syncRun, error) {
 		},
 		// The proxies dual-write to the migration's primary's other side
 		// in phase 1: their mirror's writes are theirs (SPEC 4c).
-		Primary: ensemble.Name(m.Primary),
+		Primary: s.startPrimary(m),
 		Roots:   cfg.Migration.Paths, Strategy: cfg.Sync.ConflictStrategy, InitialSync: r.initial, Logger: s.Logger,
 		LagThreshold: time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond, ReconcileEvery: 5 * time.Second,
 	})
@@ -225,6 +281,19 @@ func (s *Syncer) Verify(ctx context.Context, m *control.Migration) error {
 	}
 	deadline := time.Now().Add(timeout)
 	for {
+		if cur := s.run(m.ID); cur != r {
+			// Stopped meanwhile (leadership lost and regained under load:
+			// the supervisor leaves phase 1's first start to this runner
+			// until it is recorded): start it again rather than wait on a
+			// stopped replicator until the timeout; not on a node that no
+			// longer leads (the new leader runs its own).
+			if s.IsLeader != nil && !s.IsLeader() {
+				return fmt.Errorf("phase 1's sync was stopped here: %s no longer leads the control plane", s.NodeID)
+			}
+			if r, err = s.start(m); err != nil {
+				return err
+			}
+		}
 		if hidden := r.cont.Unreadable(); len(hidden) > 0 { // never equal: fail now, with the fix
 			return fmt.Errorf("phase 1 cannot succeed: %s", replicator.DescribeUnreadable(hidden, 20))
 		}

@@ -111,7 +111,7 @@ func (s *Syncer) supervise(ctx context.Context, m *control.Migration) error {
 		}
 		return s.note(ctx, m.ID, r)
 	case want && r != nil:
-		if err := r.followPrimary(m); err != nil {
+		if err := s.followPrimary(r, m); err != nil {
 			return err
 		}
 		return s.note(ctx, m.ID, r)
