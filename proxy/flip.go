@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/fence"
 	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 )
@@ -124,6 +125,10 @@ func (s *Server) flipNeeded(ctx context.Context, epoch int64, primary ensemble.N
 	case !s.TwoEnsembles():
 		return cur, false, fmt.Errorf("flip to %s: the proxy runs with one ensemble (start it with --source and --target)", primary.Flag())
 	}
+	// A swap follows (one-shot, or a barrier's hold): if the standby
+	// connection to the new primary is not open, it opens while requests
+	// are held and drained, not in the swap.
+	s.warmStandby(cur)
 	return cur, false, nil
 }
 
@@ -144,27 +149,30 @@ func (s *Server) takeHold(ctx context.Context) error {
 // swapLocked makes primary the serving ensemble at epoch, with the hold
 // taken and the proxy drained: the fences are raised (a no-op when the
 // control plane raised them), versions read, roles switched and every
-// session moved.
+// session moved. start is when the flip (or the hold) was asked; the
+// phases' times since then are logged.
 func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time) error {
 	drained := time.Since(start)
-	// One connection to each ensemble raises the fences and reads the
-	// versions.
-	opts := zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial}
-	oc, err := zkclient.Dial(ctx, cur.upstream, opts)
+	// One connection to each ensemble reads (or raises) the fences and
+	// reads the versions: no session is opened or closed in the pause
+	// (flip_conns.go).
+	oc, nc, err := s.takeSwapConns(ctx, cur)
 	if err != nil {
-		return fmt.Errorf("flip to %s at epoch %d: reach the old primary: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
-	defer oc.Close()
-	nc, err := zkclient.Dial(ctx, cur.secondary, opts)
-	if err != nil {
-		return fmt.Errorf("flip to %s at epoch %d: reach the new primary: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
-	}
-	defer nc.Close()
-	vers, err := s.raiseFences(ctx, cur, oc, nc, epoch, primary)
+	handed := false
+	defer func() {
+		if !handed {
+			s.putStandby(cur.primary.Other(), nc) // for the next attempt
+		}
+	}()
+	dialed := time.Since(start)
+	vers, err := s.fenceForSwap(ctx, cur, oc, nc, epoch, primary)
 	if err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
 	fenced := s.mono()
+	fencedAfter := time.Since(start)
 	if err := s.rebase(ctx, oc, nc); err != nil {
 		// The old primary is fenced now: its writes fail. The control plane
 		// (or the fence watcher) asks again.
@@ -174,8 +182,16 @@ func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.N
 	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch, fence: vers, fenceKnown: [2]bool{true, true}}
 	s.roles.Store(next)
 	s.grantLease(fenced)
-	s.saveVersions()        // the translation survives a restart (flip_state.go)
-	s.closePrimaryReaders() // the mirror reads the new primary from now on
+	s.saveVersions() // the translation survives a restart (flip_state.go)
+	// The mirror reads the new primary from now on, through nc; its reader
+	// of the old primary (oc) is the standby for the flip back, the
+	// others are closed after the pause.
+	plain, others := s.handOverReaders(nc)
+	handed = true
+	if plain != nil {
+		s.putStandby(cur.primary, plain)
+	}
+	defer s.closeLater(others...)
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))
 	for _, sess := range s.sessions {
@@ -203,8 +219,41 @@ func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.N
 	}
 	wg.Wait()
 	s.log.Info("flip done", "epoch", epoch, "primary", primary.Flag(), "sessions", len(sessions), "failed", failed.Load(),
-		"pause", time.Since(start).Round(time.Microsecond), "drained_after", drained.Round(time.Microsecond), "versions_read_after", rebased.Round(time.Microsecond))
+		"pause", time.Since(start).Round(time.Microsecond), "drained_after", drained.Round(time.Microsecond),
+		"dialed_after", dialed.Round(time.Microsecond), "fenced_after", fencedAfter.Round(time.Microsecond),
+		"versions_read_after", rebased.Round(time.Microsecond))
 	return nil
+}
+
+// fenceForSwap learns the fences' versions for a swap to primary at
+// epoch, raising them where they are older. Both are read at once (each
+// read syncs its connection, which rebase relies on); when either records
+// an older epoch (a one-shot flip: the control plane has not raised them),
+// raiseFences raises the old primary's first, then the new one's.
+func (s *Server) fenceForSwap(ctx context.Context, cur *roles, oc, nc *zkclient.Conn, epoch int64, primary ensemble.Name) ([2]int32, error) {
+	var recO, recN fence.Record
+	var errO, errN error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		recO, errO = fence.Read(ctx, oc, s.cfg.FencePath)
+	}()
+	recN, errN = fence.Read(ctx, nc, s.cfg.FencePath)
+	<-done
+	if errO != nil || errN != nil || recO.Epoch < epoch || recN.Epoch < epoch {
+		return s.raiseFences(ctx, cur, oc, nc, epoch, primary)
+	}
+	for _, side := range []struct {
+		name ensemble.Name
+		rec  fence.Record
+	}{{cur.primary, recO}, {cur.primary.Other(), recN}} {
+		if side.rec.Epoch > epoch {
+			return [2]int32{}, fmt.Errorf("%w: the fence of %s records epoch %d, asked %d", ErrStaleEpoch, side.name.Flag(), side.rec.Epoch, epoch)
+		}
+	}
+	var vers [2]int32
+	vers[cur.primary.Index()], vers[cur.primary.Other().Index()] = recO.Version, recN.Version
+	return vers, nil
 }
 
 // pauseBudget is the longest a flip may hold client requests before the
@@ -304,11 +353,13 @@ func (s *session) flipTo(next *roles) error {
 		return err
 	}
 
+	t0 := time.Now()
 	connect := s.connect
 	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
 	nl.addrs = next.upstream
 	nl.timeout = s.timeout
 	up, resp, _, err := nl.dial(s.done, jute.Marshal(&connect), "")
+	attached := time.Since(t0)
 	if err != nil {
 		return failed(fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err))
 	}
@@ -322,6 +373,7 @@ func (s *session) flipTo(next *roles) error {
 		return failed(fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err))
 	}
 	nl.lastZxid.Store(zx)
+	probed := time.Since(t0)
 	// What the client has seen, in its own numbering; the new leg's zxids
 	// are shifted to continue from there.
 	seen := old.lastZxid.Load() + s.zoff.Load()
@@ -331,6 +383,7 @@ func (s *session) flipTo(next *roles) error {
 		s.syncOld(ou)
 		ou.conn.Close() // its supervisor case sees a stale connection and ignores it
 	}
+	synced := time.Since(t0)
 	s.omu.Lock()
 	s.queue.dropInternal() // the old connection's pings will not be answered
 	s.omu.Unlock()
@@ -362,7 +415,9 @@ func (s *session) flipTo(next *roles) error {
 		}()
 	}
 	s.log.Info("session flipped", "primary", next.primary.Flag(), "upstream", up.addr,
-		"upstream_session", fmt.Sprintf("0x%x", nl.id), "zxid_offset", s.zoff.Load())
+		"upstream_session", fmt.Sprintf("0x%x", nl.id), "zxid_offset", s.zoff.Load(),
+		"attached_after", attached.Round(time.Microsecond), "probed_after", probed.Round(time.Microsecond),
+		"old_synced_after", synced.Round(time.Microsecond), "moved_after", time.Since(t0).Round(time.Microsecond))
 	s.saslFlipped() // sasl.go
 	return nil
 }

@@ -623,11 +623,12 @@ func TestFlipSessionNotAttachedFindsItsSession(t *testing.T) {
 	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
-	// armed > 0: let one dial to B through (the flip's own connection),
-	// refuse the next ones until disarmed.
+	// armed: refuse every dial to B until disarmed. The flip's own
+	// connection to B (the standby, flip_conns.go) was opened with the
+	// client's session, so only the session's move dials B in the flip.
 	var armed atomic.Int32
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if slices.Contains(b.Addrs(), addr) && armed.Load() > 0 && armed.Add(1) > 2 {
+		if slices.Contains(b.Addrs(), addr) && armed.Load() > 0 {
 			return nil, errors.New("injected: connection refused")
 		}
 		return (&net.Dialer{}).DialContext(ctx, network, addr)

@@ -248,6 +248,8 @@ type Server struct {
 	fencePoke  chan struct{} // asks the fence watcher for a round now
 	heldMu     sync.Mutex    // guards held
 	held       *holding      // a flip barrier's hold in place (barrier.go)
+
+	standby standbyConn // a connection to the secondary for the next swap (flip_conns.go)
 }
 
 // New validates cfg and returns a Server that is not yet listening.

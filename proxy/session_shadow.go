@@ -8,6 +8,8 @@ import "time"
 func (s *session) attachShadow() {
 	s.shadow = s.srv.shadowFor(s.id, s.timeout)
 	s.legs[s.primary.Other().Index()] = s.shadow.leg
+	// A flip finds its connection to the secondary open (flip_conns.go).
+	s.srv.warmStandby(s.srv.roles.Load())
 }
 
 // releaseShadow tells the shadow the relay has ended, and whether the

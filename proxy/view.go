@@ -23,8 +23,9 @@ import (
 // flip; a path beyond keeps the new primary's own versions (counted).
 const maxStatPaths = 100000
 
-// rebaseParallel bounds the stat reads in flight at a flip.
-const rebaseParallel = 64
+// rebaseParallel bounds the stat reads in flight on each ensemble at a
+// flip.
+const rebaseParallel = 256
 
 // verOff is what is subtracted from a serving ensemble's versions of one
 // znode before the client sees them. It holds for one incarnation of the
@@ -116,7 +117,9 @@ func (v *view) active() bool {
 // shown to a client, (stat on next) - (stat on old) + (the old offset), so
 // the client keeps seeing the versions it saw. Called with client requests
 // held and the mirror drained, on connections to the old (oc) and the
-// next (nc) primary.
+// next (nc) primary that have been synced with their leaders since the
+// drain (the fence reads before it sync them): a read on a connection
+// follows its sync, so no sync is sent again here.
 func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
 	v := &s.view
 	v.mu.Lock()
@@ -129,55 +132,81 @@ func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
 	if len(paths) == 0 {
 		return nil
 	}
-	if err := oc.Sync(ctx, "/"); err != nil {
-		return fmt.Errorf("sync the old primary: %w", err)
+	// Both ensembles at once, each pipelined (up to rebaseParallel reads
+	// in flight on each connection): the pause pays about one round trip
+	// per rebaseParallel paths, not two per path.
+	var olds, news []statRead
+	var errO, errN error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		olds, errO = readStats(ctx, oc, paths)
+	}()
+	news, errN = readStats(ctx, nc, paths)
+	<-done
+	if err := firstErr(errO, errN); err != nil {
+		return err
 	}
-	if err := nc.Sync(ctx, "/"); err != nil {
-		return fmt.Errorf("sync the new primary: %w", err)
-	}
-	// Pipelined: up to rebaseParallel reads in flight on each connection.
 	next := map[string]verOff{}
-	var (
-		mu      sync.Mutex
-		wg      sync.WaitGroup
-		readErr error
-	)
-	sem := make(chan struct{}, rebaseParallel)
-	for _, p := range paths {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			so, errO := oc.Exists(ctx, p)
-			sn, errN := nc.Exists(ctx, p)
-			mu.Lock()
-			defer mu.Unlock()
-			if errO != nil || errN != nil {
-				if jute.CodeOf(errO) != jute.CodeNoNode && jute.CodeOf(errN) != jute.CodeNoNode && readErr == nil {
-					readErr = fmt.Errorf("read the stat of %s: %w", p, firstErr(errO, errN))
-				}
-				return // gone on either side: nothing to translate
+	for i, p := range paths {
+		so, sn := olds[i], news[i]
+		if so.err != nil || sn.err != nil {
+			if jute.CodeOf(so.err) != jute.CodeNoNode && jute.CodeOf(sn.err) != jute.CodeNoNode {
+				return fmt.Errorf("read the stat of %s: %w", p, firstErr(so.err, sn.err))
 			}
-			o := prev[p]
-			if o.czxid != so.Czxid {
-				o = verOff{} // recorded for an earlier incarnation, gone since
-			}
-			d := verOff{v: sn.Version - so.Version + o.v, c: sn.Cversion - so.Cversion + o.c, a: sn.Aversion - so.Aversion + o.a}
-			if d != (verOff{}) {
-				d.czxid = sn.Czxid
-				next[p] = d
-			}
-		}()
-	}
-	wg.Wait()
-	if readErr != nil {
-		return readErr
+			continue // gone on either side: nothing to translate
+		}
+		o := prev[p]
+		if o.czxid != so.st.Czxid {
+			o = verOff{} // recorded for an earlier incarnation, gone since
+		}
+		d := verOff{v: sn.st.Version - so.st.Version + o.v, c: sn.st.Cversion - so.st.Cversion + o.c, a: sn.st.Aversion - so.st.Aversion + o.a}
+		if d != (verOff{}) {
+			d.czxid = sn.st.Czxid
+			next[p] = d
+		}
 	}
 	v.mu.Lock()
 	v.off = next
 	v.mu.Unlock()
 	return nil
+}
+
+// statRead is one path's stat, or the error reading it.
+type statRead struct {
+	st  jute.Stat
+	err error
+}
+
+// readStats reads the stat of every path on c, up to rebaseParallel
+// requests in flight; an error is returned only when ctx ends.
+func readStats(ctx context.Context, c *zkclient.Conn, paths []string) ([]statRead, error) {
+	out := make([]statRead, len(paths))
+	resps := make([]jute.ExistsResponse, len(paths))
+	calls := make([]*zkclient.Call, len(paths))
+	wait := func(i int) error {
+		select {
+		case <-calls[i].Done:
+			out[i] = statRead{st: resps[i].Stat, err: calls[i].Err}
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("read the stats of %d paths: %w", len(paths), ctx.Err())
+		}
+	}
+	for i, p := range paths {
+		if i >= rebaseParallel {
+			if err := wait(i - rebaseParallel); err != nil {
+				return nil, err
+			}
+		}
+		calls[i] = c.Go(jute.OpExists, &jute.ExistsRequest{Path: p}, &resps[i])
+	}
+	for i := max(0, len(paths)-rebaseParallel); i < len(paths); i++ {
+		if err := wait(i); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 func firstErr(errs ...error) error {
