@@ -9,9 +9,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
-	"github.com/zk-migrate/zk-migrate/fence"
 	"github.com/zk-migrate/zk-migrate/jute"
-	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // The flip (SPEC.md 4.10): the proxy's side of the control plane's
@@ -167,16 +165,12 @@ func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.N
 		}
 	}()
 	dialed := time.Since(start)
-	vers, err := s.fenceForSwap(ctx, cur, oc, nc, epoch, primary)
+	vers, fenced, err := s.readForSwap(ctx, cur, oc, nc, epoch, primary)
 	if err != nil {
-		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
-	}
-	fenced := s.mono()
-	fencedAfter := time.Since(start)
-	if err := s.rebase(ctx, oc, nc); err != nil {
-		// The old primary is fenced now: its writes fail. The control plane
-		// (or the fence watcher) asks again.
-		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; the old primary %s is fenced: writes fail until the flip is repeated)", primary.Flag(), epoch, err, cur.primary.Flag())
+		// If a fence records the epoch now (raised by the control plane or
+		// here), the old primary refuses this proxy's writes until the flip
+		// is repeated (the control plane, or the fence watcher, asks again).
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s, whose writes fail once its fence records epoch %d)", primary.Flag(), epoch, err, cur.primary.Flag(), epoch)
 	}
 	rebased := time.Since(start)
 	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch, fence: vers, fenceKnown: [2]bool{true, true}}
@@ -220,40 +214,8 @@ func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.N
 	wg.Wait()
 	s.log.Info("flip done", "epoch", epoch, "primary", primary.Flag(), "sessions", len(sessions), "failed", failed.Load(),
 		"pause", time.Since(start).Round(time.Microsecond), "drained_after", drained.Round(time.Microsecond),
-		"dialed_after", dialed.Round(time.Microsecond), "fenced_after", fencedAfter.Round(time.Microsecond),
-		"versions_read_after", rebased.Round(time.Microsecond))
+		"dialed_after", dialed.Round(time.Microsecond), "versions_read_after", rebased.Round(time.Microsecond))
 	return nil
-}
-
-// fenceForSwap learns the fences' versions for a swap to primary at
-// epoch, raising them where they are older. Both are read at once (each
-// read syncs its connection, which rebase relies on); when either records
-// an older epoch (a one-shot flip: the control plane has not raised them),
-// raiseFences raises the old primary's first, then the new one's.
-func (s *Server) fenceForSwap(ctx context.Context, cur *roles, oc, nc *zkclient.Conn, epoch int64, primary ensemble.Name) ([2]int32, error) {
-	var recO, recN fence.Record
-	var errO, errN error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		recO, errO = fence.Read(ctx, oc, s.cfg.FencePath)
-	}()
-	recN, errN = fence.Read(ctx, nc, s.cfg.FencePath)
-	<-done
-	if errO != nil || errN != nil || recO.Epoch < epoch || recN.Epoch < epoch {
-		return s.raiseFences(ctx, cur, oc, nc, epoch, primary)
-	}
-	for _, side := range []struct {
-		name ensemble.Name
-		rec  fence.Record
-	}{{cur.primary, recO}, {cur.primary.Other(), recN}} {
-		if side.rec.Epoch > epoch {
-			return [2]int32{}, fmt.Errorf("%w: the fence of %s records epoch %d, asked %d", ErrStaleEpoch, side.name.Flag(), side.rec.Epoch, epoch)
-		}
-	}
-	var vers [2]int32
-	vers[cur.primary.Index()], vers[cur.primary.Other().Index()] = recO.Version, recN.Version
-	return vers, nil
 }
 
 // pauseBudget is the longest a flip may hold client requests before the
@@ -358,7 +320,9 @@ func (s *session) flipTo(next *roles) error {
 	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
 	nl.addrs = next.upstream
 	nl.timeout = s.timeout
-	up, resp, _, err := nl.dial(s.done, jute.Marshal(&connect), "")
+	// The zxid probe goes in the same write as the ConnectRequest: one
+	// round trip for both.
+	up, resp, _, err := nl.dialThen(s.done, jute.Marshal(&connect), "", zxidProbe())
 	attached := time.Since(t0)
 	if err != nil {
 		return failed(fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err))
@@ -367,7 +331,7 @@ func (s *session) flipTo(next *roles) error {
 		up.conn.Close()
 		return failed(fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag()))
 	}
-	zx, err := up.probeZxid()
+	zx, err := up.readProbe()
 	if err != nil {
 		up.conn.Close()
 		return failed(fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err))
@@ -452,17 +416,20 @@ func (s *session) syncOld(ou *upstream) {
 // xidProxySync is the xid of the sync sent on the old primary at a flip.
 const xidProxySync int32 = -19
 
-// probeZxid asks the server for its last zxid (the header of an exists
-// reply) on a connection no reader reads yet.
-func (u *upstream) probeZxid() (int64, error) {
+// zxidProbe is the request whose reply tells a server's last zxid: an
+// exists of "/" (its reply header carries the zxid).
+func zxidProbe() []byte {
 	var e jute.Encoder
 	(&jute.RequestHeader{Xid: xidProxyProbe, Type: int32(jute.OpExists)}).Encode(&e)
 	(&jute.ExistsRequest{Path: "/"}).Encode(&e)
+	return e.Bytes()
+}
+
+// readProbe reads the reply to zxidProbe, sent behind the ConnectRequest,
+// on a connection no reader reads yet, and returns the server's zxid.
+func (u *upstream) readProbe() (int64, error) {
 	_ = u.conn.SetDeadline(time.Now().Add(5 * time.Second))
 	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
-	if err := u.write(e.Bytes(), true); err != nil {
-		return 0, err
-	}
 	frame, err := u.fr.Next()
 	if err != nil {
 		return 0, err

@@ -121,14 +121,7 @@ func (v *view) active() bool {
 // drain (the fence reads before it sync them): a read on a connection
 // follows its sync, so no sync is sent again here.
 func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
-	v := &s.view
-	v.mu.Lock()
-	paths := make([]string, 0, len(v.seen))
-	for p := range v.seen {
-		paths = append(paths, p)
-	}
-	prev := v.off
-	v.mu.Unlock()
+	paths, prev := s.view.shown()
 	if len(paths) == 0 {
 		return nil
 	}
@@ -147,12 +140,42 @@ func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
 	if err := firstErr(errO, errN); err != nil {
 		return err
 	}
+	next, err := rebased(paths, prev, olds, news)
+	if err != nil {
+		return err
+	}
+	s.view.rebaseTo(next)
+	return nil
+}
+
+// shown returns the paths whose Stat a client has been shown and the
+// offsets in force.
+func (v *view) shown() ([]string, map[string]verOff) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	paths := make([]string, 0, len(v.seen))
+	for p := range v.seen {
+		paths = append(paths, p)
+	}
+	return paths, v.off
+}
+
+// rebaseTo puts the offsets of a flip in force.
+func (v *view) rebaseTo(next map[string]verOff) {
+	v.mu.Lock()
+	v.off = next
+	v.mu.Unlock()
+}
+
+// rebased computes the offsets after a flip from prev, the offsets before
+// it, and the stats of paths read on the old and the new primary.
+func rebased(paths []string, prev map[string]verOff, olds, news []statRead) (map[string]verOff, error) {
 	next := map[string]verOff{}
 	for i, p := range paths {
 		so, sn := olds[i], news[i]
 		if so.err != nil || sn.err != nil {
 			if jute.CodeOf(so.err) != jute.CodeNoNode && jute.CodeOf(sn.err) != jute.CodeNoNode {
-				return fmt.Errorf("read the stat of %s: %w", p, firstErr(so.err, sn.err))
+				return nil, fmt.Errorf("read the stat of %s: %w", p, firstErr(so.err, sn.err))
 			}
 			continue // gone on either side: nothing to translate
 		}
@@ -166,10 +189,7 @@ func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn) error {
 			next[p] = d
 		}
 	}
-	v.mu.Lock()
-	v.off = next
-	v.mu.Unlock()
-	return nil
+	return next, nil
 }
 
 // statRead is one path's stat, or the error reading it.
