@@ -12,8 +12,8 @@ import (
 
 // phaseLog is a slog handler that keeps the duration attributes of the
 // proxies' "flip done" lines (drain, version read, pause) and "session
-// flipped" lines (each session's move, as session_*) and drops every
-// other record: the flip benchmark reports where the pause went.
+// flipped" lines (each session's move, as session_*) and "holding" lines
+// (a barrier's hold, as hold_*) and drops every other record: the flip benchmark reports where the pause went.
 type phaseLog struct {
 	mu    sync.Mutex
 	order []string
@@ -30,6 +30,8 @@ func (h *phaseLog) Handle(_ context.Context, r slog.Record) error {
 	case "flip done":
 	case "session flipped":
 		prefix = "session_"
+	case "flip barrier: holding client requests":
+		prefix = "hold_"
 	default:
 		return nil
 	}

@@ -186,6 +186,7 @@ func benchFlipPause(b *testing.B, n int, mode flipMode) {
 	held := make([][2]time.Time, n)
 	var failed atomic.Int64
 	var took time.Duration
+	steps := ""
 	b.ResetTimer()
 	writes := runWriters(b, addrs, fmt.Sprintf("/bench-flip-%s-%d", mode, n), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -200,26 +201,34 @@ func benchFlipPause(b *testing.B, n int, mode flipMode) {
 				held[i][1] = time.Now()
 			})
 		} else {
+			t := time.Now()
+			var step []time.Duration
+			lap := func() { step = append(step, time.Since(t)); t = time.Now() }
 			each(proxies, func(i int, p *proxytest.Proxy) {
 				held[i][0] = time.Now()
 				if _, err := p.Hold(ctx, 1, ensemble.Target); err != nil {
 					failed.Add(1)
 				}
 			})
+			lap()
 			for _, c := range fences {
 				if _, err := fence.Raise(ctx, c, fencePath, 1, ensemble.Target); err != nil {
 					b.Fatal(err)
 				}
 			}
+			lap()
 			each(proxies, func(i int, p *proxytest.Proxy) {
 				if err := p.Swap(ctx, 1, ensemble.Target); err != nil {
 					failed.Add(1)
 				}
 			})
+			lap()
 			each(proxies, func(i int, p *proxytest.Proxy) {
 				p.Release(1)
 				held[i][1] = time.Now()
 			})
+			lap()
+			steps = fmt.Sprintf("steps: hold all %s, fences %s, swap all %s, release all %s; ", ms(step[0]), ms(step[1]), ms(step[2]), ms(step[3]))
 		}
 		took = time.Since(start)
 	}, time.Second)
@@ -258,7 +267,7 @@ func benchFlipPause(b *testing.B, n int, mode flipMode) {
 	defer flipMu.Unlock()
 	flipRows = append(flipRows, []string{string(mode), fmt.Sprint(n), ms(fp50), ms(fp99), ms(fmax), ms(took), fmt.Sprint(failed.Load()),
 		ms(dp50), ms(dp99), ms(dmax), ms(wp99)})
-	flipPhases = append(flipPhases, fmt.Sprintf("%8s %5d %s", mode, n, phases.summary()))
+	flipPhases = append(flipPhases, fmt.Sprintf("%8s %5d %s%s", mode, n, steps, phases.summary()))
 }
 
 // each calls f for every proxy at once and waits for all.
