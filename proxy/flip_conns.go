@@ -224,6 +224,10 @@ func (s *Server) closeLater(conns ...*zkclient.Conn) {
 	go func() {
 		defer s.wg.Done()
 		for _, c := range conns {
+			if s.ctx.Err() != nil {
+				c.Abandon() // the server stops: nothing waits on the network
+				continue
+			}
 			if err := c.Close(); err != nil && !errors.Is(err, zkclient.ErrClosed) && s.ctx.Err() == nil {
 				s.log.Debug("flip: closing a connection the swap left", "upstream", c.Addr(), "err", err)
 			}
