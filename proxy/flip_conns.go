@@ -31,9 +31,14 @@ type standbyConn struct {
 	name    ensemble.Name  // the ensemble it is (being) connected to
 	ready   chan struct{}  // closed once the dial ended; nil: none
 	c       *zkclient.Conn // nil while dialing, after a failed dial, or taken by a swap
+	failed  time.Time      // when a dial last failed
 	started bool           // keepStandby runs
 	stopped bool           // the server stopped: nothing is kept any more
 }
+
+// standbyRetry spaces the dials of a standby whose secondary is
+// unreachable (every client session's start asks for one).
+const standbyRetry = time.Second
 
 // warmStandby makes sure a connection to cur's secondary is open or being
 // opened. Cheap when it is: called at every client session's start.
@@ -59,6 +64,9 @@ func (s *Server) warmStandby(cur *roles) {
 			if sb.c != nil && alive(sb.c) {
 				return
 			}
+			if sb.c == nil && time.Since(sb.failed) < standbyRetry {
+				return // a swap dials it if it must
+			}
 		default:
 			return // being dialed
 		}
@@ -83,8 +91,11 @@ func (s *Server) warmStandby(cur *roles) {
 			}
 			return
 		}
-		if err != nil && s.ctx.Err() == nil {
-			s.log.Debug("flip: no standby connection to the secondary yet; a swap dials it", "secondary", want.Flag(), "err", err)
+		if err != nil {
+			sb.failed = time.Now()
+			if s.ctx.Err() == nil {
+				s.log.Debug("flip: no standby connection to the secondary yet; a swap dials it", "secondary", want.Flag(), "err", err)
+			}
 		}
 		sb.c = c
 		close(ready)

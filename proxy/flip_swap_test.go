@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +15,8 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/fence"
+	"github.com/zk-migrate/zk-migrate/proxy"
+	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
 )
 
 // TestSwapWithRaisedFencesKeepsTheClientsView: in the control plane's
@@ -149,5 +155,68 @@ func raiseFence(t *testing.T, c *zk.Conn, path string, epoch int64, primary ense
 		} else if !errors.Is(err, zk.ErrBadVersion) {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestFlipOpensNoSessionInThePause: opening a session is a transaction on
+// ZooKeeper, and 100 proxies each opening one on the new primary in the
+// pause cost tens of milliseconds of it (SPEC.md 6). The swap reads the
+// new primary through the standby connection the proxy opened with its
+// first client session, and the old one through the mirror's reader, and
+// at the swap they trade places, ready for the flip back: so during a
+// flip the only connection dialed to the new primary is the one moving
+// the client's session there. Before, the swap dialed its own as well
+// (two dials to B, two to A on the way back).
+func TestFlipOpensNoSessionInThePause(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	var counting atomic.Bool
+	var toA, toB atomic.Int32
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if counting.Load() {
+			if slices.Contains(b.Addrs(), addr) {
+				toB.Add(1)
+			} else {
+				toA.Add(1)
+			}
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), Dial: dial, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	c, _ := connect(t, []string{p.Addr}, 6*time.Second)
+	if _, err := c.Create(root+"/x", []byte("0"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i, to := range []ensemble.Name{ensemble.Target, ensemble.Source} {
+		counting.Store(true)
+		err := p.Flip(ctx, int64(i+1), to)
+		counting.Store(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dials := toB.Swap(0)
+		if to == ensemble.Source {
+			dials = toA.Swap(0)
+		}
+		toA.Store(0)
+		toB.Store(0)
+		if dials != 1 {
+			t.Fatalf("flip to %s dialed the new primary %d times, want 1 (the client's session moving)", to.Flag(), dials)
+		}
+		if _, err := c.Set(root+"/x", []byte(fmt.Sprint(i)), -1); err != nil {
+			t.Fatal(err)
+		}
+		waitMirrored(t, p)
 	}
 }
