@@ -307,7 +307,9 @@ func (s *session) flipTo(next *roles) error {
 	ol := newLeg(s.srv, old.name, next.secondary)
 	ol.id, ol.passwd, ol.timeout = old.id, old.passwd, old.timeout
 	ol.lastZxid.Store(old.lastZxid.Load())
-	sh.swapTo(ol, nl.id)
+	// The shadow's goroutine hands its connection over, whose session is
+	// the one about to serve (session_shadow.go).
+	h := sh.swapTaking(ol, nl.id)
 	// From here the shadow mirrors to the old primary with the old serving
 	// session. If this session cannot be attached now (a server of the new
 	// primary unreachable), the client is told to reconnect and finds its
@@ -320,25 +322,15 @@ func (s *session) flipTo(next *roles) error {
 	}
 
 	t0 := time.Now()
-	connect := s.connect
-	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
 	nl.addrs = next.upstream
 	nl.timeout = s.timeout
-	// The zxid probe goes in the same write as the ConnectRequest: one
-	// round trip for both.
-	up, resp, _, err := nl.dialThen(s.done, jute.Marshal(&connect), "", zxidProbe())
+	up, zx, err := s.takeOver(sh, h, nl)
 	attached := time.Since(t0)
 	if err != nil {
-		return failed(fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err))
-	}
-	if resp.Expired() {
-		up.conn.Close()
-		return failed(fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag()))
-	}
-	zx, err := up.readProbe()
-	if err != nil {
-		up.conn.Close()
-		return failed(fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err))
+		s.log.Debug("flip: resuming the shadow session on a new connection", "why", err)
+		if up, zx, err = s.attachNew(nl, next); err != nil {
+			return failed(err)
+		}
 	}
 	nl.lastZxid.Store(zx)
 	probed := time.Since(t0)
@@ -388,6 +380,50 @@ func (s *session) flipTo(next *roles) error {
 		"old_synced_after", synced.Round(time.Microsecond), "moved_after", time.Since(t0).Round(time.Microsecond))
 	s.saslFlipped() // sasl.go
 	return nil
+}
+
+// takeOver makes the shadow's handed-over connection the relay's and
+// probes the new primary's zxid on it (one round trip: no TCP connect, no
+// session resume).
+func (s *session) takeOver(sh *shadow, h *handoff, nl *leg) (*upstream, int64, error) {
+	conn, addr, err := sh.await(h)
+	if err != nil {
+		return nil, 0, err
+	}
+	up := nl.upstreamOn(conn, addr)
+	up.lastRecv.Store(time.Now().UnixNano())
+	if err := up.write(zxidProbe(), true); err != nil {
+		conn.Close()
+		return nil, 0, fmt.Errorf("probe the zxid on the shadow's connection: %w", err)
+	}
+	zx, err := up.readProbe()
+	if err != nil {
+		conn.Close()
+		return nil, 0, fmt.Errorf("probe the zxid on the shadow's connection: %w", err)
+	}
+	return up, zx, nil
+}
+
+// attachNew resumes the shadow session nl on a new connection to the new
+// primary and probes its zxid. The probe goes in the same write as the
+// ConnectRequest: one round trip for both.
+func (s *session) attachNew(nl *leg, next *roles) (*upstream, int64, error) {
+	connect := s.connect
+	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
+	up, resp, _, err := nl.dialThen(s.done, jute.Marshal(&connect), "", zxidProbe())
+	if err != nil {
+		return nil, 0, fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err)
+	}
+	if resp.Expired() {
+		up.conn.Close()
+		return nil, 0, fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag())
+	}
+	zx, err := up.readProbe()
+	if err != nil {
+		up.conn.Close()
+		return nil, 0, fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err)
+	}
+	return up, zx, nil
 }
 
 // syncOld makes the old primary's server catch up with its leader and

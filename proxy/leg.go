@@ -105,12 +105,7 @@ func (l *leg) dialOne(addr string, connectFrame, then []byte) (*upstream, *jute.
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	up := &upstream{
-		addr: addr, conn: conn,
-		fr:   jute.NewFrameReader(bufio.NewReaderSize(conn, bufSize), cfg.MaxReplyFrame),
-		w:    bufio.NewWriterSize(conn, bufSize),
-		done: make(chan struct{}),
-	}
+	up := l.upstreamOn(conn, addr)
 	_ = conn.SetDeadline(time.Now().Add(cfg.DialTimeout))
 	err = up.write(connectFrame, then == nil)
 	if err == nil && then != nil {
@@ -137,4 +132,14 @@ func (l *leg) dialOne(addr string, connectFrame, then []byte) (*upstream, *jute.
 	_ = conn.SetDeadline(time.Time{})
 	up.lastRecv.Store(time.Now().UnixNano())
 	return up, &resp, raw, nil
+}
+
+// upstreamOn wraps conn, connected to addr, as the leg's relay connection.
+func (l *leg) upstreamOn(conn net.Conn, addr string) *upstream {
+	return &upstream{
+		addr: addr, conn: conn,
+		fr:   jute.NewFrameReader(bufio.NewReaderSize(conn, bufSize), l.srv.cfg.MaxReplyFrame),
+		w:    bufio.NewWriterSize(conn, bufSize),
+		done: make(chan struct{}),
+	}
 }
