@@ -192,10 +192,10 @@ func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.N
 		sessions = append(sessions, sess)
 	}
 	s.mu.Unlock()
-	// Sessions move in parallel (at most flipParallel at a time; each is a
-	// dial carrying the zxid probe, then a sync on the old primary), all
-	// under the hold: the pause grows with sessions/flipParallel round
-	// trips, not with sessions.
+	// Sessions move in parallel (at most flipParallel at a time; each is
+	// the shadow's connection taken over and a zxid probe on it, then a
+	// sync on the old primary), all under the hold: the pause grows with
+	// sessions/flipParallel round trips, not with sessions.
 	var failed atomic.Int64
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, flipParallel)
@@ -232,7 +232,8 @@ func (s *Server) pauseBudget() time.Duration {
 }
 
 // flipParallel bounds the sessions a flip moves at once (each holds a
-// connection being dialed and a goroutine). 128: 300 sessions a proxy
+// goroutine, and a connection being dialed when the shadow's cannot be
+// taken over). 128: 300 sessions a proxy
 // move in three rounds, not ten (bench/scale: the cutover of 1,500
 // sessions on five proxies 3.9 s, 4.9 s with 32; one run each).
 const flipParallel = 128
@@ -277,8 +278,9 @@ func (s *Server) flipBlocker() string {
 	return ""
 }
 
-// flipTo moves the session to the new primary: the relay re-attaches the
-// shadow session's id and password on next.upstream, the shadow takes the
+// flipTo moves the session to the new primary: the relay takes over the
+// shadow session's open connection on next.upstream (or re-attaches the
+// shadow session's id and password on a new one), the shadow takes the
 // old serving session's identity and mirrors to the old primary, watches
 // and credentials are replayed, and the zxid offset is set so the client's
 // zxids keep increasing.
