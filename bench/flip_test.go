@@ -3,34 +3,43 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-zookeeper/zk"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/fence"
 	"github.com/zk-migrate/zk-migrate/proxy"
 	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // Flip pause: N in-process two-ensemble proxies (primary: the benchmark
 // ensemble; secondary: the one-server ensemble B of the dual-write
 // figures), each with one client writing its own znode (setData, 100
-// bytes) in a loop. All N are flipped to B at once, as the control plane's
-// barrier asks them (one request per proxy, in parallel). A client's pause
-// is the longest write it had in flight while its proxy held requests;
-// the figures are over the N clients. Beside them, the same N writers
-// connected directly to ZooKeeper with no flip: the longest write each saw
-// in a window as long as the flip, and every write's latency.
+// bytes) in a loop. All N are flipped to B at once, in two ways: the
+// one-shot flip (one Server.Flip per proxy, in parallel) and the control
+// plane's two-phase barrier (Hold on all, the fences raised, Swap on all,
+// Release on all). A client's pause is the longest write it had in flight
+// while its proxy held requests (from the request that began the flip to
+// the answer that ended it); the figures are over the N clients. Beside
+// them, the same N writers connected directly to ZooKeeper with no flip:
+// the longest write each saw in a window as long as the flip, and every
+// write's latency. The proxies' own "flip done" timings (drain,
+// connections, fences, versions, each session's move) are printed below.
 
 var (
 	flipRows  [][]string
 	flipMu    sync.Mutex
 	flipSizes = []int{1, 10, 100}
+	// flipPhases: per size, the proxies' own timings from their "flip
+	// done" log lines (p50/max over the proxies).
+	flipPhases []string
 )
 
 // timedWrite is one write's start and end.
@@ -81,15 +90,27 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) 
 // after warm-up, keeps writing for tail, and returns each writer's writes.
 func runWriters(b *testing.B, addrs []string, prefix string, during func(), tail time.Duration) [][]timedWrite {
 	b.Helper()
+	// The writers' znodes exist on A and on B, as the snapshot copy leaves
+	// them before a flip: a writer that had not written before the flip
+	// (so nothing mirrored its znode) still finds it on B.
 	ca, err := Connect(server)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer ca.Close()
-	ensureNode(b, ca, prefix, 0)
+	cb, err := Connect(dualB.Addrs()[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cb.Close()
 	conns := make([]*zk.Conn, len(addrs))
+	for _, c := range []*zk.Conn{ca, cb} {
+		ensureNode(b, c, prefix, 0)
+		for i := range addrs {
+			ensureNode(b, c, fmt.Sprintf("%s/w%d", prefix, i), 100)
+		}
+	}
 	for i, a := range addrs {
-		ensureNode(b, ca, fmt.Sprintf("%s/w%d", prefix, i), 100)
 		if conns[i], err = Connect(a); err != nil {
 			b.Fatal(err)
 		}
@@ -119,44 +140,97 @@ func runWriters(b *testing.B, addrs []string, prefix string, during func(), tail
 	return writes
 }
 
-func benchFlipPause(b *testing.B, n int) {
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+// flipMode is how the benchmark flips its proxies.
+type flipMode string
+
+const (
+	// oneShot: Server.Flip on every proxy at once (hold, drain, fence,
+	// swap, release in one call per proxy; the first to reach a fence
+	// raises it).
+	oneShot flipMode = "one-shot"
+	// barrier: the control plane's two-phase barrier (control/barrier.go)
+	// without its guard and Raft commit: Hold on every proxy, then the
+	// fences raised (A, then B), Swap on every proxy, Release on every
+	// proxy, each step to all proxies at once.
+	barrier flipMode = "barrier"
+)
+
+func benchFlipPause(b *testing.B, n int, mode flipMode) {
+	phases := &phaseLog{}
+	logger := slog.New(phases)
 	proxies := make([]*proxytest.Proxy, n)
 	addrs := make([]string, n)
+	// Each run has its own fence znode: a flip raises the fence to its
+	// epoch, and a fresh proxy at epoch 0 finding a raised one would move
+	// to B by itself (it missed a flip) before the benchmark flips it.
+	fencePath := fmt.Sprintf("/zk-migrate-fence-bench-%s-%d-%d", mode, n, time.Now().UnixNano())
 	for i := range proxies {
-		p, err := proxytest.Start(proxy.Config{Upstream: []string{server}, Secondary: dualB.Addrs(), Logger: logger})
+		p, err := proxytest.Start(proxy.Config{Upstream: []string{server}, Secondary: dualB.Addrs(), Logger: logger, FencePath: fencePath})
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer p.Close()
 		proxies[i], addrs[i] = p, p.Addr
 	}
+	// The control plane's connections to both ensembles, open before the
+	// flip as the control node's are.
+	fences := make([]*zkclient.Conn, 2)
+	for i, ens := range [][]string{{server}, dualB.Addrs()} {
+		c, err := zkclient.Dial(context.Background(), ens, zkclient.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		fences[i] = c
+	}
 	held := make([][2]time.Time, n)
-	failed := 0
-	var barrier time.Duration
+	var failed atomic.Int64
+	var took time.Duration
+	steps := ""
 	b.ResetTimer()
-	writes := runWriters(b, addrs, fmt.Sprintf("/bench-flip-%d", n), func() {
+	writes := runWriters(b, addrs, fmt.Sprintf("/bench-flip-%s-%d", mode, n), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		start := time.Now()
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		for i, p := range proxies {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				s := time.Now()
-				err := p.Flip(ctx, 1, ensemble.Target)
-				held[i] = [2]time.Time{s, time.Now()}
-				if err != nil {
-					mu.Lock()
-					failed++
-					mu.Unlock()
+		if mode == oneShot {
+			each(proxies, func(i int, p *proxytest.Proxy) {
+				held[i][0] = time.Now()
+				if err := p.Flip(ctx, 1, ensemble.Target); err != nil {
+					failed.Add(1)
 				}
-			}()
+				held[i][1] = time.Now()
+			})
+		} else {
+			t := time.Now()
+			var step []time.Duration
+			lap := func() { step = append(step, time.Since(t)); t = time.Now() }
+			each(proxies, func(i int, p *proxytest.Proxy) {
+				held[i][0] = time.Now()
+				if _, err := p.Hold(ctx, 1, ensemble.Target); err != nil {
+					failed.Add(1)
+				}
+			})
+			lap()
+			for _, c := range fences {
+				if _, err := fence.Raise(ctx, c, fencePath, 1, ensemble.Target); err != nil {
+					b.Fatal(err)
+				}
+			}
+			lap()
+			each(proxies, func(i int, p *proxytest.Proxy) {
+				if err := p.Swap(ctx, 1, ensemble.Target); err != nil {
+					failed.Add(1)
+				}
+			})
+			lap()
+			each(proxies, func(i int, p *proxytest.Proxy) {
+				p.Release(1)
+				held[i][1] = time.Now()
+			})
+			lap()
+			steps = fmt.Sprintf("steps: hold all %s, fences %s, swap all %s, release all %s; ", ms(step[0]), ms(step[1]), ms(step[2]), ms(step[3]))
 		}
-		wg.Wait()
-		barrier = time.Since(start)
+		took = time.Since(start)
 	}, time.Second)
 	b.StopTimer()
 	pauses := make([]time.Duration, n)
@@ -174,7 +248,7 @@ func benchFlipPause(b *testing.B, n int) {
 	var window [2]time.Time
 	dw := runWriters(b, direct, fmt.Sprintf("/bench-flip-direct-%d", n), func() {
 		window[0] = time.Now()
-		time.Sleep(barrier)
+		time.Sleep(took)
 		window[1] = time.Now()
 	}, time.Second)
 	dpause := make([]time.Duration, n)
@@ -191,13 +265,29 @@ func benchFlipPause(b *testing.B, n int) {
 	b.ReportMetric(float64(fmax)/1e6, "flip-pause-max-ms")
 	flipMu.Lock()
 	defer flipMu.Unlock()
-	flipRows = append(flipRows, []string{fmt.Sprint(n), ms(fp50), ms(fp99), ms(fmax), ms(barrier), fmt.Sprint(failed),
+	flipRows = append(flipRows, []string{string(mode), fmt.Sprint(n), ms(fp50), ms(fp99), ms(fmax), ms(took), fmt.Sprint(failed.Load()),
 		ms(dp50), ms(dp99), ms(dmax), ms(wp99)})
+	flipPhases = append(flipPhases, fmt.Sprintf("%8s %5d %s%s", mode, n, steps, phases.summary()))
+}
+
+// each calls f for every proxy at once and waits for all.
+func each(proxies []*proxytest.Proxy, f func(i int, p *proxytest.Proxy)) {
+	var wg sync.WaitGroup
+	for i, p := range proxies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(i, p)
+		}()
+	}
+	wg.Wait()
 }
 
 func BenchmarkFlipPause(b *testing.B) {
-	for _, n := range flipSizes {
-		b.Run(fmt.Sprintf("proxies=%d", n), func(b *testing.B) { benchFlipPause(b, n) })
+	for _, mode := range []flipMode{oneShot, barrier} {
+		for _, n := range flipSizes {
+			b.Run(fmt.Sprintf("%s/proxies=%d", mode, n), func(b *testing.B) { benchFlipPause(b, n, mode) })
+		}
 	}
 }
 
@@ -208,10 +298,15 @@ func printFlipTable() {
 		return
 	}
 	fmt.Printf("\nflip pause: N in-process proxies flipped to B at once, one writer each (longest write in flight while its proxy held)\n")
-	fmt.Printf("%8s %12s %12s %12s %12s %7s | %12s %12s %12s %12s\n", "proxies", "pause p50", "pause p99", "pause max", "barrier", "failed",
+	fmt.Printf("%8s %8s %12s %12s %12s %12s %7s | %12s %12s %12s %12s\n", "mode", "proxies", "pause p50", "pause p99", "pause max", "flip took", "failed",
 		"direct p50", "direct p99", "direct max", "write p99")
 	for _, r := range flipRows {
-		fmt.Printf("%8s %12s %12s %12s %12s %7s | %12s %12s %12s %12s\n", r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+		fmt.Printf("%8s %8s %12s %12s %12s %12s %7s | %12s %12s %12s %12s\n", r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
 	}
-	fmt.Println("direct: the same writers on ZooKeeper itself, no flip: the longest write each saw in a window as long as the barrier; write p99: every direct write")
+	fmt.Println("one-shot: Server.Flip on every proxy at once; barrier: Hold on all, fences raised, Swap on all, Release on all (the control plane's barrier without its guard and Raft commit)")
+	fmt.Println("direct: the same writers on ZooKeeper itself, no flip: the longest write each saw in a window as long as the flip took; write p99: every direct write")
+	fmt.Println("\nflip phases, as the proxies log them (\"flip done\"; p50/max over the proxies, each since the flip began):")
+	for _, l := range flipPhases {
+		fmt.Println(l)
+	}
 }

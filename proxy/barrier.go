@@ -48,10 +48,14 @@ type holding struct {
 func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (time.Duration, error) {
 	s.heldMu.Lock()
 	h := s.held
+	var left time.Duration
+	if h != nil {
+		left = max(time.Until(h.until), 0) // extended under heldMu (keepHold)
+	}
 	s.heldMu.Unlock()
 	if h != nil {
 		if h.epoch == epoch && h.primary == primary {
-			return max(time.Until(h.until), 0), nil
+			return left, nil
 		}
 		if epoch < h.epoch {
 			return 0, fmt.Errorf("%w: asked to hold for %d, holding for %d", ErrStaleEpoch, epoch, h.epoch)
@@ -95,6 +99,7 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 	}
 	h = &holding{epoch: epoch, primary: primary, cur: cur, start: start, until: start.Add(budget),
 		release: make(chan struct{}), done: make(chan struct{}), marker: arm.marker, markerConn: arm.conn, markerOwned: arm.owned}
+	left = max(time.Until(h.until), 0)
 	s.heldMu.Lock()
 	s.held = h
 	s.heldMu.Unlock()
@@ -104,7 +109,7 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 		s.keepHold(h)
 	}()
 	s.log.Info("flip barrier: holding client requests", "epoch", epoch, "primary", primary.Flag(), "drained_after", time.Since(start).Round(time.Microsecond), "budget", budget)
-	return max(time.Until(h.until), 0), nil
+	return left, nil
 }
 
 // keepHold owns a hold: it ends it at Release, at its budget, or when the
@@ -112,17 +117,36 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 func (s *Server) keepHold(h *holding) {
 	t := time.NewTimer(time.Until(h.until))
 	defer t.Stop()
-	expired := false
-	select {
-	case <-h.release:
-	case <-t.C:
-		expired = true
-	case <-s.ctx.Done():
-	}
-	s.heldMu.Lock() // a swap in progress finishes first
+	expired, extended := false, false
 	settled := ""
-	if expired && !h.swapped && !h.closed {
-		settled = s.settleHold(h)
+	for {
+		select {
+		case <-h.release:
+		case <-t.C:
+			expired = true
+		case <-s.ctx.Done():
+		}
+		s.heldMu.Lock() // a swap in progress finishes first
+		if expired && !h.swapped && !h.closed {
+			settled = s.settleHold(h, !extended)
+			if settled == settleExtend {
+				// The flip is committed and its swap on the way: every
+				// proxy must read the versions while all of them hold, so
+				// this one holds on rather than swap alone and let its
+				// clients write while the others read.
+				// Half a budget more: the clients' libraries give up on a
+				// server silent for 2/3 of the session timeout, and a
+				// request held keeps the pings behind it.
+				extended, expired = true, false
+				h.until = time.Now().Add(s.pauseBudget() / 2)
+				s.heldMu.Unlock()
+				s.log.Info("flip barrier: the hold's budget ran out after the fence was raised; holding up to half a budget more for the control plane's swap",
+					"epoch", h.epoch, "held_for", time.Since(h.start).Round(time.Millisecond))
+				t.Reset(time.Until(h.until))
+				continue
+			}
+		}
+		break
 	}
 	if s.held == h {
 		s.held = nil
@@ -251,6 +275,10 @@ func (s *Server) armMarker(ctx context.Context, cur *roles) armResult {
 	return armResult{marker: m, conn: c, owned: owned}
 }
 
+// settleExtend is settleHold's answer when the fence records the hold's
+// epoch and the hold may be extended once to wait for the swap.
+const settleExtend = "the fence was raised: holding on for the swap"
+
 // settleTimeout bounds the settlement of a hold that ran out: the clients
 // wait that much longer at most.
 func (s *Server) settleTimeout() time.Duration {
@@ -263,7 +291,7 @@ func (s *Server) settleTimeout() time.Duration {
 // If the fence records the epoch already, the control plane committed
 // the flip: the proxy swaps now instead of resuming on a fenced primary.
 // It returns what it did, for the log.
-func (s *Server) settleHold(h *holding) string {
+func (s *Server) settleHold(h *holding, mayExtend bool) string {
 	if h.markerConn == nil {
 		return "no marker"
 	}
@@ -277,6 +305,8 @@ func (s *Server) settleHold(h *holding) string {
 		return "resumed on the old primary before the fence was raised"
 	case rec.Epoch != h.epoch || rec.Primary != h.primary:
 		return fmt.Sprintf("the fence records epoch %d (%s): left to the fence watcher", rec.Epoch, rec.Primary.Flag())
+	case mayExtend:
+		return settleExtend
 	}
 	sctx, cancel := context.WithTimeout(s.ctx, max(time.Until(h.until.Add(s.pauseBudget())), s.settleTimeout()))
 	defer cancel()

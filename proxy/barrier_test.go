@@ -200,3 +200,81 @@ func TestHoldRunningOutFirstStopsTheRaise(t *testing.T) {
 		t.Fatalf("fenced_total{what=write} = %v, want no write refused by the fence", n)
 	}
 }
+
+// TestHoldWaitsForTheSwapOnceTheFenceIsRaised: a hold that runs out after
+// the control plane raised the fence (the commit came late) holds on for
+// up to half a budget more instead of swapping by itself, so that the
+// control plane's swap still finds every proxy holding: versions are read
+// while no proxy's clients write (a proxy that swapped and resumed alone
+// let its clients write while another read the versions: the flip
+// scenario's register history was Illegal). The held write then goes to B
+// with the swap, and the client sees a pause only.
+func TestHoldWaitsForTheSwapOnceTheFenceIsRaised(t *testing.T) {
+	root := testRoot(t)
+	p, cb := startDualProxy(t, root)
+	c, _ := connect(t, []string{p.Addr}, 15*time.Second) // a 5 s budget, 2.5 s more
+	if _, err := c.Create(root+"/x", []byte("0"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const epoch = 1
+	var budget time.Duration
+	for try := 0; ; try++ {
+		b, err := p.Hold(ctx, epoch, ensemble.Target)
+		if err == nil {
+			budget = b
+			break
+		}
+		if try == 5 {
+			t.Fatal(err)
+		}
+	}
+	held := time.Now()
+	m, ok := p.HoldMarker(epoch)
+	if !ok {
+		t.Fatal("no hold marker")
+	}
+	a, err := zkclient.Dial(ctx, ens.Addrs(), zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, lapsed, err := fence.RaiseIf(ctx, a, testFence(t), epoch, ensemble.Target, []fence.Marker{m}); err != nil || len(lapsed) != 0 {
+		t.Fatalf("raise: %v %v", lapsed, err)
+	}
+	nb, err := zkclient.Dial(ctx, secondary(t).Addrs(), zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nb.Close()
+	if _, err := fence.Raise(ctx, nb, testFence(t), epoch, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	written := make(chan error, 1)
+	go func() {
+		_, err := c.Set(root+"/x", []byte("held"), -1)
+		written <- err
+	}()
+	// Past the budget: still holding, the write still waiting.
+	time.Sleep(time.Until(held.Add(budget + budget/10)))
+	if _, ok := p.HoldMarker(epoch); !ok {
+		t.Fatal("the hold ended at its budget with the fence raised: the proxy swapped alone instead of waiting for the swap")
+	}
+	select {
+	case err := <-written:
+		t.Fatalf("the held write ended (%v) before the swap", err)
+	default:
+	}
+	if err := p.Swap(ctx, epoch, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	p.Release(epoch)
+	if err := <-written; err != nil {
+		t.Fatalf("the held write: %v", err)
+	}
+	if d, _, err := cb.Get(root + "/x"); err != nil || string(d) != "held" {
+		t.Fatalf("B holds %q (%v), want the held write", d, err)
+	}
+}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
-	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // The flip (SPEC.md 4.10): the proxy's side of the control plane's
@@ -136,6 +135,10 @@ func (s *Server) flipNeeded(ctx context.Context, epoch int64, primary ensemble.N
 	case s.Retired() == primary:
 		return cur, false, fmt.Errorf("flip to %s at epoch %d: %w (phase 6 ran; %s stays the primary)", primary.Flag(), epoch, ErrRetired, cur.primary.Flag())
 	}
+	// A swap follows (one-shot, or a barrier's hold): if the standby
+	// connection to the new primary is not open, it opens while requests
+	// are held and drained, not in the swap.
+	s.warmStandby(cur)
 	return cur, false, nil
 }
 
@@ -156,7 +159,8 @@ func (s *Server) takeHold(ctx context.Context) error {
 // swapLocked makes primary the serving ensemble at epoch, with the hold
 // taken and the proxy drained: the fences are raised (a no-op when the
 // control plane raised them), versions read, roles switched and every
-// session moved.
+// session moved. start is when the flip (or the hold) was asked; the
+// phases' times since then are logged.
 func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time) error {
 	return s.swapWith(ctx, epoch, primary, cur, start, nil)
 }
@@ -165,46 +169,55 @@ func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.N
 // it has them (rebase).
 func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time, peer map[string]PathOffset) error {
 	drained := time.Since(start)
-	// One connection to each ensemble raises the fences and reads the
-	// versions.
-	opts := zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial}
-	oc, err := zkclient.Dial(ctx, cur.upstream, opts)
-	if err != nil {
-		return fmt.Errorf("flip to %s at epoch %d: reach the old primary: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
-	}
-	defer oc.Close()
-	nc, err := zkclient.Dial(ctx, cur.secondary, opts)
-	if err != nil {
-		return fmt.Errorf("flip to %s at epoch %d: reach the new primary: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
-	}
-	defer nc.Close()
-	vers, err := s.raiseFences(ctx, cur, oc, nc, epoch, primary)
+	// One connection to each ensemble reads (or raises) the fences and
+	// reads the versions: no session is opened or closed in the pause
+	// (flip_conns.go).
+	oc, nc, err := s.takeSwapConns(ctx, cur)
 	if err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
-	fenced := s.mono()
+	handed := false
+	defer func() {
+		if !handed {
+			s.putStandby(cur.primary.Other(), nc) // for the next attempt
+		}
+	}()
+	dialed := time.Since(start)
+	// Sequential counters first: padding changes the new primary's
+	// cversions, whose offsets the version read computes.
 	if _, err := s.matchCounters(ctx, oc, nc); err != nil {
-		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; the old primary %s is fenced: writes fail until the flip is repeated)", primary.Flag(), epoch, err, cur.primary.Flag())
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
-	if err := s.rebase(ctx, oc, nc, peer); err != nil {
-		// The old primary is fenced now: its writes fail. The control plane
-		// (or the fence watcher) asks again.
-		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; the old primary %s is fenced: writes fail until the flip is repeated)", primary.Flag(), epoch, err, cur.primary.Flag())
+	vers, fenced, err := s.readForSwap(ctx, cur, oc, nc, epoch, primary, peer)
+	if err != nil {
+		// If a fence records the epoch now (raised by the control plane or
+		// here), the old primary refuses this proxy's writes until the flip
+		// is repeated (the control plane, or the fence watcher, asks again).
+		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s, whose writes fail once its fence records epoch %d)", primary.Flag(), epoch, err, cur.primary.Flag(), epoch)
 	}
 	rebased := time.Since(start)
 	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch, fence: vers, fenceKnown: [2]bool{true, true}}
 	s.roles.Store(next)
 	s.grantLease(fenced)
-	s.saveVersions()        // the translation survives a restart (flip_state.go)
-	s.closePrimaryReaders() // the mirror reads the new primary from now on
+	s.saveVersions() // the translation survives a restart (flip_state.go)
+	// The mirror reads the new primary from now on, through nc; its reader
+	// of the old primary (oc) is the standby for the flip back, the
+	// others are closed after the pause.
+	plain, others := s.handOverReaders(nc)
+	handed = true
+	if plain != nil {
+		s.putStandby(cur.primary, plain)
+	}
+	defer s.closeLater(others...)
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))
 	for _, sess := range s.sessions {
 		sessions = append(sessions, sess)
 	}
 	s.mu.Unlock()
-	// Sessions move in parallel (at most flipParallel at a time; each is a
-	// dial, an exists and a sync), all under the hold: the pause grows with
+	// Sessions move in parallel (at most flipParallel at a time; each is
+	// the shadow's connection taken over and a zxid probe on it, then a
+	// sync on the old primary), all under the hold: the pause grows with
 	// sessions/flipParallel round trips, not with sessions.
 	var failed atomic.Int64
 	var wg sync.WaitGroup
@@ -224,7 +237,8 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 	}
 	wg.Wait()
 	s.log.Info("flip done", "epoch", epoch, "primary", primary.Flag(), "sessions", len(sessions), "failed", failed.Load(),
-		"pause", time.Since(start).Round(time.Microsecond), "drained_after", drained.Round(time.Microsecond), "versions_read_after", rebased.Round(time.Microsecond))
+		"pause", time.Since(start).Round(time.Microsecond), "drained_after", drained.Round(time.Microsecond),
+		"dialed_after", dialed.Round(time.Microsecond), "versions_read_after", rebased.Round(time.Microsecond))
 	return nil
 }
 
@@ -240,8 +254,12 @@ func (s *Server) pauseBudget() time.Duration {
 	return max(budget, 50*time.Millisecond)
 }
 
-// flipParallel bounds the sessions a flip moves at once.
-const flipParallel = 32
+// flipParallel bounds the sessions a flip moves at once (each holds a
+// goroutine, and a connection being dialed when the shadow's cannot be
+// taken over). 128: 300 sessions a proxy
+// move in three rounds, not ten (bench/scale: the cutover of 1,500
+// sessions on five proxies 3.9 s, 4.9 s with 32; one run each).
+const flipParallel = 128
 
 // drainForFlip waits, with client requests held, until no session has a
 // request in flight, every shadow session is connected and no write waits
@@ -283,8 +301,9 @@ func (s *Server) flipBlocker() string {
 	return ""
 }
 
-// flipTo moves the session to the new primary: the relay re-attaches the
-// shadow session's id and password on next.upstream, the shadow takes the
+// flipTo moves the session to the new primary: the relay takes over the
+// shadow session's open connection on next.upstream (or re-attaches the
+// shadow session's id and password on a new one), the shadow takes the
 // old serving session's identity and mirrors to the old primary, watches
 // and credentials are replayed, and the zxid offset is set so the client's
 // zxids keep increasing.
@@ -314,7 +333,9 @@ func (s *session) flipTo(next *roles) error {
 	ol.id, ol.passwd, ol.timeout = old.id, old.passwd, old.timeout
 	ol.lastZxid.Store(old.lastZxid.Load())
 	otherID, otherPw := ol.id, ol.passwd // the shadow's goroutine owns ol from here
-	sh.swapTo(ol, nl.id)
+	// The shadow's goroutine hands its connection over, whose session is
+	// the one about to serve (session_shadow.go).
+	h := sh.swapTaking(ol, nl.id)
 	// From here the shadow mirrors to the old primary with the old serving
 	// session. If this session cannot be attached now (a server of the new
 	// primary unreachable), the client is told to reconnect and finds its
@@ -329,24 +350,19 @@ func (s *session) flipTo(next *roles) error {
 		return err
 	}
 
-	connect := s.connect
-	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
+	t0 := time.Now()
 	nl.addrs = next.upstream
 	nl.timeout = s.timeout
-	up, resp, _, err := nl.dial(s.done, jute.Marshal(&connect), "")
+	up, zx, err := s.takeOver(sh, h, nl)
+	attached := time.Since(t0)
 	if err != nil {
-		return failed(fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err))
-	}
-	if resp.Expired() {
-		up.conn.Close()
-		return failed(fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag()))
-	}
-	zx, err := up.probeZxid()
-	if err != nil {
-		up.conn.Close()
-		return failed(fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err))
+		s.log.Debug("flip: resuming the shadow session on a new connection", "why", err)
+		if up, zx, err = s.attachNew(nl, next); err != nil {
+			return failed(err)
+		}
 	}
 	nl.lastZxid.Store(zx)
+	probed := time.Since(t0)
 	// What the client has seen, in its own numbering; the new leg's zxids
 	// are shifted to continue from there.
 	seen := old.lastZxid.Load() + s.zoff.Load()
@@ -356,6 +372,7 @@ func (s *session) flipTo(next *roles) error {
 		s.syncOld(ou)
 		ou.conn.Close() // its supervisor case sees a stale connection and ignores it
 	}
+	synced := time.Since(t0)
 	s.omu.Lock()
 	s.queue.dropInternal() // the old connection's pings will not be answered
 	s.omu.Unlock()
@@ -387,9 +404,55 @@ func (s *session) flipTo(next *roles) error {
 		}()
 	}
 	s.log.Info("session flipped", "primary", next.primary.Flag(), "upstream", up.addr,
-		"upstream_session", fmt.Sprintf("0x%x", nl.id), "zxid_offset", s.zoff.Load())
+		"upstream_session", fmt.Sprintf("0x%x", nl.id), "zxid_offset", s.zoff.Load(),
+		"attached_after", attached.Round(time.Microsecond), "probed_after", probed.Round(time.Microsecond),
+		"old_synced_after", synced.Round(time.Microsecond), "moved_after", time.Since(t0).Round(time.Microsecond))
 	s.saslFlipped() // sasl.go
 	return nil
+}
+
+// takeOver makes the shadow's handed-over connection the relay's and
+// probes the new primary's zxid on it (one round trip: no TCP connect, no
+// session resume).
+func (s *session) takeOver(sh *shadow, h *handoff, nl *leg) (*upstream, int64, error) {
+	conn, addr, err := sh.await(h)
+	if err != nil {
+		return nil, 0, err
+	}
+	up := nl.upstreamOn(conn, addr)
+	up.lastRecv.Store(time.Now().UnixNano())
+	if err := up.write(zxidProbe(), true); err != nil {
+		conn.Close()
+		return nil, 0, fmt.Errorf("probe the zxid on the shadow's connection: %w", err)
+	}
+	zx, err := up.readProbe()
+	if err != nil {
+		conn.Close()
+		return nil, 0, fmt.Errorf("probe the zxid on the shadow's connection: %w", err)
+	}
+	return up, zx, nil
+}
+
+// attachNew resumes the shadow session nl on a new connection to the new
+// primary and probes its zxid. The probe goes in the same write as the
+// ConnectRequest: one round trip for both.
+func (s *session) attachNew(nl *leg, next *roles) (*upstream, int64, error) {
+	connect := s.connect
+	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
+	up, resp, _, err := nl.dialThen(s.done, jute.Marshal(&connect), "", zxidProbe())
+	if err != nil {
+		return nil, 0, fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err)
+	}
+	if resp.Expired() {
+		up.conn.Close()
+		return nil, 0, fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag())
+	}
+	zx, err := up.readProbe()
+	if err != nil {
+		up.conn.Close()
+		return nil, 0, fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err)
+	}
+	return up, zx, nil
 }
 
 // syncOld makes the old primary's server catch up with its leader and
@@ -422,17 +485,20 @@ func (s *session) syncOld(ou *upstream) {
 // xidProxySync is the xid of the sync sent on the old primary at a flip.
 const xidProxySync int32 = -19
 
-// probeZxid asks the server for its last zxid (the header of an exists
-// reply) on a connection no reader reads yet.
-func (u *upstream) probeZxid() (int64, error) {
+// zxidProbe is the request whose reply tells a server's last zxid: an
+// exists of "/" (its reply header carries the zxid).
+func zxidProbe() []byte {
 	var e jute.Encoder
 	(&jute.RequestHeader{Xid: xidProxyProbe, Type: int32(jute.OpExists)}).Encode(&e)
 	(&jute.ExistsRequest{Path: "/"}).Encode(&e)
+	return e.Bytes()
+}
+
+// readProbe reads the reply to zxidProbe, sent behind the ConnectRequest,
+// on a connection no reader reads yet, and returns the server's zxid.
+func (u *upstream) readProbe() (int64, error) {
 	_ = u.conn.SetDeadline(time.Now().Add(5 * time.Second))
 	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
-	if err := u.write(e.Bytes(), true); err != nil {
-		return 0, err
-	}
 	frame, err := u.fr.Next()
 	if err != nil {
 		return 0, err

@@ -609,8 +609,9 @@ func TestFlipUnderLoad(t *testing.T) {
 }
 
 // TestFlipSessionNotAttachedFindsItsSession: the new primary's server
-// refuses the connection that would move a session at the flip (injected
-// in the proxy's dialer). The flip goes on; that session's client is told
+// fails the session's move at the flip (injected in the proxy's dialer:
+// the shadow's connection, which the relay takes over, breaks at the zxid
+// probe, and a new connection is refused). The flip goes on; that session's client is told
 // to reconnect (ConnectionLoss) and finds its session on the new primary
 // through the identity mapping recorded before the attempt: no expiry,
 // its ephemeral still there, its writes on B, its zxids increasing.
@@ -623,14 +624,23 @@ func TestFlipSessionNotAttachedFindsItsSession(t *testing.T) {
 	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
-	// armed > 0: let one dial to B through (the flip's own connection),
-	// refuse the next ones until disarmed.
+	// armed: refuse every dial to B, and break a connection to B that
+	// sends the flip's zxid probe, until disarmed. The flip's own
+	// connection to B (the standby, flip_conns.go) was opened with the
+	// client's session and sends no probe.
 	var armed atomic.Int32
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if slices.Contains(b.Addrs(), addr) && armed.Load() > 0 && armed.Add(1) > 2 {
+		if !slices.Contains(b.Addrs(), addr) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}
+		if armed.Load() > 0 {
 			return nil, errors.New("injected: connection refused")
 		}
-		return (&net.Dialer{}).DialContext(ctx, network, addr)
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return probeBreaker{Conn: c, armed: &armed}, nil
 	}
 	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), Dial: dial, Logger: testLogger(t)})
 	if err != nil {
@@ -681,6 +691,23 @@ func TestFlipSessionNotAttachedFindsItsSession(t *testing.T) {
 	if st.Mzxid < before.Mzxid || st.Czxid < before.Czxid {
 		t.Fatalf("zxids went backwards: czxid 0x%x after 0x%x", st.Czxid, before.Czxid)
 	}
+}
+
+// probeBreaker is a connection that breaks, while armed, when it sends the
+// proxy's zxid probe at a flip (an exists of "/" with xid -18).
+type probeBreaker struct {
+	net.Conn
+	armed *atomic.Int32
+}
+
+var probeHeader = []byte{0xff, 0xff, 0xff, 0xee, 0, 0, 0, byte(jute.OpExists)}
+
+func (c probeBreaker) Write(p []byte) (int, error) {
+	if c.armed.Load() > 0 && bytes.Contains(p, probeHeader) {
+		c.Conn.Close()
+		return 0, errors.New("injected: connection reset")
+	}
+	return c.Conn.Write(p)
 }
 
 // TestFlipCatchesUpASessionBetweenConnections: a flip happens while no

@@ -69,6 +69,15 @@ func pickUpstreams(addrs []string, after string) []string {
 // dial tries each upstream server, starting after the one named, until one
 // answers the ConnectRequest; it returns the decoded and raw response.
 func (l *leg) dial(done <-chan struct{}, connectFrame []byte, after string) (*upstream, *jute.ConnectResponse, []byte, error) {
+	return l.dialThen(done, connectFrame, after, nil)
+}
+
+// dialThen is dial sending the request frame then right behind the
+// ConnectRequest, in the same write: ZooKeeper reads nothing more from a
+// connection until its session is set up (or refused), so then is served
+// in the session, and its reply follows the ConnectResponse (the caller
+// reads it before any reader starts). One round trip instead of two.
+func (l *leg) dialThen(done <-chan struct{}, connectFrame []byte, after string, then []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
 	var errs []error
 	for _, addr := range pickUpstreams(l.addrs, after) {
 		select {
@@ -76,7 +85,7 @@ func (l *leg) dial(done <-chan struct{}, connectFrame []byte, after string) (*up
 			return nil, nil, nil, net.ErrClosed
 		default:
 		}
-		up, resp, raw, err := l.dialOne(addr, connectFrame)
+		up, resp, raw, err := l.dialOne(addr, connectFrame, then)
 		if err == nil {
 			return up, resp, raw, nil
 		}
@@ -85,7 +94,7 @@ func (l *leg) dial(done <-chan struct{}, connectFrame []byte, after string) (*up
 	return nil, nil, nil, errors.Join(errs...)
 }
 
-func (l *leg) dialOne(addr string, connectFrame []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
+func (l *leg) dialOne(addr string, connectFrame, then []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
 	cfg := &l.srv.cfg
 	ctx, cancel := context.WithTimeout(l.srv.ctx, cfg.DialTimeout)
 	defer cancel()
@@ -96,14 +105,13 @@ func (l *leg) dialOne(addr string, connectFrame []byte) (*upstream, *jute.Connec
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	up := &upstream{
-		addr: addr, conn: conn,
-		fr:   jute.NewFrameReader(bufio.NewReaderSize(conn, bufSize), cfg.MaxReplyFrame),
-		w:    bufio.NewWriterSize(conn, bufSize),
-		done: make(chan struct{}),
-	}
+	up := l.upstreamOn(conn, addr)
 	_ = conn.SetDeadline(time.Now().Add(cfg.DialTimeout))
-	if err := up.write(connectFrame, true); err != nil {
+	err = up.write(connectFrame, then == nil)
+	if err == nil && then != nil {
+		err = up.write(then, true)
+	}
+	if err != nil {
 		conn.Close()
 		return nil, nil, nil, err
 	}
@@ -124,4 +132,14 @@ func (l *leg) dialOne(addr string, connectFrame []byte) (*upstream, *jute.Connec
 	_ = conn.SetDeadline(time.Time{})
 	up.lastRecv.Store(time.Now().UnixNano())
 	return up, &resp, raw, nil
+}
+
+// upstreamOn wraps conn, connected to addr, as the leg's relay connection.
+func (l *leg) upstreamOn(conn net.Conn, addr string) *upstream {
+	return &upstream{
+		addr: addr, conn: conn,
+		fr:   jute.NewFrameReader(bufio.NewReaderSize(conn, bufSize), l.srv.cfg.MaxReplyFrame),
+		w:    bufio.NewWriterSize(conn, bufSize),
+		done: make(chan struct{}),
+	}
 }

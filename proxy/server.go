@@ -279,6 +279,7 @@ type Server struct {
 	held        *holding   // a flip barrier's hold in place (barrier.go)
 
 	retired atomic.Pointer[ensemble.Name] // the secondary, once retired (retire.go); stored under mu
+	standby standbyConn                   // a connection to the secondary for the next swap (flip_conns.go)
 }
 
 // New validates cfg and returns a Server that is not yet listening.

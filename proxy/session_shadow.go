@@ -1,6 +1,12 @@
 package proxy
 
-import "time"
+import (
+	"errors"
+	"net"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/zkclient"
+)
 
 // attachShadow gives the session its shadow session on the secondary
 // (two-ensemble mode): the one it had, if the client re-opened its session
@@ -8,6 +14,8 @@ import "time"
 func (s *session) attachShadow() {
 	s.shadow = s.srv.shadowFor(s.id, s.timeout)
 	s.legs[s.primary.Other().Index()] = s.shadow.leg
+	// A flip finds its connection to the secondary open (flip_conns.go).
+	s.srv.warmStandby(s.srv.roles.Load())
 }
 
 // releaseShadow tells the shadow the relay has ended, and whether the
@@ -39,4 +47,80 @@ func (s *Server) sessionExpired(id int64) {
 		sh.mu.Unlock()
 		sh.poke()
 	}
+}
+
+// handoff is a flip's request for the shadow's open connection: the
+// shadow session is about to serve the client, and the relay takes its
+// connection over instead of resuming the session on a new one (no TCP
+// connect, no session resume on the new primary in the pause; SPEC.md
+// 4.10).
+type handoff struct {
+	taken bool // under the shadow's mu: its goroutine has it
+	done  chan struct{}
+	conn  net.Conn
+	addr  string
+	err   error
+}
+
+// handoffWait bounds how long a flip waits for the shadow's goroutine to
+// hand its connection over (it is idle after the drain: at once, or after
+// its keep-alive read) before resuming the session on a new connection.
+const handoffWait = 250 * time.Millisecond
+
+// errNoHandoff: the shadow's goroutine did not take the request in time.
+var errNoHandoff = errors.New("the shadow session's connection was not handed over")
+
+// swapTaking is swapTo asking for the connection of the leg the shadow
+// gives up.
+func (sh *shadow) swapTaking(l *leg, owner int64) *handoff {
+	h := &handoff{done: make(chan struct{})}
+	sh.mu.Lock()
+	sh.handoff = h
+	sh.mu.Unlock()
+	sh.swapTo(l, owner)
+	return h
+}
+
+// takeHandoff returns (once) the connection request of a flip.
+func (sh *shadow) takeHandoff() *handoff {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	h := sh.handoff
+	sh.handoff = nil
+	if h != nil {
+		h.taken = true
+	}
+	return h
+}
+
+// give hands c's connection over (its session stays open), or drops it.
+func (h *handoff) give(c *zkclient.Conn) {
+	h.addr = c.Addr()
+	h.conn, h.err = c.Detach()
+	if h.err != nil {
+		c.Abandon()
+	}
+	close(h.done)
+}
+
+// await returns the handed-over connection and its server, or an error
+// (then the caller resumes the session on a new connection).
+func (sh *shadow) await(h *handoff) (net.Conn, string, error) {
+	t := time.NewTimer(handoffWait)
+	defer t.Stop()
+	select {
+	case <-h.done:
+	case <-t.C:
+		sh.mu.Lock()
+		taken := h.taken
+		if !taken && sh.handoff == h {
+			sh.handoff = nil
+		}
+		sh.mu.Unlock()
+		if !taken {
+			return nil, "", errNoHandoff
+		}
+		<-h.done // Detach does not wait on the network
+	}
+	return h.conn, h.addr, h.err
 }

@@ -53,6 +53,7 @@ type shadow struct {
 	gone       bool      // run is ending: a relay arriving now needs a new shadow
 	closeBy    time.Time // give up draining at this time
 	repair     bool      // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
+	handoff    *handoff  // a flip asks for the open connection (session_shadow.go)
 	wake       chan struct{}
 	done       chan struct{} // closed when run has ended
 }
@@ -322,7 +323,14 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 			return true
 		}
 		if sh.takeSwap() {
-			c.Abandon() // the session now serves the client, through the relay
+			// The session now serves the client, through the relay: its
+			// connection goes to the relay if the flip asks for it, else it
+			// is dropped (the relay resumes the session on a new one).
+			if h := sh.takeHandoff(); h != nil {
+				h.give(c)
+			} else {
+				c.Abandon()
+			}
 			return false
 		}
 		if err := sh.presentAuths(ctx, c); err != nil {

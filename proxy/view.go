@@ -23,8 +23,9 @@ import (
 // flip; a path beyond keeps the new primary's own versions (counted).
 const maxStatPaths = 100000
 
-// rebaseParallel bounds the stat reads in flight at a flip.
-const rebaseParallel = 64
+// rebaseParallel bounds the stat reads in flight on each ensemble at a
+// flip.
+const rebaseParallel = 256
 
 // verOff is what is subtracted from a serving ensemble's versions of one
 // znode before the client sees them. It holds for one incarnation of the
@@ -116,68 +117,55 @@ func (v *view) active() bool {
 // shown to a client, (stat on next) - (stat on old) + (the old offset), so
 // the client keeps seeing the versions it saw. Called with client requests
 // held and the mirror drained, on connections to the old (oc) and the
-// next (nc) primary. peer, if not nil, is a peer's offsets at this flip's
-// epoch (a one-shot flip catching up with a barrier): they win (adopt),
-// and the peer's paths this proxy was not shown are taken too.
+// next (nc) primary that have been synced with their leaders since the
+// drain (the fence reads before it sync them): a read on a connection
+// follows its sync, so no sync is sent again here. peer, if not nil, is a
+// peer's offsets at this flip's epoch (a one-shot flip catching up with a
+// barrier): they win (adopt), and the peer's paths this proxy was not
+// shown are taken too.
 func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn, peer map[string]PathOffset) error {
-	v := &s.view
+	paths, prev := s.view.shown()
+	if len(paths) == 0 && len(peer) == 0 {
+		return nil
+	}
+	// Both ensembles at once, each pipelined (up to rebaseParallel reads
+	// in flight on each connection): the pause pays about one round trip
+	// per rebaseParallel paths, not two per path.
+	var olds, news []statRead
+	var errO, errN error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		olds, errO = readStats(ctx, oc, paths)
+	}()
+	news, errN = readStats(ctx, nc, paths)
+	<-done
+	if err := firstErr(errO, errN); err != nil {
+		return err
+	}
+	next, err := rebased(paths, prev, olds, news, peer)
+	if err != nil {
+		return err
+	}
+	s.view.rebaseTo(next, peer)
+	return nil
+}
+
+// shown returns the paths whose Stat a client has been shown and the
+// offsets in force.
+func (v *view) shown() ([]string, map[string]verOff) {
 	v.mu.Lock()
+	defer v.mu.Unlock()
 	paths := make([]string, 0, len(v.seen))
 	for p := range v.seen {
 		paths = append(paths, p)
 	}
-	prev := v.off
-	v.mu.Unlock()
-	if len(paths) == 0 && len(peer) == 0 {
-		return nil
-	}
-	if err := oc.Sync(ctx, "/"); err != nil {
-		return fmt.Errorf("sync the old primary: %w", err)
-	}
-	if err := nc.Sync(ctx, "/"); err != nil {
-		return fmt.Errorf("sync the new primary: %w", err)
-	}
-	// Pipelined: up to rebaseParallel reads in flight on each connection.
-	next := map[string]verOff{}
-	var (
-		mu      sync.Mutex
-		wg      sync.WaitGroup
-		readErr error
-	)
-	sem := make(chan struct{}, rebaseParallel)
-	for _, p := range paths {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			so, errO := oc.Exists(ctx, p)
-			sn, errN := nc.Exists(ctx, p)
-			mu.Lock()
-			defer mu.Unlock()
-			if errO != nil || errN != nil {
-				if jute.CodeOf(errO) != jute.CodeNoNode && jute.CodeOf(errN) != jute.CodeNoNode && readErr == nil {
-					readErr = fmt.Errorf("read the stat of %s: %w", p, firstErr(errO, errN))
-				}
-				return // gone on either side: nothing to translate
-			}
-			o := prev[p]
-			if o.czxid != so.Czxid {
-				o = verOff{} // recorded for an earlier incarnation, gone since
-			}
-			d := verOff{v: sn.Version - so.Version + o.v, c: sn.Cversion - so.Cversion + o.c, a: sn.Aversion - so.Aversion + o.a}
-			if d != (verOff{}) {
-				d.czxid = sn.Czxid
-			}
-			if d = adopt(peer, p, sn.Czxid, d); d != (verOff{}) {
-				next[p] = d
-			}
-		}()
-	}
-	wg.Wait()
-	if readErr != nil {
-		return readErr
-	}
+	return paths, v.off
+}
+
+// rebaseTo puts the offsets of a flip in force, with those of peer's
+// paths this proxy was not shown.
+func (v *view) rebaseTo(next map[string]verOff, peer map[string]PathOffset) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for p, o := range peer {
@@ -194,7 +182,70 @@ func (s *Server) rebase(ctx context.Context, oc, nc *zkclient.Conn, peer map[str
 		next[p] = verOff{v: o.V, c: o.C, a: o.A, czxid: o.Czxid}
 	}
 	v.off = next
-	return nil
+}
+
+// rebased computes the offsets after a flip from prev, the offsets before
+// it, and the stats of paths read on the old and the new primary.
+func rebased(paths []string, prev map[string]verOff, olds, news []statRead, peer map[string]PathOffset) (map[string]verOff, error) {
+	next := map[string]verOff{}
+	for i, p := range paths {
+		so, sn := olds[i], news[i]
+		if so.err != nil || sn.err != nil {
+			if jute.CodeOf(so.err) != jute.CodeNoNode && jute.CodeOf(sn.err) != jute.CodeNoNode {
+				return nil, fmt.Errorf("read the stat of %s: %w", p, firstErr(so.err, sn.err))
+			}
+			continue // gone on either side: nothing to translate
+		}
+		o := prev[p]
+		if o.czxid != so.st.Czxid {
+			o = verOff{} // recorded for an earlier incarnation, gone since
+		}
+		d := verOff{v: sn.st.Version - so.st.Version + o.v, c: sn.st.Cversion - so.st.Cversion + o.c, a: sn.st.Aversion - so.st.Aversion + o.a}
+		if d != (verOff{}) {
+			d.czxid = sn.st.Czxid
+		}
+		if d = adopt(peer, p, sn.st.Czxid, d); d != (verOff{}) {
+			next[p] = d
+		}
+	}
+	return next, nil
+}
+
+// statRead is one path's stat, or the error reading it.
+type statRead struct {
+	st  jute.Stat
+	err error
+}
+
+// readStats reads the stat of every path on c, up to rebaseParallel
+// requests in flight; an error is returned only when ctx ends.
+func readStats(ctx context.Context, c *zkclient.Conn, paths []string) ([]statRead, error) {
+	out := make([]statRead, len(paths))
+	resps := make([]jute.ExistsResponse, len(paths))
+	calls := make([]*zkclient.Call, len(paths))
+	wait := func(i int) error {
+		select {
+		case <-calls[i].Done:
+			out[i] = statRead{st: resps[i].Stat, err: calls[i].Err}
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("read the stats of %d paths: %w", len(paths), ctx.Err())
+		}
+	}
+	for i, p := range paths {
+		if i >= rebaseParallel {
+			if err := wait(i - rebaseParallel); err != nil {
+				return nil, err
+			}
+		}
+		calls[i] = c.Go(jute.OpExists, &jute.ExistsRequest{Path: p}, &resps[i])
+	}
+	for i := max(0, len(paths)-rebaseParallel); i < len(paths); i++ {
+		if err := wait(i); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 func firstErr(errs ...error) error {

@@ -108,6 +108,11 @@ type Conn struct {
 	calls map[int32]*Call
 	err   error
 
+	pings     atomic.Int32 // pings sent and not answered yet
+	detaching atomic.Bool  // Detach stops the reader (detach.go)
+	readEnd   chan error   // the reader's end, while detaching
+	fr        *jute.FrameReader
+
 	events chan jute.WatcherEvent
 	done   chan struct{}
 	once   sync.Once
@@ -211,8 +216,17 @@ func dialOne(ctx context.Context, addr string, opts Options) (*Conn, error) {
 		done:   make(chan struct{}),
 	}
 	c.lastSend.Store(time.Now().UnixNano())
+	c.fr, c.readEnd = fr, make(chan error, 1)
 	c.wg.Add(2)
-	go func() { defer c.wg.Done(); c.fail(c.readLoop(fr)) }()
+	go func() {
+		defer c.wg.Done()
+		err := c.readLoop(fr)
+		if c.detaching.Load() {
+			c.readEnd <- err // Detach decides
+			return
+		}
+		c.fail(err)
+	}()
 	go func() { defer c.wg.Done(); c.pingLoop() }()
 	return c, nil
 }
@@ -279,6 +293,8 @@ func (c *Conn) Go(op jute.Op, req, resp jute.Record) *Call {
 	}
 	if op != jute.OpPing {
 		c.calls[xid] = call
+	} else {
+		c.pings.Add(1)
 	}
 	c.mu.Unlock()
 	var e jute.Encoder
@@ -346,6 +362,7 @@ func (c *Conn) readLoop(fr *jute.FrameReader) error {
 			}
 			continue
 		case jute.XidPing:
+			c.pings.Add(-1)
 			continue
 		}
 		c.mu.Lock()
