@@ -158,17 +158,10 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 		return rep, err
 	}
 	defer pr.conn.Close()
-	dw, err := startDirectWriter(ctx, d.a.Addrs(), "/demo/direct")
-	if err != nil {
-		return rep, err
-	}
-	defer dw.conn.Close()
 	probeCtx, stopProbe := context.WithCancel(obsCtx)
 	defer stopProbe()
 	obs.Add(3)
-	probeDone, directDone := make(chan struct{}), make(chan struct{})
-	go func() { defer close(directDone); dw.run(probeCtx) }()
-	defer func() { stopProbe(); <-directDone }()
+	probeDone := make(chan struct{})
 	go func() { defer obs.Done(); lw.run(obsCtx) }()
 	go func() { defer obs.Done(); lags.run(obsCtx, d.api, demoID) }()
 	go func() { defer close(probeDone); pr.run(probeCtx) }()
@@ -197,7 +190,6 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	// The checks of the end, then the figures.
 	stopProbe()
 	<-probeDone // its last write answered: what it acknowledged is final
-	<-directDone
 	reg := <-regDone
 	rep.RolledBack = d.cfg.RollbackAt != 0
 	if err := pr.check(); err != nil {
@@ -211,7 +203,6 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 		d.say("comparing ensembles A and B by digest after the rollback")
 	}
 	rep.DigestsEqual, rep.DigestDiffs = awaitEqual(ctx, d.a, d.b, []string{"/mesos", "/demo"}, d.out, 30*time.Second)
-	d.checkDirect(ctx, &rep, dw)
 	if d.cfg.RollbackAt == 0 {
 		// Phase 6: the sync stops, every proxy retires A (its shadow
 		// sessions there closed), no client session is left on A. The
@@ -227,31 +218,6 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	d.collect(ctx, &rep, lw, lags, pr)
 	d.checkRegister(&rep, reg)
 	return rep, nil
-}
-
-// checkDirect counts the direct writer's acknowledged writes missing on
-// A or on B (after the digests met: the sync has copied what it will).
-func (d *demo) checkDirect(ctx context.Context, rep *MigrationReport, dw *directWriter) {
-	dw.mu.Lock()
-	rep.DirectWrites, rep.DirectErrors = len(dw.acked), dw.errs
-	if dw.firstErr != nil {
-		rep.Errors = append(rep.Errors, dw.firstErr.Error())
-	}
-	dw.mu.Unlock()
-	rep.DirectConnLoss = dw.connLoss.Load()
-	for _, e := range []struct {
-		name  string
-		addrs []string
-	}{{"A", d.a.Addrs()}, {"B", d.b.Addrs()}} {
-		miss, err := dw.missing(ctx, e.addrs)
-		if err != nil {
-			rep.Errors = append(rep.Errors, fmt.Sprintf("direct writer: check %s: %v", e.name, err))
-			continue
-		}
-		for _, p := range miss {
-			rep.DirectMissing = append(rep.DirectMissing, p+" on "+e.name)
-		}
-	}
 }
 
 // checkRegister judges the register workload's history into rep: its
