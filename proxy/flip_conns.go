@@ -46,8 +46,8 @@ func (s *Server) warmStandby(cur *roles) {
 	sb := &s.standby
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	if sb.stopped {
-		return
+	if sb.stopped || s.secondaryRetired() {
+		return // a retired secondary gets no session (phase 6)
 	}
 	if !sb.started {
 		sb.started = true
@@ -84,6 +84,10 @@ func (s *Server) warmStandby(cur *roles) {
 		cancel()
 		sb.mu.Lock()
 		defer sb.mu.Unlock()
+		if r := s.retired.Load(); r != nil && *r == want && c != nil {
+			s.closeLater(c) // retired while it was dialed (phase 6)
+			c = nil
+		}
 		if sb.ready != ready || sb.stopped {
 			// Replaced meanwhile (a flip, or the server stopped): not needed.
 			if c != nil {
@@ -164,12 +168,35 @@ func (s *Server) putStandby(name ensemble.Name, c *zkclient.Conn) {
 		c.Abandon()
 		return
 	}
+	if r := s.retired.Load(); r != nil && *r == name {
+		s.closeLater(c) // a retired ensemble keeps no session of this proxy
+		return
+	}
 	if sb.c != nil {
 		s.closeLater(sb.c)
 	}
 	ready := make(chan struct{})
 	close(ready)
 	sb.name, sb.ready, sb.c = name, ready, c
+}
+
+// dropStandby closes the standby connection if it is to ensemble name
+// (retired by phase 6: no session of this proxy may stay there) and
+// waits for the close.
+func (s *Server) dropStandby(name ensemble.Name) {
+	sb := &s.standby
+	sb.mu.Lock()
+	var c *zkclient.Conn
+	if sb.name == name {
+		c = sb.c
+		sb.ready, sb.c = nil, nil
+	}
+	sb.mu.Unlock()
+	if c != nil {
+		if err := c.Close(); err != nil && !errors.Is(err, zkclient.ErrClosed) {
+			s.log.Debug("retire: closing the standby connection", "upstream", c.Addr(), "err", err)
+		}
+	}
 }
 
 // takeSwapConns returns the connections for a swap from cur: oc, the

@@ -198,7 +198,9 @@ func (s *Server) loadVersions() {
 // rebaseAtStart translates the recorded offsets, which are from's, to the
 // primary the proxy starts on: the flip it missed while it was down,
 // done for its versions as a flip does them (rebase: for each path, the
-// difference between the two ensembles' stats plus the recorded offset).
+// difference between the two ensembles' stats plus the recorded offset,
+// or a peer's offset for this epoch where a peer has one: the numbering
+// the other proxies' clients already see).
 // Client requests and flips wait meanwhile (the hold and flipMu, taken
 // here before the server serves). If the ensembles cannot be read within
 // the start budget, the offsets are dropped, with a WARN: versions are
@@ -227,7 +229,10 @@ func (s *Server) rebaseAtStart(from ensemble.Name) {
 				return fmt.Errorf("reach %s: %w", r.primary.Flag(), err)
 			}
 			defer nc.Close()
-			return s.rebase(ctx, oc, nc, nil)
+			// The peers that took the flip read the versions while every
+			// proxy held: their numbering wins (view_peers.go), as for a
+			// flip caught up late.
+			return s.rebase(ctx, oc, nc, s.peerOffsets(ctx, r.epoch, r.primary))
 		}()
 		if err != nil {
 			s.view.mu.Lock()

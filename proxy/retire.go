@@ -97,6 +97,7 @@ func (s *Server) Retire(ctx context.Context, old ensemble.Name) (int, error) {
 		return len(shadows), err
 	}
 	s.closePrimaryReaders() // they served the mirror only
+	s.dropStandby(old)      // kept for a flip back, which is refused now
 	s.log.Info("old ensemble retired: no shadow session left on it", "retired", old.Flag(), "closed", len(shadows))
 	return len(shadows), nil
 }
