@@ -125,7 +125,15 @@ func (d *demo) startControlPlane(ctx context.Context) error {
 	if err := waitUntil(ctx, 60*time.Second, "three voting control nodes", func() bool { return d.api.voters(ctx) == 3 }); err != nil {
 		return err
 	}
-	d.gossipJoin, d.proxyToken, d.gossipKey = gossipJoin, proxyToken, gossipKey
+	// The proxies join through every control node, as a deployment lists
+	// them: with c1 alone, a proxy restarted while c1 was down (chaos:
+	// control and proxy faults together) waited for c1 before it served,
+	// 8 s, and the framework's detector session expired meanwhile.
+	var seeds []string
+	for _, n := range d.ctl {
+		seeds = append(seeds, n.gossip)
+	}
+	d.gossipJoin, d.proxyToken, d.gossipKey = strings.Join(seeds, ","), proxyToken, gossipKey
 	d.say("control plane: 3 zk-migrate control nodes (Raft), APIs %s", strings.Join(d.api.urls, " "))
 	return nil
 }

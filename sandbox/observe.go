@@ -278,13 +278,22 @@ func (p *probe) run(ctx context.Context) {
 
 // check reads the counter after a sync: it must hold at least the last
 // acknowledged value.
+//
+// A connection closed under the read (a fault's aftermath: the client
+// reconnects into its session) is asked again, for up to 20 s.
 func (p *probe) check() error {
-	if _, err := p.conn.Sync(p.path); err != nil {
-		return fmt.Errorf("sandbox: probe: sync: %w", err)
-	}
-	b, _, err := p.conn.Get(p.path)
-	if err != nil {
-		return fmt.Errorf("sandbox: probe: read back: %w", err)
+	var b []byte
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, err := p.conn.Sync(p.path)
+		if err == nil {
+			b, _, err = p.conn.Get(p.path)
+		}
+		if err == nil {
+			break
+		}
+		if !transient(err) || time.Now().After(deadline) {
+			return fmt.Errorf("sandbox: probe: read back after a sync: %w", err)
+		}
 	}
 	v, _ := strconv.ParseInt(string(b), 10, 64)
 	if v < p.acked.Load() {
