@@ -46,7 +46,7 @@ CHAOS ?= zk,proxy,partition,delay
 chaos: deps build ## the demo under faults (CHAOS=zk,proxy,partition,delay[,control]), migrating to the end and then rolled back at phase 3
 	@$(BIN) demo --chaos $(CHAOS)
 	@$(BIN) demo --chaos $(CHAOS) --rollback 3
-	ZKM_FLIP_FAULTS=1 $(GO) test -race -count=1 -run 'TestFlipScenario' ./cmd/zk-migrate/
+	ZKM_FLIP_SCENARIO=1 ZKM_FLIP_FAULTS=1 $(GO) test -race -count=1 -run 'TestFlipScenario' ./cmd/zk-migrate/
 
 sandbox: build ## the load sandbox: real ensembles A and B, proxies, Mesos-shaped Go load, servers killed
 	$(BIN) sandbox
