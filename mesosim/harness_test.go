@@ -162,6 +162,34 @@ func tail(s string, n int) string {
 
 func (p *proc) signal(s syscall.Signal) { _ = p.cmd.Process.Signal(s) }
 
+// stop SIGSTOPs the process and waits until every thread of it is stopped
+// (state T in /proc/<pid>/task/*/stat): a signal is delivered
+// asynchronously, and a request sent meanwhile could still be served.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	p.signal(syscall.SIGSTOP)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", p.cmd.Process.Pid))
+		stopped := len(tasks) > 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			i := strings.LastIndexByte(string(b), ')')
+			if err != nil || i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d not stopped 10 s after SIGSTOP", p.cmd.Process.Pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func (p *proc) exited() bool {
 	select {
 	case <-p.done:

@@ -58,7 +58,7 @@ func TestLeaderThatLosesQuorumExits(t *testing.T) {
 	leader := waitOneLeader(t, c.masters, 30*time.Second)
 	for i, m := range c.masters {
 		if i != leader {
-			m.signal(syscall.SIGSTOP)
+			m.stop(t)
 		}
 	}
 	code, _, body, _ := call("POST", c.masters[leader].url()+"/master/maintenance/schedule",
