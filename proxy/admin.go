@@ -13,6 +13,21 @@ import (
 	"github.com/zk-migrate/zk-migrate/membership"
 )
 
+// bearerOK reports whether r carries "Authorization: Bearer <token>"
+// (compared in constant time); with an empty token nothing is accepted.
+func bearerOK(r *http.Request, token string) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return token != "" && ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+// refuseUnauthorized answers 401 with msg and logs (rate-limited per
+// kind) that what came without the control plane's token.
+func (s *Server) refuseUnauthorized(w http.ResponseWriter, r *http.Request, kind, what, msg string) {
+	s.logs.warn(s.log, kind+"_unauthorized", "refused "+what+" without the control plane's token",
+		"from", r.RemoteAddr, "hint", "the control plane sends the token of --proxy-token-file; start the proxy with --admin-token-file holding the same token")
+	http.Error(w, msg, http.StatusUnauthorized)
+}
+
 // FlipTimeout bounds one flip request's drain when the caller sets no
 // deadline.
 const FlipTimeout = 30 * time.Second
@@ -34,11 +49,8 @@ func (s *Server) FlipHandler(token string, done func(epoch int64, primary ensemb
 			http.Error(w, "POST only", http.StatusMethodNotAllowed)
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if token == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-			s.logs.warn(s.log, "flip_unauthorized", "refused a flip request without the control plane's token",
-				"from", r.RemoteAddr, "hint", "the control plane sends the token of --proxy-token-file; start the proxy with --admin-token-file holding the same token")
-			http.Error(w, "unauthorized: a flip needs the control plane's bearer token (--admin-token-file)", http.StatusUnauthorized)
+		if !bearerOK(r, token) {
+			s.refuseUnauthorized(w, r, "flip", "a flip request", "unauthorized: a flip needs the control plane's bearer token (--admin-token-file)")
 			return
 		}
 		var req membership.FlipRequest

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -268,11 +267,8 @@ func (s *Server) RetireHandler(token string, done func(retired ensemble.Name)) h
 			http.Error(w, "POST only", http.StatusMethodNotAllowed)
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if token == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-			s.logs.warn(s.log, "retire_unauthorized", "refused a retire request without the control plane's token",
-				"from", r.RemoteAddr, "hint", "the control plane sends the token of --proxy-token-file; start the proxy with --admin-token-file holding the same token")
-			http.Error(w, "unauthorized: retiring an ensemble needs the control plane's bearer token (--admin-token-file)", http.StatusUnauthorized)
+		if !bearerOK(r, token) {
+			s.refuseUnauthorized(w, r, "retire", "a retire request", "unauthorized: retiring an ensemble needs the control plane's bearer token (--admin-token-file)")
 			return
 		}
 		var req membership.RetireRequest

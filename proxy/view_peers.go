@@ -2,10 +2,8 @@ package proxy
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
@@ -70,8 +68,7 @@ func (s *Server) VersionOffsets() Offsets {
 // bearer of token (the admin token: the peers share it).
 func (s *Server) OffsetsHandler(token string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if token == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+		if !bearerOK(r, token) {
 			http.Error(w, "unauthorized: the version offsets need the admin bearer token (--admin-token-file)", http.StatusUnauthorized)
 			return
 		}
