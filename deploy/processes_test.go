@@ -190,12 +190,11 @@ func badFrame(t *testing.T, addr string) {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := zktest.StableAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // waitFor polls f every 100 ms until it holds, failing the test after d.

@@ -3,7 +3,6 @@ package sandbox
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
 // procs owns the product processes the migration demo starts itself
@@ -108,14 +109,16 @@ func (ps *procs) tail(name string, n int) string {
 }
 
 // freeAddr returns a loopback address free now, for a process started
-// next.
+// next, from below the kernel's ephemeral port range (see
+// zktest.StablePort): a port found free in that range was once taken by
+// another test's outgoing connection before the proxy bound it, and the
+// demo failed "address already in use".
 func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := zktest.StableAddr()
 	if err != nil {
 		return "", fmt.Errorf("sandbox: no free port: %w", err)
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return addr, nil
 }
 
 // waitUntil polls f every 100 ms until it returns true, ctx ends or within

@@ -24,7 +24,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -220,23 +219,17 @@ func checkInstalled(cfg Config) error {
 	return nil
 }
 
-// freePorts reserves n distinct loopback ports by listening on :0. They are
-// released before the servers bind them; collisions are possible but rare.
+// freePorts picks n distinct loopback ports with StablePort (below the
+// ephemeral range, so no outgoing connection takes one before the servers
+// bind them).
 func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
 	ports := make([]int, 0, n)
 	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		p, err := StablePort()
 		if err != nil {
 			return nil, fmt.Errorf("zktest: reserve port: %w", err)
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports, nil
 }

@@ -41,3 +41,12 @@ func StablePort() (int, error) {
 	}
 	return 0, errors.New("zktest: no free port found in 20000-31999")
 }
+
+// StableAddr is StablePort as a "127.0.0.1:PORT" address.
+func StableAddr() (string, error) {
+	p, err := StablePort()
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), nil
+}
