@@ -54,13 +54,16 @@ func (e *Executor) barrierOf() (BarrierFleet, bool) {
 var errHoldExpired = errors.New("the proxies' hold budget ran out before the flip could be committed")
 
 // barrier runs the open barrier f in two phases. Before the commit:
-// hold every expected proxy (one that does not answer is fenced), check
-// the guard within the holds' budget (a failure releases every hold and
-// aborts with the old primary kept; running out of budget releases and
-// retries on the next pass), record flip-commit. After it (also for a new
-// leader that finds the barrier committed): raise the fences, swap every
-// proxy not fenced (one that does not answer is fenced), release, record
-// flip-done.
+// hold every expected proxy (one that does not answer is fenced; one that
+// answers but cannot hold is alive: every hold is released and held again
+// on the next pass, up to maxRefusedRetries times, then the flip is
+// aborted before any fence), check the guard within the holds' budget (a
+// failure releases every hold and aborts with the old primary kept;
+// running out of budget releases and retries on the next pass), record
+// flip-commit. After it (also for a new leader that finds the barrier
+// committed): raise the fences, swap every proxy not fenced (one that
+// does not answer is fenced; one that answers but does not swap is asked
+// again first), release, record flip-done.
 func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf BarrierFleet) error {
 	pending := func(f *Flip) []string {
 		var out []string
@@ -272,7 +275,7 @@ func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64
 		return err
 	}
 	if refused := refusedBy(err); len(refused) > 0 {
-		bf.Release(ctx, m.ID, epoch, live)
+		bf.Release(ctx, m.ID, epoch, slices.Sorted(maps.Keys(refusedAndHeld(held, refused))))
 		if e.retryRefused(m.ID, epoch, "reverse", refused) {
 			return errHoldAgain
 		}
