@@ -14,7 +14,10 @@ import (
 
 // BarrierFleet is a ProxyFleet that speaks the two-phase barrier (SPEC.md
 // 4.10): hold every proxy, raise the fences, swap every proxy, release.
-// The executor uses it when the fleet has it and a Fencer is set.
+// The executor uses it when the fleet has it and a Fencer is set. Hold
+// and Swap name the proxies that answered but did not do the step in an
+// error that implements Refusals (the others they return are those that
+// did it; any proxy in neither did not answer).
 type BarrierFleet interface {
 	ProxyFleet
 	// Hold asks the proxies to hold client requests and drain for a flip

@@ -36,6 +36,8 @@ type ProxyFleet interface {
 	// Flip asks the proxies to drain their mirror writes and switch to
 	// primary at epoch, and returns those that acknowledged before ctx
 	// ended. Proxies that acknowledged an epoch already ack it again.
+	// Proxies that answered but did not switch are named in an error
+	// that implements Refusals.
 	Flip(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) (acked []string, err error)
 }
 
