@@ -127,7 +127,8 @@ func (f *Fleet) Release(ctx context.Context, migration string, epoch int64, prox
 
 // RefusedError names the proxies that answered a flip request with a
 // status other than 200: unlike those that did not answer (connection
-// refused, no answer before the deadline, no admin endpoint in gossip),
+// refused, no answer before the deadline, no admin endpoint in gossip, a
+// gateway's 502 or 504),
 // they are alive, and could not do the step now (503: their drain did not
 // finish within their pause budget; 409: another epoch or primary; 401:
 // the token). The control plane holds them again rather than fencing
@@ -199,6 +200,9 @@ func (f *Fleet) post(ctx context.Context, req FlipRequest, proxies []string) (ma
 				return
 			}
 			defer resp.Body.Close()
+			if resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusGatewayTimeout {
+				return // a gateway between us could not reach the proxy: no answer from it
+			}
 			if resp.StatusCode != http.StatusOK {
 				b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<12))
 				mu.Lock()

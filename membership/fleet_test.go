@@ -17,9 +17,9 @@ import (
 // TestFleetTellsARefusalFromSilence: a proxy that answers the hold 503
 // (alive, could not hold) is named with its answer in a RefusedError that
 // the control plane reads as control.Refusals; a proxy that does not
-// answer before the deadline and one whose admin port refuses the
-// connection are neither held nor refused (no answer: the barrier fences
-// them).
+// answer before the deadline, one whose admin port refuses the
+// connection and one a gateway could not reach (502) are neither held
+// nor refused (no answer: the barrier fences them).
 func TestFleetTellsARefusalFromSilence(t *testing.T) {
 	seed := freeAddr(t)
 	ctl, err := Join(Config{Name: "control-1", BindAddr: seed, Fast: true, Meta: Meta{Role: RoleControl}})
@@ -44,6 +44,9 @@ func TestFleetTellsARefusalFromSilence(t *testing.T) {
 		http.Error(w, "hold for epoch 1: drain: session 0x1 has requests in flight: context deadline exceeded (nothing held; serving from source)", http.StatusServiceUnavailable)
 	})
 	serve("proxy-stuck", func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	serve("proxy-behind-gateway", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "upstream connect error", http.StatusBadGateway)
+	})
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +55,7 @@ func TestFleetTellsARefusalFromSilence(t *testing.T) {
 	closed.Close()
 	joinAs(t, "proxy-dead", seed, deadAPI)
 	fleet := &Fleet{Agent: ctl}
-	all := []string{"proxy-busy", "proxy-dead", "proxy-ok", "proxy-stuck"}
+	all := []string{"proxy-behind-gateway", "proxy-busy", "proxy-dead", "proxy-ok", "proxy-stuck"}
 	waitMembers(t, fleet, all)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
