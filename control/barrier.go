@@ -265,7 +265,10 @@ func (e *Executor) abortBarrier(ctx context.Context, m *Migration, f *Flip, why 
 func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64, bf BarrierFleet) error {
 	key := retryKey(m.ID, epoch, "reverse")
 	if why := e.retries.coolingDown(key); why != nil {
-		return e.holdRollback(ctx, m, why)
+		if err := e.holdRollback(ctx, m, why); err != why {
+			return err
+		}
+		return errHoldAgain // recorded and logged once: wait quietly
 	}
 	live, err := e.Fleet.Live(ctx)
 	if err != nil {
