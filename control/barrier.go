@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"maps"
 	"slices"
 	"time"
 
@@ -14,7 +14,10 @@ import (
 
 // BarrierFleet is a ProxyFleet that speaks the two-phase barrier (SPEC.md
 // 4.10): hold every proxy, raise the fences, swap every proxy, release.
-// The executor uses it when the fleet has it and a Fencer is set.
+// The executor uses it when the fleet has it and a Fencer is set. Hold
+// and Swap name the proxies that answered but did not do the step in an
+// error that implements Refusals (the others they return are those that
+// did it; any proxy in neither did not answer).
 type BarrierFleet interface {
 	ProxyFleet
 	// Hold asks the proxies to hold client requests and drain for a flip
@@ -54,13 +57,16 @@ func (e *Executor) barrierOf() (BarrierFleet, bool) {
 var errHoldExpired = errors.New("the proxies' hold budget ran out before the flip could be committed")
 
 // barrier runs the open barrier f in two phases. Before the commit:
-// hold every expected proxy (one that does not answer is fenced), check
-// the guard within the holds' budget (a failure releases every hold and
-// aborts with the old primary kept; running out of budget releases and
-// retries on the next pass), record flip-commit. After it (also for a new
-// leader that finds the barrier committed): raise the fences, swap every
-// proxy not fenced (one that does not answer is fenced), release, record
-// flip-done.
+// hold every expected proxy (one that does not answer is fenced; one that
+// answers but cannot hold is alive: every hold is released and held again
+// on the next pass, up to maxRefusedRetries times, then the flip is
+// aborted before any fence), check the guard within the holds' budget (a
+// failure releases every hold and aborts with the old primary kept;
+// running out of budget releases and retries on the next pass), record
+// flip-commit. After it (also for a new leader that finds the barrier
+// committed): raise the fences, swap every proxy not fenced (one that
+// does not answer is fenced; one that answers but does not swap is asked
+// again first), release, record flip-done.
 func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf BarrierFleet) error {
 	pending := func(f *Flip) []string {
 		var out []string
@@ -82,12 +88,24 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 		if err != nil && ctx.Err() != nil {
 			return err
 		}
+		refused := refusedBy(err)
 		for _, p := range waiting {
-			if !slices.Contains(held, p) {
+			if _, alive := refused[p]; !alive && !slices.Contains(held, p) {
 				if err := e.fenceProxy(ctx, m, f.Epoch, p, "no answer to the hold within "+e.FlipTimeout.String()); err != nil {
 					return err
 				}
 			}
+		}
+		if len(refused) > 0 {
+			// Alive but not holding: a fence raised now would refuse its
+			// clients' next writes. Nothing is fenced yet: release every
+			// hold and hold them all again, or abort.
+			bf.Release(ctx, m.ID, f.Epoch, slices.Sorted(maps.Keys(refusedAndHeld(held, refused))))
+			if e.retryRefused(m.ID, f.Epoch, "hold", refused) {
+				return errHoldAgain
+			}
+			return e.abortBarrier(ctx, m, f, fmt.Errorf("%w (asked %d times): %s; %s",
+				ErrProxyCouldNotHold, maxRefusedRetries+1, describeRefusals(refused), couldNotHoldHint))
 		}
 		// The holds end by themselves at sent+budget: the commit must come
 		// before, with room for the fences.
@@ -133,10 +151,8 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 	if err := e.raiseFences(ctx, m, f.Epoch, f.Primary, bf, markers); err != nil {
 		return fmt.Errorf("flip at epoch %d: raise the fences: %w (retrying)", f.Epoch, err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
-	swapped, err := bf.Swap(sctx, m.ID, f.Epoch, f.Primary, waiting)
-	cancel()
-	if err != nil && ctx.Err() != nil {
+	swapped, refused, err := e.swapAll(ctx, m.ID, f.Epoch, f.Primary, bf, waiting)
+	if err != nil {
 		return err
 	}
 	bf.Release(ctx, m.ID, f.Epoch, f.Expected)
@@ -149,7 +165,11 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 			}
 			continue
 		}
-		if err := e.fenceProxy(ctx, m, f.Epoch, p, "no answer to the swap within "+e.FlipTimeout.String()+" (its writes are fenced; it moves by itself when it reads the fence)"); err != nil {
+		why := "no answer to the swap within " + e.FlipTimeout.String()
+		if r, ok := refused[p]; ok {
+			why = fmt.Sprintf("answered the swap %d times but did not swap (%s)", maxRefusedRetries+1, r)
+		}
+		if err := e.fenceProxy(ctx, m, f.Epoch, p, why+" (its writes are fenced; it moves by itself when it reads the fence)"); err != nil {
 			return err
 		}
 	}
@@ -203,33 +223,6 @@ var errHoldAgain = errors.New("flip barrier: holding again")
 // guard could not finish within the holds' budget.
 const maxHoldRetries = 3
 
-// retryHold reports whether a barrier whose guard failed with err is tried
-// again (the proxies were released; the next pass holds them again): when
-// the guard ran out of time rather than found a problem (a slow read of a
-// loaded ensemble while the clients wait), up to maxHoldRetries times per
-// epoch. A problem it found (digests differ, a conflict, lag) aborts at
-// once.
-func (e *Executor) retryHold(migration string, epoch int64, err error) bool {
-	var ne net.Error
-	timedOut := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errHoldExpired) || errors.As(err, &ne) && ne.Timeout()
-	if !timedOut {
-		return false
-	}
-	key := fmt.Sprintf("%s/%d", migration, epoch)
-	e.retryMu.Lock()
-	defer e.retryMu.Unlock()
-	if e.holdRetries == nil {
-		e.holdRetries = map[string]int{}
-	}
-	if e.holdRetries[key] >= maxHoldRetries {
-		return false
-	}
-	e.holdRetries[key]++
-	e.Logger.Warn("flip barrier: the guard did not finish within the proxies' hold budget; released them, holding again",
-		"migration", migration, "epoch", epoch, "try", e.holdRetries[key], "of", maxHoldRetries, "err", err)
-	return true
-}
-
 // fenceProxy records that proxy p is out of the barrier at epoch.
 func (e *Executor) fenceProxy(ctx context.Context, m *Migration, epoch int64, p, why string) error {
 	c := e.cmd(CmdFlipFence, m)
@@ -262,9 +255,21 @@ func (e *Executor) abortBarrier(ctx context.Context, m *Migration, f *Flip, why 
 
 // reverseBarrier moves the live proxies back to A at epoch with the
 // two-phase barrier (the guard was checked by the caller): hold, fence,
-// swap, release. Proxies that do not answer are left fenced: they move by
-// themselves when they read the fence.
+// swap, release. The rule is the forward barrier's: a proxy that answers
+// the hold but cannot hold is alive, so the fences are not raised over
+// it: every hold is released and the barrier is tried again at the same
+// epoch (errHoldAgain), up to maxRefusedRetries times; then the rollback
+// is held up with the proxy named (primary stays B; it holds again after
+// a cool-down of three FlipTimeouts). Proxies that do not answer are left
+// fenced: they move by themselves when they read the fence.
 func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64, bf BarrierFleet) error {
+	key := retryKey(m.ID, epoch, "reverse")
+	if why := e.retries.coolingDown(key); why != nil {
+		if err := e.holdRollback(ctx, m, why); err != why {
+			return err
+		}
+		return errHoldAgain // recorded and logged once: wait quietly
+	}
 	live, err := e.Fleet.Live(ctx)
 	if err != nil {
 		return fmt.Errorf("reverse flip: list proxies: %w", err)
@@ -275,19 +280,63 @@ func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64
 	if err != nil && ctx.Err() != nil {
 		return err
 	}
+	if refused := refusedBy(err); len(refused) > 0 {
+		bf.Release(ctx, m.ID, epoch, slices.Sorted(maps.Keys(refusedAndHeld(held, refused))))
+		if e.retryRefused(m.ID, epoch, "reverse", refused) {
+			return errHoldAgain
+		}
+		why := fmt.Errorf("reverse flip refused, primary stays B: %w (asked %d times): %s; %s",
+			ErrProxyCouldNotHold, maxRefusedRetries+1, describeRefusals(refused), couldNotHoldHint)
+		e.retries.coolDown(key, 3*e.FlipTimeout, why)
+		return e.holdRollback(ctx, m, why)
+	}
 	if err := e.raiseFences(ctx, m, epoch, ensemble.Source, bf, markers); err != nil {
 		bf.Release(ctx, m.ID, epoch, held)
 		return fmt.Errorf("reverse flip at epoch %d: raise the fences: %w (retrying)", epoch, err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
-	swapped, err := bf.Swap(sctx, m.ID, epoch, ensemble.Source, live)
-	cancel()
-	if err != nil && ctx.Err() != nil {
+	swapped, refused, err := e.swapAll(ctx, m.ID, epoch, ensemble.Source, bf, live)
+	if err != nil {
 		return err
 	}
 	bf.Release(ctx, m.ID, epoch, live)
 	if len(swapped) < len(live) {
-		e.Logger.Warn("reverse flip: proxies did not answer; their writes are fenced and they move by themselves when they read the fence", "swapped", swapped, "live", live)
+		e.Logger.Warn("reverse flip: proxies did not swap; their writes are fenced and they move by themselves when they read the fence",
+			"swapped", swapped, "live", live, "refused", describeRefusals(refused))
 	}
 	return nil
+}
+
+// swapAll asks the proxies to swap to primary at epoch (the fences are
+// raised: the flip only goes forward) and asks again, up to
+// maxRefusedRetries times, those that answered but did not swap (still
+// held: their hold lasts until released). It returns those that swapped
+// and the last answers of those that kept refusing.
+func (e *Executor) swapAll(ctx context.Context, migration string, epoch int64, primary ensemble.Name, bf BarrierFleet, proxies []string) ([]string, map[string]string, error) {
+	var swapped []string
+	for try := 0; ; try++ {
+		sctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
+		ok, err := bf.Swap(sctx, migration, epoch, primary, proxies)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return nil, nil, err
+		}
+		swapped = append(swapped, ok...)
+		refused := refusedBy(err)
+		if len(refused) == 0 || try == maxRefusedRetries {
+			slices.Sort(swapped)
+			return swapped, refused, nil
+		}
+		e.Logger.Warn("flip barrier: proxies answered the swap but did not swap (they are alive and still held); asking them again",
+			"migration", migration, "epoch", epoch, "proxies", describeRefusals(refused), "try", try+1, "of", maxRefusedRetries)
+		proxies = proxies[:0:0]
+		for p := range refused {
+			proxies = append(proxies, p)
+		}
+		slices.Sort(proxies)
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(e.Interval):
+		}
+	}
 }

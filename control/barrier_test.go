@@ -25,6 +25,40 @@ type barrierFleet struct {
 	// ran out first and it resumed): each hold arms a new marker.
 	lapse map[string]int
 	holds int // markers armed
+	// refuseHold and refuseSwap count, per proxy, the holds (swaps) it
+	// answers but does not do (a 503: its drain did not finish within
+	// its pause budget); -1: every one.
+	refuseHold, refuseSwap map[string]int
+}
+
+// refusedErr is the Refusals a fleet returns for proxies that answered
+// but did not do the step.
+type refusedErr map[string]string
+
+func (r refusedErr) Error() string              { return "refused: " + describeRefusals(r) }
+func (r refusedErr) Refused() map[string]string { return r }
+
+// refusing splits proxies into those that do the step and those that
+// answer but refuse it (counted down in n).
+func (b *barrierFleet) refusing(proxies []string, n map[string]int, why string) ([]string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var ok []string
+	refused := refusedErr{}
+	for _, p := range proxies {
+		if c := n[p]; c != 0 {
+			if c > 0 {
+				n[p]--
+			}
+			refused[p] = why
+			continue
+		}
+		ok = append(ok, p)
+	}
+	if len(refused) == 0 {
+		return ok, nil
+	}
+	return ok, refused
 }
 
 func (b *barrierFleet) note(s string) {
@@ -48,7 +82,7 @@ func (b *barrierFleet) answer(ctx context.Context, proxies []string) []string {
 
 func (b *barrierFleet) Hold(ctx context.Context, _ string, epoch int64, primary ensemble.Name, proxies []string) ([]string, time.Duration, map[string]fence.Marker, error) {
 	b.note(fmt.Sprintf("hold %d %s %v", epoch, primary, proxies))
-	held := b.answer(ctx, proxies)
+	held, err := b.refusing(b.answer(ctx, proxies), b.refuseHold, "503: hold: drain: session 0x1 has requests in flight: context deadline exceeded (nothing held)")
 	markers := map[string]fence.Marker{}
 	b.mu.Lock()
 	for _, p := range held {
@@ -56,12 +90,12 @@ func (b *barrierFleet) Hold(ctx context.Context, _ string, epoch int64, primary 
 		markers[p] = fence.Marker{Path: p, Version: int32(b.holds)}
 	}
 	b.mu.Unlock()
-	return held, time.Minute, markers, nil
+	return held, time.Minute, markers, err
 }
 
 func (b *barrierFleet) Swap(ctx context.Context, _ string, epoch int64, primary ensemble.Name, proxies []string) ([]string, error) {
 	b.note(fmt.Sprintf("swap %d %s %v", epoch, primary, proxies))
-	return b.answer(ctx, proxies), nil
+	return b.refusing(b.answer(ctx, proxies), b.refuseSwap, "503: swap: read versions: context deadline exceeded")
 }
 
 func (b *barrierFleet) Release(_ context.Context, _ string, epoch int64, proxies []string) {
@@ -319,4 +353,144 @@ func (g *slowGuard) FlipReady(context.Context, *Migration, ensemble.Name, ensemb
 		return nil
 	}
 	return fmt.Errorf("read /mesos on A: %w", context.DeadlineExceeded)
+}
+
+// TestBarrierHoldsAgainAProxyThatCouldNotHold: a proxy that answers the
+// hold 503 (a request of its clients stayed in flight past its pause
+// budget) is alive: every hold is released and the barrier holds them all
+// again at the same epoch; the flip ends with it swapped and unfenced. A
+// proxy that does not answer at all is still fenced. Before, the 503 was
+// taken for silence: the proxy was fenced with its clients on the old
+// primary, whose fence then refused their writes.
+func TestBarrierHoldsAgainAProxyThatCouldNotHold(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"dead", "p1", "p2"}, silent: map[string]bool{"dead": true}},
+		refuseHold: map[string]int{"p2": 1}}
+	_, p := newBarrierExecutor(t, b, &guard{})
+	runTo(t, p, StepDeployB)
+	if err := op(p, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, p, StepFlip, StatusSucceeded)
+	if m.Primary != "B" || !slices.Equal(m.Flip.Acked, []string{"p1", "p2"}) || !slices.Equal(m.Flip.Fenced, []string{"dead"}) {
+		t.Fatalf("flip: %+v %+v", m, m.Flip)
+	}
+	want := "hold 1 B [dead p1 p2]; release 1 [p1 p2]; hold 1 B [p1 p2]; fence 1 B; swap 1 B [p1 p2]; release 1 [dead p1 p2]"
+	if got := b.calls(); got != want {
+		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestBarrierAbortsWhenALiveProxyNeverHolds: a proxy that answers every
+// hold 503 is asked maxRefusedRetries more times, then the flip is
+// aborted before any fence is raised (its clients keep writing to A),
+// with the proxy and its answer named and the remediation.
+func TestBarrierAbortsWhenALiveProxyNeverHolds(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}, refuseHold: map[string]int{"p2": -1}}
+	_, p := newBarrierExecutor(t, b, &guard{})
+	runTo(t, p, StepDeployB)
+	if err := op(p, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, p, StepFlip, StatusFailed)
+	if m.Primary != "A" || m.Flip != nil {
+		t.Fatalf("after a proxy that never holds: %+v", m)
+	}
+	for _, want := range []string{ErrProxyCouldNotHold.Error(), "p2 (503: hold: drain:", "no fence was raised", "stop that proxy"} {
+		if !strings.Contains(m.LastError, want) {
+			t.Errorf("the error does not say %q: %s", want, m.LastError)
+		}
+	}
+	calls := b.calls()
+	if strings.Contains(calls, "fence") || strings.Contains(calls, "swap") {
+		t.Fatalf("a fence was raised or a proxy swapped over a live proxy that could not hold: %s", calls)
+	}
+	if n := strings.Count(calls, "hold 1 B [p1 p2]"); n != maxRefusedRetries+1 {
+		t.Fatalf("%d holds, want %d: %s", n, maxRefusedRetries+1, calls)
+	}
+	for _, a := range p.State().Audit {
+		if a.Action == string(CmdFlipFence) {
+			t.Fatalf("a proxy was recorded fenced: %+v", a)
+		}
+	}
+}
+
+// TestBarrierAsksAgainAProxyThatCouldNotSwap: after the commit (the fence
+// is raised) a proxy that answers the swap 503 still holds: it is asked
+// again rather than recorded fenced, and the flip ends with it swapped.
+func TestBarrierAsksAgainAProxyThatCouldNotSwap(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}, refuseSwap: map[string]int{"p2": 1}}
+	_, p := newBarrierExecutor(t, b, &guard{})
+	runTo(t, p, StepDeployB)
+	if err := op(p, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, p, StepFlip, StatusSucceeded)
+	if m.Primary != "B" || !slices.Equal(m.Flip.Acked, []string{"p1", "p2"}) || len(m.Flip.Fenced) != 0 {
+		t.Fatalf("flip: %+v %+v", m, m.Flip)
+	}
+	want := "hold 1 B [p1 p2]; fence 1 B; swap 1 B [p1 p2]; swap 1 B [p2]; release 1 [p1 p2]"
+	if got := b.calls(); got != want {
+		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestReverseBarrierHoldsAgainAProxyThatCouldNotHold: the rollback's
+// reverse flip follows the forward barrier's rule. A proxy that answers
+// its hold 503 is held again at the same epoch before any fence is
+// raised, and the rollback completes with it swapped. One that answers
+// 503 every time holds the rollback up (primary stays B, no fence
+// raised, the reason named) until it can hold.
+func TestReverseBarrierHoldsAgainAProxyThatCouldNotHold(t *testing.T) {
+	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}}
+	_, p := newBarrierExecutor(t, b, &guard{})
+	runTo(t, p, StepFlip)
+	b.mu.Lock()
+	b.refuseHold = map[string]int{"p1": 1}
+	b.mu.Unlock()
+	if err := op(p, CmdRollback, StepDeployB); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, p, StepDeployB, StatusSucceeded)
+	if m.Primary != "A" || m.Epoch != 2 {
+		t.Fatalf("after the rollback: %+v", m)
+	}
+	want := "hold 1 B [p1 p2]; fence 1 B; swap 1 B [p1 p2]; release 1 [p1 p2]; " +
+		"hold 2 A [p1 p2]; release 2 [p1 p2]; hold 2 A [p1 p2]; fence 2 A; swap 2 A [p1 p2]; release 2 [p1 p2]"
+	if got := b.calls(); got != want {
+		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
+	}
+
+	b2 := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}}
+	_, p2 := newBarrierExecutor(t, b2, &guard{})
+	runTo(t, p2, StepFlip)
+	b2.mu.Lock()
+	b2.refuseHold = map[string]int{"p2": -1}
+	b2.mu.Unlock()
+	if err := op(p2, CmdRollback, StepDeployB); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for m = p2.State().Migrations["m"]; !strings.Contains(m.LastError, ErrProxyCouldNotHold.Error()); m = p2.State().Migrations["m"] {
+		if time.Now().After(deadline) {
+			t.Fatalf("the rollback is not held up by the proxy that cannot hold: %+v", m)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if m.Status != StatusRollingBack || m.Primary != "B" || !strings.Contains(m.LastError, "reverse flip refused, primary stays B") || !strings.Contains(m.LastError, "p2 (503") {
+		t.Fatalf("held-up rollback: %+v", m)
+	}
+	if calls := b2.calls(); strings.Contains(calls, "fence 2") || strings.Contains(calls, "swap 2") {
+		t.Fatalf("a fence was raised over a live proxy that could not hold: %s", calls)
+	}
+	// Once it can hold, the rollback goes on by itself.
+	b2.mu.Lock()
+	b2.refuseHold = nil
+	b2.mu.Unlock()
+	m = waitStatus(t, p2, StepDeployB, StatusSucceeded)
+	if m.Primary != "A" {
+		t.Fatalf("after the rollback: %+v", m)
+	}
+	if calls := b2.calls(); !strings.HasSuffix(calls, "hold 2 A [p1 p2]; fence 2 A; swap 2 A [p1 p2]; release 2 [p1 p2]") {
+		t.Fatalf("barrier calls: %s", calls)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"log/slog"
 	"slices"
-	"sync"
 	"time"
 )
 
@@ -37,6 +36,8 @@ type ProxyFleet interface {
 	// Flip asks the proxies to drain their mirror writes and switch to
 	// primary at epoch, and returns those that acknowledged before ctx
 	// ended. Proxies that acknowledged an epoch already ack it again.
+	// Proxies that answered but did not switch are named in an error
+	// that implements Refusals.
 	Flip(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) (acked []string, err error)
 }
 
@@ -77,10 +78,10 @@ type Executor struct {
 	// guard, commit, raise the fences, swap every proxy, release.
 	Fencer Fencer
 
-	// holdRetries counts, per migration and epoch, barriers whose guard
-	// could not finish within the holds' budget (barrier.go).
-	retryMu     sync.Mutex
-	holdRetries map[string]int
+	// retries counts, per migration and epoch, barriers tried again: the
+	// guard could not finish within the holds' budget, or a proxy answered
+	// but could not hold (barrier_retry.go).
+	retries retryCounter
 }
 
 // ready runs the guard, if any, for a flip of m's primary to primary.
@@ -236,8 +237,11 @@ func (e *Executor) flip(ctx context.Context, m *Migration, primary ensemble.Name
 					return err
 				}
 			}
+			// A proxy that answered but did not flip is alive: asked again
+			// on the next pass, then the flip is aborted; never fenced.
+			refused := refusedBy(err)
 			for _, p := range waiting {
-				if slices.Contains(acked, p) {
+				if _, alive := refused[p]; alive || slices.Contains(acked, p) {
 					continue
 				}
 				c := e.cmd(CmdFlipFence, m)
@@ -246,6 +250,13 @@ func (e *Executor) flip(ctx context.Context, m *Migration, primary ensemble.Name
 				if err := e.P.Apply(ctx, c); err != nil {
 					return err
 				}
+			}
+			if len(refused) > 0 {
+				if e.retryRefused(m.ID, f.Epoch, "flip", refused) {
+					return nil
+				}
+				return e.abort(ctx, m, f, fmt.Errorf("%w (asked %d times): %s; %s",
+					ErrProxyCouldNotHold, maxRefusedRetries+1, describeRefusals(refused), couldNotHoldHint))
 			}
 		}
 		// The preconditions again, now that the proxies hold still: one
@@ -310,7 +321,9 @@ func (e *Executor) rollback(ctx context.Context, m *Migration) error {
 				}
 				epoch = m.Epoch + 1
 				if bf, ok := e.barrierOf(); ok {
-					if err := e.reverseBarrier(ctx, m, epoch, bf); err != nil {
+					if err := e.reverseBarrier(ctx, m, epoch, bf); errors.Is(err, errHoldAgain) {
+						return nil // released; the next pass holds again
+					} else if err != nil {
 						return err
 					}
 				} else if err := e.reverseFlip(ctx, m, epoch); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -87,11 +88,13 @@ func (s stepRunner) Undo(_ context.Context, m *Migration) error {
 	return nil
 }
 
-// fleet is a ProxyFleet test double: proxies in silent never acknowledge.
+// fleet is a ProxyFleet test double: proxies in silent never acknowledge;
+// refuse counts, per proxy, the flips it answers 503 (-1: every one).
 type fleet struct {
 	mu      sync.Mutex
 	proxies []string
 	silent  map[string]bool
+	refuse  map[string]int
 	flips   []string
 }
 
@@ -102,13 +105,26 @@ func (f *fleet) Flip(ctx context.Context, _ string, epoch int64, primary ensembl
 	f.flips = append(f.flips, fmt.Sprintf("epoch %d to %s: %v", epoch, primary, proxies))
 	f.mu.Unlock()
 	var acked []string
+	refused := refusedErr{}
+	f.mu.Lock()
 	for _, p := range proxies {
-		if !f.silent[p] {
+		switch n := f.refuse[p]; {
+		case f.silent[p]:
+		case n != 0:
+			if n > 0 {
+				f.refuse[p]--
+			}
+			refused[p] = "503: drain: session 0x1 has requests in flight: context deadline exceeded (nothing swapped)"
+		default:
 			acked = append(acked, p)
 		}
 	}
-	if len(acked) < len(proxies) {
+	f.mu.Unlock()
+	if len(acked)+len(refused) < len(proxies) {
 		<-ctx.Done() // the silent ones never answer
+	}
+	if len(refused) > 0 {
+		return acked, refused
 	}
 	return acked, nil
 }
@@ -209,6 +225,37 @@ func TestFlipFencesASilentProxy(t *testing.T) {
 	}
 	if !m.Fenced("dead", 0) || m.Fenced("p1", 1) {
 		t.Fatal("fencing verdicts wrong")
+	}
+}
+
+// TestFlipAsksAgainAProxyThatAnsweredButDidNotFlip: a proxy that answers
+// the flip 503 (a new leader's repeated request found it still busy) is
+// alive: it is asked again at the same epoch, not recorded fenced after
+// that one answer; one that refuses every time aborts the flip (every
+// proxy back to A) rather than being fenced.
+func TestFlipAsksAgainAProxyThatAnsweredButDidNotFlip(t *testing.T) {
+	f := &fleet{proxies: []string{"p1", "p2", "dead"}, silent: map[string]bool{"dead": true}, refuse: map[string]int{"p2": 1}}
+	_, p, _ := newExecutor(t, f)
+	runTo(t, p, StepFlip)
+	m := p.State().Migrations["m"]
+	if !slices.Equal(m.Flip.Acked, []string{"p1", "p2"}) || !slices.Equal(m.Flip.Fenced, []string{"dead"}) || m.Primary != "B" || m.Epoch != 1 {
+		t.Fatalf("flip: %+v", m.Flip)
+	}
+
+	f2 := &fleet{proxies: []string{"p1", "p2"}, refuse: map[string]int{"p2": -1}}
+	_, p2, _ := newExecutor(t, f2)
+	runTo(t, p2, StepDeployB)
+	if err := op(p2, CmdAdvance, StepFlip); err != nil {
+		t.Fatal(err)
+	}
+	m = waitStatus(t, p2, StepFlip, StatusFailed)
+	if m.Primary != "A" || m.Flip != nil || !strings.Contains(m.LastError, ErrProxyCouldNotHold.Error()) || !strings.Contains(m.LastError, "p2 (503") {
+		t.Fatalf("a proxy that never flips: %+v", m)
+	}
+	for _, a := range p2.State().Audit {
+		if a.Action == string(CmdFlipFence) {
+			t.Fatalf("a live proxy was recorded fenced: %+v", a)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,16 +83,19 @@ func (f *Fleet) Live(context.Context) ([]string, error) {
 }
 
 // Flip posts the one-shot barrier request to each named proxy's admin
-// endpoint and returns those that acknowledged before ctx ended.
+// endpoint and returns those that acknowledged before ctx ended. Proxies
+// that answered with another status are named in a *RefusedError.
 func (f *Fleet) Flip(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) ([]string, error) {
-	replies := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary}, proxies)
-	return sortedKeys(replies), nil
+	replies, err := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary}, proxies)
+	return sortedKeys(replies), err
 }
 
 // Hold asks the proxies to hold and drain (PhaseHold) and returns those
 // that hold, the shortest budget among them and their hold markers.
+// Proxies that answered but do not hold (their drain did not finish
+// within their pause budget: 503) are named in a *RefusedError.
 func (f *Fleet) Hold(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) ([]string, time.Duration, map[string]fence.Marker, error) {
-	replies := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary, Phase: PhaseHold}, proxies)
+	replies, err := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary, Phase: PhaseHold}, proxies)
 	var budget time.Duration
 	markers := map[string]fence.Marker{}
 	for p, r := range replies {
@@ -102,14 +106,15 @@ func (f *Fleet) Hold(ctx context.Context, migration string, epoch int64, primary
 			markers[p] = *r.Marker
 		}
 	}
-	return sortedKeys(replies), budget, markers, nil
+	return sortedKeys(replies), budget, markers, err
 }
 
 // Swap asks the proxies to move their sessions (PhaseSwap) and returns
-// those that did.
+// those that did. Proxies that answered but did not swap are named in a
+// *RefusedError.
 func (f *Fleet) Swap(ctx context.Context, migration string, epoch int64, primary ensemble.Name, proxies []string) ([]string, error) {
-	replies := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary, Phase: PhaseSwap}, proxies)
-	return sortedKeys(replies), nil
+	replies, err := f.post(ctx, FlipRequest{Migration: migration, Epoch: epoch, Primary: primary, Phase: PhaseSwap}, proxies)
+	return sortedKeys(replies), err
 }
 
 // Release ends the proxies' holds (PhaseRelease); a proxy that does not
@@ -117,12 +122,50 @@ func (f *Fleet) Swap(ctx context.Context, migration string, epoch int64, primary
 func (f *Fleet) Release(ctx context.Context, migration string, epoch int64, proxies []string) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	f.post(rctx, FlipRequest{Migration: migration, Epoch: epoch, Phase: PhaseRelease}, proxies)
+	_, _ = f.post(rctx, FlipRequest{Migration: migration, Epoch: epoch, Phase: PhaseRelease}, proxies)
 }
 
+// RefusedError names the proxies that answered a flip request with a
+// status other than 200: unlike those that did not answer (connection
+// refused, no answer before the deadline, no admin endpoint in gossip, a
+// gateway's 502 or 504),
+// they are alive, and could not do the step now (503: their drain did not
+// finish within their pause budget; 409: another epoch or primary; 401:
+// the token). The control plane holds them again rather than fencing
+// them (control.Refusals).
+type RefusedError struct {
+	// Phase is the request's phase ("" for the one-shot flip).
+	Phase string
+	// Reasons maps each proxy to its answer: "503: drain: ...".
+	Reasons map[string]string
+}
+
+// Error lists the proxies and their answers, sorted by name.
+func (e *RefusedError) Error() string {
+	phase := e.Phase
+	if phase == "" {
+		phase = "flip"
+	}
+	names := make([]string, 0, len(e.Reasons))
+	for p := range e.Reasons {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, p := range names {
+		parts[i] = p + " answered " + e.Reasons[p]
+	}
+	return fmt.Sprintf("%s request refused: %s", phase, strings.Join(parts, "; "))
+}
+
+// Refused maps each proxy that answered but did not do the step to its
+// answer (control.Refusals).
+func (e *RefusedError) Refused() map[string]string { return e.Reasons }
+
 // post sends req to each named proxy's admin endpoint at once and returns
-// the replies of those that answered 200 before ctx ended.
-func (f *Fleet) post(ctx context.Context, req FlipRequest, proxies []string) map[string]HoldReply {
+// the replies of those that answered 200 before ctx ended, and a
+// *RefusedError naming those that answered with another status.
+func (f *Fleet) post(ctx context.Context, req FlipRequest, proxies []string) (map[string]HoldReply, error) {
 	apis := map[string]string{}
 	for _, m := range f.Agent.Members() {
 		apis[m.Name] = m.Meta.API
@@ -134,6 +177,7 @@ func (f *Fleet) post(ctx context.Context, req FlipRequest, proxies []string) map
 	body, _ := json.Marshal(req)
 	var mu sync.Mutex
 	out := map[string]HoldReply{}
+	refused := map[string]string{}
 	var wg sync.WaitGroup
 	for _, p := range proxies {
 		api := apis[p]
@@ -156,7 +200,14 @@ func (f *Fleet) post(ctx context.Context, req FlipRequest, proxies []string) map
 				return
 			}
 			defer resp.Body.Close()
+			if resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusGatewayTimeout {
+				return // a gateway between us could not reach the proxy: no answer from it
+			}
 			if resp.StatusCode != http.StatusOK {
+				b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<12))
+				mu.Lock()
+				refused[p] = fmt.Sprintf("%d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+				mu.Unlock()
 				return
 			}
 			var r HoldReply
@@ -167,7 +218,10 @@ func (f *Fleet) post(ctx context.Context, req FlipRequest, proxies []string) map
 		}(p, api)
 	}
 	wg.Wait()
-	return out
+	if len(refused) > 0 {
+		return out, &RefusedError{Phase: req.Phase, Reasons: refused}
+	}
+	return out, nil
 }
 
 func sortedKeys(m map[string]HoldReply) []string {

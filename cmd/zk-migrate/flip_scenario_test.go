@@ -349,10 +349,6 @@ func (s *flipScenario) proxiesFollow(epoch int64, primary string) {
 		return
 	}
 	behind := s.proxiesNotAt(epoch, primary)
-	if perProxyBarrier {
-		s.t.Logf("KNOWN GAP (perProxyBarrier): at epoch %d primary %s, proxies left behind: %v", epoch, primary, behind)
-		return
-	}
 	s.t.Errorf("at epoch %d primary %s, proxies left behind: %v", epoch, primary, behind)
 }
 
@@ -485,17 +481,6 @@ func (s *flipScenario) leaderIndex() int {
 	return leader
 }
 
-// perProxyBarrier: the control plane's barrier asks each proxy to hold,
-// drain and swap on its own (SPEC 4.10 "Not done"), so during a flip
-// proxies serve from different primaries for up to a second, and each
-// reads its version offsets at its own moment. The register history is
-// then not linearizable (observed in every run: two conditional writes on
-// one version both succeed, through two proxies, inside the rollback's
-// window). While it is true the porcupine verdict is logged, not
-// asserted; set it to false with the two-phase barrier (hold every proxy,
-// then swap every proxy), which this test must then pass.
-const perProxyBarrier = false
-
 // proxiesNotAt lists the proxies whose advertised epoch or primary is not
 // the given one.
 func (s *flipScenario) proxiesNotAt(epoch int64, primary string) []string {
@@ -571,8 +556,18 @@ func (s *flipScenario) restartProxy(p *flipProxy, down time.Duration) {
 	s.t.Logf("%s restarted", p.name)
 }
 
-// logFlips logs each proxy's flips as the proxies report them.
+// logFlips logs each proxy's flips as the proxies report them, and the
+// control nodes' barrier retries (a proxy that answered but could not
+// hold, a guard out of time).
 func (s *flipScenario) logFlips() {
+	for i := range s.apis {
+		l, _ := os.ReadFile(filepath.Join(s.dir, fmt.Sprintf("c%d.log", i+1)))
+		for _, line := range strings.Split(string(l), "\n") {
+			if strings.Contains(line, "flip barrier:") {
+				s.t.Logf("control node c%d: %s", i+1, line)
+			}
+		}
+	}
 	for _, p := range s.proxies {
 		for _, line := range strings.Split(p.logs.String(), "\n") {
 			if strings.Contains(line, `"msg":"flip`) && strings.Contains(line, `"level":"WARN"`) {
@@ -615,17 +610,12 @@ func (s *flipScenario) logFlips() {
 //
 // On a loaded two-core machine a proxy's hold sometimes runs out before
 // the control plane raises the fence; the hold markers (SPEC 4.10) make
-// that a longer pause, never an error. It runs with ZKM_FLIP_SCENARIO=1
-// (and in make chaos): in one full-suite run of three it still fails,
-// the same way each time: in the rollback's reverse barrier one proxy
-// answers the hold 503 (its drain found a request in flight for longer
-// than the budget), the control plane raises the fences without it, and
-// a writer through that proxy gets ConnectionLoss (SPEC 4.10 says what
-// to build: hold a proxy that failed its drain again before raising).
+// that a longer pause, never an error. A proxy whose drain does not
+// finish within its pause budget answers the hold 503: the control plane
+// holds every proxy again rather than raising the fence without it (it
+// once did, and a writer through that proxy got ConnectionLoss). Every
+// proxy must follow every flip: one left behind fails the test.
 func TestFlipScenarioWithMesos(t *testing.T) {
-	if os.Getenv("ZKM_FLIP_SCENARIO") == "" {
-		t.Skip("run with ZKM_FLIP_SCENARIO=1: a proxy whose drain fails the reverse barrier's hold is fenced with a writer's request in hand (SPEC.md 4.10)")
-	}
 	s := newFlipScenario(t, "fs", flipOptions{controls: 1, readerProxies: 3})
 	leader := s.leaderIndex()
 	if leader != 0 {
@@ -700,11 +690,7 @@ func (s *flipScenario) checkAfterFlips(leader int) {
 	}
 	epoch, _ := m["epoch"].(float64)
 	if !eventually(10*time.Second, func() bool { return len(s.proxiesNotAt(int64(epoch), "B")) == 0 }) {
-		if perProxyBarrier {
-			t.Logf("KNOWN GAP (perProxyBarrier): proxies not at epoch %v primary B after the flips: %v", epoch, s.proxiesNotAt(int64(epoch), "B"))
-		} else {
-			t.Errorf("proxies not at epoch %v primary B after the flips: %v", epoch, s.proxiesNotAt(int64(epoch), "B"))
-		}
+		t.Errorf("proxies not at epoch %v primary B after the flips: %v", epoch, s.proxiesNotAt(int64(epoch), "B"))
 	}
 	for _, p := range s.proxies {
 		if v := proxyMetric(t, p.metrics, "zkmigrate_proxy_sessions_expired_total"); v != 0 {
@@ -747,11 +733,7 @@ func (s *flipScenario) checkAfterFlips(leader int) {
 		t.Fatal(err)
 	}
 	s.logFlips()
-	if res != porcupine.Ok && perProxyBarrier {
-		t.Logf("KNOWN VIOLATION (perProxyBarrier): the register history is %s for porcupine: the control plane flips the proxies one by one, "+
-			"so for up to a second clients of two proxies write to two primaries, or with version offsets read at different moments; see %s",
-			res, vis)
-	} else if res != porcupine.Ok {
+	if res != porcupine.Ok {
 		dump := strings.TrimSuffix(vis, ".html") + ".jsonl"
 		if f, err := os.Create(dump); err == nil {
 			_ = s.rec.WriteJSON(f)
