@@ -54,6 +54,7 @@ type shadow struct {
 	closeBy    time.Time // give up draining at this time
 	repair     bool      // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
 	handoff    *handoff  // a flip asks for the open connection (session_shadow.go)
+	lost       bool      // the secondary expired the session while a flip held: the swap opens a new one (flip_expired.go)
 	wake       chan struct{}
 	done       chan struct{} // closed when run has ended
 }
@@ -195,6 +196,16 @@ func (sh *shadow) run() {
 		if errors.Is(err, errSwapped) {
 			continue
 		}
+		if errors.Is(err, errExpiredInHold) {
+			sh.srv.logs.warn(sh.log, "shadow_expired_in_hold", "shadow session expired on the secondary while a flip holds; the flip's swap opens a new one there and creates the client's ephemerals again")
+			select {
+			case <-ctx.Done():
+				return
+			case <-sh.wake:
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -252,7 +263,23 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	if errors.Is(err, zkclient.ErrExpired) {
 		// The secondary expired the shadow session (it was unreachable for
 		// longer than the timeout): its ephemerals are gone there. Open a
-		// new one and mirror the client's ephemerals again.
+		// new one and mirror the client's ephemerals again, as a client
+		// request does: holding the flip's hold for reading, so a flip
+		// drains after the ephemerals are queued (and mirrored), never
+		// between. While a flip holds, the mirror could not finish before
+		// the swap (the control plane may have raised the fences): the
+		// swap itself opens the new session on what becomes the primary
+		// and creates the ephemerals there (flip_expired.go); if the hold
+		// ends without a swap, the next attempt here does it.
+		if !sh.srv.hold.TryRLock() {
+			sh.mu.Lock()
+			if sh.leg == l {
+				sh.lost = true
+			}
+			sh.mu.Unlock()
+			return nil, errExpiredInHold
+		}
+		defer sh.srv.hold.RUnlock()
 		sh.srv.m.mirrorFailures.WithLabelValues("shadow_expired").Inc()
 		sh.log.Warn("shadow session expired on the secondary; opening a new one and re-creating the client's ephemerals")
 		opts.SessionID, opts.Passwd, resumed = 0, nil, false
@@ -278,6 +305,7 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 		return nil, errSwapped
 	}
 	sh.leg.id, sh.leg.passwd = c.SessionID(), c.Passwd()
+	sh.lost = false
 	sh.authsSent = len(opts.Auth)
 	sh.mu.Unlock()
 	if !sh.repair {

@@ -1,0 +1,165 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/zkclient"
+)
+
+// A shadow session expired on the new primary between the drain and the
+// swap (SPEC.md 4.10): its ephemerals went with it there, while the
+// client's session on the old primary is alive and still owns them. The
+// swap does not tell the client its session expired: it opens a new
+// session on the new primary for it (the client keeps its id and
+// password: the proxy maps them, 4.6), creates the client's ephemerals
+// again on it with the names, data and ACLs the old primary holds under
+// the client's live session, and moves the client onto it; its watches
+// are re-armed by the flip's replay as for any session.
+
+// errShadowExpired: the new primary expired the shadow session.
+var errShadowExpired = errors.New("the new primary expired the shadow session")
+
+// errExpiredInHold: the shadow's goroutine found its session expired while
+// a flip held client requests; the swap opens the new one.
+var errExpiredInHold = errors.New("shadow session expired while a flip holds")
+
+// reopenExpired opens a new session on the new primary for the client,
+// creates its ephemerals there (read from the old primary, where owned
+// owns them: the client's serving session until now), makes the shadow's
+// ephemeral-owner the new session, and returns the session's connection
+// with the new primary's zxid probed; nl takes the new session's id and
+// password. Everything is done by deadline. An ephemeral that cannot be
+// created again is reported loudly (WARN and
+// flip_session_faults_total{what="ephemeral_not_moved"}) and the session
+// moves without it: the client's session is kept, which matters more
+// than one znode, and the operator is told which.
+func (s *session) reopenExpired(sh *shadow, nl *leg, next *roles, owned int64, deadline time.Time) (*upstream, int64, error) {
+	ctx, cancel := context.WithDeadline(s.srv.ctx, deadline)
+	defer cancel()
+	srv := s.srv
+	auths := sh.authsCopy()
+	nodes, failed := s.readEphemerals(ctx, sh, next, owned, auths)
+	c, err := zkclient.Dial(ctx, next.upstream, zkclient.Options{SessionTimeout: s.timeout, DialTimeout: srv.cfg.DialTimeout,
+		Dial: srv.cfg.Dial, Auth: auths, BufferSize: 4 << 10, EventBuffer: 16})
+	if err != nil {
+		return nil, 0, fmt.Errorf("shadow session 0x%x expired on %s; open a new session there: %w", nl.id, next.primary.Flag(), err)
+	}
+	failed = append(failed, s.createEphemerals(ctx, c, next, nodes)...)
+	// The new session serves from here: the mapping the flip records names
+	// it (nl), and the mirror's owner check uses it.
+	oldID := nl.id
+	nl.id, nl.passwd = c.SessionID(), c.Passwd()
+	sh.mu.Lock()
+	sh.owner = nl.id
+	sh.mu.Unlock()
+	srv.m.flipFaults.WithLabelValues("shadow_reopened").Inc()
+	srv.m.flipFaults.WithLabelValues("ephemeral_not_moved").Add(float64(len(failed)))
+	args := []any{"expired", fmt.Sprintf("0x%x", oldID), "new", fmt.Sprintf("0x%x", nl.id),
+		"ephemerals", len(nodes), "not_moved", len(failed)}
+	if len(failed) > 0 {
+		s.log.Warn("flip: the shadow session had expired on the new primary; a new session serves the client, but some of its ephemerals could not be created again there",
+			append(args, "paths", failed, "hint", "the client still holds its session: re-create those znodes through the proxy, or restart the client to re-register them")...)
+	} else {
+		s.log.Warn("flip: the shadow session had expired on the new primary; a new session serves the client, its ephemerals created again there", args...)
+	}
+	conn, err := detachBy(c, deadline)
+	if err != nil {
+		// Still resumable on a new connection (the session lives on).
+		c.Abandon()
+		return s.attachNew(nl, next, deadline)
+	}
+	return probeOn(nl, conn, c.Addr(), deadline)
+}
+
+// readEphemerals reads, on the old primary (next.secondary) with the
+// client's credentials, every ephemeral the shadow recorded for the client
+// that is still owned by session owned. It returns them, and the paths it
+// could not read.
+func (s *session) readEphemerals(ctx context.Context, sh *shadow, next *roles, owned int64, auths []zkclient.Auth) ([]ephemeralNode, []string) {
+	sh.mu.Lock()
+	paths := make([]string, 0, len(sh.ephemerals))
+	for p := range sh.ephemerals {
+		paths = append(paths, p)
+	}
+	sh.mu.Unlock()
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	slices.Sort(paths)
+	c, err := zkclient.Dial(ctx, next.secondary, zkclient.Options{DialTimeout: s.srv.cfg.DialTimeout, Dial: s.srv.cfg.Dial, Auth: auths})
+	if err != nil {
+		s.log.Warn("flip: cannot read the client's ephemerals on the old primary", "err", err)
+		return nil, paths
+	}
+	defer s.srv.closeLater(c)
+	var nodes []ephemeralNode
+	var failed []string
+	for _, p := range paths {
+		n, err := readNode(ctx, c, p, true)
+		switch {
+		case err != nil:
+			s.log.Warn("flip: cannot read one of the client's ephemerals on the old primary", "path", p, "err", err)
+			failed = append(failed, p)
+		case n.exists && n.stat.EphemeralOwner == owned:
+			nodes = append(nodes, ephemeralNode{path: p, data: n.data, acl: n.acl})
+		}
+	}
+	return nodes, failed
+}
+
+// ephemeralNode is one of the client's ephemerals as the old primary holds
+// it.
+type ephemeralNode struct {
+	path string
+	data []byte
+	acl  []jute.ACL
+}
+
+// createEphemerals creates nodes as ephemerals of c's session on the new
+// primary, each in a multi behind the check of the new primary's fence,
+// all pipelined. The names are the old primary's, sequential ones
+// included (created by their full name, as the mirror does). It returns
+// the paths not created.
+func (s *session) createEphemerals(ctx context.Context, c *zkclient.Conn, next *roles, nodes []ephemeralNode) []string {
+	check := zkclient.MultiOp{Op: jute.OpCheck, Req: &jute.CheckVersionRequest{Path: s.srv.cfg.FencePath, Version: next.fence[next.primary.Index()]}}
+	calls := make([]*zkclient.Call, len(nodes))
+	for i, n := range nodes {
+		calls[i] = c.GoMulti([]zkclient.MultiOp{check, {Op: jute.OpCreate, Req: &jute.CreateRequest{Path: n.path, Data: n.data, ACL: n.acl, Flags: jute.FlagEphemeral}}})
+	}
+	var failed []string
+	for i, call := range calls {
+		select {
+		case <-call.Done:
+		case <-ctx.Done():
+			failed = append(failed, nodes[i].path)
+			continue
+		}
+		if at, err := zkclient.MultiErr(call); err != nil {
+			what := err
+			if at == 0 {
+				what = fmt.Errorf("the new primary's fence moved on: %w", errFenced)
+			}
+			s.log.Warn("flip: cannot create one of the client's ephemerals again on the new primary", "path", nodes[i].path, "err", what)
+			failed = append(failed, nodes[i].path)
+		}
+	}
+	return failed
+}
+
+// detachBy takes c's connection over (Detach), retrying while a ping of
+// its own is unanswered, until deadline.
+func detachBy(c *zkclient.Conn, deadline time.Time) (net.Conn, error) {
+	for {
+		nc, err := c.Detach()
+		if !errors.Is(err, zkclient.ErrBusy) || !time.Now().Before(deadline) {
+			return nc, err
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,192 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
+	"github.com/zk-migrate/zk-migrate/jute"
+)
+
+// TestFlipReopensAShadowSessionExpiredBeforeTheSwap: the new primary ends
+// a client's shadow session between the drain and the swap (here closed
+// from outside with its id and password while the barrier holds, after
+// the control plane raised the fences). The client's session on the old
+// primary is alive, so the client must not be told it expired: the swap
+// opens a new session on B for it, creates its ephemerals there again
+// (a plain one and a sequential one, by the names A gave them), re-arms
+// its watch, and serves it from that session. Without it, either the
+// client found its session expired (the swap resumed the dead shadow
+// session), or the shadow's own goroutine opened a new session whose
+// mirror of the ephemerals met B's raised fence: the client kept its
+// session but its ephemerals were gone from the new primary.
+func TestFlipReopensAShadowSessionExpiredBeforeTheSwap(t *testing.T) {
+	root := testRoot(t)
+	p, cb := startDualProxy(t, root)
+	ca := directConn(t)
+	acl := zk.WorldACL(zk.PermAll)
+	c, ev := connect(t, []string{p.Addr}, 9*time.Second)
+	if _, err := c.Create(root+"/eph", []byte("e"), zk.FlagEphemeral, acl); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := c.Create(root+"/seq-", []byte("s"), zk.FlagEphemeral|zk.FlagSequence, acl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Create(root+"/w", []byte("0"), 0, acl); err != nil {
+		t.Fatal(err)
+	}
+	_, _, wch, err := c.GetW(root + "/w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	sid, spw, ok := p.ShadowCredentials(c.SessionID())
+	if !ok {
+		t.Fatal("no shadow session")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const epoch = 1
+	if _, err := p.Hold(ctx, epoch, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	for _, z := range []*zk.Conn{ca, cb} {
+		raiseFence(t, z, testFence(t), epoch, ensemble.Target)
+	}
+	// B ends the shadow session (as it would expire it): its ephemerals go.
+	endSession(t, secondary(t).Addrs()[0], sid, spw)
+	for _, e := range []string{root + "/eph", seq} {
+		if ok, _, err := cb.Exists(e); err != nil || ok {
+			t.Fatalf("%s still on B after its shadow session ended: %v %v", e, ok, err)
+		}
+	}
+	if err := p.Swap(ctx, epoch, ensemble.Target); err != nil {
+		t.Fatal(err)
+	}
+	p.Release(epoch)
+
+	// The client keeps its session, served on B by a live session that
+	// owns its ephemerals there.
+	if _, err := c.Set(root+"/w", []byte("through"), -1); err != nil {
+		t.Fatalf("write after the flip: %v", err)
+	}
+	serving, ok := p.ServingSession(c.SessionID())
+	if !ok || serving == sid {
+		t.Fatalf("serving session 0x%x (%v), the expired shadow was 0x%x", serving, ok, sid)
+	}
+	for e, want := range map[string]string{root + "/eph": "e", seq: "s"} {
+		d, st, err := cb.Get(e)
+		if err != nil {
+			t.Fatalf("the client's ephemeral %s on the new primary: %v", e, err)
+		}
+		if string(d) != want || st.EphemeralOwner != serving {
+			t.Fatalf("%s on B: %q owned by 0x%x, want %q owned by the serving session 0x%x", e, d, st.EphemeralOwner, want, serving)
+		}
+	}
+	select {
+	case e := <-wch:
+		if e.Type != zk.EventNodeDataChanged {
+			t.Fatalf("watch event %v", e)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the watch set before the flip did not fire for a change after it")
+	}
+	if got := metricValue(t, p.Registry, "zkmigrate_proxy_flip_session_faults_total", "what", "shadow_reopened"); got != 1 {
+		t.Fatalf("flip_session_faults_total{shadow_reopened} = %v, want 1", got)
+	}
+	noExpiry(t, ev)
+	// The ephemerals live and die with the client's session.
+	c.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for _, e := range []string{root + "/eph", seq} {
+		for {
+			ok, _, err := cb.Exists(e)
+			if err == nil && !ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still on B after the client closed its session", e)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// endSession ends session id on the server at addr from outside, as an
+// expiry would: it resumes the session on a connection of its own and
+// closes it at once (retried if the session's own client took it back
+// in between).
+func endSession(t *testing.T, addr string, id int64, passwd []byte) {
+	t.Helper()
+	var last error
+	for try := 0; try < 10; try++ {
+		if last = tryEndSession(addr, id, passwd); last == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("end session 0x%x: %v", id, last)
+}
+
+func tryEndSession(addr string, id int64, passwd []byte) error {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := conn.Write(jute.AppendFrame(nil, jute.Marshal(&jute.ConnectRequest{TimeOut: 4000, SessionID: id, Passwd: passwd}))); err != nil {
+		return err
+	}
+	fr := jute.NewFrameReader(bufio.NewReader(conn), 1<<20)
+	frame, err := fr.Next()
+	if err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	var resp jute.ConnectResponse
+	if err := jute.Unmarshal(frame, &resp); err != nil {
+		return err
+	}
+	if resp.Expired() {
+		return nil // already gone
+	}
+	var e jute.Encoder
+	(&jute.RequestHeader{Xid: 1, Type: int32(jute.OpCloseSession)}).Encode(&e)
+	if _, err := conn.Write(jute.AppendFrame(nil, e.Bytes())); err != nil {
+		return err
+	}
+	if frame, err = fr.Next(); err != nil {
+		return fmt.Errorf("closeSession: %w", err)
+	}
+	var h jute.ReplyHeader
+	if err := h.Decode(jute.NewDecoder(frame)); err != nil {
+		return err
+	}
+	if h.Err != 0 {
+		return fmt.Errorf("closeSession: code %d", h.Err)
+	}
+	return nil
+}
+
+// noExpiry fails the test if ev carried an expiry.
+func noExpiry(t *testing.T, ev <-chan zk.Event) {
+	t.Helper()
+	for {
+		select {
+		case e := <-ev:
+			if e.State == zk.StateExpired {
+				t.Fatal("the client's session expired")
+			}
+		default:
+			return
+		}
+	}
+}
