@@ -189,6 +189,7 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 	if _, err := s.matchCounters(ctx, oc, nc); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
+	prevOff := s.view.offsets() // what a znode re-created at the swap is offset from (flip_expired.go)
 	vers, fenced, err := s.readForSwap(ctx, cur, oc, nc, epoch, primary, peer)
 	if err != nil {
 		// If a fence records the epoch now (raised by the control plane or
@@ -201,7 +202,7 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 	// swapFloor): a session not moved by then is told to reconnect and
 	// finds its session on the new primary (flipTo), so a slow new primary
 	// cannot stretch the pause past what the proxy advertises.
-	deadline := s.swapDeadline(ctx)
+	deadline := s.swapDeadline(ctx, start)
 	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch, fence: vers, fenceKnown: [2]bool{true, true}}
 	s.roles.Store(next)
 	s.grantLease(fenced)
@@ -234,7 +235,7 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := sess.flipTo(next, deadline); err != nil {
+			if err := sess.flipTo(next, deadline, prevOff); err != nil {
 				what := "not_moved_error"
 				if errors.Is(err, errSwapDeadline) {
 					what = "not_moved_deadline"
@@ -270,20 +271,21 @@ func (s *Server) pauseBudget() time.Duration {
 	return max(budget, 50*time.Millisecond)
 }
 
-// swapDeadline is when the sessions' moves must be done: the pause
-// budget's end (ctx's deadline: the one-shot flip's budget, or the hold's
-// end in the barrier), but at least swapFloor from now, so sessions still
-// get a chance to move when the drain and the version read used nearly all
-// of it. Held requests then wait at most a budget and a quarter, below the
-// 2/3 of the session timeout after which a client gives up on a server.
-func (s *Server) swapDeadline(ctx context.Context) time.Time {
+// swapDeadline is when the sessions' moves must be done: the end of the
+// pause budget counted from start, when the flip (or its hold) was asked,
+// and not past ctx's deadline, but at least a quarter of the budget
+// (swapFloorMin at least) from now, so sessions still get a chance to
+// move when the drain and the version read used nearly all of it. Held
+// requests then wait at most a budget and a quarter (a hold its control
+// plane extended, 4.10, a budget and three quarters), below the 2/3 of
+// the session timeout after which a client gives up on a server.
+func (s *Server) swapDeadline(ctx context.Context, start time.Time) time.Time {
 	budget := s.pauseBudget()
-	floor := time.Now().Add(max(budget/4, swapFloorMin))
-	d, ok := ctx.Deadline()
-	if !ok {
-		return time.Now().Add(budget)
+	d := start.Add(budget)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		d = cd
 	}
-	if d.Before(floor) {
+	if floor := time.Now().Add(max(budget/4, swapFloorMin)); d.Before(floor) {
 		return floor
 	}
 	return d
@@ -343,13 +345,15 @@ func (s *Server) flipBlocker() string {
 	return ""
 }
 
-// flipTo moves the session to the new primary: the relay takes over the
+// flipTo moves the session to the new primary by deadline (else the
+// client is told to reconnect, errSwapDeadline); prevOff holds the
+// version offsets in force before the flip. The relay takes over the
 // shadow session's open connection on next.upstream (or re-attaches the
 // shadow session's id and password on a new one), the shadow takes the
 // old serving session's identity and mirrors to the old primary, watches
 // and credentials are replayed, and the zxid offset is set so the client's
 // zxids keep increasing.
-func (s *session) flipTo(next *roles, deadline time.Time) error {
+func (s *session) flipTo(next *roles, deadline time.Time, prevOff map[string]verOff) error {
 	if !s.join() {
 		return nil // the relay is ending: nothing to move
 	}
@@ -415,7 +419,7 @@ func (s *session) flipTo(next *roles, deadline time.Time) error {
 	if errors.Is(err, errShadowExpired) {
 		// Expired on the new primary since the drain: a new session there,
 		// with the client's ephemerals created again (flip_expired.go).
-		up, zx, err = s.reopenExpired(sh, nl, next, old.id, deadline)
+		up, zx, err = s.reopenExpired(sh, nl, next, old.id, deadline, prevOff)
 	}
 	if err != nil {
 		if !time.Now().Before(deadline) && !errors.Is(err, errSwapDeadline) {

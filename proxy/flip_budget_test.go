@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,7 +52,8 @@ func TestSwapIsBoundedByThePauseBudget(t *testing.T) {
 		}
 		return (&net.Dialer{}).DialContext(ctx, network, addr)
 	}
-	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: []string{hop.Addr()},
+	fencePath := "/fence" + strings.ReplaceAll(root, "/", "_") // one per run: the flip raises it
+	p, err := proxytest.Start(proxy.Config{FencePath: fencePath, Upstream: ens.Addrs(), Secondary: []string{hop.Addr()},
 		Dial: dial, DialTimeout: 10 * time.Second, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

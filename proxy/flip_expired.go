@@ -39,7 +39,7 @@ var errExpiredInHold = errors.New("shadow session expired while a flip holds")
 // flip_session_faults_total{what="ephemeral_not_moved"}) and the session
 // moves without it: the client's session is kept, which matters more
 // than one znode, and the operator is told which.
-func (s *session) reopenExpired(sh *shadow, nl *leg, next *roles, owned int64, deadline time.Time) (*upstream, int64, error) {
+func (s *session) reopenExpired(sh *shadow, nl *leg, next *roles, owned int64, deadline time.Time, prevOff map[string]verOff) (*upstream, int64, error) {
 	ctx, cancel := context.WithDeadline(s.srv.ctx, deadline)
 	defer cancel()
 	srv := s.srv
@@ -50,7 +50,7 @@ func (s *session) reopenExpired(sh *shadow, nl *leg, next *roles, owned int64, d
 	if err != nil {
 		return nil, 0, fmt.Errorf("shadow session 0x%x expired on %s; open a new session there: %w", nl.id, next.primary.Flag(), err)
 	}
-	failed = append(failed, s.createEphemerals(ctx, c, next, nodes)...)
+	failed = append(failed, s.createEphemerals(ctx, c, next, nodes, prevOff)...)
 	// The new session serves from here: the mapping the flip records names
 	// it (nl), and the mirror's owner check uses it.
 	oldID := nl.id
@@ -107,7 +107,7 @@ func (s *session) readEphemerals(ctx context.Context, sh *shadow, next *roles, o
 			s.log.Warn("flip: cannot read one of the client's ephemerals on the old primary", "path", p, "err", err)
 			failed = append(failed, p)
 		case n.exists && n.stat.EphemeralOwner == owned:
-			nodes = append(nodes, ephemeralNode{path: p, data: n.data, acl: n.acl})
+			nodes = append(nodes, ephemeralNode{path: p, data: n.data, acl: n.acl, stat: n.stat})
 		}
 	}
 	return nodes, failed
@@ -119,23 +119,30 @@ type ephemeralNode struct {
 	path string
 	data []byte
 	acl  []jute.ACL
+	stat jute.Stat
 }
 
 // createEphemerals creates nodes as ephemerals of c's session on the new
 // primary, each in a multi behind the check of the new primary's fence,
 // all pipelined. The names are the old primary's, sequential ones
-// included (created by their full name, as the mirror does). It returns
-// the paths not created.
-func (s *session) createEphemerals(ctx context.Context, c *zkclient.Conn, next *roles, nodes []ephemeralNode) []string {
+// included (created by their full name, as the mirror does). A created
+// znode starts at version 0 there: its versions are translated from the
+// old primary's as the flip's version read does for every other path
+// (SPEC.md 4.10, hard problem 5), with prevOff the offsets before the
+// flip. It returns the paths not created.
+func (s *session) createEphemerals(ctx context.Context, c *zkclient.Conn, next *roles, nodes []ephemeralNode, prevOff map[string]verOff) []string {
 	check := zkclient.MultiOp{Op: jute.OpCheck, Req: &jute.CheckVersionRequest{Path: s.srv.cfg.FencePath, Version: next.fence[next.primary.Index()]}}
 	calls := make([]*zkclient.Call, len(nodes))
+	stats := make([]*zkclient.Call, len(nodes))
 	for i, n := range nodes {
 		calls[i] = c.GoMulti([]zkclient.MultiOp{check, {Op: jute.OpCreate, Req: &jute.CreateRequest{Path: n.path, Data: n.data, ACL: n.acl, Flags: jute.FlagEphemeral}}})
+		stats[i] = c.Go(jute.OpExists, &jute.ExistsRequest{Path: n.path}, &jute.ExistsResponse{}) // FIFO: after its create
 	}
 	var failed []string
 	for i, call := range calls {
 		select {
 		case <-call.Done:
+			<-stats[i].Done
 		case <-ctx.Done():
 			failed = append(failed, nodes[i].path)
 			continue
@@ -147,6 +154,18 @@ func (s *session) createEphemerals(ctx context.Context, c *zkclient.Conn, next *
 			}
 			s.log.Warn("flip: cannot create one of the client's ephemerals again on the new primary", "path", nodes[i].path, "err", what)
 			failed = append(failed, nodes[i].path)
+			continue
+		}
+		if stats[i].Err == nil && s.srv.view.on {
+			o, bst := prevOff[nodes[i].path], stats[i].Resp.(*jute.ExistsResponse).Stat
+			ast := nodes[i].stat
+			if o.czxid != ast.Czxid {
+				o = verOff{}
+			}
+			d := verOff{v: bst.Version - ast.Version + o.v, c: bst.Cversion - ast.Cversion + o.c, a: bst.Aversion - ast.Aversion + o.a, czxid: bst.Czxid}
+			if d.v != 0 || d.c != 0 || d.a != 0 {
+				s.srv.view.keep(nodes[i].path, d)
+			}
 		}
 	}
 	return failed

@@ -3,8 +3,12 @@ package proxy_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +16,8 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
 	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/proxy"
+	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
 )
 
 // TestFlipReopensAShadowSessionExpiredBeforeTheSwap: the new primary ends
@@ -21,19 +27,44 @@ import (
 // primary is alive, so the client must not be told it expired: the swap
 // opens a new session on B for it, creates its ephemerals there again
 // (a plain one and a sequential one, by the names A gave them), re-arms
-// its watch, and serves it from that session. Without it, either the
+// its watch, keeps the versions it read before (translated as for any
+// znode at a flip), and serves it from that session. Without it, either the
 // client found its session expired (the swap resumed the dead shadow
 // session), or the shadow's own goroutine opened a new session whose
 // mirror of the ephemerals met B's raised fence: the client kept its
 // session but its ephemerals were gone from the new primary.
 func TestFlipReopensAShadowSessionExpiredBeforeTheSwap(t *testing.T) {
 	root := testRoot(t)
-	p, cb := startDualProxy(t, root)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	// blockB refuses the proxy's dials to B while the test ends the
+	// shadow session there, so the shadow cannot take it back meanwhile.
+	var blockB atomic.Bool
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if blockB.Load() && slices.Contains(b.Addrs(), addr) {
+			return nil, errors.New("injected: connection refused")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	fencePath := "/fence" + strings.ReplaceAll(root, "/", "_") // one per run: this test raises it
+	p, err := proxytest.Start(proxy.Config{FencePath: fencePath, Upstream: ens.Addrs(), Secondary: b.Addrs(), Dial: dial, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
 	ca := directConn(t)
 	acl := zk.WorldACL(zk.PermAll)
 	c, ev := connect(t, []string{p.Addr}, 9*time.Second)
-	if _, err := c.Create(root+"/eph", []byte("e"), zk.FlagEphemeral, acl); err != nil {
+	if _, err = c.Create(root+"/eph", []byte("e"), zk.FlagEphemeral, acl); err != nil {
 		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // version 2 on A
+		if _, err := c.Set(root+"/eph", []byte("e"), -1); err != nil {
+			t.Fatal(err)
+		}
 	}
 	seq, err := c.Create(root+"/seq-", []byte("s"), zk.FlagEphemeral|zk.FlagSequence, acl)
 	if err != nil {
@@ -59,15 +90,19 @@ func TestFlipReopensAShadowSessionExpiredBeforeTheSwap(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, z := range []*zk.Conn{ca, cb} {
-		raiseFence(t, z, testFence(t), epoch, ensemble.Target)
+		raiseFence(t, z, fencePath, epoch, ensemble.Target)
 	}
 	// B ends the shadow session (as it would expire it): its ephemerals go.
-	endSession(t, secondary(t).Addrs()[0], sid, spw)
-	for _, e := range []string{root + "/eph", seq} {
-		if ok, _, err := cb.Exists(e); err != nil || ok {
-			t.Fatalf("%s still on B after its shadow session ended: %v %v", e, ok, err)
+	blockB.Store(true)
+	endSession(t, b.Addrs()[0], sid, spw, func() bool {
+		for _, e := range []string{root + "/eph", seq} {
+			if ok, _, err := cb.Exists(e); err != nil || ok {
+				return false
+			}
 		}
-	}
+		return true
+	})
+	blockB.Store(false)
 	if err := p.Swap(ctx, epoch, ensemble.Target); err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +125,14 @@ func TestFlipReopensAShadowSessionExpiredBeforeTheSwap(t *testing.T) {
 		if string(d) != want || st.EphemeralOwner != serving {
 			t.Fatalf("%s on B: %q owned by 0x%x, want %q owned by the serving session 0x%x", e, d, st.EphemeralOwner, want, serving)
 		}
+	}
+	// A version read before the flip keeps its meaning (SPEC.md 4.10,
+	// hard problem 5) though the znode was created again on B.
+	if _, err := c.Set(root+"/eph", []byte("e"), 1); !errors.Is(err, zk.ErrBadVersion) {
+		t.Fatalf("write with a version the client never saw: %v, want BADVERSION", err)
+	}
+	if st, err := c.Set(root+"/eph", []byte("e"), 2); err != nil || st.Version != 3 {
+		t.Fatalf("write with the version read before the flip: version %d, %v; want 3", st.Version, err)
 	}
 	select {
 	case e := <-wch:
@@ -122,18 +165,19 @@ func TestFlipReopensAShadowSessionExpiredBeforeTheSwap(t *testing.T) {
 
 // endSession ends session id on the server at addr from outside, as an
 // expiry would: it resumes the session on a connection of its own and
-// closes it at once (retried if the session's own client took it back
-// in between).
-func endSession(t *testing.T, addr string, id int64, passwd []byte) {
+// closes it, until ended reports the session's ephemerals gone.
+func endSession(t *testing.T, addr string, id int64, passwd []byte, ended func() bool) {
 	t.Helper()
 	var last error
-	for try := 0; try < 10; try++ {
-		if last = tryEndSession(addr, id, passwd); last == nil {
-			return
+	for try := 0; try < 20; try++ {
+		last = tryEndSession(addr, id, passwd)
+		for wait := time.Now().Add(time.Second); time.Now().Before(wait); time.Sleep(10 * time.Millisecond) {
+			if ended() {
+				return
+			}
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("end session 0x%x: %v", id, last)
+	t.Fatalf("could not end session 0x%x on %s (last: %v)", id, addr, last)
 }
 
 func tryEndSession(addr string, id int64, passwd []byte) error {
@@ -164,7 +208,10 @@ func tryEndSession(addr string, id int64, passwd []byte) error {
 		return err
 	}
 	if frame, err = fr.Next(); err != nil {
-		return fmt.Errorf("closeSession: %w", err)
+		// ZooKeeper closes every connection of a session it closes, this
+		// one too, at times before the reply goes out: the caller checks
+		// the session's ephemerals.
+		return nil
 	}
 	var h jute.ReplyHeader
 	if err := h.Decode(jute.NewDecoder(frame)); err != nil {
