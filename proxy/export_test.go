@@ -27,3 +27,17 @@ func (s *Server) ServingSession(id int64) (int64, bool) {
 	}
 	return sess.serving().id, true
 }
+
+// ShadowLost reports whether client session id's shadow found its session
+// expired while a flip held (flip_expired.go).
+func (s *Server) ShadowLost(id int64) bool {
+	s.mu.Lock()
+	sh := s.shadows[id]
+	s.mu.Unlock()
+	if sh == nil {
+		return false
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.lost
+}

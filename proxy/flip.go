@@ -382,6 +382,13 @@ func (s *session) flipTo(next *roles, deadline time.Time, prevOff map[string]ver
 	otherID, otherPw := ol.id, ol.passwd // the shadow's goroutine owns ol from here
 	// The shadow's goroutine hands its connection over, whose session is
 	// the one about to serve (session_shadow.go).
+	// The shadow resumes the old serving session only once this move is
+	// done with that session's connection (syncOld, listEphemerals).
+	gate := make(chan struct{})
+	defer close(gate)
+	sh.mu.Lock()
+	sh.gate = gate
+	sh.mu.Unlock()
 	var h *handoff
 	if lost {
 		sh.swapTo(ol, nl.id) // nothing to hand over: the session is gone

@@ -29,6 +29,54 @@ var errShadowExpired = errors.New("the new primary expired the shadow session")
 // a flip held client requests; the swap opens the new one.
 var errExpiredInHold = errors.New("shadow session expired while a flip holds")
 
+// xidProxyEphemerals is the xid of the getEphemerals a flip sends on the
+// old primary for a client whose shadow session expired.
+const xidProxyEphemerals int32 = -21
+
+// ephemeralsReply is the answer to that getEphemerals.
+type ephemeralsReply struct {
+	paths []string
+	err   error
+}
+
+func decodeEphemerals(code jute.Code, d *jute.Decoder) ephemeralsReply {
+	if code != jute.CodeOK {
+		return ephemeralsReply{err: code.Err()}
+	}
+	var r jute.GetEphemeralsResponse
+	if err := r.Decode(d); err != nil {
+		return ephemeralsReply{err: err}
+	}
+	return ephemeralsReply{paths: r.Ephemerals}
+}
+
+// listEphemerals asks the old primary, on the client's serving connection
+// ou (whose session owns them), for the session's ephemerals
+// (getEphemerals, ZooKeeper 3.6+), by deadline. The relay's reader hands
+// the answer over (upstream.go).
+func (s *session) listEphemerals(ou *upstream, deadline time.Time) ([]string, error) {
+	listed := make(chan ephemeralsReply, 1)
+	var e jute.Encoder
+	(&jute.RequestHeader{Xid: xidProxyEphemerals, Type: int32(jute.OpGetEphemerals)}).Encode(&e)
+	(&jute.GetEphemeralsRequest{PrefixPath: "/"}).Encode(&e)
+	s.omu.Lock()
+	s.queue.push(pending{xid: xidProxyEphemerals, op: jute.OpGetEphemerals, kind: pendingInternal, start: time.Now(), arg: listed})
+	s.omu.Unlock()
+	if err := ou.write(e.Bytes(), true); err != nil {
+		return nil, err
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case r := <-listed:
+		return r.paths, r.err
+	case <-ou.done:
+		return nil, errors.New("the old primary's connection was lost")
+	case <-t.C:
+		return nil, errSwapDeadline
+	}
+}
+
 // reopenExpired opens a new session on the new primary for the client,
 // creates its ephemerals there (read from the old primary, where owned
 // owns them: the client's serving session until now), makes the shadow's
@@ -44,11 +92,21 @@ func (s *session) reopenExpired(sh *shadow, nl *leg, next *roles, owned int64, d
 	defer cancel()
 	srv := s.srv
 	auths := sh.authsCopy()
-	nodes, failed := s.readEphemerals(ctx, sh, next, owned, auths)
+	// The client's ephemerals: those its session on the old primary owns
+	// (getEphemerals on it: also those this proxy did not see created),
+	// and those the mirror recorded for it.
+	var listed []string
+	if ou := s.serving().up.Load(); ou != nil {
+		var err error
+		if listed, err = s.listEphemerals(ou, deadline); err != nil {
+			s.log.Info("flip: could not list the session's ephemerals on the old primary (getEphemerals needs ZooKeeper 3.6); creating again those the proxy recorded", "err", err)
+		}
+	}
+	nodes, failed := s.readEphemerals(ctx, sh, next, owned, auths, listed)
 	c, err := zkclient.Dial(ctx, next.upstream, zkclient.Options{SessionTimeout: s.timeout, DialTimeout: srv.cfg.DialTimeout,
 		Dial: srv.cfg.Dial, Auth: auths, BufferSize: 4 << 10, EventBuffer: 16})
 	if err != nil {
-		return nil, 0, fmt.Errorf("shadow session 0x%x expired on %s; open a new session there: %w", nl.id, next.primary.Flag(), err)
+		return nil, 0, fmt.Errorf("shadow session 0x%x expired on %s and no new session could be opened there (the client will find its session expired): %w", nl.id, next.primary.Flag(), err)
 	}
 	failed = append(failed, s.createEphemerals(ctx, c, next, nodes, prevOff)...)
 	// The new session serves from here: the mapping the flip records names
@@ -78,12 +136,12 @@ func (s *session) reopenExpired(sh *shadow, nl *leg, next *roles, owned int64, d
 }
 
 // readEphemerals reads, on the old primary (next.secondary) with the
-// client's credentials, every ephemeral the shadow recorded for the client
-// that is still owned by session owned. It returns them, and the paths it
-// could not read.
-func (s *session) readEphemerals(ctx context.Context, sh *shadow, next *roles, owned int64, auths []zkclient.Auth) ([]ephemeralNode, []string) {
+// client's credentials, every ephemeral listed or the shadow recorded for
+// the client that is still owned by session owned. It returns them, and
+// the paths it could not read.
+func (s *session) readEphemerals(ctx context.Context, sh *shadow, next *roles, owned int64, auths []zkclient.Auth, listed []string) ([]ephemeralNode, []string) {
 	sh.mu.Lock()
-	paths := make([]string, 0, len(sh.ephemerals))
+	paths := append(make([]string, 0, len(sh.ephemerals)+len(listed)), listed...)
 	for p := range sh.ephemerals {
 		paths = append(paths, p)
 	}
@@ -92,6 +150,7 @@ func (s *session) readEphemerals(ctx context.Context, sh *shadow, next *roles, o
 		return nil, nil
 	}
 	slices.Sort(paths)
+	paths = slices.Compact(paths)
 	c, err := zkclient.Dial(ctx, next.secondary, zkclient.Options{DialTimeout: s.srv.cfg.DialTimeout, Dial: s.srv.cfg.Dial, Auth: auths})
 	if err != nil {
 		s.log.Warn("flip: cannot read the client's ephemerals on the old primary", "err", err)

@@ -27,13 +27,25 @@ import (
 // primary is alive, so the client must not be told it expired: the swap
 // opens a new session on B for it, creates its ephemerals there again
 // (a plain one and a sequential one, by the names A gave them), re-arms
-// its watch, keeps the versions it read before (translated as for any
+// its watch, says loudly which ephemeral it could not copy (one the
+// client itself cannot read), keeps the versions it read before (translated as for any
 // znode at a flip), and serves it from that session. Without it, either the
 // client found its session expired (the swap resumed the dead shadow
 // session), or the shadow's own goroutine opened a new session whose
 // mirror of the ephemerals met B's raised fence: the client kept its
 // session but its ephemerals were gone from the new primary.
 func TestFlipReopensAShadowSessionExpiredBeforeTheSwap(t *testing.T) {
+	// The expiry is found by the shadow's own goroutine first (it marks
+	// itself lost while the flip holds), or by the swap (whichever comes
+	// first: the shadow's re-attach or the swap's resume).
+	for _, waitLost := range []bool{true, false} {
+		t.Run(map[bool]string{true: "found by the shadow", false: "found by either"}[waitLost], func(t *testing.T) {
+			testShadowExpiredBeforeTheSwap(t, waitLost)
+		})
+	}
+}
+
+func testShadowExpiredBeforeTheSwap(t *testing.T, waitLost bool) {
 	root := testRoot(t)
 	b := secondary(t)
 	cb, _ := connect(t, b.Addrs(), 10*time.Second)
@@ -70,6 +82,13 @@ func TestFlipReopensAShadowSessionExpiredBeforeTheSwap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An ephemeral only another identity may read: the mirror cannot
+	// read it back (NOAUTH), so only getEphemerals on the client's
+	// session finds it at the swap, and it cannot be copied: that must be
+	// said, not skipped.
+	if _, err := c.Create(root+"/locked", []byte("l"), zk.FlagEphemeral, zk.DigestACL(zk.PermAll, "other", "secret")); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.Create(root+"/w", []byte("0"), 0, acl); err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +122,12 @@ func TestFlipReopensAShadowSessionExpiredBeforeTheSwap(t *testing.T) {
 		return true
 	})
 	blockB.Store(false)
+	for waitLost && !p.ShadowLost(c.SessionID()) {
+		if ctx.Err() != nil {
+			t.Fatal("the shadow never found its session expired")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if err := p.Swap(ctx, epoch, ensemble.Target); err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +169,9 @@ func TestFlipReopensAShadowSessionExpiredBeforeTheSwap(t *testing.T) {
 	}
 	if got := metricValue(t, p.Registry, "zkmigrate_proxy_flip_session_faults_total", "what", "shadow_reopened"); got != 1 {
 		t.Fatalf("flip_session_faults_total{shadow_reopened} = %v, want 1", got)
+	}
+	if got := metricValue(t, p.Registry, "zkmigrate_proxy_flip_session_faults_total", "what", "ephemeral_not_moved"); got != 1 {
+		t.Fatalf("flip_session_faults_total{ephemeral_not_moved} = %v, want 1 (%s/locked)", got, root)
 	}
 	noExpiry(t, ev)
 	// The ephemerals live and die with the client's session.

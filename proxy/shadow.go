@@ -44,17 +44,18 @@ type shadow struct {
 	authsSent  int                 // auths presented on conn
 	ephemerals map[string]struct{} // the client's ephemerals, seen on the primary
 	queue      mirrorQueue
-	failPath   string    // the path whose mirror last failed for a lost connection
-	fails      int       // its consecutive failures
-	relays     int       // relays (client connections) serving the session
-	unrelayed  time.Time // when relays last dropped to 0
-	closing    bool      // the client's session ended: drain, then close
-	retiring   bool      // the secondary is retired (retire.go): close, keep the client's flip records
-	gone       bool      // run is ending: a relay arriving now needs a new shadow
-	closeBy    time.Time // give up draining at this time
-	repair     bool      // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
-	handoff    *handoff  // a flip asks for the open connection (session_shadow.go)
-	lost       bool      // the secondary expired the session while a flip held: the swap opens a new one (flip_expired.go)
+	failPath   string        // the path whose mirror last failed for a lost connection
+	fails      int           // its consecutive failures
+	relays     int           // relays (client connections) serving the session
+	unrelayed  time.Time     // when relays last dropped to 0
+	closing    bool          // the client's session ended: drain, then close
+	retiring   bool          // the secondary is retired (retire.go): close, keep the client's flip records
+	gone       bool          // run is ending: a relay arriving now needs a new shadow
+	closeBy    time.Time     // give up draining at this time
+	repair     bool          // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
+	handoff    *handoff      // a flip asks for the open connection (session_shadow.go)
+	lost       bool          // the secondary expired the session while a flip held: the swap opens a new one (flip_expired.go)
+	gate       chan struct{} // closed once a flip moving the session is done with its old serving connection (flipTo)
 	wake       chan struct{}
 	done       chan struct{} // closed when run has ended
 }
@@ -248,6 +249,20 @@ func (sh *shadow) finished() bool {
 
 // connect opens the shadow session, or resumes it on another server.
 func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
+	sh.mu.Lock()
+	gate := sh.gate
+	sh.mu.Unlock()
+	if gate != nil {
+		// A flip gave the shadow the session that served the client and
+		// still uses its connection (the sync on the old primary, its
+		// ephemerals listed): resuming it elsewhere now would move the
+		// session from under it.
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	sh.mu.Lock()
 	// One shadow session per client: small buffers (mirror writes are
 	// few; a large one still goes through) and no watches, so no room for
