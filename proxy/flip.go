@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -188,6 +189,7 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 	if _, err := s.matchCounters(ctx, oc, nc); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
+	prevOff := s.view.offsets() // what a znode re-created at the swap is offset from (flip_expired.go)
 	vers, fenced, err := s.readForSwap(ctx, cur, oc, nc, epoch, primary, peer)
 	if err != nil {
 		// If a fence records the epoch now (raised by the control plane or
@@ -196,6 +198,11 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s, whose writes fail once its fence records epoch %d)", primary.Flag(), epoch, err, cur.primary.Flag(), epoch)
 	}
 	rebased := time.Since(start)
+	// The sessions' moves share what is left of the pause budget (at least
+	// swapFloor): a session not moved by then is told to reconnect and
+	// finds its session on the new primary (flipTo), so a slow new primary
+	// cannot stretch the pause past what the proxy advertises.
+	deadline := s.swapDeadline(ctx, start)
 	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch, fence: vers, fenceKnown: [2]bool{true, true}}
 	s.roles.Store(next)
 	s.grantLease(fenced)
@@ -219,7 +226,7 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 	// the shadow's connection taken over and a zxid probe on it, then a
 	// sync on the old primary), all under the hold: the pause grows with
 	// sessions/flipParallel round trips, not with sessions.
-	var failed atomic.Int64
+	var failed, late atomic.Int64
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, flipParallel)
 	for _, sess := range sessions {
@@ -228,15 +235,25 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := sess.flipTo(next); err != nil {
+			if err := sess.flipTo(next, deadline, prevOff); err != nil {
+				what := "not_moved_error"
+				if errors.Is(err, errSwapDeadline) {
+					what = "not_moved_deadline"
+					late.Add(1)
+				}
 				failed.Add(1)
-				sess.log.Warn("flip: could not move the session to the new primary; closing its connection so the client reconnects", "err", err)
+				s.m.flipFaults.WithLabelValues(what).Inc()
+				sess.log.Warn("flip: could not move the session to the new primary; closing its connection so the client reconnects and finds its session there", "err", err)
 				sess.shutdown("flip failed for this session")
 			}
 		}()
 	}
 	wg.Wait()
-	s.log.Info("flip done", "epoch", epoch, "primary", primary.Flag(), "sessions", len(sessions), "failed", failed.Load(),
+	if n := late.Load(); n > 0 {
+		s.log.Warn("flip: sessions not moved within the pause budget; their clients were told to reconnect (ConnectionLoss) and re-open their sessions on the new primary",
+			"sessions", n, "budget", s.pauseBudget(), "hint", "the new primary answered slowly: check its servers' latency (zk-migrate validate, ZooKeeper's mntr) before the next flip")
+	}
+	s.log.Info("flip done", "epoch", epoch, "primary", primary.Flag(), "sessions", len(sessions), "failed", failed.Load(), "late", late.Load(),
 		"pause", time.Since(start).Round(time.Microsecond), "drained_after", drained.Round(time.Microsecond),
 		"dialed_after", dialed.Round(time.Microsecond), "versions_read_after", rebased.Round(time.Microsecond))
 	return nil
@@ -253,6 +270,33 @@ func (s *Server) pauseBudget() time.Duration {
 	s.mu.Unlock()
 	return max(budget, 50*time.Millisecond)
 }
+
+// swapDeadline is when the sessions' moves must be done: the end of the
+// pause budget counted from start, when the flip (or its hold) was asked,
+// and not past ctx's deadline, but at least a quarter of the budget
+// (swapFloorMin at least) from now, so sessions still get a chance to
+// move when the drain and the version read used nearly all of it. Held
+// requests then wait at most a budget and a quarter (a hold its control
+// plane extended, 4.10, a budget and three quarters), below the 2/3 of
+// the session timeout after which a client gives up on a server.
+func (s *Server) swapDeadline(ctx context.Context, start time.Time) time.Time {
+	budget := s.pauseBudget()
+	d := start.Add(budget)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		d = cd
+	}
+	if floor := time.Now().Add(max(budget/4, swapFloorMin)); d.Before(floor) {
+		return floor
+	}
+	return d
+}
+
+// swapFloorMin is the least time the sessions' moves get after the
+// version read.
+const swapFloorMin = 50 * time.Millisecond
+
+// errSwapDeadline: a session's move did not finish by the swap's deadline.
+var errSwapDeadline = errors.New("not moved within the pause budget")
 
 // flipParallel bounds the sessions a flip moves at once (each holds a
 // goroutine, and a connection being dialed when the shadow's cannot be
@@ -301,13 +345,15 @@ func (s *Server) flipBlocker() string {
 	return ""
 }
 
-// flipTo moves the session to the new primary: the relay takes over the
+// flipTo moves the session to the new primary by deadline (else the
+// client is told to reconnect, errSwapDeadline); prevOff holds the
+// version offsets in force before the flip. The relay takes over the
 // shadow session's open connection on next.upstream (or re-attaches the
 // shadow session's id and password on a new one), the shadow takes the
 // old serving session's identity and mirrors to the old primary, watches
 // and credentials are replayed, and the zxid offset is set so the client's
 // zxids keep increasing.
-func (s *session) flipTo(next *roles) error {
+func (s *session) flipTo(next *roles, deadline time.Time, prevOff map[string]verOff) error {
 	if !s.join() {
 		return nil // the relay is ending: nothing to move
 	}
@@ -323,6 +369,7 @@ func (s *session) flipTo(next *roles) error {
 	old := s.serving()
 	sh.mu.Lock()
 	nl := sh.leg
+	lost := sh.lost // the new primary expired the shadow session (shadow.go)
 	sh.mu.Unlock()
 	if nl.id == 0 {
 		return errors.New("no shadow session to serve from")
@@ -335,7 +382,19 @@ func (s *session) flipTo(next *roles) error {
 	otherID, otherPw := ol.id, ol.passwd // the shadow's goroutine owns ol from here
 	// The shadow's goroutine hands its connection over, whose session is
 	// the one about to serve (session_shadow.go).
-	h := sh.swapTaking(ol, nl.id)
+	// The shadow resumes the old serving session only once this move is
+	// done with that session's connection (syncOld, listEphemerals).
+	gate := make(chan struct{})
+	defer close(gate)
+	sh.mu.Lock()
+	sh.gate = gate
+	sh.mu.Unlock()
+	var h *handoff
+	if lost {
+		sh.swapTo(ol, nl.id) // nothing to hand over: the session is gone
+	} else {
+		h = sh.swapTaking(ol, nl.id)
+	}
 	// From here the shadow mirrors to the old primary with the old serving
 	// session. If this session cannot be attached now (a server of the new
 	// primary unreachable), the client is told to reconnect and finds its
@@ -353,13 +412,27 @@ func (s *session) flipTo(next *roles) error {
 	t0 := time.Now()
 	nl.addrs = next.upstream
 	nl.timeout = s.timeout
-	up, zx, err := s.takeOver(sh, h, nl)
+	var up *upstream
+	var zx int64
+	err := fmt.Errorf("shadow session 0x%x: %w", nl.id, errShadowExpired)
+	if !lost {
+		up, zx, err = s.takeOver(sh, h, nl, deadline)
+	}
 	attached := time.Since(t0)
-	if err != nil {
+	if err != nil && !errors.Is(err, errShadowExpired) {
 		s.log.Debug("flip: resuming the shadow session on a new connection", "why", err)
-		if up, zx, err = s.attachNew(nl, next); err != nil {
-			return failed(err)
+		up, zx, err = s.attachNew(nl, next, deadline)
+	}
+	if errors.Is(err, errShadowExpired) {
+		// Expired on the new primary since the drain: a new session there,
+		// with the client's ephemerals created again (flip_expired.go).
+		up, zx, err = s.reopenExpired(sh, nl, next, old.id, deadline, prevOff)
+	}
+	if err != nil {
+		if !time.Now().Before(deadline) && !errors.Is(err, errSwapDeadline) {
+			err = fmt.Errorf("%w: %w", errSwapDeadline, err)
 		}
+		return failed(err)
 	}
 	nl.lastZxid.Store(zx)
 	probed := time.Since(t0)
@@ -369,7 +442,7 @@ func (s *session) flipTo(next *roles) error {
 	s.zoff.Store(seen - zx)
 
 	if ou := old.up.Load(); ou != nil {
-		s.syncOld(ou)
+		s.syncOld(ou, deadline)
 		ou.conn.Close() // its supervisor case sees a stale connection and ignores it
 	}
 	synced := time.Since(t0)
@@ -414,18 +487,25 @@ func (s *session) flipTo(next *roles) error {
 // takeOver makes the shadow's handed-over connection the relay's and
 // probes the new primary's zxid on it (one round trip: no TCP connect, no
 // session resume).
-func (s *session) takeOver(sh *shadow, h *handoff, nl *leg) (*upstream, int64, error) {
-	conn, addr, err := sh.await(h)
+func (s *session) takeOver(sh *shadow, h *handoff, nl *leg, deadline time.Time) (*upstream, int64, error) {
+	conn, addr, err := sh.await(h, deadline)
 	if err != nil {
 		return nil, 0, err
 	}
+	return probeOn(nl, conn, addr, deadline)
+}
+
+// probeOn makes conn (to addr, its session nl's, nothing unanswered on it)
+// the leg's relay connection and probes the server's zxid on it, by
+// deadline.
+func probeOn(nl *leg, conn net.Conn, addr string, deadline time.Time) (*upstream, int64, error) {
 	up := nl.upstreamOn(conn, addr)
 	up.lastRecv.Store(time.Now().UnixNano())
 	if err := up.write(zxidProbe(), true); err != nil {
 		conn.Close()
 		return nil, 0, fmt.Errorf("probe the zxid on the shadow's connection: %w", err)
 	}
-	zx, err := up.readProbe()
+	zx, err := up.readProbeBy(deadline)
 	if err != nil {
 		conn.Close()
 		return nil, 0, fmt.Errorf("probe the zxid on the shadow's connection: %w", err)
@@ -436,18 +516,18 @@ func (s *session) takeOver(sh *shadow, h *handoff, nl *leg) (*upstream, int64, e
 // attachNew resumes the shadow session nl on a new connection to the new
 // primary and probes its zxid. The probe goes in the same write as the
 // ConnectRequest: one round trip for both.
-func (s *session) attachNew(nl *leg, next *roles) (*upstream, int64, error) {
+func (s *session) attachNew(nl *leg, next *roles, deadline time.Time) (*upstream, int64, error) {
 	connect := s.connect
 	connect.SessionID, connect.Passwd, connect.LastZxidSeen = nl.id, nl.passwd, 0
-	up, resp, _, err := nl.dialThen(s.done, jute.Marshal(&connect), "", zxidProbe())
+	up, resp, _, err := nl.dialThen(s.done, deadline, jute.Marshal(&connect), "", zxidProbe())
 	if err != nil {
 		return nil, 0, fmt.Errorf("attach shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), err)
 	}
 	if resp.Expired() {
 		up.conn.Close()
-		return nil, 0, fmt.Errorf("shadow session 0x%x expired on %s", nl.id, next.primary.Flag())
+		return nil, 0, fmt.Errorf("shadow session 0x%x on %s: %w", nl.id, next.primary.Flag(), errShadowExpired)
 	}
-	zx, err := up.readProbe()
+	zx, err := up.readProbeBy(deadline)
 	if err != nil {
 		up.conn.Close()
 		return nil, 0, fmt.Errorf("read the zxid of %s: %w", next.primary.Flag(), err)
@@ -462,8 +542,9 @@ func (s *session) attachNew(nl *leg, next *roles) (*upstream, int64, error) {
 // is not re-armed); every later one reaches the new primary after the
 // zxid probed there (its mirror follows it), so the re-armed watch fires
 // for it: each change is delivered once. An old primary that does not
-// answer within a third of the session timeout is given up on.
-func (s *session) syncOld(ou *upstream) {
+// answer within a third of the session timeout, or by the swap's
+// deadline, is given up on.
+func (s *session) syncOld(ou *upstream, deadline time.Time) {
 	synced := make(chan int64, 1)
 	var e jute.Encoder
 	(&jute.RequestHeader{Xid: xidProxySync, Type: int32(jute.OpSync)}).Encode(&e)
@@ -477,7 +558,7 @@ func (s *session) syncOld(ou *upstream) {
 	select {
 	case <-synced:
 	case <-ou.done:
-	case <-time.After(max(s.timeout/3, 100*time.Millisecond)):
+	case <-time.After(min(max(s.timeout/3, 100*time.Millisecond), max(time.Until(deadline), time.Millisecond))):
 		s.log.Warn("flip: the old primary did not answer a sync; watch events it had not sent are not delivered from it", "upstream", ou.addr)
 	}
 }
@@ -494,10 +575,14 @@ func zxidProbe() []byte {
 	return e.Bytes()
 }
 
-// readProbe reads the reply to zxidProbe, sent behind the ConnectRequest,
-// on a connection no reader reads yet, and returns the server's zxid.
-func (u *upstream) readProbe() (int64, error) {
-	_ = u.conn.SetDeadline(time.Now().Add(5 * time.Second))
+// readProbeBy reads the reply to zxidProbe, sent behind the ConnectRequest,
+// on a connection no reader reads yet, and returns the server's zxid. It
+// gives up at deadline (5 s from now at most: a swap's).
+func (u *upstream) readProbeBy(deadline time.Time) (int64, error) {
+	if limit := time.Now().Add(5 * time.Second); limit.Before(deadline) {
+		deadline = limit
+	}
+	_ = u.conn.SetDeadline(deadline)
 	defer func() { _ = u.conn.SetDeadline(time.Time{}) }()
 	frame, err := u.fr.Next()
 	if err != nil {
@@ -559,6 +644,7 @@ func (sh *shadow) swapTo(l *leg, owner int64) {
 	sh.leg = l
 	sh.owner = owner
 	sh.swapped = true
+	sh.lost = false
 	sh.authsSent = 0
 	sh.mu.Unlock()
 	sh.poke()

@@ -69,7 +69,7 @@ func pickUpstreams(addrs []string, after string) []string {
 // dial tries each upstream server, starting after the one named, until one
 // answers the ConnectRequest; it returns the decoded and raw response.
 func (l *leg) dial(done <-chan struct{}, connectFrame []byte, after string) (*upstream, *jute.ConnectResponse, []byte, error) {
-	return l.dialThen(done, connectFrame, after, nil)
+	return l.dialThen(done, time.Time{}, connectFrame, after, nil)
 }
 
 // dialThen is dial sending the request frame then right behind the
@@ -77,7 +77,8 @@ func (l *leg) dial(done <-chan struct{}, connectFrame []byte, after string) (*up
 // connection until its session is set up (or refused), so then is served
 // in the session, and its reply follows the ConnectResponse (the caller
 // reads it before any reader starts). One round trip instead of two.
-func (l *leg) dialThen(done <-chan struct{}, connectFrame []byte, after string, then []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
+// A non-zero by bounds the whole attempt (a flip's swap deadline).
+func (l *leg) dialThen(done <-chan struct{}, by time.Time, connectFrame []byte, after string, then []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
 	var errs []error
 	for _, addr := range pickUpstreams(l.addrs, after) {
 		select {
@@ -85,7 +86,11 @@ func (l *leg) dialThen(done <-chan struct{}, connectFrame []byte, after string, 
 			return nil, nil, nil, net.ErrClosed
 		default:
 		}
-		up, resp, raw, err := l.dialOne(addr, connectFrame, then)
+		if !by.IsZero() && !time.Now().Before(by) {
+			errs = append(errs, errSwapDeadline)
+			break
+		}
+		up, resp, raw, err := l.dialOne(addr, by, connectFrame, then)
 		if err == nil {
 			return up, resp, raw, nil
 		}
@@ -94,9 +99,13 @@ func (l *leg) dialThen(done <-chan struct{}, connectFrame []byte, after string, 
 	return nil, nil, nil, errors.Join(errs...)
 }
 
-func (l *leg) dialOne(addr string, connectFrame, then []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
+func (l *leg) dialOne(addr string, by time.Time, connectFrame, then []byte) (*upstream, *jute.ConnectResponse, []byte, error) {
 	cfg := &l.srv.cfg
-	ctx, cancel := context.WithTimeout(l.srv.ctx, cfg.DialTimeout)
+	until := time.Now().Add(cfg.DialTimeout)
+	if !by.IsZero() && by.Before(until) {
+		until = by
+	}
+	ctx, cancel := context.WithDeadline(l.srv.ctx, until)
 	defer cancel()
 	conn, err := cfg.Dial(ctx, "tcp", addr)
 	if err != nil {
@@ -106,7 +115,7 @@ func (l *leg) dialOne(addr string, connectFrame, then []byte) (*upstream, *jute.
 		_ = tc.SetNoDelay(true)
 	}
 	up := l.upstreamOn(conn, addr)
-	_ = conn.SetDeadline(time.Now().Add(cfg.DialTimeout))
+	_ = conn.SetDeadline(until)
 	err = up.write(connectFrame, then == nil)
 	if err == nil && then != nil {
 		err = up.write(then, true)

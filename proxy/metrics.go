@@ -37,6 +37,7 @@ type Metrics struct {
 	mirrorDelay    prometheus.Observer
 	mirrorReattach prometheus.Counter
 	fenced         *prometheus.CounterVec
+	flipFaults     *prometheus.CounterVec
 
 	byOp map[jute.Op]*opMetrics
 	// unknown serves opcodes outside ZooKeeper 3.4-3.8.
@@ -100,6 +101,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "shadow_reattaches_total", Help: "Shadow sessions resumed on another server of the secondary after losing theirs."}),
 		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "fenced_total", Help: "Fencing events (two-ensemble mode, SPEC.md 4.10), by what: write (a client write refused by the old primary's fence: the client's connection was closed), mirror (a mirror write refused by the secondary's fence: the path is left to the replicator), read (a request refused because the read lease could not be renewed), stale_epoch (the proxy found it had missed a flip and moved its sessions), hold_expired (a flip hold ended without a swap within its budget)."}, []string{"what"}),
+		flipFaults: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "flip_session_faults_total", Help: "Sessions a flip could not simply move (SPEC.md 4.10), by what: not_moved_deadline (not moved within the pause budget: the client was told to reconnect and re-opens its session on the new primary), not_moved_error (likewise, after an error), shadow_reopened (the new primary had expired the shadow session: a new session was opened there and the client's ephemerals created again), ephemeral_not_moved (one of those ephemerals could not be created again: look at the WARN naming it)."}, []string{"what"}),
 		byOp: map[jute.Op]*opMetrics{},
 	}
 	mirrorDelay := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
@@ -110,7 +113,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.requests, m.errors, m.duration, m.bytesIn, m.bytesOut, m.conns, m.sessions,
 			m.reconnects, m.expired, m.backpressure, m.events, m.badFrames, m.fourLetters,
 			m.fourLettersRefused, m.connsRefused, m.credsRefused, m.logsDropped,
-			m.mirrorBacklog, m.mirrorLag, m.mirrorFailures, m.mirrored, mirrorDelay, m.mirrorReattach, m.fenced)
+			m.mirrorBacklog, m.mirrorLag, m.mirrorFailures, m.mirrored, mirrorDelay, m.mirrorReattach, m.fenced, m.flipFaults)
 	}
 	for _, op := range jute.AllOps() {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}
@@ -121,6 +124,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	for _, r := range []string{"backlog_full", "noauth", "noauth_acl_applied", "noauth_acl_open", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "fenced", "error"} {
 		m.mirrorFailures.WithLabelValues(r)
+	}
+	for _, r := range []string{"not_moved_deadline", "not_moved_error", "shadow_reopened", "ephemeral_not_moved"} {
+		m.flipFaults.WithLabelValues(r)
 	}
 	for _, r := range []string{"write", "mirror", "read", "stale_epoch", "hold_expired"} {
 		m.fenced.WithLabelValues(r)

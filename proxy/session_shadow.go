@@ -104,9 +104,10 @@ func (h *handoff) give(c *zkclient.Conn) {
 }
 
 // await returns the handed-over connection and its server, or an error
-// (then the caller resumes the session on a new connection).
-func (sh *shadow) await(h *handoff) (net.Conn, string, error) {
-	t := time.NewTimer(handoffWait)
+// (then the caller resumes the session on a new connection). It waits
+// handoffWait at most, and not past the swap's deadline.
+func (sh *shadow) await(h *handoff, deadline time.Time) (net.Conn, string, error) {
+	t := time.NewTimer(min(handoffWait, time.Until(deadline)))
 	defer t.Stop()
 	select {
 	case <-h.done:

@@ -44,16 +44,18 @@ type shadow struct {
 	authsSent  int                 // auths presented on conn
 	ephemerals map[string]struct{} // the client's ephemerals, seen on the primary
 	queue      mirrorQueue
-	failPath   string    // the path whose mirror last failed for a lost connection
-	fails      int       // its consecutive failures
-	relays     int       // relays (client connections) serving the session
-	unrelayed  time.Time // when relays last dropped to 0
-	closing    bool      // the client's session ended: drain, then close
-	retiring   bool      // the secondary is retired (retire.go): close, keep the client's flip records
-	gone       bool      // run is ending: a relay arriving now needs a new shadow
-	closeBy    time.Time // give up draining at this time
-	repair     bool      // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
-	handoff    *handoff  // a flip asks for the open connection (session_shadow.go)
+	failPath   string        // the path whose mirror last failed for a lost connection
+	fails      int           // its consecutive failures
+	relays     int           // relays (client connections) serving the session
+	unrelayed  time.Time     // when relays last dropped to 0
+	closing    bool          // the client's session ended: drain, then close
+	retiring   bool          // the secondary is retired (retire.go): close, keep the client's flip records
+	gone       bool          // run is ending: a relay arriving now needs a new shadow
+	closeBy    time.Time     // give up draining at this time
+	repair     bool          // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
+	handoff    *handoff      // a flip asks for the open connection (session_shadow.go)
+	lost       bool          // the secondary expired the session while a flip held: the swap opens a new one (flip_expired.go)
+	gate       chan struct{} // closed once a flip moving the session is done with its old serving connection (flipTo)
 	wake       chan struct{}
 	done       chan struct{} // closed when run has ended
 }
@@ -195,6 +197,16 @@ func (sh *shadow) run() {
 		if errors.Is(err, errSwapped) {
 			continue
 		}
+		if errors.Is(err, errExpiredInHold) {
+			sh.srv.logs.warn(sh.log, "shadow_expired_in_hold", "shadow session expired on the secondary while a flip holds; the flip's swap opens a new one there and creates the client's ephemerals again")
+			select {
+			case <-ctx.Done():
+				return
+			case <-sh.wake:
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -238,6 +250,20 @@ func (sh *shadow) finished() bool {
 // connect opens the shadow session, or resumes it on another server.
 func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	sh.mu.Lock()
+	gate := sh.gate
+	sh.mu.Unlock()
+	if gate != nil {
+		// A flip gave the shadow the session that served the client and
+		// still uses its connection (the sync on the old primary, its
+		// ephemerals listed): resuming it elsewhere now would move the
+		// session from under it.
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	sh.mu.Lock()
 	// One shadow session per client: small buffers (mirror writes are
 	// few; a large one still goes through) and no watches, so no room for
 	// events (64 KiB buffers and 4,096 event slots cost 200 KB a session).
@@ -252,7 +278,23 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	if errors.Is(err, zkclient.ErrExpired) {
 		// The secondary expired the shadow session (it was unreachable for
 		// longer than the timeout): its ephemerals are gone there. Open a
-		// new one and mirror the client's ephemerals again.
+		// new one and mirror the client's ephemerals again, as a client
+		// request does: holding the flip's hold for reading, so a flip
+		// drains after the ephemerals are queued (and mirrored), never
+		// between. While a flip holds, the mirror could not finish before
+		// the swap (the control plane may have raised the fences): the
+		// swap itself opens the new session on what becomes the primary
+		// and creates the ephemerals there (flip_expired.go); if the hold
+		// ends without a swap, the next attempt here does it.
+		if !sh.srv.hold.TryRLock() {
+			sh.mu.Lock()
+			if sh.leg == l {
+				sh.lost = true
+			}
+			sh.mu.Unlock()
+			return nil, errExpiredInHold
+		}
+		defer sh.srv.hold.RUnlock()
 		sh.srv.m.mirrorFailures.WithLabelValues("shadow_expired").Inc()
 		sh.log.Warn("shadow session expired on the secondary; opening a new one and re-creating the client's ephemerals")
 		opts.SessionID, opts.Passwd, resumed = 0, nil, false
@@ -278,6 +320,7 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 		return nil, errSwapped
 	}
 	sh.leg.id, sh.leg.passwd = c.SessionID(), c.Passwd()
+	sh.lost = false
 	sh.authsSent = len(opts.Auth)
 	sh.mu.Unlock()
 	if !sh.repair {

@@ -156,6 +156,8 @@ func (s *session) readUpstream(up *upstream) error {
 			s.writeClientLocked(frame, false)
 		} else if owned, ok := p.arg.(chan jute.Code); ok {
 			owned <- multiCode(code, d) // the owner check before closing a silent client's session
+		} else if listed, ok := p.arg.(chan ephemeralsReply); ok {
+			listed <- decodeEphemerals(code, d) // a flip's list of the session's ephemerals (flip_expired.go)
 		} else if reg, ok := p.arg.(chan int64); ok && code == jute.CodeOK {
 			reg <- h.Zxid // the replayed watches are registered at this zxid
 		} else if code != jute.CodeOK && p.op != jute.OpPing {

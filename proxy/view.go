@@ -80,6 +80,25 @@ func (v *view) offset(path string) (verOff, bool) {
 	return o, ok
 }
 
+// offsets is the offsets in force (not to be changed: a flip replaces the
+// map as a whole).
+func (v *view) offsets() map[string]verOff {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.off
+}
+
+// keep puts o in force for path (a znode a flip created again on the new
+// primary, flip_expired.go).
+func (v *view) keep(path string, o verOff) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.off == nil {
+		v.off = map[string]verOff{}
+	}
+	v.off[path] = o
+}
+
 // forget drops path's offset if it belongs to the incarnation created at
 // czxid (0: whatever incarnation): that znode is gone.
 func (v *view) forget(path string, czxid int64) {
