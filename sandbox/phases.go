@@ -92,6 +92,7 @@ func (d *demo) migrate(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("%w: %s", err, refused)
 	}
+	d.chaos(ctx, AtFlip)
 	m, err := d.waitStep(ctx, control.StepFlip, control.StatusSucceeded)
 	if err != nil {
 		return err
@@ -122,9 +123,7 @@ func (d *demo) advance(ctx context.Context, phase int) error {
 	if err := d.api.step(ctx, demoID, "advance", fmt.Sprint(phase)); err != nil {
 		return fmt.Errorf("sandbox: advance to phase %d: %w", phase, err)
 	}
-	if len(d.cfg.Chaos) > 0 && phase == 2 {
-		d.chaos(ctx)
-	}
+	d.chaos(ctx, fmt.Sprint(phase))
 	want := control.StatusSucceeded
 	if step == control.StepRemoveA {
 		step, want = control.StepDone, control.StatusCompleted
@@ -141,6 +140,7 @@ func (d *demo) rollback(ctx context.Context) error {
 	if err := d.api.step(ctx, demoID, "rollback", "1"); err != nil {
 		return fmt.Errorf("sandbox: rollback: %w", err)
 	}
+	d.chaos(ctx, AtRollback)
 	m, err := d.waitStep(ctx, control.StepDeployB, control.StatusSucceeded)
 	if err != nil {
 		return err
