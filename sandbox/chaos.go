@@ -85,15 +85,26 @@ func (d *demo) chaos(ctx context.Context, moment string) {
 	if len(d.cfg.Chaos) == 0 || !slices.Contains(d.cfg.ChaosAt, moment) {
 		return
 	}
-	d.fault("faults %s during %s", strings.Join(d.cfg.Chaos, ","), momentName(moment))
+	var now, busy []string
 	for _, f := range Faults {
 		if !slices.Contains(d.cfg.Chaos, f) {
 			continue
 		}
 		if !d.claimFault(f) {
-			d.fault("%s: still under way from an earlier moment, not injected again during %s", f, momentName(moment))
+			busy = append(busy, f)
 			continue
 		}
+		now = append(now, f)
+	}
+	msg := fmt.Sprintf("during %s: %s", momentName(moment), strings.Join(now, ","))
+	if len(now) == 0 {
+		msg = fmt.Sprintf("during %s: none", momentName(moment))
+	}
+	if len(busy) > 0 {
+		msg += fmt.Sprintf(" (%s still under way from an earlier moment: not injected again)", strings.Join(busy, ","))
+	}
+	d.fault("%s", msg)
+	for _, f := range now {
 		run := map[string]func(context.Context){FaultZooKeeper: d.killZooKeeperLeaders, FaultControlLeader: d.killControlLeader,
 			FaultProxy: d.killProxy, FaultPartition: d.partitionProxy}[f]
 		if run == nil { // FaultDelay: on from now to the end, never released
@@ -164,6 +175,14 @@ func (d *demo) killProxy(ctx context.Context) {
 		return
 	}
 	pr := d.fwProxy
+	// Its counters die with it: the report adds what it had counted.
+	if mf, err := scrape(ctx, pr.metrics); err == nil {
+		d.faultMu.Lock()
+		d.killedMetrics = append(d.killedMetrics, mf)
+		d.faultMu.Unlock()
+	} else {
+		d.fault("reading %s's metrics before killing it failed (the report's mirror and expiry figures miss what it counted): %v", pr.name, err)
+	}
 	d.fault("SIGKILL %s (%s)", pr.name, pr.listen)
 	_ = pr.proc.cmd.Process.Kill()
 	<-pr.proc.exited

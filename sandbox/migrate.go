@@ -126,10 +126,11 @@ type demo struct {
 
 	gossipJoin, proxyToken, gossipKey string
 	ctl                               []*ctlNode
-	mirrorAtSync                      *mirrorHist     // the proxies' mirror delays when phase 1 succeeded
-	faults                            sync.WaitGroup  // chaos goroutines, waited for by cleanup
-	faultLog                          []string        // what chaos did, for the report
-	faultOn                           map[string]bool // faults under way (chaos.go)
+	mirrorAtSync                      *mirrorHist          // the proxies' mirror delays when phase 1 succeeded
+	faults                            sync.WaitGroup       // chaos goroutines, waited for by cleanup
+	faultLog                          []string             // what chaos did, for the report
+	faultOn                           map[string]bool      // faults under way (chaos.go)
+	killedMetrics                     []map[string]float64 // SIGKILLed proxies' last metrics (mirrorStats)
 	faultMu                           sync.Mutex
 }
 

@@ -213,6 +213,16 @@ func (d *demo) mirrorStats(ctx context.Context) (mirrorHist, int64, error) {
 		h.count += mf["zkmigrate_proxy_mirror_delay_seconds_count"]
 		h.buckets = addBuckets(h.buckets, mf, "zkmigrate_proxy_mirror_delay_seconds_bucket")
 	}
+	// What proxies SIGKILLed by chaos had counted (their restarts count
+	// from 0 again): read just before the kill.
+	d.faultMu.Lock()
+	for _, mf := range d.killedMetrics {
+		expired += int64(mf["zkmigrate_proxy_sessions_expired_total"])
+		h.sum += mf["zkmigrate_proxy_mirror_delay_seconds_sum"]
+		h.count += mf["zkmigrate_proxy_mirror_delay_seconds_count"]
+		h.buckets = addBuckets(h.buckets, mf, "zkmigrate_proxy_mirror_delay_seconds_bucket")
+	}
+	d.faultMu.Unlock()
 	return h, expired, errors.Join(errs...)
 }
 
