@@ -140,22 +140,26 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 }
 
 // withBypassWrites returns from with the state to holds of every path
-// where the two differ and copying accepts the difference (the sync holds
-// it as a write that bypassed the proxies on to, the secondary, and from
-// is still in the state both agreed on: replicator.Continuous.Copying),
-// and those paths. Its digest equals to's exactly when nothing else
-// differs: those writes are then all that keeps the trees apart, and to,
-// the new primary, already holds them (the sync copies them to from at
-// once under the new primary, as it would after their grace). The
-// children lists of from are kept, changed only by the accepted paths'
-// existence, so a child that differs and is not accepted still shows.
+// found on one side only where copying accepts the difference (the sync
+// holds it as a write that bypassed the proxies on to, the secondary, and
+// from is still in the state both agreed on:
+// replicator.Continuous.Copying), and those paths. Its digest equals to's
+// exactly when nothing else differs: those writes are then all that keeps
+// the trees apart, and to, the new primary, already holds them (the sync
+// copies them to from at once under the new primary, as it would after
+// their grace). The children lists of from are kept, changed only by the
+// accepted paths' existence, so a child that differs and is not accepted
+// still shows. A node on both sides whose data or ACL differ is never
+// accepted: the proxies translate the versions of the znodes their
+// clients were shown by the two ensembles' stats read at the flip (SPEC
+// 4.10), so a setData not yet copied to from would be shown at the
+// version from still has, and a conditional write made with it would
+// succeed over it; such a path waits for its copy.
 func withBypassWrites(from, to *replicator.Tree, copying func(p string, onFrom *replicator.Node) bool) (*replicator.Tree, []string) {
 	var accepted []string
-	for p, n := range to.Nodes {
-		if f, ok := from.Nodes[p]; !ok || !sameNode(f, n) {
-			if copying(p, f) {
-				accepted = append(accepted, p)
-			}
+	for p := range to.Nodes {
+		if _, ok := from.Nodes[p]; !ok && copying(p, nil) {
+			accepted = append(accepted, p)
 		}
 	}
 	for p, f := range from.Nodes {
@@ -208,14 +212,6 @@ func withBypassWrites(from, to *replicator.Tree, copying func(p string, onFrom *
 		out.Nodes[c.Path] = &c
 	}
 	return out, accepted
-}
-
-// sameNode reports whether a and b agree on what a digest covers but
-// their children (each child is a path of its own).
-func sameNode(a, b *replicator.Node) bool {
-	x, y := *a, *b
-	x.Children, y.Children = nil, nil
-	return replicator.NodeHash(&x) == replicator.NodeHash(&y)
 }
 
 func (s *Syncer) logger() *slog.Logger {
