@@ -115,7 +115,7 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 			if expected.Digest() != trees[1].Digest() {
 				return fmt.Errorf("digests of %s differ between %s and %s: %v", root, side[0], side[1], replicator.Compare(expected, trees[1], 3))
 			}
-			s.logger().Info("flip guard: the ensembles differ only by writes that bypassed the proxies on the new primary, which the sync is copying to the old one (SPEC 4.10): accepted",
+			s.logger().Info("flip guard: the ensembles differ only by writes that bypassed the proxies on the new primary, which the sync is copying to the old one (SPEC 4d, the flip's guard): accepted",
 				"migration", m.ID, "root", root, "from", side[0], "to", side[1], "paths", len(accepted), "first", accepted[0])
 		}
 		if _, _, err := replicator.PadSequenceCounters(ctx, conns.c[1], trees[0]); err != nil {
