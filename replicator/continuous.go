@@ -533,7 +533,7 @@ func (c *Continuous) runSession(ctx context.Context) error {
 	if err := c.validateCheckpoint(ctx); err != nil {
 		return err
 	}
-	if err := c.reconcileAll(ctx); err != nil {
+	if err := c.reconcileAll(ctx, events); err != nil {
 		return err
 	}
 	hb := time.NewTicker(max(c.cfg.Heartbeat, time.Millisecond))
@@ -562,7 +562,7 @@ func (c *Continuous) runSession(ctx context.Context) error {
 				return err
 			}
 		case <-rec.C:
-			if err := c.reconcileAll(ctx); err != nil {
+			if err := c.reconcileAll(ctx, events); err != nil {
 				return err
 			}
 		case <-due.C:
@@ -631,7 +631,15 @@ func (c *Continuous) heartbeatPath(side Side) string {
 
 // reconcileAll decides every path present on either side, then reads both
 // trees again and records whether their digests are equal.
-func (c *Continuous) reconcileAll(ctx context.Context) error {
+//
+// The loop handles no watch event while it runs (seconds on a loaded
+// machine with many znodes), so the changes made meanwhile wait; before
+// the verification read it decides those queued in pending, as the loop
+// would: otherwise a writer changing the primary more often than a
+// reconcile takes (the demo's direct writer, once a second) left the
+// newest change uncopied at every verification read, and phase 1's
+// check of equal digests waited for minutes.
+func (c *Continuous) reconcileAll(ctx context.Context, pending chan event) error {
 	seen := map[string]struct{}{}
 	trees, err := c.readTrees(ctx, seen)
 	if err != nil {
@@ -672,6 +680,9 @@ func (c *Continuous) reconcileAll(ctx context.Context) error {
 	if err := c.reconcileACLs(ctx, paths); err != nil {
 		return err
 	}
+	if err := c.roundPending(ctx, pending); err != nil {
+		return err
+	}
 	zxids, err := c.currentZxids(ctx)
 	if err != nil {
 		return err
@@ -702,6 +713,32 @@ func (c *Continuous) reconcileAll(ctx context.Context) error {
 	c.mu.Unlock()
 	if ok && c.cfg.OnCheckpoint != nil {
 		c.cfg.OnCheckpoint(cp)
+	}
+	return nil
+}
+
+// roundPending decides, in rounds of MaxBatch, the paths of the watch
+// events queued in pending now (without waiting for more).
+func (c *Continuous) roundPending(ctx context.Context, pending chan event) error {
+	batch := map[string]struct{}{}
+	for len(batch) < 16*c.cfg.MaxBatch {
+		select {
+		case ev := <-pending:
+			batch[ev.path] = struct{}{}
+			continue
+		default:
+		}
+		break
+	}
+	paths := make([]string, 0, len(batch))
+	for p := range batch {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for i := 0; i < len(paths); i += c.cfg.MaxBatch {
+		if err := c.round(ctx, paths[i:min(i+c.cfg.MaxBatch, len(paths))]); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -24,6 +24,11 @@ type deferral struct {
 	// recheck: not a difference left to the mirror but a copy P to S
 	// the replicator made, decided again after the grace.
 	recheck bool
+	// bypass: only S changed since both sides agreed (rule 4), and not a
+	// client's ephemeral on P that S lost: if it persists for the grace
+	// it is a write that bypassed the proxies on S, copied to P
+	// (Copying).
+	bypass bool
 }
 
 // isHeartbeat reports whether p is one of the replicator's own heartbeat
@@ -92,11 +97,14 @@ func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, c
 		c.deferred[p] = deferral{since: now, primary: cur[P], recheck: true}
 		return action{p, P, *pr, *sr}, true
 	}
+	bypass := !changed[P] && !foreignOnP && !unknownOnBoth
 	d, ok := c.deferred[p]
 	if !ok || d.primary != cur[P] || d.recheck {
-		c.deferred[p] = deferral{since: now, primary: cur[P]}
+		c.deferred[p] = deferral{since: now, primary: cur[P], bypass: bypass}
 		return action{}, false
 	}
+	d.bypass = bypass
+	c.deferred[p] = d
 	if now.Sub(d.since) < c.cfg.MirrorGrace {
 		return action{}, false // dueDeferred brings it back
 	}
@@ -163,8 +171,44 @@ func (c *Continuous) SetPrimary(name ensemble.Name) error {
 	defer c.mu.Unlock()
 	if (c.primary == nil) != (primary == nil) || c.primary != nil && *c.primary != *primary {
 		c.log.Info("the proxies' primary changed", "primary", name)
-		c.deferred = map[string]deferral{}
+		// Decided again at once (dueDeferred): a write that bypassed the
+		// proxies on the old secondary, now the primary, is copied to the
+		// new secondary without waiting for a reconcile.
+		// A fresh grace for the others (recheck).
+		for p := range c.deferred {
+			c.deferred[p] = deferral{recheck: true}
+		}
 	}
 	c.primary = primary
 	return nil
+}
+
+// Copying reports whether the running sync holds p's difference as a write
+// that bypassed the proxies on the secondary and will copy it to the
+// primary when its grace ends (rule 4 of SPEC 4c), so that nothing but
+// the grace keeps the two sides apart on p: primary is the proxies'
+// primary the caller assumes (it must be the replicator's), onPrimary p's
+// node as the caller just read it there (nil: absent). It holds when p
+// waits for its MirrorGrace (deferred less than twice the grace ago: a
+// round past it is due) with only the secondary changed since both sides
+// last agreed, and onPrimary is still the state both agreed on (the
+// primary has nothing newer the secondary lacks). The flip's guard accepts
+// such a difference (control/server/guard.go): with the secondary as the
+// new primary the sync copies it the same way at once.
+func (c *Continuous) Copying(p string, primary Side, onPrimary *Node) bool {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.primary == nil || *c.primary != primary {
+		return false
+	}
+	d, ok := c.deferred[p]
+	if !ok || !d.bypass || d.recheck || d.since.IsZero() || now.Sub(d.since) >= 2*c.cfg.MirrorGrace {
+		return false
+	}
+	var v version
+	if onPrimary != nil {
+		v = statVersion(&onPrimary.Stat)
+	}
+	return v == d.primary
 }

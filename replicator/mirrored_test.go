@@ -385,3 +385,73 @@ func TestInitialCopyKeepsTheShadowSessionsEphemerals(t *testing.T) {
 		}
 	}
 }
+
+// TestMirroredCopyingNamesBypassWritesOnly: the flip's guard accepts a
+// difference only when Copying says the sync holds it as a write that
+// bypassed the proxies on the secondary, with the primary's state still
+// the one both sides agreed on. A create and a setData made on B directly
+// are Copying until their grace ends (then they are on A); a change of
+// the primary (a write B lacks) never is, nor the same path read with
+// another state of the primary, nor under the other primary.
+func TestMirroredCopyingNamesBypassWritesOnly(t *testing.T) {
+	ctx := context.Background()
+	root := testRoot(t)
+	c, _ := mirroredOn(t, root, root+"/set")
+	a := dial(t, ensA)
+	onB := mustDial(t, ensB)
+	defer onB.Close()
+	nodeOnA := func(p string) *Node {
+		d, st, err := a.Get(ctx, p)
+		if jute.CodeOf(err) == jute.CodeNoNode {
+			return nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &Node{Path: p, Data: d, Stat: st}
+	}
+	if _, err := onB.Create(ctx, root+"/new", []byte("n"), zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := onB.Set(ctx, root+"/set", []byte("from B"), -1); err != nil {
+		t.Fatal(err)
+	}
+	within(t, testMirrorGrace*3/4, func() string {
+		if !c.Copying(root+"/new", SideA, nodeOnA(root+"/new")) {
+			return "B's bypassing create is not reported Copying"
+		}
+		if !c.Copying(root+"/set", SideA, nodeOnA(root+"/set")) {
+			return "B's bypassing setData is not reported Copying"
+		}
+		return ""
+	})
+	set := nodeOnA(root + "/set")
+	moved := *set
+	moved.Stat.Mzxid++
+	if c.Copying(root+"/set", SideA, &moved) {
+		t.Fatal("Copying with the primary in another state than both agreed on")
+	}
+	if c.Copying(root+"/set", SideB, set) {
+		t.Fatal("Copying under the other primary")
+	}
+	// A write on the primary, not yet on B: copied at once by the sync,
+	// never a difference to accept.
+	if _, err := a.Create(ctx, root+"/on-a", []byte("a"), zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c.Copying(root+"/on-a", SideA, nodeOnA(root+"/on-a")) {
+		t.Fatal("a write on the primary reported Copying")
+	}
+	within(t, testMirrorGrace+10*time.Second, func() string {
+		if nodeOnA(root+"/new") == nil {
+			return "B's bypassing create did not reach A"
+		}
+		if d, _, err := a.Get(ctx, root+"/set"); err != nil || string(d) != "from B" {
+			return "B's bypassing setData did not reach A"
+		}
+		return ""
+	})
+	if c.Copying(root+"/new", SideA, nodeOnA(root+"/new")) {
+		t.Fatal("Copying after the copy")
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/zktest"
@@ -30,39 +32,118 @@ const (
 // Faults lists every fault a chaos run knows.
 var Faults = []string{FaultZooKeeper, FaultControlLeader, FaultProxy, FaultPartition, FaultDelay}
 
-// chaos starts the faults of a chaos run while phase 2 moves masters
+// The moments a chaos run can inject its faults at (MigrationConfig.ChaosAt),
+// besides the phases "2" to "5": as each begins (once its request was
+// accepted).
+const (
+	AtFlip     = "flip"     // the flip A to B
+	AtRollback = "rollback" // the rollback to phase 1 (the reverse flip)
+)
+
+// ChaosMoments lists every moment, in the order a migration reaches them.
+var ChaosMoments = []string{AtFlip, "2", "3", "4", "5", AtRollback}
+
+// CheckChaosAt refuses moments that are not ChaosMoments or that the run
+// never reaches: a phase above rollbackAt (the migration goes back to
+// phase 1 after it), the rollback without one.
+func CheckChaosAt(at []string, rollbackAt int) error {
+	for _, m := range at {
+		i := slices.Index(ChaosMoments, m)
+		switch {
+		case i < 0:
+			return fmt.Errorf("chaos moment %q: want any of %s", m, strings.Join(ChaosMoments, ","))
+		case m == AtRollback && rollbackAt == 0:
+			return fmt.Errorf("chaos moment %q: the run has no rollback", m)
+		case m != AtFlip && m != AtRollback && rollbackAt != 0 && i+1 > rollbackAt:
+			return fmt.Errorf("chaos moment %q: phase %s never runs when the migration is rolled back after phase %d", m, m, rollbackAt)
+		}
+	}
+	return nil
+}
+
+// momentName is how the demo says a chaos moment.
+func momentName(m string) string {
+	switch m {
+	case AtFlip:
+		return "the flip"
+	case AtRollback:
+		return "the rollback"
+	}
+	return "phase " + m
+}
+
+// chaos starts the faults of a chaos run if moment is one of the run's
 // (SPEC.md 5c): with FaultProxy, three seconds in, the framework host's
 // proxy is SIGKILLed and restarted; with FaultZooKeeper, one second in, the ZooKeeper leader of
 // A and of B is SIGKILLed and restarted 3 s later; with
 // FaultControlLeader, two seconds in, the control-plane leader is
 // SIGKILLed and restarted 5 s later from its data directory (neither
-// --bootstrap nor --join: it catches up as the member it was). The
-// goroutines are the demo's (cleanup waits for them).
-func (d *demo) chaos(ctx context.Context) {
-	if slices.Contains(d.cfg.Chaos, FaultZooKeeper) {
-		d.faults.Add(1)
-		go d.killZooKeeperLeaders(ctx)
+// --bootstrap nor --join: it catches up as the member it was). A fault
+// still under way from an earlier moment is not injected again (said so).
+// The goroutines are the demo's (cleanup waits for them).
+func (d *demo) chaos(ctx context.Context, moment string) {
+	if len(d.cfg.Chaos) == 0 || !slices.Contains(d.cfg.ChaosAt, moment) {
+		return
 	}
-	if slices.Contains(d.cfg.Chaos, FaultControlLeader) {
-		d.faults.Add(1)
-		go d.killControlLeader(ctx)
-	}
-	if slices.Contains(d.cfg.Chaos, FaultProxy) {
-		d.faults.Add(1)
-		go d.killProxy(ctx)
-	}
-	if slices.Contains(d.cfg.Chaos, FaultPartition) {
-		d.faults.Add(1)
-		go d.partitionProxy(ctx)
-	}
-	if slices.Contains(d.cfg.Chaos, FaultDelay) {
-		d.fault("every proxy's traffic with B delayed by 50 ms each way from now on")
-		for _, hs := range d.hops {
-			for _, h := range hs {
-				h.setDelay(50 * time.Millisecond)
-			}
+	var now, busy []string
+	for _, f := range Faults {
+		if !slices.Contains(d.cfg.Chaos, f) {
+			continue
 		}
+		if !d.claimFault(f) {
+			busy = append(busy, f)
+			continue
+		}
+		now = append(now, f)
 	}
+	msg := fmt.Sprintf("during %s: %s", momentName(moment), strings.Join(now, ","))
+	if len(now) == 0 {
+		msg = fmt.Sprintf("during %s: none", momentName(moment))
+	}
+	if len(busy) > 0 {
+		msg += fmt.Sprintf(" (%s still under way from an earlier moment: not injected again)", strings.Join(busy, ","))
+	}
+	d.fault("%s", msg)
+	for _, f := range now {
+		run := map[string]func(context.Context){FaultZooKeeper: d.killZooKeeperLeaders, FaultControlLeader: d.killControlLeader,
+			FaultProxy: d.killProxy, FaultPartition: d.partitionProxy}[f]
+		if run == nil { // FaultDelay: on from now to the end, never released
+			d.fault("every proxy's traffic with B delayed by 50 ms each way from now on")
+			for _, hs := range d.hops {
+				for _, h := range hs {
+					h.setDelay(50 * time.Millisecond)
+				}
+			}
+			continue
+		}
+		d.faults.Add(1)
+		go func() {
+			defer d.faults.Done()
+			defer d.releaseFault(f)
+			run(ctx)
+		}()
+	}
+}
+
+// claimFault marks fault f under way; false if it already is.
+func (d *demo) claimFault(f string) bool {
+	d.faultMu.Lock()
+	defer d.faultMu.Unlock()
+	if d.faultOn[f] {
+		return false
+	}
+	if d.faultOn == nil {
+		d.faultOn = map[string]bool{}
+	}
+	d.faultOn[f] = true
+	return true
+}
+
+// releaseFault marks fault f over: a later moment may inject it again.
+func (d *demo) releaseFault(f string) {
+	d.faultMu.Lock()
+	delete(d.faultOn, f)
+	d.faultMu.Unlock()
 }
 
 // partitionProxy cuts the framework host's proxy from every server of B
@@ -70,7 +151,6 @@ func (d *demo) chaos(ctx context.Context) {
 // the session timeout, so its sessions on B must survive and its clients
 // see requests wait, not fail.
 func (d *demo) partitionProxy(ctx context.Context) {
-	defer d.faults.Done()
 	if !sleepCtx(ctx, 8*time.Second) {
 		return
 	}
@@ -91,11 +171,18 @@ func (d *demo) partitionProxy(ctx context.Context) {
 // directory: its clients (the framework, the probe) reconnect to it and
 // must find their sessions, flipped to B already.
 func (d *demo) killProxy(ctx context.Context) {
-	defer d.faults.Done()
 	if !sleepCtx(ctx, 3*time.Second) {
 		return
 	}
 	pr := d.fwProxy
+	// Its counters die with it: the report adds what it had counted.
+	if mf, err := scrape(ctx, pr.metrics); err == nil {
+		d.faultMu.Lock()
+		d.killedMetrics = append(d.killedMetrics, mf)
+		d.faultMu.Unlock()
+	} else {
+		d.fault("reading %s's metrics before killing it failed (the report's mirror and expiry figures miss what it counted): %v", pr.name, err)
+	}
 	d.fault("SIGKILL %s (%s)", pr.name, pr.listen)
 	_ = pr.proc.cmd.Process.Kill()
 	<-pr.proc.exited
@@ -110,12 +197,13 @@ func (d *demo) killProxy(ctx context.Context) {
 }
 
 // killZooKeeperLeaders SIGKILLs the leader of A and of B one second from
-// now and restarts each 3 s later.
+// now and restarts each 3 s later; it returns once both are restarted.
 func (d *demo) killZooKeeperLeaders(ctx context.Context) {
-	defer d.faults.Done()
 	if !sleepCtx(ctx, time.Second) {
 		return
 	}
+	var restarts sync.WaitGroup
+	defer restarts.Wait()
 	for _, e := range []struct {
 		name string
 		ens  *zktest.Ensemble
@@ -126,9 +214,9 @@ func (d *demo) killZooKeeperLeaders(ctx context.Context) {
 		}
 		d.fault("SIGKILL ZooKeeper server %d of %s (%s, the ensemble's leader)", s.ID, e.name, s.Addr())
 		_ = e.ens.Kill(s.ID)
-		d.faults.Add(1)
+		restarts.Add(1)
 		go func() {
-			defer d.faults.Done()
+			defer restarts.Done()
 			if !sleepCtx(ctx, 3*time.Second) {
 				return
 			}
@@ -144,7 +232,6 @@ func (d *demo) killZooKeeperLeaders(ctx context.Context) {
 // killControlLeader SIGKILLs the control-plane leader two seconds from
 // now and restarts it 5 s later from its data directory.
 func (d *demo) killControlLeader(ctx context.Context) {
-	defer d.faults.Done()
 	if !sleepCtx(ctx, 2*time.Second) {
 		return
 	}

@@ -176,7 +176,7 @@ func (d *demo) startProxies(ctx context.Context) error {
 			"--source", d.a.ConnectString(), "--target", strings.Join(targets, ","),
 			"--admin-addr", admin, "--admin-token-file", d.proxyToken, "--state-dir", filepath.Join(d.cfg.Dir, name+".state"),
 			"--metrics-addr", metrics, "--name", name,
-			"--gossip-addr", gossip, "--gossip-join", d.gossipJoin, "--gossip-key-file", d.gossipKey}}
+			"--gossip-addr", gossip, "--gossip-join", d.gossipJoin, "--gossip-key-file", d.gossipKey}, metrics: metrics}
 		if err := d.startProxy(ctx, pr); err != nil {
 			return err
 		}
@@ -197,6 +197,7 @@ func (d *demo) startProxies(ctx context.Context) error {
 // proxyProc is one `zk-migrate proxy` process and how to start it again.
 type proxyProc struct {
 	name, listen string
+	metrics      string // its /metrics address
 	args         []string
 	proc         *proc
 }

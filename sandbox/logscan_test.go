@@ -42,7 +42,7 @@ func TestReportFailsWhenAMesosProcessLosesItsSession(t *testing.T) {
 		l.Info("reconnected to ZooKeeper", "session_id", "0x3", "disconnected_for", "12ms")
 	})
 	report := func(logs ...string) MigrationReport {
-		r := MigrationReport{Completed: true, DigestsEqual: true, ExpectedLeaderChanges: 1, Linearizable: "Ok",
+		r := MigrationReport{Completed: true, DigestsEqual: true, DirectWrites: 1, ExpectedLeaderChanges: 1, Linearizable: "Ok",
 			LeaderChanges: []leaderChange{{At: time.Now(), From: "a-master-1", To: "b-master-1", Step: "3-masters-off-a", Planned: true}}}
 		for i, l := range logs {
 			r.Mesos.scanMesosLog(fmt.Sprintf("p%d", i), strings.NewReader(l+"mesos-sim: not JSON\n"))

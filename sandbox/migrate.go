@@ -27,7 +27,7 @@ type MigrationConfig struct {
 	// Agents per side (default 3), Tasks the framework keeps running
 	// (default 10), Proxies in front of the Mesos processes (default 3).
 	Agents, Tasks, Proxies int
-	// Chaos names the faults injected while phase 2 moves masters
+	// Chaos names the faults injected at each moment of ChaosAt
 	// (chaos.go): FaultZooKeeper (the ZooKeeper leader of A and of B
 	// SIGKILLed and restarted), FaultControlLeader (the control-plane
 	// leader SIGKILLed and restarted from its data directory), FaultProxy
@@ -35,6 +35,10 @@ type MigrationConfig struct {
 	// FaultPartition (that proxy cut from B for 4 s), FaultDelay (every
 	// proxy's traffic with B delayed by 50 ms each way from then on).
 	Chaos []string
+	// ChaosAt names the moments the faults are injected at, each fault
+	// once at each (ChaosMoments: "flip", "2" to "5", "rollback"; default
+	// phase 2 alone).
+	ChaosAt []string
 	// RollbackAt, if 2 to 5, rolls the migration back to phase 1 (primary
 	// A, Mesos on A) once that phase has succeeded, instead of going on.
 	RollbackAt int
@@ -71,6 +75,12 @@ func Migrate(ctx context.Context, cfg MigrationConfig, out io.Writer) (rep Migra
 	}
 	if cfg.RollbackAt != 0 && (cfg.RollbackAt < 2 || cfg.RollbackAt > 5) {
 		return rep, fmt.Errorf("sandbox: rollback at phase %d: give 2 to 5 (phases that move Mesos processes)", cfg.RollbackAt)
+	}
+	if len(cfg.ChaosAt) == 0 {
+		cfg.ChaosAt = []string{"2"}
+	}
+	if err := CheckChaosAt(cfg.ChaosAt, cfg.RollbackAt); err != nil {
+		return rep, fmt.Errorf("sandbox: %w", err)
 	}
 	for _, b := range []string{cfg.ZkMigrate, cfg.MesosSim} {
 		if _, err := os.Stat(b); err != nil {
@@ -116,9 +126,11 @@ type demo struct {
 
 	gossipJoin, proxyToken, gossipKey string
 	ctl                               []*ctlNode
-	mirrorAtSync                      *mirrorHist    // the proxies' mirror delays when phase 1 succeeded
-	faults                            sync.WaitGroup // chaos goroutines, waited for by cleanup
-	faultLog                          []string       // what chaos did, for the report
+	mirrorAtSync                      *mirrorHist          // the proxies' mirror delays when phase 1 succeeded
+	faults                            sync.WaitGroup       // chaos goroutines, waited for by cleanup
+	faultLog                          []string             // what chaos did, for the report
+	faultOn                           map[string]bool      // faults under way (chaos.go)
+	killedMetrics                     []map[string]float64 // SIGKILLed proxies' last metrics (mirrorStats)
 	faultMu                           sync.Mutex
 }
 
@@ -158,10 +170,17 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 		return rep, err
 	}
 	defer pr.conn.Close()
+	dw, err := startDirectWriter(ctx, d.a.Addrs(), "/demo/direct")
+	if err != nil {
+		return rep, err
+	}
+	defer dw.conn.Close()
 	probeCtx, stopProbe := context.WithCancel(obsCtx)
 	defer stopProbe()
 	obs.Add(3)
-	probeDone := make(chan struct{})
+	probeDone, directDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(directDone); dw.run(probeCtx) }()
+	defer func() { stopProbe(); <-directDone }()
 	go func() { defer obs.Done(); lw.run(obsCtx) }()
 	go func() { defer obs.Done(); lags.run(obsCtx, d.api, demoID) }()
 	go func() { defer close(probeDone); pr.run(probeCtx) }()
@@ -182,6 +201,7 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 		return rep, err
 	}
 	d.say("Mesos on A: leader %s, %d agents, %d tasks; a client writes /demo/probe through %s", lw.leader(), d.cfg.Agents, d.cfg.Tasks, d.fwProxy.listen)
+	d.say("a client bypassing the proxies creates %s/w-NNNNNN on A's servers every %v", dw.dir, directEvery)
 
 	if err := d.migrate(ctx); err != nil {
 		return rep, err
@@ -190,6 +210,7 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	// The checks of the end, then the figures.
 	stopProbe()
 	<-probeDone // its last write answered: what it acknowledged is final
+	<-directDone
 	reg := <-regDone
 	rep.RolledBack = d.cfg.RollbackAt != 0
 	if err := pr.check(); err != nil {
@@ -203,6 +224,10 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 		d.say("comparing ensembles A and B by digest after the rollback")
 	}
 	rep.DigestsEqual, rep.DigestDiffs = awaitEqual(ctx, d.a, d.b, []string{"/mesos", "/demo"}, d.out, 30*time.Second)
+	d.checkDirect(ctx, &rep, dw)
+	// A client of A that phase 6 must not find: it stopped writing with
+	// the probe, its writes are checked.
+	dw.conn.Close()
 	if d.cfg.RollbackAt == 0 {
 		// Phase 6: the sync stops, every proxy retires A (its shadow
 		// sessions there closed), no client session is left on A. The
@@ -218,6 +243,31 @@ func (d *demo) run(ctx context.Context) (MigrationReport, error) {
 	d.collect(ctx, &rep, lw, lags, pr)
 	d.checkRegister(&rep, reg)
 	return rep, nil
+}
+
+// checkDirect counts the direct writer's acknowledged writes missing on
+// A or on B (after the digests met: the sync has copied what it will).
+func (d *demo) checkDirect(ctx context.Context, rep *MigrationReport, dw *directWriter) {
+	dw.mu.Lock()
+	rep.DirectWrites, rep.DirectErrors = len(dw.acked), dw.errs
+	if dw.firstErr != nil {
+		rep.Errors = append(rep.Errors, dw.firstErr.Error())
+	}
+	dw.mu.Unlock()
+	rep.DirectConnLoss = dw.connLoss.Load()
+	for _, e := range []struct {
+		name  string
+		addrs []string
+	}{{"A", d.a.Addrs()}, {"B", d.b.Addrs()}} {
+		miss, err := dw.missing(ctx, e.addrs)
+		if err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("direct writer: check %s: %v", e.name, err))
+			continue
+		}
+		for _, p := range miss {
+			rep.DirectMissing = append(rep.DirectMissing, p+" on "+e.name)
+		}
+	}
 }
 
 // checkRegister judges the register workload's history into rep: its

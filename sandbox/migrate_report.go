@@ -55,7 +55,15 @@ type MigrationReport struct {
 	DigestsEqual           bool
 	DigestDiffs            []string
 	LostWrites             int
-	Errors                 []string
+	// DirectWrites: creates the direct writer (on A, bypassing the
+	// proxies) had acknowledged; DirectMissing: those absent from A or B at
+	// the end ("path on B"); DirectErrors and DirectConnLoss: its failed
+	// writes (a connection closed under a write is an unknown outcome).
+	DirectWrites   int
+	DirectMissing  []string
+	DirectErrors   int
+	DirectConnLoss int64
+	Errors         []string
 	// Faults injected by a chaos run, with their times.
 	Faults []string
 	// The register workload: writes, those with an unknown outcome, the
@@ -93,6 +101,7 @@ func (r MigrationReport) OK() bool {
 	return r.Completed && r.TasksFailed == 0 && r.Mesos.Expired == 0 && r.Mesos.Exits == 0 && r.ProxyExpired == 0 &&
 		r.ProbeExpired == 0 && r.Unplanned() == 0 && len(r.LeaderChanges) == r.ExpectedLeaderChanges &&
 		len(r.DoubleLeaders) == 0 && r.DigestsEqual && r.LostWrites == 0 && r.ProbeErrors == 0 && len(r.Errors) == 0 &&
+		r.DirectWrites > 0 && len(r.DirectMissing) == 0 && r.DirectErrors == 0 &&
 		len(r.RegisterErrors) == 0 && r.Linearizable == string(porcupine.Ok)
 }
 
@@ -204,6 +213,16 @@ func (d *demo) mirrorStats(ctx context.Context) (mirrorHist, int64, error) {
 		h.count += mf["zkmigrate_proxy_mirror_delay_seconds_count"]
 		h.buckets = addBuckets(h.buckets, mf, "zkmigrate_proxy_mirror_delay_seconds_bucket")
 	}
+	// What proxies SIGKILLed by chaos had counted (their restarts count
+	// from 0 again): read just before the kill.
+	d.faultMu.Lock()
+	for _, mf := range d.killedMetrics {
+		expired += int64(mf["zkmigrate_proxy_sessions_expired_total"])
+		h.sum += mf["zkmigrate_proxy_mirror_delay_seconds_sum"]
+		h.count += mf["zkmigrate_proxy_mirror_delay_seconds_count"]
+		h.buckets = addBuckets(h.buckets, mf, "zkmigrate_proxy_mirror_delay_seconds_bucket")
+	}
+	d.faultMu.Unlock()
 	return h, expired, errors.Join(errs...)
 }
 
@@ -343,6 +362,15 @@ func printMigrationReport(out io.Writer, r MigrationReport) {
 	}
 	fmt.Fprintf(out, "  digests A vs B               %s\n", eq)
 	fmt.Fprintf(out, "  acknowledged writes lost     %d   (must be 0)\n", r.LostWrites)
+	fmt.Fprintf(out, "  direct writes lost           %d   (must be 0: %d creates on A bypassing the proxies, each on A and B at the end; %d failed, %d with unknown outcome)\n",
+		len(r.DirectMissing), r.DirectWrites, r.DirectErrors, r.DirectConnLoss)
+	for i, m := range r.DirectMissing {
+		if i == maxAnomalies {
+			fmt.Fprintf(out, "      ... and %d more\n", len(r.DirectMissing)-i)
+			break
+		}
+		fmt.Fprintf(out, "      missing: %s\n", m)
+	}
 	fmt.Fprintf(out, "  register history             %s   (must be Ok; porcupine, %v: %d writes, blind and conditional, %d with unknown outcome)\n",
 		r.Linearizable, r.LinearizeTook.Round(10*time.Millisecond), r.RegisterOps, r.RegisterUnknown)
 	switch r.Linearizable {

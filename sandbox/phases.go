@@ -92,7 +92,23 @@ func (d *demo) migrate(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("%w: %s", err, refused)
 	}
+	d.chaos(ctx, AtFlip)
 	m, err := d.waitStep(ctx, control.StepFlip, control.StatusSucceeded)
+	// Under faults the flip's guard may find the ensembles apart inside
+	// the barrier (a new control leader's sync has agreed on nothing yet,
+	// a killed proxy's last mirror write is missing on B) and abort: the
+	// primary stays A and nothing is lost. An operator runs the flip again;
+	// so does the demo, a few times (the report's phases list each failed
+	// attempt with its reason).
+	for try := 1; err != nil && len(d.cfg.Chaos) > 0 && try <= maxFlipRetries &&
+		m.Step == control.StepFlip && m.Status == control.StatusFailed && m.Primary == "A" && strings.Contains(m.LastError, "flip aborted"); try++ {
+		d.say("the flip was aborted, primary stays A (%s); running it again, as an operator would", firstLine(m.LastError))
+		d.say("$ zk-migrate retry --confirm")
+		if err := d.api.do(ctx, http.MethodPost, "/api/v1/migrations/"+demoID+"/retry", nil, nil); err != nil {
+			return fmt.Errorf("sandbox: retry the flip: %w", err)
+		}
+		m, err = d.waitStep(ctx, control.StepFlip, control.StatusSucceeded)
+	}
 	if err != nil {
 		return err
 	}
@@ -111,6 +127,9 @@ func (d *demo) migrate(ctx context.Context) error {
 	return nil
 }
 
+// maxFlipRetries bounds the flips a chaos run runs again after an abort.
+const maxFlipRetries = 3
+
 // advance enters a phase and waits until it succeeded.
 func (d *demo) advance(ctx context.Context, phase int) error {
 	step, err := control.StepForPhase(phase)
@@ -122,9 +141,7 @@ func (d *demo) advance(ctx context.Context, phase int) error {
 	if err := d.api.step(ctx, demoID, "advance", fmt.Sprint(phase)); err != nil {
 		return fmt.Errorf("sandbox: advance to phase %d: %w", phase, err)
 	}
-	if len(d.cfg.Chaos) > 0 && phase == 2 {
-		d.chaos(ctx)
-	}
+	d.chaos(ctx, fmt.Sprint(phase))
 	want := control.StatusSucceeded
 	if step == control.StepRemoveA {
 		step, want = control.StepDone, control.StatusCompleted
@@ -141,6 +158,7 @@ func (d *demo) rollback(ctx context.Context) error {
 	if err := d.api.step(ctx, demoID, "rollback", "1"); err != nil {
 		return fmt.Errorf("sandbox: rollback: %w", err)
 	}
+	d.chaos(ctx, AtRollback)
 	m, err := d.waitStep(ctx, control.StepDeployB, control.StatusSucceeded)
 	if err != nil {
 		return err

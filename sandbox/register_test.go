@@ -71,7 +71,7 @@ func TestReportFailsOnANonLinearizableRegister(t *testing.T) {
 	judge := func(ops []porcupine.Operation) (MigrationReport, string) {
 		dir = t.TempDir()
 		d := &demo{cfg: MigrationConfig{Dir: dir}, out: io.Discard, start: time.Now().Add(-9 * time.Second)}
-		rep := MigrationReport{Completed: true, DigestsEqual: true}
+		rep := MigrationReport{Completed: true, DigestsEqual: true, DirectWrites: 1}
 		d.checkRegister(&rep, &register{start: d.start.Add(9 * time.Second), names: names, ops: ops})
 		var b strings.Builder
 		printMigrationReport(&b, rep)

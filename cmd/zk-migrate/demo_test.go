@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -27,6 +28,7 @@ func TestDemoMigratesMesosWithEveryGuarantee(t *testing.T) {
 		t.Fatalf("libzookeeper-mt-dev is missing (run make deps): %v", err)
 	}
 	dir := t.TempDir()
+	keepRunOnFailure(t, filepath.Join(dir, "run"))
 	sim := filepath.Join(filepath.Dir(bin), "mesos-sim")
 	if out, err := exec.Command("go", "build", "-o", sim, "../mesos-sim").CombinedOutput(); err != nil {
 		t.Fatalf("building mesos-sim: %v\n%s", err, out)
@@ -51,16 +53,22 @@ func TestDemoMigratesMesosWithEveryGuarantee(t *testing.T) {
 		"sessions expired             0 ",
 		"Mesos processes exited       0 ",
 		"leader changes               1   (planned 1, unplanned 0; expected 1)",
-		"a-master-1 -> b-master-1 during 3-masters-off-a (planned)",
 		"two leaders at once          0 of",
 		"digests A vs B               EQUAL",
 		"acknowledged writes lost     0 ",
+		"direct writes lost           0   (must be 0: ",  // the acceptance scenario's writer bypassing the proxies
 		"register history             Ok   (must be Ok;", // porcupine: the register workload's history is linearizable
 		"verdict                      PASS",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the demo's report lacks %q", want)
 		}
+	}
+	// The planned change: from A's leader (whichever master of A won the
+	// first election: not always a-master-1, a-master-2 was seen on a
+	// loaded machine) to B's first master, the lowest json.info_ left.
+	if !regexp.MustCompile(`a-master-\d -> b-master-1 during 3-masters-off-a \(planned\)`).MatchString(out) {
+		t.Errorf("the demo's report lacks the planned leader change from A's leader to b-master-1 in phase 3")
 	}
 	// The tool's own lines only: every line is a progress line, a digest
 	// line or the report's.
@@ -76,42 +84,50 @@ func TestDemoMigratesMesosWithEveryGuarantee(t *testing.T) {
 }
 
 // TestDemoUnderChaosRollsBackWithEveryGuarantee is issue 12's short chaos
-// run: `demo --short --chaos zk,partition,proxy --rollback 3` (without
-// `delay`: with B 50 ms away under the register workload, phase 1's
-// digests after the rollback took up to 2 minutes to meet on a loaded
-// machine). While phase 2 moves masters (after the flip) the ZooKeeper
-// leader of A and of B is SIGKILLed and restarted, and then the framework
-// host's proxy is cut from B for 4 s; the framework host's proxy is
-// SIGKILLed and restarted from its state directory (in the short run just
-// as the rollback's reverse flip runs: its clients come back to a proxy
-// that flipped without them and must find their sessions, SPEC 4.10
-// "Sessions a flip did not move"); after phase 3 the migration is rolled
-// back across the flip to A. The report must show the faults, both flips,
-// the two planned leader changes (to B in phase 3, back to A in the undo
-// of phase 2) and no other, no task failed, no session expired, digests
-// equal, and the register workload's history linearizable (porcupine): before
-// the control plane kept the reverse flip's primary for the replicator,
-// the partitioned proxy made the reverse flip wait and the replicator
-// copied B's late state over the clients' writes on A (versions no
-// client wrote: Illegal).
+// run: `demo --short --chaos zk,partition,proxy --rollback 3` (the faults
+// as phase 2 begins, the default --chaos-at; without `delay`: with B 50
+// ms away under the register workload, phase 1's digests after the
+// rollback took up to 2 minutes to meet on a loaded machine; without
+// `control`, and at no other moment: those runs found product failures
+// not fixed yet, SPEC 5c). While phase 2 moves masters (after the flip)
+// the ZooKeeper leader of A and of B is SIGKILLed and restarted, and then
+// the framework host's proxy is cut from B for 4 s; the framework host's
+// proxy is SIGKILLed and restarted from its state directory (in the short
+// run just as the rollback's reverse flip runs: its clients come back to
+// a proxy that flipped without them and must find their sessions, SPEC
+// 4.10 "Sessions a flip did not move"); after phase 3 the migration is
+// rolled back across the flip to A, while the acceptance scenario's
+// direct writer keeps writing A's servers (the reverse flip's guard
+// accepts its writes the sync is copying). The report must show the
+// faults, both flips, the two planned leader changes (to B in phase 3,
+// back to A in the undo of phase 2) and no other, no task failed, no
+// session expired, digests equal, every direct write on A and B, and the
+// register workload's history linearizable (porcupine): before the
+// control plane kept the reverse flip's primary for the replicator, the
+// partitioned proxy made the reverse flip wait and the replicator copied
+// B's late state over the clients' writes on A (versions no client wrote:
+// Illegal). A failed run's directory is kept (its path is logged).
 func TestDemoUnderChaosRollsBackWithEveryGuarantee(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two ZooKeeper ensembles, control nodes, proxies and Mesos processes")
 	}
 	dir := t.TempDir()
+	keepRunOnFailure(t, filepath.Join(dir, "run"))
 	sim := filepath.Join(filepath.Dir(bin), "mesos-sim")
 	if out, err := exec.Command("go", "build", "-o", sim, "../mesos-sim").CombinedOutput(); err != nil {
 		t.Fatalf("building mesos-sim: %v\n%s", err, out)
 	}
-	out, code := runStdout(t, "demo", "--short", "--chaos", "zk,partition,proxy", "--rollback", "3", "--mesos-sim", sim, "--dir", filepath.Join(dir, "run"))
+	out, code := runStdout(t, "demo", "--short", "--chaos", "zk,partition,proxy", "--rollback", "3",
+		"--mesos-sim", sim, "--dir", filepath.Join(dir, "run"))
 	if code != 0 {
 		t.Fatalf("demo: exit %d\n%s", code, out)
 	}
 	for _, want := range []string{
+		"FAULT: during phase 2: zk,proxy,partition",
 		"FAULT: SIGKILL ZooKeeper server", "of A (", "of B (",
 		"FAULT: partition: proxy-framework cut from every server of B", "FAULT: partition of proxy-framework from B healed",
 		"FAULT: SIGKILL proxy-framework", "FAULT: proxy-framework restarted from its state directory",
-		"rolled back: primary A (epoch 2)",
+		"rolled back: primary A (epoch ", // 2, or higher when the faults made the flip's guard abort a flip, run again
 		"(the flip, then the rollback's reverse flip)",
 		"tasks failed                 0 ",
 		"sessions expired             0 ",
@@ -120,6 +136,7 @@ func TestDemoUnderChaosRollsBackWithEveryGuarantee(t *testing.T) {
 		"two leaders at once          0 of",
 		"digests A vs B               EQUAL",
 		"acknowledged writes lost     0 ",
+		"direct writes lost           0   (must be 0: ",  // the acceptance scenario's writer bypassing the proxies
 		"register history             Ok   (must be Ok;", // through both faults and both flips
 		"verdict                      PASS",
 	} {
@@ -130,4 +147,25 @@ func TestDemoUnderChaosRollsBackWithEveryGuarantee(t *testing.T) {
 	if t.Failed() {
 		t.Logf("demo output:\n%s", out)
 	}
+}
+
+// keepRunOnFailure copies a failed demo's run directory (every process's
+// log, register.jsonl) out of the test's temporary directory, which is
+// removed at its end, and names the copy: a failure under chaos is rare
+// and its logs are what explains it.
+func keepRunOnFailure(t *testing.T, run string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		kept, err := os.MkdirTemp("", "zkm-failed-"+t.Name()+"-")
+		if err == nil {
+			err = os.CopyFS(kept, os.DirFS(run))
+		}
+		if err != nil {
+			t.Logf("keeping the failed run's directory: %v", err)
+			return
+		}
+		t.Logf("the failed run's logs are kept in %s", kept)
+	})
 }
