@@ -162,6 +162,9 @@ func (c *mesosCluster) converge(ctx context.Context, target []deployer.Process) 
 		return slices.ContainsFunc(target, func(q deployer.Process) bool { return q.Name == p.Name })
 	}
 	for i := 0; i < 4*n+4; i++ {
+		if err := ctx.Err(); err != nil {
+			return err // a deposed control leader moves no more masters
+		}
 		run, err := c.running(ctx, c.allMasters())
 		if err != nil {
 			return err
