@@ -29,6 +29,9 @@ type mesosCluster struct {
 	// proxies), auth sync.auth: the masters' znodes are checked there.
 	primary string
 	auth    []zkclient.Auth
+	// secondary is the other ensemble (the one a reverse flip makes the
+	// primary again).
+	secondary string
 }
 
 // NewDeployer builds the deployer a mesos section names.

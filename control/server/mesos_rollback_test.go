@@ -16,6 +16,8 @@ import (
 
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/deployer"
+	"github.com/zk-migrate/zk-migrate/jute"
+	"github.com/zk-migrate/zk-migrate/zkclient"
 )
 
 // memProposer applies commands to one in-memory state, as a single-node
@@ -202,6 +204,12 @@ func TestRollbackResumesWhereTheDeadLeaderStopped(t *testing.T) {
 		t.Fatalf("after phase 3 running masters: %s; want B's", got)
 	}
 
+	// A stopped master's znodes left on A, where its proxy's shadow
+	// session could not be closed (A's leader was down): the reverse flip
+	// must wait until they go, or every master would see them once A is
+	// the primary again.
+	closedAt := leaveStaleMaster(t, e, e.cl.masters[1][1])
+
 	// The rollback; the leader dies after its third start or stop: the
 	// undo of phase 3 is one stop and one start, so the third is the undo
 	// of phase 2's first stop of a B master.
@@ -264,9 +272,75 @@ func TestRollbackResumesWhereTheDeadLeaderStopped(t *testing.T) {
 	if err := e.cl.zkAgrees(ctx, 3); err != nil {
 		t.Fatalf("ZooKeeper after the rollback: %v", err)
 	}
+	var undone2 time.Time
+	for _, a := range p.State().Audit {
+		if a.Action == string(control.CmdStepUndone) && a.Detail == "step="+control.StepMastersOnB.String() && a.Result == "ok" {
+			undone2 = a.Time
+		}
+	}
+	if closed := <-closedAt; undone2.IsZero() || undone2.Before(closed) {
+		t.Fatalf("the undo of phase 2 was recorded done at %v, before A lost the stopped master's znodes (%v): the reverse flip "+
+			"would have shown them to every master", undone2, closed)
+	}
 	if exits := masterExits(e); len(exits) > 0 {
 		t.Fatalf("masters exited during the rollback:\n%s", strings.Join(exits, "\n"))
 	}
+}
+
+// leaveStaleMaster creates on ensemble A, in a session of its own, the
+// json.info_ and log replica of the stopped master p, as a shadow session
+// a proxy could not close leaves them. Once A's masters all run, and two
+// seconds more (the undo of phase 2 would be recorded by then without its
+// check of A), it closes the session; the channel gives the moment just
+// before, when the znodes still existed.
+func leaveStaleMaster(t *testing.T, e *mesosEnv, p deployer.Process) <-chan time.Time {
+	t.Helper()
+	ctx := context.Background()
+	zc, err := zkclient.Dial(ctx, strings.Split(e.cfg.Migration.SourceZK, ","), zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("%s:%d", p.Host, p.Port)
+	for _, n := range []struct {
+		path  string
+		data  string
+		flags int32
+	}{
+		{"/mesos", "", jute.FlagPersistent},
+		{"/mesos/log_replicas", "", jute.FlagPersistent},
+		{"/mesos/json.info_", `{"pid":"master@` + addr + `"}`, jute.FlagEphemeralSequential},
+		{"/mesos/log_replicas/", "log-replica(1)@" + addr, jute.FlagEphemeralSequential},
+	} {
+		if _, err := zc.Create(ctx, n.path, []byte(n.data), zkclient.OpenACL, n.flags); err != nil && jute.CodeOf(err) != jute.CodeNodeExists {
+			t.Fatalf("create %s on A: %v", n.path, err)
+		}
+	}
+	closed := make(chan time.Time, 1)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if run, err := e.cl.running(ctx, e.cl.allMasters()); err == nil && names(run) == names(e.cl.masters[0]) {
+				break
+			}
+			select {
+			case <-stop:
+				closed <- time.Now()
+				zc.Close()
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		select {
+		case <-stop:
+		case <-time.After(2 * time.Second):
+		}
+		closed <- time.Now()
+		zc.Close()
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return closed
 }
 
 // masterExits lists the masters whose log shows an exit with status 1
