@@ -27,6 +27,7 @@ const (
 	CmdStepSucceeded Kind = "step-succeeded" // executor: success criteria held
 	CmdStepFailed    Kind = "step-failed"    // executor: the step failed (Error)
 	CmdRolledBack    Kind = "rolled-back"    // executor: undone down to RollbackTo
+	CmdStepUndone    Kind = "step-undone"    // executor: the rollback's undo of Step is done (Epoch: the reverse flip's)
 	CmdFlipBegin     Kind = "flip-begin"     // executor: new epoch; Proxies expected to ack
 	CmdFlipAck       Kind = "flip-ack"       // a proxy drained and holds Epoch
 	CmdFlipFence     Kind = "flip-fence"     // a proxy that did not ack is fenced
@@ -103,6 +104,8 @@ func (s *State) Apply(c Command, index uint64) error {
 	}
 	detail := c.Detail
 	switch {
+	case c.Step != 0 && c.Kind == CmdStepUndone && c.Epoch != 0: // the reverse flip's epoch
+		detail = strings.TrimSpace(fmt.Sprintf("%s step=%s epoch=%d", detail, c.Step, c.Epoch))
 	case c.Step != 0:
 		detail = strings.TrimSpace(detail + " step=" + c.Step.String())
 	case c.Epoch != 0:
@@ -266,13 +269,39 @@ func (m *Migration) apply(c Command) error {
 			return invalid(m, c, "the proxies have retired ensemble A (phase 6 asked them): a rollback is no longer possible; retry phase 6")
 		}
 		m.RollbackTo = c.Step
+		m.Undone = 0
 		m.Status = StatusRollingBack
+	case CmdStepUndone:
+		if m.Status != StatusRollingBack {
+			return invalid(m, c, "no rollback in progress")
+		}
+		if c.Step <= m.RollbackTo {
+			return invalid(m, c, fmt.Sprintf("the rollback goes to %s: %s stays", m.RollbackTo, c.Step))
+		}
+		if next := m.NextUndo(); c.Step != next {
+			done := "none undone yet"
+			if m.Undone != 0 {
+				done = "undone down to " + m.Undone.String()
+			}
+			return invalid(m, c, fmt.Sprintf("the next step to undo is %s (%s)", next, done))
+		}
+		m.Undone = c.Step
+		m.LastError = ""
+		if c.Step == StepFlip && c.Epoch != 0 {
+			// The reverse flip is done: the proxies use A under Epoch.
+			if c.Epoch > m.Epoch {
+				m.Epoch = c.Epoch
+			}
+			m.Primary = ensemble.Source
+			m.Flip = nil
+		}
 	case CmdRolledBack:
 		if m.Status != StatusRollingBack || c.Step != m.RollbackTo {
 			return invalid(m, c, "no rollback to that step in progress")
 		}
 		m.Step = c.Step
 		m.RollbackTo = 0
+		m.Undone = 0
 		m.LastError = ""
 		m.Flip = nil
 		if c.Epoch > m.Epoch {
@@ -402,6 +431,16 @@ func (m *Migration) apply(c Command) error {
 		return invalid(m, c, "unknown command")
 	}
 	return nil
+}
+
+// NextUndo is the step a rollback in progress undoes next: the current
+// step until an undo is recorded, then the one below the last undone
+// (RollbackTo when every undo is done).
+func (m *Migration) NextUndo() Step {
+	if m.Undone != 0 {
+		return m.Undone - 1
+	}
+	return m.Step
 }
 
 func sortedCopy(s []string) []string {

@@ -121,11 +121,38 @@ func (e *Executor) Run(ctx context.Context) error {
 		if !e.P.IsLeader() {
 			continue
 		}
-		st := e.P.State()
-		for _, id := range st.MigrationIDs() {
-			if err := e.pass(ctx, st.Migrations[id]); err != nil && ctx.Err() == nil {
-				e.Logger.Warn("executor pass", "migration", id, "err", err)
+		e.passes(ctx)
+	}
+}
+
+// passes does one pass over every migration, in a context that ends when
+// this node stops leading: a deposed leader's runner (a master move, an
+// undo) must not go on beside the new leader's.
+func (e *Executor) passes(ctx context.Context) {
+	lctx, cancel := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { // owned by this pass: ends with it
+		defer close(watched)
+		t := time.NewTicker(e.Interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-lctx.Done():
+				return
+			case <-t.C:
+				if !e.P.IsLeader() {
+					e.Logger.Warn("executor: this node no longer leads; its work in progress stops (the new leader resumes it)")
+					cancel()
+					return
+				}
 			}
+		}
+	}()
+	defer func() { cancel(); <-watched }()
+	st := e.P.State()
+	for _, id := range st.MigrationIDs() {
+		if err := e.pass(lctx, st.Migrations[id]); err != nil && lctx.Err() == nil {
+			e.Logger.Warn("executor pass", "migration", id, "err", err)
 		}
 	}
 }
@@ -306,10 +333,15 @@ func (e *Executor) abort(ctx context.Context, m *Migration, f *Flip, why error) 
 }
 
 // rollback undoes the steps above RollbackTo, newest first, then reports
-// it. Undoing the flip is a reverse flip to A under a new epoch.
+// it. Undoing the flip is a reverse flip to A under a new epoch. Each undo
+// done is recorded (step-undone) before the next begins, so a new leader
+// resumes with the undo its predecessor was doing and never repeats one
+// it finished: an undo is idempotent only from its own starting point
+// (the undo of phase 3 repeated after phase 2's had begun would bring
+// back a B master phase 2's undo had stopped).
 func (e *Executor) rollback(ctx context.Context, m *Migration) error {
-	var epoch int64
-	for s := m.Step; s > m.RollbackTo; s-- {
+	for s := m.NextUndo(); s > m.RollbackTo; s-- {
+		var epoch int64
 		if s == StepFlip {
 			if m.Primary == ensemble.Target || m.Flip != nil {
 				// B is the source of truth until A has every change: the
@@ -330,18 +362,22 @@ func (e *Executor) rollback(ctx context.Context, m *Migration) error {
 					return err
 				}
 			}
-			continue
+		} else if r, ok := e.Steps[s]; ok {
+			if err := r.Undo(ctx, m); err != nil {
+				return fmt.Errorf("undo %s: %w", s, err)
+			}
 		}
-		r, ok := e.Steps[s]
-		if !ok {
-			continue
+		c := e.cmd(CmdStepUndone, m)
+		c.Step, c.Epoch = s, epoch
+		if err := e.P.Apply(ctx, c); err != nil {
+			return fmt.Errorf("record the undo of %s: %w", s, err)
 		}
-		if err := r.Undo(ctx, m); err != nil {
-			return fmt.Errorf("undo %s: %w", s, err)
+		if m = e.P.State().Migrations[m.ID]; m == nil {
+			return fmt.Errorf("migration gone while rolling back")
 		}
 	}
 	c := e.cmd(CmdRolledBack, m)
-	c.Step, c.Epoch = m.RollbackTo, epoch
+	c.Step = m.RollbackTo
 	return e.P.Apply(ctx, c)
 }
 

@@ -139,7 +139,14 @@ type Migration struct {
 	Status     Status          `json:"status"`
 	Paused     bool            `json:"paused"`
 	RollbackTo Step            `json:"rollback_to,omitempty"`
-	LastError  string          `json:"last_error,omitempty"`
+	// Undone is, while rolling back, the lowest step whose undo is
+	// recorded done (step-undone; 0: none yet). The undos go newest
+	// first, so every step from the current one down to Undone is undone:
+	// a new leader resumes below it and never repeats a finished undo
+	// (the undo of phase 3 run again after phase 2's had begun would
+	// start a B master phase 2's undo had stopped).
+	Undone    Step   `json:"undone,omitempty"`
+	LastError string `json:"last_error,omitempty"`
 	// Epoch is the highest flip epoch ever begun; Primary the ensemble the
 	// proxies must use ("A" until a flip completes).
 	Epoch   int64         `json:"epoch"`

@@ -94,6 +94,9 @@ func runCommand(s *State, c Command) []string {
 	}
 	if m.Status == StatusRollingBack {
 		st += " rollback-to=" + m.RollbackTo.String()
+		if m.Undone != 0 {
+			st += " undone=" + m.Undone.String()
+		}
 	}
 	if m.LastError != "" {
 		st += " last-error=" + strconv.Quote(m.LastError)

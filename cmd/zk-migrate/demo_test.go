@@ -84,15 +84,16 @@ func TestDemoMigratesMesosWithEveryGuarantee(t *testing.T) {
 }
 
 // TestDemoUnderChaosRollsBackWithEveryGuarantee is issue 12's short chaos
-// run: `demo --short --chaos zk,partition,proxy --rollback 3` (the faults
-// as phase 2 begins, the default --chaos-at; without `delay`: with B 50
-// ms away under the register workload, phase 1's digests after the
-// rollback took up to 2 minutes to meet on a loaded machine; without
-// `control`, and at no other moment: those runs found product failures
-// not fixed yet, SPEC 5c). While phase 2 moves masters (after the flip)
-// the ZooKeeper leader of A and of B is SIGKILLed and restarted, and then
-// the framework host's proxy is cut from B for 4 s; the framework host's
-// proxy is SIGKILLed and restarted from its state directory (in the short
+// run: `demo --short --chaos zk,partition,proxy,control --rollback 3` (the
+// faults as phase 2 begins, the default --chaos-at; without `delay`: with
+// B 50 ms away under the register workload, phase 1's digests after the
+// rollback took up to 2 minutes to meet on a loaded machine; at no other
+// moment: those runs found product failures not fixed yet, SPEC 5c).
+// While phase 2 moves masters (after the flip) the ZooKeeper leader of A
+// and of B is SIGKILLed and restarted, the control-plane leader is
+// SIGKILLed and restarted from its data directory (the new leader resumes
+// the phase from what runs), and then the framework host's proxy is cut
+// from B for 4 s; the framework host's proxy is SIGKILLed and restarted from its state directory (in the short
 // run just as the rollback's reverse flip runs: its clients come back to
 // a proxy that flipped without them and must find their sessions, SPEC
 // 4.10 "Sessions a flip did not move"); after phase 3 the migration is
@@ -117,14 +118,15 @@ func TestDemoUnderChaosRollsBackWithEveryGuarantee(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", sim, "../mesos-sim").CombinedOutput(); err != nil {
 		t.Fatalf("building mesos-sim: %v\n%s", err, out)
 	}
-	out, code := runStdout(t, "demo", "--short", "--chaos", "zk,partition,proxy", "--rollback", "3",
+	out, code := runStdout(t, "demo", "--short", "--chaos", "zk,partition,proxy,control", "--rollback", "3",
 		"--mesos-sim", sim, "--dir", filepath.Join(dir, "run"))
 	if code != 0 {
 		t.Fatalf("demo: exit %d\n%s", code, out)
 	}
 	for _, want := range []string{
-		"FAULT: during phase 2: zk,proxy,partition",
+		"FAULT: during phase 2: zk,control,proxy,partition",
 		"FAULT: SIGKILL ZooKeeper server", "of A (", "of B (",
+		"FAULT: SIGKILL control node", "(the control-plane leader)", "restarted from its data directory",
 		"FAULT: partition: proxy-framework cut from every server of B", "FAULT: partition of proxy-framework from B healed",
 		"FAULT: SIGKILL proxy-framework", "FAULT: proxy-framework restarted from its state directory",
 		"rolled back: primary A (epoch ", // 2, or higher when the faults made the flip's guard abort a flip, run again

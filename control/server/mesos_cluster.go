@@ -29,6 +29,9 @@ type mesosCluster struct {
 	// proxies), auth sync.auth: the masters' znodes are checked there.
 	primary string
 	auth    []zkclient.Auth
+	// secondary is the other ensemble (the one a reverse flip makes the
+	// primary again).
+	secondary string
 }
 
 // NewDeployer builds the deployer a mesos section names.
@@ -162,6 +165,9 @@ func (c *mesosCluster) converge(ctx context.Context, target []deployer.Process) 
 		return slices.ContainsFunc(target, func(q deployer.Process) bool { return q.Name == p.Name })
 	}
 	for i := 0; i < 4*n+4; i++ {
+		if err := ctx.Err(); err != nil {
+			return err // a deposed control leader moves no more masters
+		}
 		run, err := c.running(ctx, c.allMasters())
 		if err != nil {
 			return err

@@ -73,9 +73,9 @@ func (p *MesosPhase) cluster(m *control.Migration) (*mesosCluster, error) {
 		log = slog.Default()
 	}
 	c := newMesosCluster(cfg.Mesos, dep, log.With("migration", m.ID, "step", p.Step.String()))
-	c.primary, c.auth = cfg.Migration.SourceZK, syncAuth(cfg)
+	c.primary, c.secondary, c.auth = cfg.Migration.SourceZK, cfg.Migration.TargetZK, syncAuth(cfg)
 	if m.Primary == ensemble.Target {
-		c.primary = cfg.Migration.TargetZK
+		c.primary, c.secondary = cfg.Migration.TargetZK, cfg.Migration.SourceZK
 	}
 	return c, nil
 }
@@ -188,7 +188,20 @@ func (p *MesosPhase) Undo(ctx context.Context, m *control.Migration) error {
 	}
 	switch p.Step {
 	case control.StepMastersOnB:
-		return c.converge(ctx, c.masters[0])
+		if err := c.converge(ctx, c.masters[0]); err != nil {
+			return err
+		}
+		if m.Primary != ensemble.Target || m.RollbackTo >= control.StepFlip || c.secondary == "" {
+			return nil
+		}
+		// The reverse flip comes next and every master will read A: A
+		// must hold no znode of a master that no longer runs.
+		run, err := c.running(ctx, c.allMasters())
+		if err != nil {
+			return err
+		}
+		return c.poll(ctx, "ensemble A showing only the running masters before the reverse flip makes it the primary again",
+			func() error { return c.onlyRunningOn(ctx, c.secondary, run) })
 	case control.StepMastersOffA:
 		// Back to phase 2's shape: B's last master gives its place to an
 		// A master.
