@@ -44,7 +44,7 @@ type Offsets struct {
 	Primary ensemble.Name `json:"primary"`
 	// Agreed is true when the offsets are the barrier's numbering for the
 	// epoch: read while every proxy held, or taken from a peer whose
-	// offsets were. A proxy that read its own outside the barrier (a
+	// offsets were; false while a flip (a barrier's hold) is under way. A proxy that read its own outside the barrier (a
 	// one-shot flip no peer answered) is not agreed: a peer catching up
 	// must not take its numbering, and it takes an agreed peer's once one
 	// answers (settleOffsets).
@@ -55,6 +55,13 @@ type Offsets struct {
 // VersionOffsets returns the proxy's version offsets and the epoch they
 // belong to.
 func (s *Server) VersionOffsets() Offsets {
+	// Agreed only with no flip under way: a flip puts its offsets in force
+	// before its roles, so meanwhile the offsets may be the next epoch's
+	// (a peer asking for the epoch held would take them for it).
+	settled := s.flipMu.TryLock()
+	if settled {
+		defer s.flipMu.Unlock()
+	}
 	// Roles first: a flip stores the offsets before the roles, so offsets
 	// newer than the epoch read are possible, older ones are not.
 	r := s.roles.Load()
@@ -62,7 +69,7 @@ func (s *Server) VersionOffsets() Offsets {
 	v := &s.view
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	out.Agreed = v.agreed
+	out.Agreed = v.agreed && settled
 	for p := range v.seen {
 		out.Paths[p] = PathOffset{}
 	}
