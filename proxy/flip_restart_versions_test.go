@@ -102,8 +102,8 @@ func TestProxyKilledAroundAFlipNumbersVersionsAsItsPeers(t *testing.T) {
 	}
 	addr2 := p2.Addr
 	t.Cleanup(func() { p2.Close() })
-	c1, _ := connect(t, []string{p1.Addr}, 4*time.Second)
-	c2, _ := connect(t, []string{addr2}, 4*time.Second)
+	c1, _ := connect(t, []string{p1.Addr}, 10*time.Second) // a pause budget of 3.3 s: loaded machines
+	c2, _ := connect(t, []string{addr2}, 10*time.Second)
 	for _, c := range []*zk.Conn{c1, c2} {
 		if _, st, err := c.Get(r); err != nil || st.Version != 5 {
 			t.Fatalf("read before the flip: version %d %v, want 5", st.Version, err)

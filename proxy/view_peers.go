@@ -44,10 +44,11 @@ type Offsets struct {
 	Primary ensemble.Name `json:"primary"`
 	// Agreed is true when the offsets are the barrier's numbering for the
 	// epoch: read while every proxy held, or taken from a peer whose
-	// offsets were; false while a flip (a barrier's hold) is under way. A proxy that read its own outside the barrier (a
-	// one-shot flip no peer answered) is not agreed: a peer catching up
-	// must not take its numbering, and it takes an agreed peer's once one
-	// answers (settleOffsets).
+	// offsets were; false while a flip (a barrier's hold) is under way.
+	// A proxy that read its own outside the barrier (a one-shot flip no
+	// peer answered) is not agreed: a peer catching up must not take its
+	// numbering, and it takes an agreed peer's once one answers
+	// (settleOffsets).
 	Agreed bool                  `json:"agreed"`
 	Paths  map[string]PathOffset `json:"paths"`
 }
