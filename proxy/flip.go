@@ -104,7 +104,7 @@ func (s *Server) flipLocked(ctx context.Context, epoch int64, primary ensemble.N
 	if err := s.drainForFlip(ctx); err != nil {
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
-	return s.swapWith(ctx, epoch, primary, cur, start, peer)
+	return s.swapWith(ctx, epoch, primary, cur, start, peer, peer != nil)
 }
 
 // flipNeeded checks a flip request against the roles held: done when
@@ -163,12 +163,15 @@ func (s *Server) takeHold(ctx context.Context) error {
 // session moved. start is when the flip (or the hold) was asked; the
 // phases' times since then are logged.
 func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time) error {
-	return s.swapWith(ctx, epoch, primary, cur, start, nil)
+	return s.swapWith(ctx, epoch, primary, cur, start, nil, true)
 }
 
 // swapWith is swapLocked taking peer's version offsets (nil: none) where
-// it has them (rebase).
-func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time, peer map[string]PathOffset) error {
+// it has them (rebase). agreed says the offsets it reads are the
+// barrier's numbering (read under the barrier's hold, or a peer's):
+// otherwise the proxy takes an agreed peer's once one answers
+// (settleOffsets).
+func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time, peer map[string]PathOffset, agreed bool) error {
 	drained := time.Since(start)
 	// One connection to each ensemble reads (or raises) the fences and
 	// reads the versions: no session is opened or closed in the pause
@@ -204,9 +207,13 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 	// cannot stretch the pause past what the proxy advertises.
 	deadline := s.swapDeadline(ctx, start)
 	next := &roles{primary: primary, upstream: cur.secondary, secondary: cur.upstream, epoch: epoch, fence: vers, fenceKnown: [2]bool{true, true}}
+	s.view.setAgreed(agreed)
 	s.roles.Store(next)
 	s.grantLease(fenced)
 	s.saveVersions() // the translation survives a restart (flip_state.go)
+	if !agreed {
+		s.settleOffsets()
+	}
 	// The mirror reads the new primary from now on, through nc; its reader
 	// of the old primary (oc) is the standby for the flip back, the
 	// others are closed after the pause.

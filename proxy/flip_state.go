@@ -114,12 +114,18 @@ func dashOrHex(s string) ([]byte, error) {
 // "version cversion aversion czxid path" a line
 // (ZooKeeper paths hold no newline). A proxy restarted after a flip loads
 // it, so a version its clients read before the flip keeps its meaning
-// after the restart. Written at every flip and at a clean stop; paths
-// first shown after the last write are not kept across a SIGKILL (their
-// offset is 0 until the next flip; a client reading them again records
-// them again). The first line, "# primary A" (or B), names the primary
-// the offsets translate from; a proxy started on the other one (a flip it
-// missed while it was down) translates them at start (rebaseAtStart).
+// after the restart. Written at every flip, at a clean stop and soon
+// after a client is first shown a path (persistVersions). The first line, "# primary A epoch 3 agreed" (or B, the
+// epoch, "own"), names the primary the offsets translate from, the epoch
+// and whether they are the barrier's numbering (Offsets.Agreed); a proxy
+// started on the other primary (a flip it missed while it was down)
+// translates them at start (rebaseAtStart), and one whose offsets are not
+// agreed for the epoch it starts at takes an agreed peer's once one
+// answers (settleOffsets). Paths first shown are written within
+// versionsSaveDelay, so a SIGKILL loses only the last moments' (their
+// offset is 0 until the next flip): before, a proxy restarted inside a flip's barrier that had lost them
+// translated nothing at its flip, its clients shown the new primary's own
+// versions while its peers' were shown the old numbering (SPEC.md 5c).
 
 func (s *Server) versionsFile() string { return filepath.Join(s.cfg.StateDir, "versions") }
 
@@ -130,8 +136,13 @@ func (s *Server) saveVersions() {
 	}
 	v := &s.view
 	var b strings.Builder
-	fmt.Fprintf(&b, "# primary %s\n", s.roles.Load().primary)
+	r := s.roles.Load()
 	v.mu.RLock()
+	agreed := "own"
+	if v.agreed {
+		agreed = "agreed"
+	}
+	fmt.Fprintf(&b, "# primary %s epoch %d %s\n", r.primary, r.epoch, agreed)
 	for p := range v.seen {
 		o := v.off[p]
 		fmt.Fprintf(&b, "%d %d %d %d %s\n", o.v, o.c, o.a, o.czxid, p)
@@ -168,9 +179,20 @@ func (s *Server) loadVersions() {
 	}
 	off := map[string]verOff{}
 	var from ensemble.Name
+	fromEpoch, agreed := int64(-1), false
 	for _, line := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(line, "# primary "); ok {
-			from = ensemble.Name(p)
+		if h, ok := strings.CutPrefix(line, "# primary "); ok {
+			// "A", or "A epoch 3 agreed" (a file written before the epoch
+			// was kept: not agreed, settleOffsets asks the peers).
+			f := strings.Fields(h)
+			if len(f) > 0 {
+				from = ensemble.Name(f[0])
+			}
+			if len(f) == 4 && f[1] == "epoch" {
+				if e, err := strconv.ParseInt(f[2], 10, 64); err == nil {
+					fromEpoch, agreed = e, f[3] == "agreed"
+				}
+			}
 			continue
 		}
 		f := strings.SplitN(line, " ", 5)
@@ -190,8 +212,17 @@ func (s *Server) loadVersions() {
 		}
 	}
 	v.off = off
-	if r := s.roles.Load(); from.Valid() && from != r.primary && len(v.seen) > 0 {
+	r := s.roles.Load()
+	// Agreed only for the epoch it was agreed at: a file from an older
+	// epoch on the same primary (flips there and back while the proxy was
+	// down) holds offsets of another flip.
+	v.agreed = agreed && from == r.primary && fromEpoch == r.epoch
+	if from.Valid() && from != r.primary && len(v.seen) > 0 {
 		s.rebaseAtStart(from)
+		return
+	}
+	if !v.agreed && r.epoch > 0 {
+		s.settleOffsets()
 	}
 }
 
@@ -217,6 +248,7 @@ func (s *Server) rebaseAtStart(from ensemble.Name) {
 		r := s.roles.Load()
 		ctx, cancel := context.WithTimeout(s.ctx, rebaseAtStartBudget)
 		defer cancel()
+		agreed := false
 		err := func() error {
 			opts := zkclient.Options{DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial}
 			oc, err := zkclient.Dial(ctx, r.secondary, opts)
@@ -232,18 +264,26 @@ func (s *Server) rebaseAtStart(from ensemble.Name) {
 			// The peers that took the flip read the versions while every
 			// proxy held: their numbering wins (view_peers.go), as for a
 			// flip caught up late.
-			return s.rebase(ctx, oc, nc, s.peerOffsets(ctx, r.epoch, r.primary))
+			peer := s.peerOffsets(ctx, r.epoch, r.primary)
+			agreed = peer != nil
+			return s.rebase(ctx, oc, nc, peer)
 		}()
 		if err != nil {
 			s.view.mu.Lock()
 			s.view.off = map[string]verOff{}
+			s.view.agreed = false
 			s.view.mu.Unlock()
+			s.settleOffsets()
 			s.logs.warn(s.log, "state_dir", "the version translation in --state-dir is for the other primary and could not be carried over; versions are the serving ensemble's own",
 				"recorded_for", from.Flag(), "primary", r.primary.Flag(), "err", err,
 				"hint", "a conditional write with a version read before the flip may get BADVERSION; the client reads again")
 			return
 		}
+		s.view.setAgreed(agreed)
 		s.saveVersions()
+		if !agreed {
+			s.settleOffsets()
+		}
 		s.log.Info("carried the version translation over to the primary this proxy starts on (it missed a flip while down)",
 			"from", from.Flag(), "primary", r.primary.Flag())
 	}()
@@ -252,3 +292,57 @@ func (s *Server) rebaseAtStart(from ensemble.Name) {
 // rebaseAtStartBudget bounds the version reads of rebaseAtStart; client
 // requests wait meanwhile.
 const rebaseAtStartBudget = 10 * time.Second
+
+// versionsSaveDelay is how long after a path is first shown the version
+// file records it (paths shown meanwhile are written together), plus as
+// much again per versionsSavePaths recorded paths: the whole file is
+// written each time (2.75 s at the 100,000 paths maxStatPaths allows).
+const (
+	versionsSaveDelay = 250 * time.Millisecond
+	versionsSavePaths = 10000
+)
+
+// persistVersions writes the version file soon after a client is first
+// shown a path (view.dirty), until the server stops. It writes under
+// flipMu, so the file's primary and epoch are those of its offsets (a
+// flip puts its offsets in force before its roles).
+func (s *Server) persistVersions() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.view.dirty:
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(s.versionsSaveWait()):
+		}
+		if !s.lockFlipMu() {
+			return
+		}
+		s.saveVersions()
+		s.flipMu.Unlock()
+	}
+}
+
+// versionsSaveWait is versionsSaveDelay scaled by the paths recorded.
+func (s *Server) versionsSaveWait() time.Duration {
+	s.view.mu.RLock()
+	n := len(s.view.seen)
+	s.view.mu.RUnlock()
+	return versionsSaveDelay * time.Duration(1+n/versionsSavePaths)
+}
+
+// lockFlipMu takes flipMu, polling so that it gives up (false) when the
+// server stops.
+func (s *Server) lockFlipMu() bool {
+	for !s.flipMu.TryLock() {
+		select {
+		case <-s.ctx.Done():
+			return false
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return true
+}

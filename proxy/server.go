@@ -309,7 +309,23 @@ func New(cfg Config) (*Server, error) {
 		if !s.secondaryRetired() {
 			s.restoreBacklog()
 		}
+		if cfg.PeerOffsets != nil {
+			s.view.settle = make(chan struct{}, 1)
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.settleLoop()
+			}()
+		}
 		s.loadVersions()
+		if cfg.StateDir != "" {
+			s.view.dirty = make(chan struct{}, 1)
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.persistVersions()
+			}()
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()

@@ -46,6 +46,14 @@ type view struct {
 	seen  map[string]struct{} // paths whose Stat a client has been shown
 	off   map[string]verOff   // since the last flip
 	extra int                 // paths not recorded (beyond maxStatPaths)
+	// agreed: off is the barrier's numbering for the epoch held (Offsets.Agreed).
+	agreed bool
+	// dirty, if not nil, is poked when a path is first recorded, so the
+	// version file in --state-dir records it soon (flip_state.go).
+	dirty chan struct{}
+	// settle asks settleLoop to take an agreed peer's offsets
+	// (view_peers.go); nil without Config.PeerOffsets.
+	settle chan struct{}
 }
 
 func (v *view) note(path string) {
@@ -71,6 +79,10 @@ func (v *view) note(path string) {
 		return
 	}
 	v.seen[path] = struct{}{}
+	select { // the version file records it soon (flip_state.go)
+	case v.dirty <- struct{}{}:
+	default:
+	}
 }
 
 func (v *view) offset(path string) (verOff, bool) {
@@ -121,6 +133,14 @@ func (v *view) written(op jute.Op, path string) {
 			v.forget(path, 0)
 		}
 	}
+}
+
+// setAgreed records whether the offsets in force are the barrier's
+// numbering for the epoch held (Offsets.Agreed).
+func (v *view) setAgreed(agreed bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.agreed = agreed
 }
 
 func (v *view) active() bool {

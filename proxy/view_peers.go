@@ -40,14 +40,29 @@ type PathOffset struct {
 // the proxy serves and, for every path its clients have been shown, its
 // offsets (zero ones too: a peer reading them knows the path has none).
 type Offsets struct {
-	Epoch   int64                 `json:"epoch"`
-	Primary ensemble.Name         `json:"primary"`
-	Paths   map[string]PathOffset `json:"paths"`
+	Epoch   int64         `json:"epoch"`
+	Primary ensemble.Name `json:"primary"`
+	// Agreed is true when the offsets are the barrier's numbering for the
+	// epoch: read while every proxy held, or taken from a peer whose
+	// offsets were; false while a flip (a barrier's hold) is under way.
+	// A proxy that read its own outside the barrier (a one-shot flip no
+	// peer answered) is not agreed: a peer catching up must not take its
+	// numbering, and it takes an agreed peer's once one answers
+	// (settleOffsets).
+	Agreed bool                  `json:"agreed"`
+	Paths  map[string]PathOffset `json:"paths"`
 }
 
 // VersionOffsets returns the proxy's version offsets and the epoch they
 // belong to.
 func (s *Server) VersionOffsets() Offsets {
+	// Agreed only with no flip under way: a flip puts its offsets in force
+	// before its roles, so meanwhile the offsets may be the next epoch's
+	// (a peer asking for the epoch held would take them for it).
+	settled := s.flipMu.TryLock()
+	if settled {
+		defer s.flipMu.Unlock()
+	}
 	// Roles first: a flip stores the offsets before the roles, so offsets
 	// newer than the epoch read are possible, older ones are not.
 	r := s.roles.Load()
@@ -55,6 +70,7 @@ func (s *Server) VersionOffsets() Offsets {
 	v := &s.view
 	v.mu.RLock()
 	defer v.mu.RUnlock()
+	out.Agreed = v.agreed && settled
 	for p := range v.seen {
 		out.Paths[p] = PathOffset{}
 	}
@@ -109,4 +125,135 @@ func adopt(peer map[string]PathOffset, path string, newCzxid int64, own verOff) 
 		return verOff{v: o.V, c: o.C, a: o.A, czxid: o.Czxid}
 	}
 	return own
+}
+
+// settleWindow bounds how long a proxy whose offsets are not the
+// barrier's numbering (settleOffsets) asks its peers for theirs, every
+// settleEvery.
+const (
+	settleWindow = 60 * time.Second
+	settleEvery  = 500 * time.Millisecond
+)
+
+// settleOffsets makes a proxy whose offsets for the epoch it holds are
+// its own reading (a one-shot flip or a start no agreed peer answered: a
+// proxy restarted while a flip ran, SPEC.md 4.10) take an agreed peer's
+// as soon as one answers (settleLoop).
+func (s *Server) settleOffsets() {
+	select {
+	case s.view.settle <- struct{}{}:
+	default:
+	}
+}
+
+// settleLoop, owned by the server until it stops, settles the offsets
+// when asked (settleOffsets): its own reading was made when the
+// ensembles' versions may have drifted since the barrier read them (one
+// version off in the demo), or without the paths the peers' clients were
+// shown. Until a peer answers its clients may see another numbering than
+// the peers' (a WARN says how many paths changed when it settles). It
+// asks every settleEvery, for settleWindow from the last request, at the
+// epoch and primary held then.
+func (s *Server) settleLoop() {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.view.settle:
+		}
+		until := time.Now().Add(settleWindow)
+		for !s.settleOnce() {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-s.view.settle: // another flip not agreed: its epoch now
+				until = time.Now().Add(settleWindow)
+			case <-time.After(settleEvery):
+			}
+			if time.Now().After(until) {
+				r := s.roles.Load()
+				s.log.Info("no peer answered with the barrier's version offsets for this epoch; keeping this proxy's own reading", "epoch", r.epoch, "primary", r.primary.Flag(), "waited", settleWindow)
+				break
+			}
+		}
+	}
+}
+
+// settleOnce asks the peers for the offsets at the epoch held and takes
+// them; true when there is nothing more to do (agreed, or stopping).
+func (s *Server) settleOnce() bool {
+	if s.ctx.Err() != nil {
+		return true
+	}
+	s.view.mu.RLock()
+	agreed := s.view.agreed
+	s.view.mu.RUnlock()
+	r := s.roles.Load()
+	if agreed || r.epoch == 0 {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, peerOffsetsWait)
+	peer, err := s.cfg.PeerOffsets(ctx, r.epoch, r.primary)
+	cancel()
+	if err != nil {
+		return false
+	}
+	if !s.lockFlipMu() {
+		return true
+	}
+	if now := s.roles.Load(); now.epoch != r.epoch || now.primary != r.primary {
+		s.flipMu.Unlock()
+		return false // a flip meanwhile: ask again for its epoch
+	}
+	changed := s.view.takePeer(peer)
+	s.saveVersions()
+	s.flipMu.Unlock()
+	if changed > 0 {
+		s.logs.warn(s.log, "versions_settled", "took a peer's version offsets for this epoch: this proxy had read its own outside the flip barrier (it restarted or missed the barrier), and its clients may have been shown another numbering meanwhile",
+			"epoch", r.epoch, "primary", r.primary.Flag(), "paths_changed", changed,
+			"hint", "a conditional write with a version read through this proxy since its flip may get BADVERSION; the client reads again")
+	} else {
+		s.log.Info("a peer's version offsets for this epoch agree with this proxy's", "epoch", r.epoch, "primary", r.primary.Flag())
+	}
+	return true
+}
+
+// takePeer puts peer's offsets in force for every path it lists (zero
+// ones too: the peer's clients see that znode's own versions), keeping
+// this proxy's for the paths the peer was not shown, and marks the view
+// agreed. It returns how many paths' offsets changed.
+func (v *view) takePeer(peer map[string]PathOffset) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	next := make(map[string]verOff, len(v.off))
+	for p, o := range v.off {
+		next[p] = o
+	}
+	if v.seen == nil {
+		v.seen = map[string]struct{}{}
+	}
+	changed := 0
+	for p, po := range peer {
+		o := verOff{v: po.V, c: po.C, a: po.A, czxid: po.Czxid}
+		if o == (verOff{}) {
+			if _, ok := next[p]; ok {
+				delete(next, p)
+				changed++
+			}
+			continue
+		}
+		if _, own := v.seen[p]; !own {
+			if len(v.seen) >= maxStatPaths {
+				continue
+			}
+			v.seen[p] = struct{}{}
+		}
+		if next[p] != o {
+			next[p] = o
+			changed++
+		}
+	}
+	v.off = next // replaced as a whole: offsets() callers keep theirs
+	v.agreed = true
+	return changed
 }

@@ -20,7 +20,8 @@ const versionsPath = "/admin/v1/versions"
 // peerOffsets gives a two-ensemble proxy its peers' version offsets for a
 // flip it catches up with (proxy.Config.PeerOffsets): the first proxy in
 // the gossip pool advertising epoch and primary whose admin endpoint
-// answers, asked with the admin token the proxies share. Nil without
+// answers with the barrier's offsets (Offsets.Agreed), asked with the
+// admin token the proxies share. Nil without
 // gossip or a token (the proxy reads its own).
 func peerOffsets(agent *membership.Agent, self, token string) func(context.Context, int64, ensemble.Name) (map[string]proxy.PathOffset, error) {
 	if agent == nil || token == "" {
@@ -36,8 +37,12 @@ func peerOffsets(agent *membership.Agent, self, token string) func(context.Conte
 			switch {
 			case err != nil:
 				errs = append(errs, fmt.Errorf("%s: %w", m.Name, err))
-			case o.Epoch == epoch && o.Primary == primary:
+			case o.Epoch == epoch && o.Primary == primary && o.Agreed:
 				return o.Paths, nil
+			case o.Epoch == epoch && o.Primary == primary:
+				// Its own reading outside the barrier (it restarted or
+				// missed it): not the numbering to take.
+				errs = append(errs, fmt.Errorf("%s: its offsets for epoch %d are its own reading, not the barrier's", m.Name, epoch))
 			}
 		}
 		if len(errs) == 0 {
