@@ -129,7 +129,13 @@ func TestRetireClosesShadowsOnAAndSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Since the flip B serves the client; its session on A is the shadow.
+	// The shadow takes the old serving session over on a connection of
+	// its own once the flip is done with it (4.10): until then `cons`
+	// may list it nowhere.
 	id := c.SessionID()
+	for until := time.Now().Add(10 * time.Second); !sessionOnA(t, id) && time.Now().Before(until); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if !sessionOnA(t, id) {
 		t.Fatalf("session 0x%x not on A after the flip (the test's premise)", id)
 	}
