@@ -1,24 +1,36 @@
 package proxy
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/zk-migrate/zk-migrate/ensemble"
 )
 
 // The mirror backlog in --state-dir (SPEC.md 4.9): the file
 // "mirror-backlog" lists the paths waiting to be mirrored, one a line
-// (ZooKeeper paths hold no control characters), over all sessions. It is
-// rewritten (a temporary file renamed over it) by the lag watcher at most
-// four times a second when the backlog changed, and once more when the
-// proxy stops, with the paths its shadows still held. A proxy started with
-// the same --state-dir re-queues them on a repair shadow, so a restart
-// loses at most the last quarter second of writes (SIGKILL) or none (a
-// clean stop). The file holds no credentials: a re-queued path the primary
-// refuses to read without them is counted as noauth and left to the
-// replicator.
+// (ZooKeeper paths hold no control characters), over all sessions, in
+// groups, each after a line "# origin EPOCH PRIMARY FENCE": the epoch and
+// the primary (A or B) the proxy held when their writes were acknowledged,
+// and the version of the then-secondary's fence at that epoch (-1: not
+// known). Paths a missed flip stranded (mirror_stranded.go) are listed
+// with their own origin. The file is rewritten (a temporary file renamed
+// over it) by the lag watcher at most four times a second when the
+// backlog changed, and once more when the proxy stops, with the paths its
+// shadows still held. A proxy started with the same --state-dir re-queues
+// a group of its own epoch and primary on a repair shadow, and strands
+// any other (repaired once it holds a later epoch), so a restart loses at
+// most the last quarter second of writes (SIGKILL) or none (a clean
+// stop), and a flip missed while it was down does not lose them either.
+// The file holds no credentials: a re-queued path the primary refuses to
+// read without them is counted as noauth and left to the replicator. A
+// file of paths without an origin line (an older proxy's) is re-queued
+// as the proxy's own epoch.
 
 // backlogFile is the mirror backlog's file in --state-dir.
 func (s *Server) backlogFile() string { return filepath.Join(s.cfg.StateDir, "mirror-backlog") }
@@ -27,35 +39,49 @@ func (s *Server) backlogFile() string { return filepath.Join(s.cfg.StateDir, "mi
 // mirrors a restored backlog.
 const restoreTimeout = 10 * time.Second
 
-// pendingPaths lists the paths queued on all shadows.
-func (s *Server) pendingPaths() []string {
+// pendingPaths lists the paths queued on all shadows and the stranded
+// ones, by origin.
+func (s *Server) pendingPaths() map[origin][]string {
 	s.mu.Lock()
 	shadows := make([]*shadow, 0, len(s.shadows))
 	for _, sh := range s.shadows {
 		shadows = append(shadows, sh)
 	}
 	s.mu.Unlock()
-	var out []string
+	out := s.strandedByOrigin()
 	for _, sh := range shadows {
+		o := sh.origin()
 		sh.mu.Lock()
 		for p := range sh.queue.since {
-			out = append(out, p)
+			out[o] = append(out[o], p)
 		}
 		sh.mu.Unlock()
 	}
 	return out
 }
 
-// saveBacklog records paths as the mirror backlog.
-func (s *Server) saveBacklog(paths []string) {
+// saveBacklog records paths, by origin, as the mirror backlog.
+func (s *Server) saveBacklog(paths map[origin][]string) {
 	if s.cfg.StateDir == "" {
 		return
 	}
-	sort.Strings(paths)
+	origins := make([]origin, 0, len(paths))
+	for o := range paths {
+		origins = append(origins, o)
+	}
+	sort.Slice(origins, func(i, j int) bool { return origins[i].epoch < origins[j].epoch })
 	var b strings.Builder
-	for _, p := range paths {
-		b.WriteString(p)
-		b.WriteByte('\n')
+	for _, o := range origins {
+		ps := paths[o]
+		if len(ps) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "# origin %d %s %d\n", o.epoch, o.primary, o.fence)
+		sort.Strings(ps)
+		for _, p := range ps {
+			b.WriteString(p)
+			b.WriteByte('\n')
+		}
 	}
 	f := s.backlogFile()
 	err := os.MkdirAll(filepath.Dir(f), 0o700)
@@ -71,8 +97,34 @@ func (s *Server) saveBacklog(paths []string) {
 	}
 }
 
+// parseBacklog reads the backlog file's groups; paths before any origin
+// line (an older proxy's file) are under the zero origin.
+func parseBacklog(b []byte) (map[origin][]string, []origin) {
+	groups := map[origin][]string{}
+	var order []origin
+	cur := origin{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 5 && f[0] == "#" && f[1] == "origin" {
+			e, err1 := strconv.ParseInt(f[2], 10, 64)
+			v, err2 := strconv.ParseInt(f[4], 10, 32)
+			if n := ensemble.Name(f[3]); err1 == nil && err2 == nil && n.Valid() {
+				cur = origin{epoch: e, primary: n, fence: int32(v)}
+			}
+			continue
+		}
+		if strings.HasPrefix(line, "/") {
+			if _, ok := groups[cur]; !ok {
+				order = append(order, cur)
+			}
+			groups[cur] = append(groups[cur], line)
+		}
+	}
+	return groups, order
+}
+
 // restoreBacklog re-queues the mirror backlog a previous run of the proxy
-// recorded, on a repair shadow.
+// recorded: the paths of the proxy's own epoch and primary on a repair
+// shadow, the others stranded (a flip was missed while the proxy was down).
 func (s *Server) restoreBacklog() {
 	if s.cfg.StateDir == "" {
 		return
@@ -81,27 +133,58 @@ func (s *Server) restoreBacklog() {
 	if err != nil {
 		return
 	}
-	var q mirrorQueue
+	groups, order := parseBacklog(b)
+	r := s.roles.Load()
 	now := time.Now()
-	for _, p := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(p, "/") && q.len() < s.cfg.MaxMirrorBacklog && q.add(p, now) {
-			s.mirrorBacklog.Add(1)
+	for _, o := range order {
+		if o != (origin{}) && (o.epoch != r.epoch || o.primary != r.primary) {
+			for _, p := range groups[o] {
+				s.strand(p, o, nil)
+			}
+			s.log.Warn("restored mirror backlog from another epoch or primary: a flip happened while the proxy was down; its writes are repaired onto the primary under the rule of SPEC.md 4.9",
+				"paths", len(groups[o]), "written_at_epoch", o.epoch, "written_on", o.primary.Flag(), "epoch", r.epoch, "primary", r.primary.Flag())
+			continue
 		}
+		var q mirrorQueue
+		for _, p := range groups[o] {
+			if q.len() < s.cfg.MaxMirrorBacklog && q.add(p, now) {
+				s.mirrorBacklog.Add(1)
+			}
+		}
+		if q.len() == 0 {
+			continue
+		}
+		s.noteBacklog()
+		s.log.Warn("re-queued the mirror backlog recorded by the previous run of the proxy", "paths", q.len(), "file", s.backlogFile())
+		var from *origin
+		if o != (origin{}) {
+			from = &o
+		}
+		s.startRepair("restart", restoreTimeout, q, nil, from)
 	}
-	if q.len() == 0 {
-		return
-	}
-	s.noteBacklog()
-	s.log.Warn("re-queued the mirror backlog recorded by the previous run of the proxy", "paths", q.len(), "file", s.backlogFile())
-	s.startRepair("restart", restoreTimeout, q, nil)
 }
 
 // leftAtStop records the paths a shadow still held when the proxy
 // stopped, for the last rewrite of the backlog file.
-func (s *Server) leftAtStop(q mirrorQueue) {
+func (s *Server) leftAtStop(from origin, q mirrorQueue) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for p := range q.since {
-		s.stopLeft = append(s.stopLeft, p)
+	if s.stopLeft == nil {
+		s.stopLeft = map[origin][]string{}
 	}
+	for p := range q.since {
+		s.stopLeft[from] = append(s.stopLeft[from], p)
+	}
+}
+
+// backlogAtStop is what the last rewrite of the backlog file records: the
+// paths the shadows held when they ended, and the stranded ones.
+func (s *Server) backlogAtStop() map[origin][]string {
+	out := s.strandedByOrigin()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for o, ps := range s.stopLeft {
+		out[o] = append(out[o], ps...)
+	}
+	return out
 }

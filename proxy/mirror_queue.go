@@ -157,6 +157,17 @@ func (sh *shadow) done1(p string, err error) {
 		m.mirrorDelay.Observe(time.Since(since).Seconds())
 		return
 	}
+	if errors.Is(err, errFenced) {
+		// A flip this proxy missed raised the secondary's fence: the write
+		// was acknowledged, so it is kept until the proxy has caught up,
+		// then repaired onto the new primary (mirror_stranded.go).
+		m.fenced.WithLabelValues("mirror").Inc()
+		sh.srv.pokeFence() // learn the epoch this proxy missed
+		sh.srv.strand(p, sh.origin(), sh.authsCopy())
+		sh.srv.logs.warn(sh.log, "mirror_stranded", "the secondary's fence refused a mirror write: this proxy missed a flip; the write is kept and repaired onto the new primary once the proxy has caught up",
+			"path", p, "hint", "nothing to do; zkmigrate_proxy_mirror_failures_total{reason=\"flip_conflict\"} counts writes the new primary changed since")
+		return
+	}
 	reason := "error"
 	switch {
 	case errors.Is(err, errMirrorGaveUp):
@@ -169,10 +180,6 @@ func (sh *shadow) done1(p string, err error) {
 		reason = "noauth_acl_applied"
 	case errors.Is(err, errACLOpen):
 		reason = "noauth_acl_open"
-	case errors.Is(err, errFenced):
-		reason = "fenced"
-		m.fenced.WithLabelValues("mirror").Inc()
-		sh.srv.pokeFence() // learn the epoch this proxy missed
 	}
 	if reason == "noauth_acl_open" {
 		m.mirrorFailures.WithLabelValues(reason).Inc()
@@ -189,4 +196,17 @@ func (sh *shadow) done1(p string, err error) {
 // a timeout), not for an answer of the ensembles: the path is retried.
 func connLost(err error) bool {
 	return err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) && !errors.Is(err, errACLApplied) && !errors.Is(err, errFenced)
+}
+
+// origin is where the writes queued on sh were acknowledged: the
+// proxy's roles now (a flip drains every queue before it swaps), or the
+// origin recorded with a restored backlog.
+func (sh *shadow) origin() origin {
+	sh.mu.Lock()
+	from := sh.from
+	sh.mu.Unlock()
+	if from != nil {
+		return *from
+	}
+	return originOf(sh.srv.roles.Load())
 }
