@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/ensemble"
@@ -40,7 +41,8 @@ func (s *Server) backlogFile() string { return filepath.Join(s.cfg.StateDir, "mi
 const restoreTimeout = 10 * time.Second
 
 // pendingPaths lists the paths queued on all shadows and the stranded
-// ones, by origin.
+// ones, by origin. The queues are read first: a path leaves a queue for
+// the stranded set only after it is in it (done1).
 func (s *Server) pendingPaths() map[origin][]string {
 	s.mu.Lock()
 	shadows := make([]*shadow, 0, len(s.shadows))
@@ -48,7 +50,7 @@ func (s *Server) pendingPaths() map[origin][]string {
 		shadows = append(shadows, sh)
 	}
 	s.mu.Unlock()
-	out := s.strandedByOrigin()
+	out := map[origin][]string{}
 	for _, sh := range shadows {
 		o := sh.origin()
 		sh.mu.Lock()
@@ -57,14 +59,71 @@ func (s *Server) pendingPaths() map[origin][]string {
 		}
 		sh.mu.Unlock()
 	}
+	for o, ps := range s.strandedByOrigin() {
+		out[o] = append(out[o], ps...)
+	}
 	return out
 }
 
-// saveBacklog records paths, by origin, as the mirror backlog.
-func (s *Server) saveBacklog(paths map[origin][]string) {
+// backlogJournal is the backlog file between two rewrites: a path newly
+// queued is appended to it (after an origin line when the origin changed)
+// before its write's reply is relayed to the client, so a proxy SIGKILLed
+// at any moment has recorded every write it acknowledged and had not
+// mirrored. A rewrite (at most four times a second, from a snapshot of the
+// queues taken under mu) compacts it to the paths still waiting. The file
+// is not synced: it survives the process, not the machine.
+type backlogJournal struct {
+	mu     sync.Mutex
+	f      *os.File // open for appending; nil before the first append after a rewrite
+	last   origin   // the origin of f's last group
+	headed bool     // f has a group (last is valid)
+}
+
+// journalAppend appends paths, acknowledged at origin o, to the backlog
+// file.
+func (s *Server) journalAppend(o origin, paths []string) {
+	if s.cfg.StateDir == "" || len(paths) == 0 {
+		return
+	}
+	j := &s.journal
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var err error
+	if j.f == nil {
+		if err = os.MkdirAll(s.cfg.StateDir, 0o700); err == nil {
+			j.f, err = os.OpenFile(s.backlogFile(), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+		}
+		j.headed = false
+	}
+	if err == nil {
+		var b strings.Builder
+		if !j.headed || j.last != o {
+			fmt.Fprintf(&b, "# origin %d %s %d\n", o.epoch, o.primary, o.fence)
+			j.last, j.headed = o, true
+		}
+		for _, p := range paths {
+			b.WriteString(p)
+			b.WriteByte('\n')
+		}
+		_, err = j.f.WriteString(b.String())
+	}
+	if err != nil {
+		s.logs.warn(s.log, "state_dir", "cannot record a write in the mirror backlog in --state-dir; if the proxy dies before it is mirrored, the replicator must repair it",
+			"dir", s.cfg.StateDir, "err", err, "hint", "make --state-dir writable by the proxy")
+	}
+}
+
+// saveBacklog rewrites the backlog file with the paths snapshot returns,
+// by origin (taken under the journal's lock: no append falls between the
+// snapshot and the rename).
+func (s *Server) saveBacklog(snapshot func() map[origin][]string) {
 	if s.cfg.StateDir == "" {
 		return
 	}
+	j := &s.journal
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	paths := snapshot()
 	origins := make([]origin, 0, len(paths))
 	for o := range paths {
 		origins = append(origins, o)
@@ -90,6 +149,10 @@ func (s *Server) saveBacklog(paths map[origin][]string) {
 		if err = os.WriteFile(tmp, []byte(b.String()), 0o600); err == nil {
 			err = os.Rename(tmp, f)
 		}
+	}
+	if j.f != nil {
+		_ = j.f.Close() // the next append opens the new file
+		j.f = nil
 	}
 	if err != nil {
 		s.logs.warn(s.log, "state_dir", "cannot record the mirror backlog in --state-dir; a restarted proxy would not mirror it (the replicator must)",

@@ -109,6 +109,9 @@ func (sh *shadow) markACL(acl []jute.ACL, paths ...string) {
 	}
 	sh.mu.Unlock()
 	if added > 0 {
+		// Recorded in --state-dir before the client's reply is relayed
+		// (the caller relays it next): a SIGKILL loses no acknowledged write.
+		sh.srv.journalAppend(sh.origin(), paths)
 		sh.srv.noteBacklog()
 		sh.poke()
 	}
@@ -142,6 +145,18 @@ func (sh *shadow) done1(p string, err error) {
 		err = fmt.Errorf("after %d attempts: %w", sh.fails, err)
 	}
 	sh.failPath, sh.fails = "", 0
+	_, queued := sh.queue.since[p]
+	sh.mu.Unlock()
+	fenced := queued && errors.Is(err, errFenced)
+	if fenced {
+		// A flip this proxy missed raised the secondary's fence: the write
+		// was acknowledged, so it is kept until the proxy has caught up,
+		// then repaired onto the new primary (mirror_stranded.go).
+		// Stranded before it leaves the queue, so a rewrite of the backlog
+		// file (queues read first) never misses it.
+		sh.srv.strand(p, sh.origin(), sh.authsCopy())
+	}
+	sh.mu.Lock()
 	since, ok := sh.queue.since[p]
 	if ok {
 		sh.queue.remove(p)
@@ -157,13 +172,9 @@ func (sh *shadow) done1(p string, err error) {
 		m.mirrorDelay.Observe(time.Since(since).Seconds())
 		return
 	}
-	if errors.Is(err, errFenced) {
-		// A flip this proxy missed raised the secondary's fence: the write
-		// was acknowledged, so it is kept until the proxy has caught up,
-		// then repaired onto the new primary (mirror_stranded.go).
+	if fenced {
 		m.fenced.WithLabelValues("mirror").Inc()
 		sh.srv.pokeFence() // learn the epoch this proxy missed
-		sh.srv.strand(p, sh.origin(), sh.authsCopy())
 		sh.srv.logs.warn(sh.log, "mirror_stranded", "the secondary's fence refused a mirror write: this proxy missed a flip; the write is kept and repaired onto the new primary once the proxy has caught up",
 			"path", p, "hint", "nothing to do; zkmigrate_proxy_mirror_failures_total{reason=\"flip_conflict\"} counts writes the new primary changed since")
 		return

@@ -131,6 +131,11 @@ func (s *Server) takeStranded(r *roles) []strandItem {
 // stranded again, the others forgotten (repaired, reported, or queued on
 // a repair shadow, which records them itself).
 func (s *Server) restrand(items []strandItem) {
+	// Under the journal's lock: a rewrite of the backlog file snapshots
+	// either before (the busy paths) or after (the repair shadows they
+	// were queued on, and those stranded again).
+	s.journal.mu.Lock()
+	defer s.journal.mu.Unlock()
 	st := &s.stranded
 	st.mu.Lock()
 	st.busy = nil

@@ -251,6 +251,7 @@ type Server struct {
 	repairSeq  int64               // repair shadows started (mirror_repair.go)
 	stopLeft   map[origin][]string // paths shadows held when the proxy stopped, by origin (mirror_persist.go)
 	stranded   strandSet           // writes a missed flip stranded (mirror_stranded.go)
+	journal    backlogJournal      // the backlog file between rewrites (mirror_persist.go)
 	backlogGen atomic.Int64        // bumped at every change of the mirror backlog
 	closed     bool
 
@@ -471,7 +472,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	if s.TwoEnsembles() {
-		s.saveBacklog(s.backlogAtStop()) // every shadow has ended: what they held, and the stranded paths
+		s.saveBacklog(s.backlogAtStop) // every shadow has ended: what they held, and the stranded paths
 		s.saveVersions()
 	}
 	return nil
