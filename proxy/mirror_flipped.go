@@ -63,7 +63,7 @@ type flipVerdict int
 const (
 	flipEqual     flipVerdict = iota // the new primary holds the old primary's state (or now does)
 	flipConflict                     // changed on the new primary after the flip: kept there
-	flipAmbiguous                    // the flip's zxid is unknown: left for the operator
+	flipAmbiguous                    // cannot be judged or repaired safely (see why): left for the operator
 	flipWait                         // cannot judge now (fence version unknown, a later flip): stranded again
 )
 
@@ -129,13 +129,14 @@ func (s *Server) reportFlipped(it strandItem, v flipVerdict, err error) {
 		s.log.Info("a write a missed flip stranded is on the new primary", "path", it.path, "epoch", it.from.epoch, "written_on", it.from.primary.Flag())
 	case flipConflict:
 		s.m.mirrorFailures.WithLabelValues("flip_conflict").Inc()
-		s.logs.warn(s.log, "flip_conflict", "CONFLICT: a write acknowledged on the old primary before a flip this proxy missed may not have been mirrored, and the new primary's clients changed the znode after the flip: their (later) state is kept, the old primary's is discarded",
+		// Not rate-limited: each line names a path an operator must see.
+		s.log.Warn("CONFLICT: a write acknowledged on the old primary before a flip this proxy missed may not have been mirrored, and the new primary's clients changed the znode after the flip: their (later) state is kept, the old primary's is discarded",
 			"path", it.path, "epoch", it.from.epoch, "written_on", it.from.primary.Flag(), "why", errString(err),
 			"hint", "check the znode's owner application; zkmigrate_proxy_mirror_failures_total{reason=\"flip_conflict\"} counts these")
 		s.requeueStranded([]strandItem{it}) // the old primary, now the secondary, follows the new one
 	case flipAmbiguous:
 		s.m.mirrorFailures.WithLabelValues("flip_ambiguous").Inc()
-		s.logs.warn(s.log, "flip_ambiguous", "a write acknowledged on the old primary before a flip this proxy missed differs on the new primary, and the proxy cannot tell whether the new primary changed it since: left as it is on both",
+		s.log.Warn("a write acknowledged on the old primary before a flip this proxy missed differs on the new primary, and the proxy cannot repair it safely (see why): left as it is on both",
 			"path", it.path, "epoch", it.from.epoch, "written_on", it.from.primary.Flag(), "why", errString(err),
 			"hint", "compare the znode on both ensembles (`zk-migrate validate`) and copy the right state by hand")
 	case flipWait:

@@ -88,13 +88,7 @@ func (s *Server) journalAppend(o origin, paths []string) {
 	j := &s.journal
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	var err error
-	if j.f == nil {
-		if err = os.MkdirAll(s.cfg.StateDir, 0o700); err == nil {
-			j.f, err = os.OpenFile(s.backlogFile(), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
-		}
-		j.headed = false
-	}
+	err := s.openJournalLocked()
 	if err == nil {
 		var b strings.Builder
 		if !j.headed || j.last != o {
@@ -111,6 +105,48 @@ func (s *Server) journalAppend(o origin, paths []string) {
 		s.logs.warn(s.log, "state_dir", "cannot record a write in the mirror backlog in --state-dir; if the proxy dies before it is mirrored, the replicator must repair it",
 			"dir", s.cfg.StateDir, "err", err, "hint", "make --state-dir writable by the proxy")
 	}
+}
+
+// openJournalLocked opens the backlog file for appending if it is not
+// (after a rewrite), with the journal's lock held.
+func (s *Server) openJournalLocked() error {
+	j := &s.journal
+	if j.f != nil {
+		return nil
+	}
+	if err := os.MkdirAll(s.cfg.StateDir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(s.backlogFile(), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	j.f, j.headed = f, false
+	return nil
+}
+
+// journalRemove runs remove (which takes p out of its queue) under the
+// journal's lock and, when record is set and p was queued, appends "-p"
+// (its mirror is verified) to the backlog file: a restarted proxy then
+// knows the write reached the secondary. Under the lock, a new write of p
+// queued after the removal is appended after the "-p".
+func (s *Server) journalRemove(p string, record bool, remove func() (time.Time, bool)) (time.Time, bool) {
+	j := &s.journal
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	since, ok := remove()
+	if !ok || !record || s.cfg.StateDir == "" {
+		return since, ok
+	}
+	err := s.openJournalLocked()
+	if err == nil {
+		_, err = j.f.WriteString("-" + p + "\n")
+	}
+	if err != nil {
+		s.logs.warn(s.log, "state_dir", "cannot record a mirrored write in the mirror backlog in --state-dir; a restarted proxy mirrors it again",
+			"dir", s.cfg.StateDir, "err", err, "hint", "make --state-dir writable by the proxy")
+	}
+	return since, ok
 }
 
 // saveBacklog rewrites the backlog file with the paths snapshot returns,
@@ -160,11 +196,12 @@ func (s *Server) saveBacklog(snapshot func() map[origin][]string) {
 	}
 }
 
-// parseBacklog reads the backlog file's groups; paths before any origin
-// line (an older proxy's file) are under the zero origin.
+// parseBacklog reads the backlog file's groups: each path under the last
+// origin line before it, a line "-PATH" (its mirror verified) dropping it;
+// paths before any origin line (an older proxy's file) are under the zero
+// origin. The groups are ordered by epoch, each sorted.
 func parseBacklog(b []byte) (map[origin][]string, []origin) {
-	groups := map[origin][]string{}
-	var order []origin
+	at := map[string]origin{}
 	cur := origin{}
 	for _, line := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(line); len(f) == 5 && f[0] == "#" && f[1] == "origin" {
@@ -175,13 +212,23 @@ func parseBacklog(b []byte) (map[origin][]string, []origin) {
 			}
 			continue
 		}
-		if strings.HasPrefix(line, "/") {
-			if _, ok := groups[cur]; !ok {
-				order = append(order, cur)
-			}
-			groups[cur] = append(groups[cur], line)
+		switch {
+		case strings.HasPrefix(line, "/"):
+			at[line] = cur
+		case strings.HasPrefix(line, "-/"):
+			delete(at, line[1:])
 		}
 	}
+	groups := map[origin][]string{}
+	for p, o := range at {
+		groups[o] = append(groups[o], p)
+	}
+	order := make([]origin, 0, len(groups))
+	for o, ps := range groups {
+		sort.Strings(ps)
+		order = append(order, o)
+	}
+	sort.Slice(order, func(i, j int) bool { return order[i].epoch < order[j].epoch })
 	return groups, order
 }
 

@@ -18,6 +18,11 @@ type mirrorQueue struct {
 	// acl is the ACL the latest write of a queued path requested, when
 	// that write was a setACL or a create (mirror_acl.go).
 	acl map[string][]jute.ACL
+	// busy is the path being mirrored (from next to done1), again whether
+	// it was written again meanwhile: the mirror's last read of the
+	// primary may precede that write, so the path is mirrored once more.
+	busy  string
+	again bool
 }
 
 func (q *mirrorQueue) len() int { return len(q.since) }
@@ -28,6 +33,9 @@ func (q *mirrorQueue) add(p string, now time.Time) bool {
 		q.since = map[string]time.Time{}
 	}
 	if _, ok := q.since[p]; ok {
+		if p == q.busy {
+			q.again = true
+		}
 		return false
 	}
 	q.since[p] = now
@@ -122,6 +130,7 @@ func (sh *shadow) next() (string, bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	p, _, ok := sh.queue.peek()
+	sh.queue.busy, sh.queue.again = p, false
 	return p, ok
 }
 
@@ -131,6 +140,8 @@ func (sh *shadow) next() (string, bool) {
 func (sh *shadow) done1(p string, err error) {
 	m := sh.srv.m
 	sh.mu.Lock()
+	again := sh.queue.again && sh.queue.busy == p
+	sh.queue.busy, sh.queue.again = "", false
 	if connLost(err) {
 		// A lost connection: the path stays queued, unless it keeps
 		// failing (a path that cannot be read must not block the session's
@@ -145,6 +156,19 @@ func (sh *shadow) done1(p string, err error) {
 		err = fmt.Errorf("after %d attempts: %w", sh.fails, err)
 	}
 	sh.failPath, sh.fails = "", 0
+	if err == nil && again {
+		// Written again while it was mirrored: mirrored once more, from
+		// the back of the queue.
+		if _, ok := sh.queue.since[p]; ok {
+			sh.queue.order = append(sh.queue.order, p)
+			if sh.queue.order[sh.queue.head] == p {
+				sh.queue.head++
+			}
+		}
+		sh.mu.Unlock()
+		m.mirrored.Inc()
+		return
+	}
 	_, queued := sh.queue.since[p]
 	sh.mu.Unlock()
 	fenced := queued && errors.Is(err, errFenced)
@@ -156,12 +180,15 @@ func (sh *shadow) done1(p string, err error) {
 		// file (queues read first) never misses it.
 		sh.srv.strand(p, sh.origin(), sh.authsCopy())
 	}
-	sh.mu.Lock()
-	since, ok := sh.queue.since[p]
-	if ok {
-		sh.queue.remove(p)
-	}
-	sh.mu.Unlock()
+	since, ok := sh.srv.journalRemove(p, !fenced, func() (time.Time, bool) {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		since, ok := sh.queue.since[p]
+		if ok {
+			sh.queue.remove(p)
+		}
+		return since, ok
+	})
 	if !ok {
 		return
 	}
