@@ -855,20 +855,23 @@ func proxyMetric(t *testing.T, addr, name string) float64 {
 // killed proxy's clients may see a lost connection, nobody an expiry.
 // The same assertions as TestFlipScenarioWithMesos follow.
 //
-// It runs only with ZKM_FLIP_FAULTS=1 (and in make chaos): with the
-// two-phase barrier it passed one run of two; in the other, after the
-// control leader's SIGKILL inside the second flip's barrier, the flip did
-// not complete within a minute (not diagnosed yet, SPEC 4.10); and a
-// write acknowledged through the killed proxy just before its SIGKILL,
-// still in its recorded mirror backlog, was refused by the old primary's
-// fence after the restart and never reached the new primary (SPEC 4.10,
-// "Not done": only the replicator repairs it, and it covers /mesos
-// only). The restarted proxy's clients keep their sessions (a record
-// names the ensemble each session lives on: proxy/session_resume.go).
+// It runs only with ZKM_FLIP_FAULTS=1 (and in make chaos). Fixed since it
+// was gated: the new control leader's guard aborted the flip (a replicator
+// just started gives no verdict now), and a write acknowledged through the
+// killed proxy and not yet mirrored was dropped (it is recorded before the
+// reply, and repaired onto the new primary after the restart: SPEC 4.9,
+// "A write stranded by a missed flip"). Still gated for one failure seen
+// in a run of eight after those fixes: proxy-3, restarted during the
+// rollback's barrier, is not held by it, so its clients wrote B while the
+// others were held, and what it had not mirrored reached A only after
+// A's clients had written the same registers (porcupine: Illegal; SPEC
+// 4.10, "Under faults"). The restarted proxy's clients keep their
+// sessions (a record names the ensemble each session lives on:
+// proxy/session_resume.go).
 func TestFlipScenarioUnderFaults(t *testing.T) {
 	if os.Getenv("ZKM_FLIP_FAULTS") == "" {
-		t.Skip("run with ZKM_FLIP_FAULTS=1: a control leader killed inside the barrier once left the flip unfinished for a minute, " +
-			"and a killed proxy's unmirrored write can miss the new primary (SPEC.md 4.10)")
+		t.Skip("run with ZKM_FLIP_FAULTS=1: a proxy restarted during a flip's barrier is not held by it, " +
+			"and its clients' writes can reach the new primary late (SPEC.md 4.10, \"Under faults\")")
 	}
 	s := newFlipScenario(t, "ff", flipOptions{controls: 3, readerProxies: 2})
 	leader := s.leaderIndex()
