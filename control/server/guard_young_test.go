@@ -21,11 +21,20 @@ import (
 // faults failed its flip step this way ("the replicator has not
 // replicated yet ... since it started 100ms ago"). The same for a
 // replicator whose last heartbeat is stale (it is reconnecting after a
-// ZooKeeper server died: "no heartbeat from A has reached B for 4.4s").
+// ZooKeeper server died: "no heartbeat from A has reached B for 4.4s"),
+// and for one not started yet ("the replicator is not running on the
+// leader").
 func TestGuardOnAYoungReplicatorIsNoVerdict(t *testing.T) {
 	m := &control.Migration{ID: "young", Config: control.MigrationConfig{Raw: []byte(`{}`)}}
 	sy := &Syncer{IsLeader: func() bool { return true }, NodeID: "n1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		running: map[string]*syncRun{m.ID: {started: time.Now()}}}
+	idle := &Syncer{IsLeader: func() bool { return true }, NodeID: "n1", Logger: sy.Logger}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	err := idle.FlipReady(ctx, m, ensemble.Source, ensemble.Target)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not running on the leader") {
+		t.Fatalf("replicator not started yet: %v, want a timeout (the barrier holds again)", err)
+	}
 	for _, c := range []struct {
 		name, want string
 		setup      func(r *syncRun)
