@@ -2,6 +2,9 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,13 +30,17 @@ import (
 // Without the repair the fence refused the mirror and the writes never
 // reached B, the new primary (issue 11, TestFlipScenarioUnderFaults).
 // The same when the proxy comes back on the recorded primary (B, epoch
-// 1): its recorded backlog, from epoch 0 on A, is stranded at start.
+// 1): its recorded backlog, from epoch 0 on A, is stranded at start; and
+// when the proxy is never stopped but cut off from B (its dials to B
+// refused) through the flip: its in-memory backlog meets B's fence when
+// it reaches B again.
 func TestStrandedWritesReachTheNewPrimary(t *testing.T) {
-	t.Run("stale flag", func(t *testing.T) { testStrandedWrites(t, false) })
-	t.Run("recorded primary", func(t *testing.T) { testStrandedWrites(t, true) })
+	t.Run("stale flag", func(t *testing.T) { testStrandedWrites(t, "stale flag") })
+	t.Run("recorded primary", func(t *testing.T) { testStrandedWrites(t, "recorded primary") })
+	t.Run("cut off", func(t *testing.T) { testStrandedWrites(t, "cut off") })
 }
 
-func testStrandedWrites(t *testing.T, recorded bool) {
+func testStrandedWrites(t *testing.T, mode string) {
 	root := testRoot(t)
 	b := secondary(t)
 	cb, _ := connect(t, b.Addrs(), 10*time.Second)
@@ -42,7 +49,18 @@ func testStrandedWrites(t *testing.T, recorded bool) {
 		t.Fatal(err)
 	}
 	fpath := testFence(t)
-	cfg := proxy.Config{FencePath: fpath, Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: t.TempDir(), Logger: testLogger(t)}
+	var cutOff atomic.Bool // dials to B refused
+	isB := map[string]bool{}
+	for _, a := range b.Addrs() {
+		isB[a] = true
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if cutOff.Load() && isB[addr] {
+			return nil, errors.New("cut off from B by the test")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	cfg := proxy.Config{FencePath: fpath, Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: t.TempDir(), Logger: testLogger(t), Dial: dial}
 	p1, err := proxytest.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +73,7 @@ func testStrandedWrites(t *testing.T, recorded bool) {
 		}
 	}
 	waitMirrored(t, p1)
+	cutOff.Store(mode == "cut off")
 	if err := ensB.Kill(1); err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +96,13 @@ func testStrandedWrites(t *testing.T, recorded bool) {
 			t.Fatalf("write %d with the secondary down: %v", i, err)
 		}
 	}
-	c.Close()
-	p1.Close()
+	p2 := p1
+	if mode != "cut off" {
+		c.Close()
+		p1.Close()
+	} else {
+		t.Cleanup(p1.Close)
+	}
 	if err := ensB.Restart(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
@@ -105,15 +129,19 @@ func testStrandedWrites(t *testing.T, recorded bool) {
 	}
 
 	// Back on its stale flag, or on the recorded primary, with the
-	// recorded backlog.
-	if recorded {
+	// recorded backlog; or reaching B again.
+	switch mode {
+	case "cut off":
+		cutOff.Store(false)
+	case "recorded primary":
 		cfg.Epoch, cfg.PrimaryName, cfg.Upstream, cfg.Secondary = 1, ensemble.Target, b.Addrs(), ens.Addrs()
+		fallthrough
+	default:
+		if p2, err = proxytest.Start(cfg); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p2.Close)
 	}
-	p2, err := proxytest.Start(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p2.Close)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		e, primary := p2.Epoch()
