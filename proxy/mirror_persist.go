@@ -77,6 +77,26 @@ type backlogJournal struct {
 	f      *os.File // open for appending; nil before the first append after a rewrite
 	last   origin   // the origin of f's last group
 	headed bool     // f has a group (last is valid)
+	// capturing: a rewrite is under way; what is appended meanwhile is
+	// kept in since too, and appended to the new file before it replaces
+	// the old one (so the rewrite holds mu only to start and to rename:
+	// client replies never wait for it to write the whole backlog).
+	capturing bool
+	since     []byte
+}
+
+// writeLocked appends b to the file (and to since while a rewrite is
+// under way), with mu held.
+func (s *Server) writeLocked(b string) error {
+	j := &s.journal
+	if j.capturing {
+		j.since = append(j.since, b...)
+	}
+	if err := s.openJournalLocked(); err != nil {
+		return err
+	}
+	_, err := j.f.WriteString(b)
+	return err
 }
 
 // journalAppend appends paths, acknowledged at origin o, to the backlog
@@ -88,20 +108,16 @@ func (s *Server) journalAppend(o origin, paths []string) {
 	j := &s.journal
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	err := s.openJournalLocked()
-	if err == nil {
-		var b strings.Builder
-		if !j.headed || j.last != o {
-			fmt.Fprintf(&b, "# origin %d %s %d\n", o.epoch, o.primary, o.fence)
-			j.last, j.headed = o, true
-		}
-		for _, p := range paths {
-			b.WriteString(p)
-			b.WriteByte('\n')
-		}
-		_, err = j.f.WriteString(b.String())
+	var b strings.Builder
+	if !j.headed || j.last != o {
+		fmt.Fprintf(&b, "# origin %d %s %d\n", o.epoch, o.primary, o.fence)
+		j.last, j.headed = o, true
 	}
-	if err != nil {
+	for _, p := range paths {
+		b.WriteString(p)
+		b.WriteByte('\n')
+	}
+	if err := s.writeLocked(b.String()); err != nil {
 		s.logs.warn(s.log, "state_dir", "cannot record a write in the mirror backlog in --state-dir; if the proxy dies before it is mirrored, the replicator must repair it",
 			"dir", s.cfg.StateDir, "err", err, "hint", "make --state-dir writable by the proxy")
 	}
@@ -121,7 +137,7 @@ func (s *Server) openJournalLocked() error {
 	if err != nil {
 		return err
 	}
-	j.f, j.headed = f, false
+	j.f = f
 	return nil
 }
 
@@ -138,11 +154,7 @@ func (s *Server) journalRemove(p string, record bool, remove func() (time.Time, 
 	if !ok || !record || s.cfg.StateDir == "" {
 		return since, ok
 	}
-	err := s.openJournalLocked()
-	if err == nil {
-		_, err = j.f.WriteString("-" + p + "\n")
-	}
-	if err != nil {
+	if err := s.writeLocked("-" + p + "\n"); err != nil {
 		s.logs.warn(s.log, "state_dir", "cannot record a mirrored write in the mirror backlog in --state-dir; a restarted proxy mirrors it again",
 			"dir", s.cfg.StateDir, "err", err, "hint", "make --state-dir writable by the proxy")
 	}
@@ -150,15 +162,18 @@ func (s *Server) journalRemove(p string, record bool, remove func() (time.Time, 
 }
 
 // saveBacklog rewrites the backlog file with the paths snapshot returns,
-// by origin (taken under the journal's lock: no append falls between the
-// snapshot and the rename).
+// by origin. What is appended from the moment the snapshot begins is also
+// appended to the new file before the rename (capturing): a path queued
+// before is in the snapshot, one queued after in the captured lines.
 func (s *Server) saveBacklog(snapshot func() map[origin][]string) {
 	if s.cfg.StateDir == "" {
 		return
 	}
 	j := &s.journal
 	j.mu.Lock()
-	defer j.mu.Unlock()
+	j.capturing, j.since = true, nil
+	j.headed = false // the captured lines start with their origin
+	j.mu.Unlock()
 	paths := snapshot()
 	origins := make([]origin, 0, len(paths))
 	for o := range paths {
@@ -179,17 +194,30 @@ func (s *Server) saveBacklog(snapshot func() map[origin][]string) {
 		}
 	}
 	f := s.backlogFile()
+	tmp := f + ".tmp"
 	err := os.MkdirAll(filepath.Dir(f), 0o700)
 	if err == nil {
-		tmp := f + ".tmp"
-		if err = os.WriteFile(tmp, []byte(b.String()), 0o600); err == nil {
-			err = os.Rename(tmp, f)
+		err = os.WriteFile(tmp, []byte(b.String()), 0o600)
+	}
+	j.mu.Lock()
+	if err == nil && len(j.since) > 0 {
+		var tf *os.File
+		if tf, err = os.OpenFile(tmp, os.O_APPEND|os.O_WRONLY, 0o600); err == nil {
+			_, err = tf.Write(j.since)
+			if cerr := tf.Close(); err == nil {
+				err = cerr
+			}
 		}
 	}
-	if j.f != nil {
-		_ = j.f.Close() // the next append opens the new file
-		j.f = nil
+	if err == nil {
+		err = os.Rename(tmp, f)
 	}
+	if err == nil && j.f != nil {
+		_ = j.f.Close() // the next append opens the new file
+		j.f, j.headed = nil, false
+	}
+	j.capturing, j.since = false, nil
+	j.mu.Unlock()
 	if err != nil {
 		s.logs.warn(s.log, "state_dir", "cannot record the mirror backlog in --state-dir; a restarted proxy would not mirror it (the replicator must)",
 			"dir", s.cfg.StateDir, "err", err, "hint", "make --state-dir writable by the proxy")

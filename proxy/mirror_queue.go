@@ -140,9 +140,8 @@ func (sh *shadow) next() (string, bool) {
 func (sh *shadow) done1(p string, err error) {
 	m := sh.srv.m
 	sh.mu.Lock()
-	again := sh.queue.again && sh.queue.busy == p
-	sh.queue.busy, sh.queue.again = "", false
 	if connLost(err) {
+		sh.queue.busy, sh.queue.again = "", false
 		// A lost connection: the path stays queued, unless it keeps
 		// failing (a path that cannot be read must not block the session's
 		// mirror for good).
@@ -156,19 +155,6 @@ func (sh *shadow) done1(p string, err error) {
 		err = fmt.Errorf("after %d attempts: %w", sh.fails, err)
 	}
 	sh.failPath, sh.fails = "", 0
-	if err == nil && again {
-		// Written again while it was mirrored: mirrored once more, from
-		// the back of the queue.
-		if _, ok := sh.queue.since[p]; ok {
-			sh.queue.order = append(sh.queue.order, p)
-			if sh.queue.order[sh.queue.head] == p {
-				sh.queue.head++
-			}
-		}
-		sh.mu.Unlock()
-		m.mirrored.Inc()
-		return
-	}
 	_, queued := sh.queue.since[p]
 	sh.mu.Unlock()
 	fenced := queued && errors.Is(err, errFenced)
@@ -180,15 +166,32 @@ func (sh *shadow) done1(p string, err error) {
 		// file (queues read first) never misses it.
 		sh.srv.strand(p, sh.origin(), sh.authsCopy())
 	}
+	again := false
 	since, ok := sh.srv.journalRemove(p, !fenced, func() (time.Time, bool) {
 		sh.mu.Lock()
 		defer sh.mu.Unlock()
-		since, ok := sh.queue.since[p]
+		q := &sh.queue
+		again = err == nil && q.again && q.busy == p
+		q.busy, q.again = "", false
+		if again {
+			// Written again while it was mirrored: mirrored once more,
+			// from the back of the queue.
+			if q.head < len(q.order) && q.order[q.head] == p {
+				q.head++
+			}
+			q.order = append(q.order, p)
+			return time.Time{}, false
+		}
+		since, ok := q.since[p]
 		if ok {
-			sh.queue.remove(p)
+			q.remove(p)
 		}
 		return since, ok
 	})
+	if again {
+		m.mirrored.Inc()
+		return
+	}
 	if !ok {
 		return
 	}

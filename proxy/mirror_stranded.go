@@ -131,11 +131,12 @@ func (s *Server) takeStranded(r *roles) []strandItem {
 // stranded again, the others forgotten (repaired, reported, or queued on
 // a repair shadow, which records them itself).
 func (s *Server) restrand(items []strandItem) {
-	// Under the journal's lock: a rewrite of the backlog file snapshots
-	// either before (the busy paths) or after (the repair shadows they
-	// were queued on, and those stranded again).
-	s.journal.mu.Lock()
-	defer s.journal.mu.Unlock()
+	// Recorded again: a rewrite of the backlog file whose snapshot read
+	// the queues before they were queued there and the stranded set after
+	// it was cleared captures these lines.
+	for _, it := range items {
+		s.journalAppend(it.from, []string{it.path})
+	}
 	st := &s.stranded
 	st.mu.Lock()
 	st.busy = nil
@@ -226,5 +227,10 @@ func (s *Server) requeueStranded(items []strandItem) {
 			}
 		}
 		s.startRepair("stranded", restoreTimeout, q, g[0].auths, nil)
+		var ps []string
+		for _, it := range g {
+			ps = append(ps, it.path)
+		}
+		s.journalAppend(originOf(s.roles.Load()), ps) // as restrand does
 	}
 }
