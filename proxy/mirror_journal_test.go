@@ -3,9 +3,11 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,4 +99,79 @@ func TestBacklogFileForgetsMirroredWrites(t *testing.T) {
 			t.Fatalf("write %d is mirrored (backlog 0) but the backlog file still lists it as waiting:\n%s", i, b)
 		}
 	}
+}
+
+// TestBacklogFileHoldsAWriteInFlight: a write the primary commits while
+// its reply has not reached the proxy (held back here) is already in the
+// backlog file: a proxy SIGKILLed at that instant (its client sees
+// ConnectionLoss, an unknown outcome) mirrors it after its restart.
+// Before, the path was recorded only when the reply arrived, and the
+// flip scenario under faults ended with /reg/acks/w2-00231 on B alone
+// (committed through the killed proxy, never mirrored).
+func TestBacklogFileHoldsAWriteInFlight(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	var hold atomic.Bool
+	isA := map[string]bool{}
+	for _, a := range ens.Addrs() {
+		isA[a] = true
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil || !isA[addr] {
+			return c, err
+		}
+		return &replyHeldConn{Conn: c, hold: &hold}, nil
+	}
+	dir := t.TempDir()
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: dir, Logger: testLogger(t), Dial: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	c, _ := connect(t, []string{p.Addr}, 10*time.Second)
+	if _, err := c.Create(root+"/warm", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	n := root + "/in-flight"
+	hold.Store(true) // replies from A wait in the proxy's sockets
+	t.Cleanup(func() { hold.Store(false) })
+	go func() { _, _ = c.Create(n, []byte("x"), 0, zk.WorldACL(zk.PermAll)) }()
+	a := directConn(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if ok, _, _ := a.Exists(n); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the create never reached A")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "mirror-backlog"))
+	if err != nil || !strings.Contains(string(got), n+"\n") {
+		t.Fatalf("A committed %s, its reply not yet read by the proxy, and the backlog file does not name it: a SIGKILL now leaves it off B for good (%v):\n%s", n, err, got)
+	}
+	hold.Store(false)
+	waitMirrored(t, p)
+}
+
+// replyHeldConn is a connection whose reads return nothing while hold
+// is set.
+type replyHeldConn struct {
+	net.Conn
+	hold *atomic.Bool
+}
+
+func (c *replyHeldConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	for c.hold.Load() { // a reader already waiting in Read is held too
+		time.Sleep(2 * time.Millisecond)
+	}
+	return n, err
 }

@@ -251,3 +251,37 @@ func (sh *shadow) origin() origin {
 	}
 	return originOf(sh.srv.roles.Load())
 }
+
+// intend records in the backlog file, before the write is sent to the
+// primary, the paths a client's write request names (a sequential
+// create's name is the primary's to choose: it is recorded when the reply
+// names it). A proxy SIGKILLed after the primary committed the write and
+// before it read the reply (the client sees ConnectionLoss: an unknown
+// outcome) then mirrors the path after its restart, as any recorded path
+// (its state is compared: nothing is written if the write did not
+// happen).
+func (sh *shadow) intend(body jute.Record) {
+	if sh.srv.cfg.StateDir == "" || sh.srv.secondaryRetired() {
+		return
+	}
+	paths := mirrorPaths(body)
+	create := func(r jute.Record) {
+		switch c := r.(type) {
+		case *jute.CreateRequest:
+			if c.Flags != jute.FlagPersistentSequential && c.Flags != jute.FlagEphemeralSequential && c.Flags != jute.FlagPersistentSequentialWithTTL {
+				paths = append(paths, c.Path)
+			}
+		case *jute.CreateTTLRequest:
+			if c.Flags != jute.FlagPersistentSequentialWithTTL {
+				paths = append(paths, c.Path)
+			}
+		}
+	}
+	create(body)
+	if m, ok := body.(*jute.MultiRequest); ok {
+		for _, op := range m.Ops {
+			create(op.Req)
+		}
+	}
+	sh.srv.journalAppend(sh.origin(), paths)
+}

@@ -533,6 +533,9 @@ func (s *session) handleRequest(frame []byte) error {
 		}
 		p.mirror = mirrorPaths(req.Body)
 		p.macl = requestedACL(req.Body)
+		if mirrored(op) {
+			s.shadow.intend(req.Body) // in --state-dir before the primary sees it (mirror_queue.go)
+		}
 	}
 	// The fence (fence.go): every write checks the primary's fence version.
 	if frame, p.wrapped, err = s.guardWrite(req.Header, op, req.Body, frame); err != nil {
