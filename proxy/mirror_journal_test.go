@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -172,6 +173,94 @@ func (c *replyHeldConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	for c.hold.Load() { // a reader already waiting in Read is held too
 		time.Sleep(2 * time.Millisecond)
+	}
+	return n, err
+}
+
+// TestWriteInFlightOnALostServerIsMirrored: the primary's server commits a
+// create and the connection dies before its reply reaches the proxy. The
+// client gets ConnectionLoss (an unknown outcome) and the write is on A:
+// the proxy mirrors its path all the same, so B has it too. Before, only
+// a reply queued a path, and the flip scenario under faults ended with
+// /reg/acks/w4-00081 on A alone (in flight when a server of A was
+// SIGKILLed, then B made primary).
+func TestWriteInFlightOnALostServerIsMirrored(t *testing.T) {
+	root := testRoot(t)
+	b := secondary(t)
+	cb, _ := connect(t, b.Addrs(), 10*time.Second)
+	if _, err := cb.Create(root, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	var hold, cut atomic.Bool
+	isA := map[string]bool{}
+	for _, a := range ens.Addrs() {
+		isA[a] = true
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil || !isA[addr] {
+			return c, err
+		}
+		return &cutConn{Conn: c, hold: &hold, cut: &cut}, nil
+	}
+	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), Logger: testLogger(t), Dial: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	c, _ := connect(t, []string{p.Addr}, 10*time.Second)
+	if _, err := c.Create(root+"/warm", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	waitMirrored(t, p)
+	n := root + "/in-flight"
+	hold.Store(true)
+	done := make(chan error, 1)
+	go func() { _, err := c.Create(n, []byte("x"), 0, zk.WorldACL(zk.PermAll)); done <- err }()
+	a := directConn(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if ok, _, _ := a.Exists(n); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the create never reached A")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cut.Store(true) // the connections to A die with the reply unread
+	hold.Store(false)
+	if err := <-done; err == nil {
+		t.Log("the client got its reply after all")
+	}
+	cut.Store(false)
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		if ok, _, _ := cb.Exists(n); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s, committed on A with its reply lost, never reached B", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cutConn is a connection whose reads return nothing while hold is set,
+// and fail once cut is set (the server died with its replies unread).
+type cutConn struct {
+	net.Conn
+	hold, cut *atomic.Bool
+}
+
+func (c *cutConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	for c.hold.Load() && !c.cut.Load() {
+		time.Sleep(2 * time.Millisecond)
+	}
+	if c.cut.Load() {
+		_ = c.Conn.Close()
+		return 0, io.EOF
 	}
 	return n, err
 }

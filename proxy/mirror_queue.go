@@ -264,6 +264,13 @@ func (sh *shadow) intend(body jute.Record) {
 	if sh.srv.cfg.StateDir == "" || sh.srv.secondaryRetired() {
 		return
 	}
+	sh.srv.journalAppend(sh.origin(), requestPaths(body))
+}
+
+// requestPaths lists the paths a write request names: those it changes
+// (mirrorPaths) and those it creates, but a sequential create's (the
+// primary chooses the name).
+func requestPaths(body jute.Record) []string {
 	paths := mirrorPaths(body)
 	create := func(r jute.Record) {
 		switch c := r.(type) {
@@ -283,5 +290,22 @@ func (sh *shadow) intend(body jute.Record) {
 			create(op.Req)
 		}
 	}
-	sh.srv.journalAppend(sh.origin(), paths)
+	return paths
+}
+
+// markInFlight queues the paths of the client writes in flight in q, whose
+// replies were lost with their server: their outcome is unknown (the
+// client is told ConnectionLoss), but the primary may have committed
+// them, so their paths are mirrored (the state is compared: nothing is
+// written if they did not happen). Called with the session's omu held.
+func (sh *shadow) markInFlight(q *pendingQueue) {
+	var paths []string
+	for i := q.head; i < len(q.items); i++ {
+		if p := &q.items[i]; p.kind == pendingClient && mirrored(p.op) && p.body != nil {
+			paths = append(paths, requestPaths(p.body)...)
+		}
+	}
+	if len(paths) > 0 {
+		sh.mark(paths...)
+	}
 }

@@ -458,8 +458,8 @@ func (s *session) handleRequest(frame []byte) error {
 	s.srv.hold.RLock() // a flip in progress holds the request here (flip.go)
 	defer s.srv.hold.RUnlock()
 	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now}
-	if resendable(op) {
-		p.body = req.Body // kept to re-send it after a move; a write never is
+	if resendable(op) || s.shadow != nil && mirrored(op) {
+		p.body = req.Body // kept to re-send it after a move (a write never is: its paths are mirrored if its reply is lost, mirror_queue.go)
 	}
 	switch b := req.Body.(type) {
 	case *jute.GetDataRequest:
