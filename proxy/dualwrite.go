@@ -141,7 +141,7 @@ func (s *Server) watchMirrorLag() {
 			s.m.mirrorLag.Set(lag)
 			if g := s.backlogGen.Load(); g != saved && s.cfg.StateDir != "" {
 				saved = g
-				s.saveBacklog(s.pendingPaths())
+				s.saveBacklog(s.pendingPaths)
 			}
 		}
 	}

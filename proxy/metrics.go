@@ -94,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		mirrorLag: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "mirror_lag_seconds", Help: "Age of the oldest write not yet mirrored to the secondary (0: the secondary is the primary's state)."}),
 		mirrorFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "mirror_failures_total", Help: "Writes the proxy could not mirror to the secondary and left to the replicator, by reason: backlog_full, noauth, noauth_acl_applied (the writer cannot read the primary back; the ACL it requested was applied to the secondary), noauth_acl_open (that ACL could not be applied: the secondary may be more permissive than the primary, act now), acl_hidden, not_converged, session_ended, shadow_expired (the secondary expired a shadow session; its ephemerals are re-created), fenced (the secondary's fence refused the mirror's write: this proxy missed a flip), error."}, []string{"reason"}),
+			Name: "mirror_failures_total", Help: "Writes the proxy could not mirror to the secondary and left to the replicator, by reason: backlog_full, noauth, noauth_acl_applied (the writer cannot read the primary back; the ACL it requested was applied to the secondary), noauth_acl_open (that ACL could not be applied: the secondary may be more permissive than the primary, act now), acl_hidden, not_converged, session_ended, shadow_expired (the secondary expired a shadow session; its ephemerals are re-created), fenced (the secondary's fence refused the mirror's write: this proxy missed a flip; no longer counted: see stranded), stranded (such a write, kept and repaired onto the new primary once the proxy has caught up), flip_conflict (a stranded write whose znode the new primary's clients changed after the flip: their state is kept, alert on it), flip_ambiguous (a stranded write the proxy cannot judge: ephemeral, ACL, or more than one flip since; left on both ensembles for the operator), error."}, []string{"reason"}),
 		mirrored: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "mirrored_paths_total", Help: "Znode paths whose state was mirrored to the secondary and verified equal."}),
 		mirrorReattach: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -122,7 +122,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"ok", "client_reconnect", "expired", "failed"} {
 		m.reconnects.WithLabelValues(r)
 	}
-	for _, r := range []string{"backlog_full", "noauth", "noauth_acl_applied", "noauth_acl_open", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "fenced", "error"} {
+	for _, r := range []string{"backlog_full", "noauth", "noauth_acl_applied", "noauth_acl_open", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "fenced", "stranded", "flip_conflict", "flip_ambiguous", "error"} {
 		m.mirrorFailures.WithLabelValues(r)
 	}
 	for _, r := range []string{"not_moved_deadline", "not_moved_error", "shadow_reopened", "ephemeral_not_moved"} {

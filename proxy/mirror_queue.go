@@ -18,6 +18,11 @@ type mirrorQueue struct {
 	// acl is the ACL the latest write of a queued path requested, when
 	// that write was a setACL or a create (mirror_acl.go).
 	acl map[string][]jute.ACL
+	// busy is the path being mirrored (from next to done1), again whether
+	// it was written again meanwhile: the mirror's last read of the
+	// primary may precede that write, so the path is mirrored once more.
+	busy  string
+	again bool
 }
 
 func (q *mirrorQueue) len() int { return len(q.since) }
@@ -28,6 +33,9 @@ func (q *mirrorQueue) add(p string, now time.Time) bool {
 		q.since = map[string]time.Time{}
 	}
 	if _, ok := q.since[p]; ok {
+		if p == q.busy {
+			q.again = true
+		}
 		return false
 	}
 	q.since[p] = now
@@ -109,6 +117,9 @@ func (sh *shadow) markACL(acl []jute.ACL, paths ...string) {
 	}
 	sh.mu.Unlock()
 	if added > 0 {
+		// Recorded in --state-dir before the client's reply is relayed
+		// (the caller relays it next): a SIGKILL loses no acknowledged write.
+		sh.srv.journalAppend(sh.origin(), paths)
 		sh.srv.noteBacklog()
 		sh.poke()
 	}
@@ -119,6 +130,7 @@ func (sh *shadow) next() (string, bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	p, _, ok := sh.queue.peek()
+	sh.queue.busy, sh.queue.again = p, false
 	return p, ok
 }
 
@@ -129,6 +141,7 @@ func (sh *shadow) done1(p string, err error) {
 	m := sh.srv.m
 	sh.mu.Lock()
 	if connLost(err) {
+		sh.queue.busy, sh.queue.again = "", false
 		// A lost connection: the path stays queued, unless it keeps
 		// failing (a path that cannot be read must not block the session's
 		// mirror for good).
@@ -142,11 +155,43 @@ func (sh *shadow) done1(p string, err error) {
 		err = fmt.Errorf("after %d attempts: %w", sh.fails, err)
 	}
 	sh.failPath, sh.fails = "", 0
-	since, ok := sh.queue.since[p]
-	if ok {
-		sh.queue.remove(p)
-	}
+	_, queued := sh.queue.since[p]
 	sh.mu.Unlock()
+	fenced := queued && errors.Is(err, errFenced)
+	if fenced {
+		// A flip this proxy missed raised the secondary's fence: the write
+		// was acknowledged, so it is kept until the proxy has caught up,
+		// then repaired onto the new primary (mirror_stranded.go).
+		// Stranded before it leaves the queue, so a rewrite of the backlog
+		// file (queues read first) never misses it.
+		sh.srv.strand(p, sh.origin(), sh.authsCopy())
+	}
+	again := false
+	since, ok := sh.srv.journalRemove(p, !fenced, func() (time.Time, bool) {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		q := &sh.queue
+		again = err == nil && q.again && q.busy == p
+		q.busy, q.again = "", false
+		if again {
+			// Written again while it was mirrored: mirrored once more,
+			// from the back of the queue.
+			if q.head < len(q.order) && q.order[q.head] == p {
+				q.head++
+			}
+			q.order = append(q.order, p)
+			return time.Time{}, false
+		}
+		since, ok := q.since[p]
+		if ok {
+			q.remove(p)
+		}
+		return since, ok
+	})
+	if again {
+		m.mirrored.Inc()
+		return
+	}
 	if !ok {
 		return
 	}
@@ -155,6 +200,13 @@ func (sh *shadow) done1(p string, err error) {
 	if err == nil {
 		m.mirrored.Inc()
 		m.mirrorDelay.Observe(time.Since(since).Seconds())
+		return
+	}
+	if fenced {
+		m.fenced.WithLabelValues("mirror").Inc()
+		sh.srv.pokeFence() // learn the epoch this proxy missed
+		sh.srv.logs.warn(sh.log, "mirror_stranded", "the secondary's fence refused a mirror write: this proxy missed a flip; the write is kept and repaired onto the new primary once the proxy has caught up",
+			"path", p, "hint", "nothing to do; zkmigrate_proxy_mirror_failures_total{reason=\"flip_conflict\"} counts writes the new primary changed since")
 		return
 	}
 	reason := "error"
@@ -169,10 +221,6 @@ func (sh *shadow) done1(p string, err error) {
 		reason = "noauth_acl_applied"
 	case errors.Is(err, errACLOpen):
 		reason = "noauth_acl_open"
-	case errors.Is(err, errFenced):
-		reason = "fenced"
-		m.fenced.WithLabelValues("mirror").Inc()
-		sh.srv.pokeFence() // learn the epoch this proxy missed
 	}
 	if reason == "noauth_acl_open" {
 		m.mirrorFailures.WithLabelValues(reason).Inc()
@@ -189,4 +237,75 @@ func (sh *shadow) done1(p string, err error) {
 // a timeout), not for an answer of the ensembles: the path is retried.
 func connLost(err error) bool {
 	return err != nil && !isZKCode(err) && !errors.Is(err, errMirrorGaveUp) && !errors.Is(err, errACLApplied) && !errors.Is(err, errFenced)
+}
+
+// origin is where the writes queued on sh were acknowledged: the
+// proxy's roles now (a flip drains every queue before it swaps), or the
+// origin recorded with a restored backlog.
+func (sh *shadow) origin() origin {
+	sh.mu.Lock()
+	from := sh.from
+	sh.mu.Unlock()
+	if from != nil {
+		return *from
+	}
+	return originOf(sh.srv.roles.Load())
+}
+
+// intend records in the backlog file, before the write is sent to the
+// primary, the paths a client's write request names (a sequential
+// create's name is the primary's to choose: it is recorded when the reply
+// names it). A proxy SIGKILLed after the primary committed the write and
+// before it read the reply (the client sees ConnectionLoss: an unknown
+// outcome) then mirrors the path after its restart, as any recorded path
+// (its state is compared: nothing is written if the write did not
+// happen).
+func (sh *shadow) intend(body jute.Record) {
+	if sh.srv.cfg.StateDir == "" || sh.srv.secondaryRetired() {
+		return
+	}
+	sh.srv.journalAppend(sh.origin(), requestPaths(body))
+}
+
+// requestPaths lists the paths a write request names: those it changes
+// (mirrorPaths) and those it creates, but a sequential create's (the
+// primary chooses the name).
+func requestPaths(body jute.Record) []string {
+	paths := mirrorPaths(body)
+	create := func(r jute.Record) {
+		switch c := r.(type) {
+		case *jute.CreateRequest:
+			if c.Flags != jute.FlagPersistentSequential && c.Flags != jute.FlagEphemeralSequential && c.Flags != jute.FlagPersistentSequentialWithTTL {
+				paths = append(paths, c.Path)
+			}
+		case *jute.CreateTTLRequest:
+			if c.Flags != jute.FlagPersistentSequentialWithTTL {
+				paths = append(paths, c.Path)
+			}
+		}
+	}
+	create(body)
+	if m, ok := body.(*jute.MultiRequest); ok {
+		for _, op := range m.Ops {
+			create(op.Req)
+		}
+	}
+	return paths
+}
+
+// markInFlight queues the paths of the client writes in flight in q, whose
+// replies were lost with their server: their outcome is unknown (the
+// client is told ConnectionLoss), but the primary may have committed
+// them, so their paths are mirrored (the state is compared: nothing is
+// written if they did not happen). Called with the session's omu held.
+func (sh *shadow) markInFlight(q *pendingQueue) {
+	var paths []string
+	for i := q.head; i < len(q.items); i++ {
+		if p := &q.items[i]; p.kind == pendingClient && mirrored(p.op) && p.body != nil {
+			paths = append(paths, requestPaths(p.body)...)
+		}
+	}
+	if len(paths) > 0 {
+		sh.mark(paths...)
+	}
 }

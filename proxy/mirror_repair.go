@@ -35,14 +35,15 @@ func (s *Server) handOff(sh *shadow, q mirrorQueue, auths []zkclient.Auth) bool 
 	if sh.repair || s.ctx.Err() != nil || s.secondaryRetired() {
 		return false
 	}
-	s.startRepair(fmt.Sprintf("0x%x", sh.key), sh.timeout, q, auths)
+	s.startRepair(fmt.Sprintf("0x%x", sh.key), sh.timeout, q, auths, nil)
 	return true
 }
 
 // startRepair starts a repair shadow mirroring the paths of q, presenting
 // auths, with a session of timeout on the secondary; of names what it
-// repairs in its log lines.
-func (s *Server) startRepair(of string, timeout time.Duration, q mirrorQueue, auths []zkclient.Auth) {
+// repairs in its log lines; from is the paths' origin when it is not the
+// proxy's roles now (a restored backlog: mirror_stranded.go), else nil.
+func (s *Server) startRepair(of string, timeout time.Duration, q mirrorQueue, auths []zkclient.Auth, from *origin) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	key := repairKeyBase + s.repairSeq
@@ -54,6 +55,7 @@ func (s *Server) startRepair(of string, timeout time.Duration, q mirrorQueue, au
 		auths:      auths,
 		ephemerals: map[string]struct{}{},
 		queue:      q,
+		from:       from,
 		closing:    true, // close the repair session as soon as the queue is done
 		closeBy:    time.Now().Add(repairWindow),
 		wake:       make(chan struct{}, 1),

@@ -247,10 +247,12 @@ type Server struct {
 	conns      map[net.Conn]string // the remote address's IP
 	perIP      map[string]int
 	sessions   map[int64]*session
-	shadows    map[int64]*shadow // two-ensemble mode, by client session id
-	repairSeq  int64             // repair shadows started (mirror_repair.go)
-	stopLeft   []string          // paths shadows held when the proxy stopped (mirror_persist.go)
-	backlogGen atomic.Int64      // bumped at every change of the mirror backlog
+	shadows    map[int64]*shadow   // two-ensemble mode, by client session id
+	repairSeq  int64               // repair shadows started (mirror_repair.go)
+	stopLeft   map[origin][]string // paths shadows held when the proxy stopped, by origin (mirror_persist.go)
+	stranded   strandSet           // writes a missed flip stranded (mirror_stranded.go)
+	journal    backlogJournal      // the backlog file between rewrites (mirror_persist.go)
+	backlogGen atomic.Int64        // bumped at every change of the mirror backlog
 	closed     bool
 
 	readers       primaryReaders
@@ -299,6 +301,7 @@ func New(cfg Config) (*Server, error) {
 		sessions: map[int64]*session{}, shadows: map[int64]*shadow{}, idmap: map[int64]identity{},
 		started: time.Now(), leaseCh: make(chan struct{}), fencePoke: make(chan struct{}, 1),
 	}
+	s.stranded.wake = make(chan struct{}, 1)
 	s.roles.Store(&roles{primary: cfg.PrimaryName, upstream: cfg.Upstream, secondary: cfg.Secondary, epoch: cfg.Epoch})
 	s.view.on = len(cfg.Secondary) > 0 // one ensemble never flips: nothing to record or translate
 	if err := s.loadRetired(); err != nil {
@@ -335,6 +338,11 @@ func New(cfg Config) (*Server, error) {
 		go func() {
 			defer s.wg.Done()
 			s.watchFence()
+		}()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchStranded()
 		}()
 	}
 	return s, nil
@@ -480,7 +488,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	if s.TwoEnsembles() {
-		s.saveBacklog(s.stopLeft) // every shadow has ended: what they held
+		s.saveBacklog(s.backlogAtStop) // every shadow has ended: what they held, and the stranded paths
 		s.saveVersions()
 	}
 	return nil

@@ -458,8 +458,8 @@ func (s *session) handleRequest(frame []byte) error {
 	s.srv.hold.RLock() // a flip in progress holds the request here (flip.go)
 	defer s.srv.hold.RUnlock()
 	p := pending{xid: req.Header.Xid, op: op, kind: pendingClient, start: now}
-	if resendable(op) {
-		p.body = req.Body // kept to re-send it after a move; a write never is
+	if resendable(op) || s.shadow != nil && mirrored(op) {
+		p.body = req.Body // kept to re-send it after a move (a write never is: its paths are mirrored if its reply is lost, mirror_queue.go)
 	}
 	switch b := req.Body.(type) {
 	case *jute.GetDataRequest:
@@ -533,6 +533,9 @@ func (s *session) handleRequest(frame []byte) error {
 		}
 		p.mirror = mirrorPaths(req.Body)
 		p.macl = requestedACL(req.Body)
+		if mirrored(op) {
+			s.shadow.intend(req.Body) // in --state-dir before the primary sees it (mirror_queue.go)
+		}
 	}
 	// The fence (fence.go): every write checks the primary's fence version.
 	if frame, p.wrapped, err = s.guardWrite(req.Header, op, req.Body, frame); err != nil {

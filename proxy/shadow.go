@@ -53,6 +53,7 @@ type shadow struct {
 	gone       bool          // run is ending: a relay arriving now needs a new shadow
 	closeBy    time.Time     // give up draining at this time
 	repair     bool          // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
+	from       *origin       // a repair shadow's paths' origin when not the proxy's roles (restored from --state-dir: mirror_stranded.go)
 	handoff    *handoff      // a flip asks for the open connection (session_shadow.go)
 	lost       bool          // the secondary expired the session while a flip held: the swap opens a new one (flip_expired.go)
 	gate       chan struct{} // closed once a flip moving the session is done with its old serving connection (flipTo)
@@ -443,7 +444,7 @@ func (s *Server) forgetShadow(sh *shadow) {
 		return
 	}
 	if n > 0 && s.ctx.Err() != nil && s.cfg.StateDir != "" {
-		s.leftAtStop(q) // recorded in --state-dir: the next run mirrors them
+		s.leftAtStop(sh.origin(), q) // recorded in --state-dir: the next run mirrors them
 		s.mirrorBacklog.Add(-int64(n))
 		s.noteBacklog()
 		return

@@ -309,6 +309,9 @@ func (s *session) reattach(dead *upstream) bool {
 		s.queue.dropClient()
 	}
 	unsafe := s.queue.unsafeInFlight()
+	if unsafe && s.shadow != nil {
+		s.shadow.markInFlight(&s.queue) // committed or not, their paths are mirrored (mirror_queue.go)
+	}
 	s.queue.dropInternal()
 	s.drainLocalLocked()
 	s.out.flush()

@@ -42,19 +42,42 @@ func (s *Syncer) FlipReady(ctx context.Context, m *control.Migration, from, to e
 		}
 		select {
 		case <-ctx.Done():
+			if errors.Is(last, errNoVerdictYet) {
+				// Not a finding: the barrier holds again (a timeout), the
+				// flip is not aborted.
+				return fmt.Errorf("%w: %w", last, context.DeadlineExceeded)
+			}
 			return last
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
 
+// errNoVerdictYet means the guard cannot judge yet: the replicator does
+// not run here yet (a new leader's supervisor has not started it), or no
+// heartbeat has crossed each way lately, because it has just started (on
+// a new leader, after the old one died inside a flip's barrier) or is
+// reconnecting (a ZooKeeper server it used died: an election takes
+// seconds). At the end of the guard's time it is a timeout, which the
+// barrier answers by releasing the holds and holding again, up to three
+// times (control.retryHold), before it aborts; not a finding that aborts
+// at once. Aborting there failed the flip step in
+// TestFlipScenarioUnderFaults twice: the new leader's guard ran 100 ms
+// after its replicator started, and the first flip's guard 100 ms after
+// the replicator had reconnected from the SIGKILL of A's leader (the last
+// heartbeat 4.4 s old); and once the new leader's guard ran before its
+// supervisor had started the replicator at all ("not running on the
+// leader").
+var errNoVerdictYet = errors.New("the guard cannot judge yet")
+
 func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *control.Config, conns *guardConns, side, connect [2]string) error {
 	r := s.run(m.ID)
 	if r == nil || !s.IsLeader() {
-		return fmt.Errorf("the replicator is not running on the leader (%s)", s.NodeID)
+		// A new leader's supervisor starts it within a tick: no verdict yet.
+		return fmt.Errorf("%w: the replicator is not running on the leader (%s)", errNoVerdictYet, s.NodeID)
 	}
 	if p := r.replicating(true); p != "" {
-		return errors.New(p)
+		return fmt.Errorf("%w: %s", errNoVerdictYet, p)
 	}
 	threshold := time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond
 	if ab, ba := r.cont.Lag(); max(ab, ba) > threshold {
