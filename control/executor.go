@@ -118,6 +118,11 @@ func (e *Executor) Run(ctx context.Context) error {
 			return ctx.Err()
 		case <-t.C:
 		}
+		// Both may be ready: a stopped executor starts no other pass
+		// (a test's leader killed inside an undo undid it twice).
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if !e.P.IsLeader() {
 			continue
 		}
