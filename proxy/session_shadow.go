@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net"
 	"time"
 
@@ -124,4 +126,115 @@ func (sh *shadow) await(h *handoff, deadline time.Time) (net.Conn, string, error
 		<-h.done // Detach does not wait on the network
 	}
 	return h.conn, h.addr, h.err
+}
+
+// shadowCloseCap bounds, in session timeouts past the client's close, how
+// long closeLater keeps trying to close a shadow session while the
+// secondary stays unreachable.
+const shadowCloseCap = 4
+
+// closeLater closes, from a goroutine of its own, the shadow session the
+// shadow could not close when the client's session ended (the secondary
+// was unreachable, or its connection was lost during closeSession; why
+// says which). Left to expire, the session would keep the client's
+// ephemerals on the secondary for its timeout, counted from the
+// secondary's return if its quorum was lost: a replicator would then take
+// them for a bypassing client's ephemerals and copy them to the primary
+// (SPEC.md 4.9). It re-attaches with the session's id and password on any
+// server of the secondary as soon as one answers and sends closeSession,
+// until that succeeds, the server says the session is gone, or the
+// session must have expired there anyway: its timeout has passed since
+// the last attempt that found the secondary unreachable, and at most
+// shadowCloseCap timeouts since the close. The goroutine is counted in
+// Server.wg and ends with the server's context.
+func (sh *shadow) closeLater(why error) {
+	s := sh.srv
+	sh.mu.Lock()
+	l, id, passwd, auths := sh.leg, sh.leg.id, sh.leg.passwd, append([]zkclient.Auth(nil), sh.auths...)
+	closeBy := sh.closeBy
+	sh.mu.Unlock()
+	if id == 0 || s.ctx.Err() != nil {
+		return // never opened (nothing owned on the secondary), or the proxy stops
+	}
+	if closeBy.IsZero() {
+		closeBy = time.Now().Add(sh.timeout)
+	}
+	s.m.mirrorFailures.WithLabelValues("shadow_close_retried").Inc()
+	s.logs.warn(sh.log, "shadow_close_retry", "could not close the shadow session on the secondary with the client's session; closing it as soon as a server of the secondary answers",
+		"shadow", fmt.Sprintf("0x%x", id), "secondary", l.name.Flag(), "err", why, "timeout", sh.timeout,
+		"hint", "bring the secondary back; until it is closed or expired the client's ephemerals stay there")
+	s.wg.Add(1) // run, counted in wg, is still running: no race with Wait
+	go func() {
+		defer s.wg.Done()
+		sh.closeUntil(l.addrs, l.name.Flag(), id, passwd, auths, closeBy)
+	}()
+}
+
+// closeUntil is closeLater's goroutine.
+func (sh *shadow) closeUntil(addrs []string, name string, id int64, passwd []byte, auths []zkclient.Auth, closeBy time.Time) {
+	s := sh.srv
+	hardStop := closeBy.Add(shadowCloseCap * sh.timeout)
+	deadline := closeBy
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		now := time.Now()
+		if now.After(deadline) || now.After(hardStop) {
+			sh.log.Warn("gave up closing the shadow session: it has expired on the secondary by now, or does within its timeout",
+				"shadow", fmt.Sprintf("0x%x", id), "secondary", name, "attempts", attempt-1)
+			return
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, sh.timeout)
+		c, err := zkclient.Dial(ctx, addrs, zkclient.Options{SessionTimeout: sh.timeout, DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial,
+			SessionID: id, Passwd: passwd, Auth: auths, BufferSize: 4 << 10, EventBuffer: 16})
+		cancel()
+		if errors.Is(err, zkclient.ErrExpired) {
+			sh.log.Info("shadow session already gone from the secondary", "shadow", fmt.Sprintf("0x%x", id), "attempts", attempt)
+			return
+		}
+		if err == nil {
+			if err = c.Close(); err == nil {
+				sh.log.Info("shadow session closed on the secondary after its return: the client's ephemerals are gone from it",
+					"shadow", fmt.Sprintf("0x%x", id), "secondary", name, "attempts", attempt)
+				return
+			}
+		}
+		if s.ctx.Err() != nil {
+			return // the proxy stops: the session expires after its timeout
+		}
+		// No server of the secondary answered (or the close was not
+		// acknowledged): the session may live on there for a timeout
+		// from now (a secondary that lost its quorum restarts its
+		// sessions' clocks when it regains it).
+		deadline = maxTime(deadline, time.Now().Add(sh.timeout))
+		sh.log.Debug("closing the shadow session: secondary not answering yet", "shadow", fmt.Sprintf("0x%x", id), "err", err)
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// closingNotRetiring reports whether the shadow ends with the client's
+// session (not with a retirement, which closeRetired handles).
+func (sh *shadow) closingNotRetiring() bool {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.closing && !sh.retiring
+}
+
+// err0 returns err, or an error saying what when err is nil.
+func err0(err error, what string) error {
+	if err != nil {
+		return err
+	}
+	return errors.New(what)
 }

@@ -189,12 +189,19 @@ func (sh *shadow) run() {
 	defer sh.srv.forgetShadow(sh)
 	ctx := sh.srv.ctx
 	backoff := 50 * time.Millisecond
+	var lastErr error
 	for {
 		if sh.finished() {
 			sh.closeRetired() // retire.go: not left to expire on the retired ensemble
+			if sh.closingNotRetiring() {
+				// The client's session ended while the secondary was
+				// unreachable: not left to expire there either.
+				sh.closeLater(err0(lastErr, "the secondary was unreachable when the client's session ended"))
+			}
 			return
 		}
 		c, err := sh.connect(ctx)
+		lastErr = err
 		if errors.Is(err, errSwapped) {
 			continue
 		}
@@ -348,7 +355,9 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 			closing := sh.closing
 			sh.mu.Unlock()
 			if closing {
-				_ = c.Close() // closeSession: the client's ephemerals go from the secondary
+				if err := c.Close(); err != nil { // closeSession: the client's ephemerals go from the secondary
+					sh.closeLater(err) // not acknowledged (connection lost): retried on its own
+				}
 				sh.mu.Lock()
 				retiring := sh.retiring
 				sh.mu.Unlock()

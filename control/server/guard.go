@@ -70,6 +70,42 @@ func (s *Syncer) FlipReady(ctx context.Context, m *control.Migration, from, to e
 // leader").
 var errNoVerdictYet = errors.New("the guard cannot judge yet")
 
+// youngLag is how long after a replicator starts a lag above the
+// threshold is no verdict (errNoVerdictYet) rather than a finding: its
+// first full reconcile (every path read on both sides, the backlog of a
+// dead leader's replicator decided) runs before its own heartbeats start,
+// so what it measures first is that backlog, not the sync's lag.
+const youngLag = 10 * time.Second
+
+// lagProblem judges the replicator's last measured lag (A to B, B to A)
+// against threshold: nil when under it; errNoVerdictYet when the
+// replicator is younger than youngLag or the heartbeat it measured was
+// written before it started (an old leader's replicator wrote it: the
+// measure is that replicator's death, not this one's lag); else the
+// finding. beats are when a heartbeat from A and from B last reached the
+// other side (unix nanoseconds, 0: never). The new control leader's guard
+// aborted a flip on a lag of 2.35 s over the 2 s threshold just after its
+// replicator started (TestFlipScenarioUnderFaults); the barrier now holds
+// again instead, and aborts only if the lag is still there after its
+// retries (control.retryHold).
+func lagProblem(lag [2]time.Duration, threshold time.Duration, started time.Time, beats [2]int64, now time.Time) error {
+	if max(lag[0], lag[1]) <= threshold {
+		return nil
+	}
+	msg := fmt.Sprintf("sync lag %v (A to B) / %v (B to A) above the threshold %v", lag[0].Round(time.Millisecond), lag[1].Round(time.Millisecond), threshold)
+	if age := now.Sub(started); age < youngLag {
+		return fmt.Errorf("%w: %s, measured by a replicator started %v ago (its first full reconcile decides what a dead leader's replicator left; lag is judged from %v on)",
+			errNoVerdictYet, msg, age.Round(100*time.Millisecond), youngLag)
+	}
+	for i, l := range lag {
+		if l > threshold && beats[i] != 0 && time.Unix(0, beats[i]).Add(-l).Before(started) {
+			return fmt.Errorf("%w: %s, measured on a heartbeat from %s written before this replicator started (by an earlier one)",
+				errNoVerdictYet, msg, [2]string{"A", "B"}[i])
+		}
+	}
+	return errors.New(msg)
+}
+
 func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *control.Config, conns *guardConns, side, connect [2]string) error {
 	r := s.run(m.ID)
 	if r == nil || !s.IsLeader() {
@@ -80,8 +116,9 @@ func (s *Syncer) flipProblem(ctx context.Context, m *control.Migration, cfg *con
 		return fmt.Errorf("%w: %s", errNoVerdictYet, p)
 	}
 	threshold := time.Duration(cfg.Sync.LagThresholdMS) * time.Millisecond
-	if ab, ba := r.cont.Lag(); max(ab, ba) > threshold {
-		return fmt.Errorf("sync lag %v (A to B) / %v (B to A) above the threshold %v", ab.Round(time.Millisecond), ba.Round(time.Millisecond), threshold)
+	ab, ba := r.cont.Lag()
+	if err := lagProblem([2]time.Duration{ab, ba}, threshold, r.started, [2]int64{r.beat[0].Load(), r.beat[1].Load()}, time.Now()); err != nil {
+		return err
 	}
 	if cs := r.cont.Conflicts(); len(cs) > 0 {
 		paths := make([]string, 0, len(cs))

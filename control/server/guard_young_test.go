@@ -55,3 +55,36 @@ func TestGuardOnAYoungReplicatorIsNoVerdict(t *testing.T) {
 		}
 	}
 }
+
+// TestGuardOnLagOfAYoungReplicatorIsNoVerdict: a lag above the threshold
+// measured by a replicator that has just started (a new control leader's,
+// in its first full reconcile), or on a heartbeat written before it
+// started, is no verdict (the barrier holds again), not a finding that
+// aborts the flip: the new leader's guard aborted a flip on "sync lag
+// 2.35s above the threshold 2s" just after its replicator started. A lag
+// measured by a replicator past that, on its own heartbeat, is still a
+// finding.
+func TestGuardOnLagOfAYoungReplicatorIsNoVerdict(t *testing.T) {
+	now := time.Now()
+	threshold := 2 * time.Second
+	lag := [2]time.Duration{2350 * time.Millisecond, 10 * time.Millisecond}
+	fresh := [2]int64{now.UnixNano(), now.UnixNano()}
+	if err := lagProblem([2]time.Duration{time.Second, time.Second}, threshold, now.Add(-time.Hour), fresh, now); err != nil {
+		t.Fatalf("lag under the threshold: %v, want nil", err)
+	}
+	young := lagProblem(lag, threshold, now.Add(-200*time.Millisecond), fresh, now)
+	if !errors.Is(young, errNoVerdictYet) || !strings.Contains(young.Error(), "2.35s") {
+		t.Fatalf("lag measured by a replicator started 200ms ago: %v, want no verdict (the barrier holds again)", young)
+	}
+	// Older than youngLag, but the heartbeat measured was written 2.35 s
+	// before the observation, before the replicator started.
+	started := now.Add(-youngLag - time.Second)
+	stale := [2]int64{started.Add(time.Second).UnixNano(), now.UnixNano()}
+	if err := lagProblem(lag, threshold, started, stale, now); !errors.Is(err, errNoVerdictYet) {
+		t.Fatalf("lag measured on a heartbeat written before the replicator started: %v, want no verdict", err)
+	}
+	found := lagProblem(lag, threshold, now.Add(-time.Minute), fresh, now)
+	if found == nil || errors.Is(found, errNoVerdictYet) || !strings.Contains(found.Error(), "above the threshold") {
+		t.Fatalf("lag of a replicator running for a minute, on its own heartbeat: %v, want a finding", found)
+	}
+}
