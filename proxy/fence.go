@@ -468,7 +468,13 @@ func (sh *shadow) fencedMulti(ctx context.Context, c *zkclient.Conn, ops ...zkcl
 	if err != nil {
 		return nil, err
 	}
-	all := append([]zkclient.MultiOp{{Op: jute.OpCheck, Req: &jute.CheckVersionRequest{Path: sh.srv.cfg.FencePath, Version: v}}}, ops...)
+	return fenceCheckedMulti(ctx, c, sh.srv.cfg.FencePath, v, ops...)
+}
+
+// fenceCheckedMulti runs ops through c in one multi after a check that the
+// fence znode at fencePath is at version v: a refused check is errFenced.
+func fenceCheckedMulti(ctx context.Context, c *zkclient.Conn, fencePath string, v int32, ops ...zkclient.MultiOp) (*jute.MultiResponse, error) {
+	all := append([]zkclient.MultiOp{{Op: jute.OpCheck, Req: &jute.CheckVersionRequest{Path: fencePath, Version: v}}}, ops...)
 	call := c.GoMulti(all)
 	select {
 	case <-call.Done:

@@ -306,22 +306,7 @@ func sameState(x, y node) bool {
 // primaryMulti runs ops on the primary through c after the check of the
 // primary's fence at the proxy's epoch (r): a refused check is errFenced.
 func (s *Server) primaryMulti(ctx context.Context, r *roles, c *zkclient.Conn, ops ...zkclient.MultiOp) (*jute.MultiResponse, error) {
-	v := r.fence[r.primary.Index()]
-	all := append([]zkclient.MultiOp{{Op: jute.OpCheck, Req: &jute.CheckVersionRequest{Path: s.cfg.FencePath, Version: v}}}, ops...)
-	call := c.GoMulti(all)
-	select {
-	case <-call.Done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	i, err := zkclient.MultiErr(call)
-	switch {
-	case i == 0:
-		return nil, errFenced
-	case err != nil:
-		return nil, err
-	}
-	return call.Resp.(*jute.MultiResponse), nil
+	return fenceCheckedMulti(ctx, c, s.cfg.FencePath, r.fence[r.primary.Index()], ops...)
 }
 
 func (s *Server) primaryDelete(ctx context.Context, r *roles, c *zkclient.Conn, p string, v int32) error {
