@@ -16,7 +16,6 @@ import (
 	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/replicator"
 	"github.com/zk-migrate/zk-migrate/zkclient"
-	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
 // TestReverseFlipGuardPassesBesideABypassWriterOnA: B is the primary (a
@@ -34,26 +33,7 @@ func TestReverseFlipGuardPassesBesideABypassWriterOnA(t *testing.T) {
 		t.Skip("starts ZooKeeper")
 	}
 	ctx := context.Background()
-	var conns [2]*zkclient.Conn
-	var ens [2]*zktest.Ensemble
-	for i, name := range []string{"grd-a", "grd-b"} {
-		e, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: name})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.Close)
-		c, err := zkclient.Dial(ctx, e.Addrs(), zkclient.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		for _, p := range []string{"/x", "/x/direct"} {
-			if _, err := c.Create(ctx, p, []byte("v0"), zkclient.OpenACL, 0); err != nil {
-				t.Fatal(err)
-			}
-		}
-		ens[i], conns[i] = e, c
-	}
+	ens, conns := twoEnsembles(t, [2]string{"grd-a", "grd-b"}, "/x", "/x/direct")
 	var cfg control.Config
 	cfg.Migration.ID = "grd"
 	cfg.Migration.SourceZK, cfg.Migration.TargetZK = ens[0].ConnectString(), ens[1].ConnectString()

@@ -29,26 +29,7 @@ func TestReverseFlipPrimaryHoldsAgainstTheRecordedOne(t *testing.T) {
 		t.Skip("starts ZooKeeper")
 	}
 	ctx := context.Background()
-	var conns [2]*zkclient.Conn
-	var ens [2]*zktest.Ensemble
-	for i, name := range []string{"rev-a", "rev-b"} {
-		e, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: name})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.Close)
-		c, err := zkclient.Dial(ctx, e.Addrs(), zkclient.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		for _, p := range []string{"/x", "/x/r"} { // equal on both sides: the copy and flip are behind us
-			if _, err := c.Create(ctx, p, []byte("v0"), zkclient.OpenACL, 0); err != nil {
-				t.Fatal(err)
-			}
-		}
-		ens[i], conns[i] = e, c
-	}
+	ens, conns := twoEnsembles(t, [2]string{"rev-a", "rev-b"}, "/x", "/x/r") // equal on both sides: the copy and flip are behind us
 	var cfg control.Config
 	cfg.Migration.ID = "rev"
 	cfg.Migration.SourceZK, cfg.Migration.TargetZK = ens[0].ConnectString(), ens[1].ConnectString()
@@ -173,4 +154,33 @@ func TestPhase1VerifyOutlivesAStoppedSync(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("phase 1's verification after its sync was stopped: %v", err)
 	}
+}
+
+// twoEnsembles starts one-server ensembles A and B (named names[0] and
+// names[1]), each with paths created at "v0", and returns them with a
+// session on each.
+func twoEnsembles(t *testing.T, names [2]string, paths ...string) ([2]*zktest.Ensemble, [2]*zkclient.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	var conns [2]*zkclient.Conn
+	var ens [2]*zktest.Ensemble
+	for i, name := range names {
+		e, err := zktest.Start(ctx, zktest.Config{Servers: 1, Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Close)
+		c, err := zkclient.Dial(ctx, e.Addrs(), zkclient.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		for _, p := range paths {
+			if _, err := c.Create(ctx, p, []byte("v0"), zkclient.OpenACL, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ens[i], conns[i] = e, c
+	}
+	return ens, conns
 }
