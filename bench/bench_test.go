@@ -137,12 +137,11 @@ func run(m *testing.M) (int, error) {
 }
 
 func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := zktest.StableAddr() // below the ephemeral range, see StablePort
 	if err != nil {
 		panic(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // relay is the baseline: bytes copied both ways, nothing decoded.

@@ -2,21 +2,23 @@ package deployer
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Below the ephemeral range: a port from it could be taken by an
+	// outgoing connection before the process started later binds it.
+	p, err := zktest.StablePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // TestLocalDeployerContract runs real bin/mesos-sim processes: Start and

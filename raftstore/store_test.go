@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"github.com/zk-migrate/zk-migrate/ensemble"
-	"net"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -13,15 +12,16 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/control"
+	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
 func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	addr, err := zktest.StableAddr() // below the ephemeral range, see StablePort
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 func open(t *testing.T, id, dir, addr string, bootstrap bool) *Node {

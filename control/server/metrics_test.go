@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -84,9 +83,10 @@ func TestControlMetricsFollowLeadership(t *testing.T) {
 		masters = append(masters, p)
 	}
 
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	raftAddr := l.Addr().String()
-	l.Close()
+	raftAddr, err := zktest.StableAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	node, err := raftstore.Open(raftstore.Config{ID: "solo", Dir: t.TempDir(), BindAddr: raftAddr, Bootstrap: true,
 		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond})
 	if err != nil {

@@ -2,12 +2,12 @@ package server
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/control"
 	"github.com/zk-migrate/zk-migrate/raftstore"
+	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
 // TestAuditPrunerEnforcesRetention: on a real Raft node the pruner drops
@@ -15,9 +15,10 @@ import (
 // running), leaves an anchor, writes an attributed audit-prune entry, and
 // proposes nothing when nothing is old enough.
 func TestAuditPrunerEnforcesRetention(t *testing.T) {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	raftAddr := l.Addr().String()
-	l.Close()
+	raftAddr, err := zktest.StableAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	n, err := raftstore.Open(raftstore.Config{ID: "solo", Dir: t.TempDir(), BindAddr: raftAddr, Bootstrap: true,
 		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/zk-migrate/zk-migrate/raftstore"
+	"github.com/zk-migrate/zk-migrate/zktest"
 )
 
 const (
@@ -19,9 +20,10 @@ const (
 
 func startAPI(t *testing.T) string {
 	t.Helper()
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	raftAddr := l.Addr().String()
-	l.Close()
+	raftAddr, err := zktest.StableAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	n, err := raftstore.Open(raftstore.Config{ID: "solo", Dir: t.TempDir(), BindAddr: raftAddr, Bootstrap: true,
 		HeartbeatTimeout: 100 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond})
 	if err != nil {
