@@ -837,13 +837,30 @@ func (r *read) version() version {
 func (c *Continuous) readBoth(ctx context.Context, paths []string) ([2][]read, error) {
 	var out [2][]read
 	var calls [2][]*zkclient.Call
+	var synced [2]*zkclient.Call
 	for _, side := range []Side{SideA, SideB} {
+		// The events come from the watcher session, possibly on another
+		// server than the writer's, which may lag behind it (a follower in
+		// a GC pause or on a slow disk): read there, a change the watch
+		// reported can still be missing, and the round would find nothing
+		// to do, leaving it to the next full reconcile. A sync first
+		// (pipelined: the server answers the session's reads after it)
+		// makes the reads see everything committed before the round.
+		synced[side] = c.conns[side].Go(jute.OpSync, &jute.SyncRequest{Path: "/"}, &jute.SyncResponse{})
 		calls[side] = make([]*zkclient.Call, len(paths))
 		for i, p := range paths {
 			calls[side][i] = c.conns[side].Go(jute.OpGetData, &jute.GetDataRequest{Path: p}, &jute.GetDataResponse{})
 		}
 	}
 	for _, side := range []Side{SideA, SideB} {
+		select {
+		case <-synced[side].Done:
+		case <-ctx.Done():
+			return out, ctx.Err()
+		}
+		if err := synced[side].Err; err != nil {
+			return out, fmt.Errorf("sync on %s before reading: %w", side, err)
+		}
 		out[side] = make([]read, len(paths))
 		for i, call := range calls[side] {
 			select {
