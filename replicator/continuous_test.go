@@ -548,6 +548,73 @@ func TestContinuousCopiesAChangeItsWriterServerHasNotSeenYet(t *testing.T) {
 	}
 }
 
+// TestContinuousRecoversFromAnExpiredWriterSession cuts the replicator off
+// A (a faultnet partition) until A expires its writer session, with a copy
+// on A of a client's ephemeral on B. Resuming that session can never
+// succeed again: the replicator must open a new one, copy the ephemeral to
+// A again and go on syncing, and never take the copy that went with the
+// session for a deletion to copy to B. Before, it retried the resume every
+// 5 s forever (seen under load in TestContinuousSurvivesServerLoss, when A
+// had no quorum for longer than the session timeout).
+func TestContinuousRecoversFromAnExpiredWriterSession(t *testing.T) {
+	ctx := context.Background()
+	root := testRoot(t)
+	build(t, dial(t, ensA), []zkclient.MultiOp{create(root, nil, nil, 0)})
+	hop, err := faultnet.Listen("127.0.0.1:0", ensA.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hop.Close() })
+	dialer := func(ctx context.Context, side Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
+		addrs := ensB.Addrs()
+		if side == SideA {
+			addrs = []string{hop.Addr()}
+		}
+		opts := zkclient.Options{Auth: replAuth, SessionTimeout: 2 * time.Second, DialTimeout: time.Second}
+		if resume != nil {
+			opts.SessionID, opts.Passwd = resume.SessionID(), resume.Passwd()
+		}
+		return zkclient.Dial(ctx, addrs, opts)
+	}
+	c, err := NewContinuous(ContinuousConfig{Dial: dialer, Roots: []string{root}, InitialSync: true, Heartbeat: -1,
+		ReconcileEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	ep := endpoints(t, 1)
+	waitEqual(t, ep, root, 30*time.Second)
+	owner, err := zkclient.Dial(ctx, ensB.Addrs(), zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	eph, err := owner.Create(ctx, root+"/eph", []byte("b"), zkclient.OpenACL, jute.FlagEphemeral)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, ep, root, 30*time.Second)
+	a := ep.Source[0]
+	hop.Partition(true)
+	// A expires the writer session: its copy of the ephemeral goes.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := a.Exists(ctx, eph); jute.CodeOf(err) == jute.CodeNoNode {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("A kept the copy of the ephemeral 30 s after its writer session was cut off (2 s timeout)")
+		}
+	}
+	hop.Partition(false)
+	if _, err := owner.Create(ctx, root+"/after", []byte("b"), zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, ep, root, 30*time.Second) // the copy made again, the new node copied
+	if st, err := ep.Target[0].Exists(ctx, eph); err != nil || st.EphemeralOwner != owner.SessionID() {
+		t.Fatalf("the client's ephemeral on B after the replicator's session expired: %+v %v", st, err)
+	}
+}
+
 func mustDial(t *testing.T, ens *zktest.Ensemble) *zkclient.Conn {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
