@@ -18,6 +18,18 @@ type Proposer interface {
 	IsLeader() bool
 }
 
+// LogBarrier is a Proposer that can wait until it has applied everything
+// committed before the call (raftstore.Node, with Raft's Barrier). A node
+// that has just become leader may not have applied yet what its
+// predecessor committed (entries of the old term are applied once the new
+// term's first entry commits): its State is then older than the log. The
+// executor waits for the barrier before its first pass as leader, so it
+// never acts on such a state (it re-ran a step that had succeeded, and
+// started phase 1's sync beside the supervisor's bookkeeping).
+type LogBarrier interface {
+	Barrier(timeout time.Duration) error
+}
+
 // StepRunner performs one step. Every method must be idempotent: after a
 // leader change the new leader calls them again for the step in progress.
 type StepRunner interface {
@@ -112,6 +124,7 @@ func (e *Executor) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(e.Interval)
 	defer t.Stop()
+	caughtUp := false // applied everything committed since this node leads
 	for {
 		select {
 		case <-ctx.Done():
@@ -124,8 +137,16 @@ func (e *Executor) Run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if !e.P.IsLeader() {
+			caughtUp = false
 			continue
 		}
+		if b, ok := e.P.(LogBarrier); ok && !caughtUp {
+			if err := b.Barrier(5 * time.Second); err != nil {
+				e.Logger.Warn("executor: catching up with the log before acting as leader", "err", err)
+				continue
+			}
+		}
+		caughtUp = true
 		e.passes(ctx)
 	}
 }

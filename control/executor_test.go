@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -340,5 +341,69 @@ func TestRollbackFromEveryStep(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// newLeaderProposer is a node just elected leader, as Raft makes one: the
+// log holds everything its predecessor committed, but its state machine
+// has not applied the last entries yet (they are applied once the new
+// term's first entry commits). State is the older state until Barrier.
+type newLeaderProposer struct {
+	*localProposer
+	behind    *State
+	caughtUp  atomic.Bool
+	afterward atomic.Int32 // State calls after the barrier
+}
+
+func (p *newLeaderProposer) State() *State {
+	if !p.caughtUp.Load() {
+		return p.behind
+	}
+	p.afterward.Add(1)
+	return p.localProposer.State()
+}
+
+func (p *newLeaderProposer) Barrier(time.Duration) error {
+	p.caughtUp.Store(true)
+	return nil
+}
+
+// TestNewLeaderActsOnlyOnTheWholeLog: phase 1 succeeded under the old
+// leader, which was killed before the new one applied that. The new
+// leader's executor must not run the step again from its older state: in
+// the control plane that started phase 1's sync on the new leader beside
+// the supervisor, which then recorded sync-started without the
+// sync-stopped of the old leader's (TestSyncFollowsTheControlLeader failed
+// so under load).
+func TestNewLeaderActsOnlyOnTheWholeLog(t *testing.T) {
+	p := &localProposer{s: NewState()}
+	for _, k := range []Kind{CmdCreate, CmdStart} {
+		if err := op(p, k, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	behind := p.State() // phase 1 running
+	if err := p.Apply(context.Background(), Command{Kind: CmdStepSucceeded, Migration: "m", By: "executor:old-leader",
+		Time: time.Now().UTC(), Step: StepDeployB}); err != nil {
+		t.Fatal(err)
+	}
+	nl := &newLeaderProposer{localProposer: p, behind: behind}
+	rec := &recorder{failRuns: map[Step]int{}}
+	e := &Executor{P: nl, Steps: map[Step]StepRunner{StepDeployB: stepRunner{StepDeployB, rec}}, Fleet: &fleet{},
+		Interval: 5 * time.Millisecond, FlipTimeout: 100 * time.Millisecond, Name: "new-leader"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = e.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	// Until a few passes have read the whole state, or the step ran again.
+	deadline := time.Now().Add(10 * time.Second)
+	for nl.afterward.Load() < 3 && len(rec.log()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the new leader's executor made no pass")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if calls := rec.log(); len(calls) > 0 {
+		t.Fatalf("the new leader re-ran a step its predecessor had finished, from a state older than the log: %v", calls)
 	}
 }

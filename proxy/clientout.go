@@ -4,6 +4,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // clientOut is the queue of frames waiting to be written to one client
@@ -96,6 +97,29 @@ func (o *clientOut) waitRoom(done <-chan struct{}) bool {
 		case <-room:
 		case <-done:
 			return false
+		}
+	}
+}
+
+// drain waits until the writer has written everything queued (or the
+// client is gone), for at most d: what the client must read before its
+// connection is closed, as the reply to its closeSession.
+func (o *clientOut) drain(d time.Duration) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		o.mu.Lock()
+		if o.dead || o.queued == 0 {
+			o.mu.Unlock()
+			return
+		}
+		room := o.room
+		o.mu.Unlock()
+		o.flush()
+		select {
+		case <-room:
+		case <-timer.C:
+			return
 		}
 	}
 }

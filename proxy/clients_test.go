@@ -4,17 +4,20 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-zookeeper/zk"
 
+	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/proxy/proxytest"
 )
 
@@ -284,5 +287,68 @@ func TestCCliBasicsThroughProxy(t *testing.T) {
 	direct := directConn(t)
 	if ok, _, _ := direct.Exists(root + "/c"); ok {
 		t.Fatal("delete through cli_mt did not reach the ensemble")
+	}
+}
+
+// TestCloseSessionIsAnsweredBeforeTheConnectionCloses: the proxy must
+// relay the server's reply to a closeSession before it closes the client's
+// connection, as a ZooKeeper server does. The Java client takes an end of
+// stream before that reply for a lost connection (zkCli printed
+// state:Disconnected at quit, TestZkCliPersistentRecursiveWatchSurvivesUpstreamDeath
+// under load): the relay closed the client connection as soon as the
+// server hung up, while the reply still waited in the client's write
+// queue. 100 sessions close at once, as directly against the ensemble.
+func TestCloseSessionIsAnsweredBeforeTheConnectionCloses(t *testing.T) {
+	p := startProxy(t)
+	for name, addr := range map[string]string{"directly": ens.Addrs()[0], "through the proxy": p.Addr} {
+		const n = 100
+		var wg sync.WaitGroup
+		var missing atomic.Int32
+		errs := make(chan error, n)
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				conn, err := net.Dial("tcp", addr)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer conn.Close()
+				fr := jute.NewFrameReader(bufioReader(conn), 1<<20)
+				cr := jute.ConnectRequest{TimeOut: 10000, Passwd: make([]byte, 16)}
+				if _, err := conn.Write(jute.AppendFrame(nil, jute.Marshal(&cr))); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := fr.Next(); err != nil {
+					errs <- fmt.Errorf("handshake: %w", err)
+					return
+				}
+				var e jute.Encoder
+				(&jute.RequestHeader{Xid: 1, Type: int32(jute.OpCloseSession)}).Encode(&e)
+				if _, err := conn.Write(jute.AppendFrame(nil, e.Bytes())); err != nil {
+					errs <- err
+					return
+				}
+				frame, err := fr.Next()
+				if err != nil {
+					missing.Add(1) // the connection ended before the reply
+					return
+				}
+				var h jute.ReplyHeader
+				if err := h.Decode(jute.NewDecoder(frame)); err != nil || h.Xid != 1 || h.Err != 0 {
+					errs <- fmt.Errorf("closeSession reply %+v, %v", h, err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if m := missing.Load(); m > 0 {
+			t.Errorf("%s: %d of %d closeSessions got no reply before the connection closed", name, m, n)
+		}
 	}
 }

@@ -350,6 +350,9 @@ func (s *session) expire(silent time.Duration) {
 		s.shutdown("session no longer owned by this relay")
 		return
 	}
+	if time.Since(time.Unix(0, s.lastHeard.Load())) < s.timeout {
+		return // the client spoke while the check was out: it is alive
+	}
 	s.srv.m.expired.Inc()
 	s.log.Warn("client silent for its session timeout: closing its session upstream, as ZooKeeper expires it",
 		"silent", silent.Round(time.Millisecond), "timeout", s.timeout, "connected", !s.detached.Load())
@@ -367,7 +370,17 @@ func (s *session) expire(silent time.Duration) {
 // and seen to pass). A relay whose reader waits for a client that does not
 // read skips it (expire): the server is still sending this connection the
 // session's replies, so it owns it, and the answer could not be read anyway.
+//
+// The answer is awaited for up to the session timeout, not a fixed
+// second: the check is a write, committed through the leader's log, and a
+// loaded ensemble (slow fsyncs) took over a second to answer 5 of 50 at
+// once. Giving up early gains nothing: the check's arrival restarted the
+// ensemble's clock for the session, so abandoning it leaves the session to
+// the ensemble's own expiry a whole timeout after the check, uncounted.
+// An answer within the timeout is acted on; none means the server is
+// gone, and by then the ensemble has expired the session itself.
 func (s *session) ownsSession() bool {
+	up := s.serving().up.Load()
 	owned := make(chan jute.Code, 1)
 	var e jute.Encoder
 	(&jute.RequestHeader{Xid: xidProxyOwner, Type: int32(jute.OpMulti)}).Encode(&e)
@@ -376,13 +389,17 @@ func (s *session) ownsSession() bool {
 		Req:    &jute.CheckVersionRequest{Path: "/", Version: -1},
 	}}}).Encode(&e)
 	_ = s.forward(pending{xid: xidProxyOwner, op: jute.OpMulti, kind: pendingInternal, start: time.Now(), arg: owned}, e.Bytes(), true)
+	wait := time.NewTimer(s.timeout)
+	defer wait.Stop()
 	select {
 	case code := <-owned:
 		if code != jute.CodeOK {
 			s.log.Debug("owner check before closing a silent client's session", "code", code.String())
 		}
 		return code == jute.CodeOK
-	case <-time.After(max(s.timeout/3, time.Second)):
+	case <-up.done:
+		return false // the server is gone, or closed the connection as the session re-opened there
+	case <-wait.C:
 		return false // no answer: the server is gone, and so is this connection's hold
 	case <-s.done:
 		return false

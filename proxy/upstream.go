@@ -208,6 +208,7 @@ func (s *session) supervise() {
 				continue // replaced by a flip
 			}
 			if s.closing.Load() {
+				s.out.drain(time.Second) // the closeSession's reply first, as ZooKeeper sends it
 				s.shutdown("session closed")
 				return
 			}

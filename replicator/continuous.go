@@ -437,6 +437,10 @@ func (c *Continuous) runSession(ctx context.Context) error {
 	c.beats = [2]*zkclient.Call{}
 	for _, side := range []Side{SideA, SideB} {
 		w, err := c.cfg.Dial(ctx, side, c.conns[side])
+		if err != nil && c.conns[side] != nil && errors.Is(err, zkclient.ErrExpired) {
+			c.writerExpired(side)
+			w, err = c.cfg.Dial(ctx, side, nil)
+		}
 		if err != nil {
 			return fmt.Errorf("writer on %s: %w", side, err)
 		}
@@ -595,6 +599,24 @@ func (c *Continuous) runSession(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// writerExpired drops side's writer session, which the ensemble expired
+// (unreachable past its timeout): resuming it can never succeed again, so
+// before, the sync stopped for good, retrying it every 5 s. The ephemeral
+// copies it held on that side went with it. What both sides agreed on is
+// forgotten, so the next reconcile decides every path as a replicator
+// resuming from the last checkpoint does (whose writer sessions name the
+// expired one): a copy gone with the session is made again, never taken
+// for a deletion to copy to the other side, where the original lives.
+func (c *Continuous) writerExpired(side Side) {
+	c.log.Warn("the replicator's writer session expired: opening a new one; every path is decided again from the last checkpoint",
+		"side", side, "session", fmt.Sprintf("0x%x", c.conns[side].SessionID()))
+	c.conns[side].Abandon()
+	c.mu.Lock()
+	c.conns[side] = nil
+	c.synced = map[string][2]version{}
+	c.mu.Unlock()
 }
 
 // beat writes each side's heartbeat: the time it was written, so its copy
@@ -837,13 +859,30 @@ func (r *read) version() version {
 func (c *Continuous) readBoth(ctx context.Context, paths []string) ([2][]read, error) {
 	var out [2][]read
 	var calls [2][]*zkclient.Call
+	var synced [2]*zkclient.Call
 	for _, side := range []Side{SideA, SideB} {
+		// The events come from the watcher session, possibly on another
+		// server than the writer's, which may lag behind it (a follower in
+		// a GC pause or on a slow disk): read there, a change the watch
+		// reported can still be missing, and the round would find nothing
+		// to do, leaving it to the next full reconcile. A sync first
+		// (pipelined: the server answers the session's reads after it)
+		// makes the reads see everything committed before the round.
+		synced[side] = c.conns[side].Go(jute.OpSync, &jute.SyncRequest{Path: "/"}, &jute.SyncResponse{})
 		calls[side] = make([]*zkclient.Call, len(paths))
 		for i, p := range paths {
 			calls[side][i] = c.conns[side].Go(jute.OpGetData, &jute.GetDataRequest{Path: p}, &jute.GetDataResponse{})
 		}
 	}
 	for _, side := range []Side{SideA, SideB} {
+		select {
+		case <-synced[side].Done:
+		case <-ctx.Done():
+			return out, ctx.Err()
+		}
+		if err := synced[side].Err; err != nil {
+			return out, fmt.Errorf("sync on %s before reading: %w", side, err)
+		}
 		out[side] = make([]read, len(paths))
 		for i, call := range calls[side] {
 			select {

@@ -8,11 +8,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/zk-migrate/zk-migrate/faultnet"
 	"github.com/zk-migrate/zk-migrate/jute"
 	"github.com/zk-migrate/zk-migrate/zkclient"
 	"github.com/zk-migrate/zk-migrate/zktest"
@@ -369,8 +371,11 @@ func TestContinuousSurvivesServerLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Generous: the copy took more than 10 s once in a full-suite run
-	// (the wait ends as soon as the sides are equal).
+	// Generous (the wait ends as soon as the sides are equal). The copy
+	// took more than 10 s once in a full-suite run: its round read a
+	// lagging server and left it to the next reconcile, fixed since (a sync
+	// before each round's reads,
+	// TestContinuousCopiesAChangeItsWriterServerHasNotSeenYet).
 	waitEqual(t, ep, root, 30*time.Second)
 
 	for _, ens := range []*zktest.Ensemble{ensA, ensB} {
@@ -427,6 +432,186 @@ func TestContinuousSurvivesServerLoss(t *testing.T) {
 	st, err := ep2.Source[0].Exists(ctx, eph)
 	if err != nil || st.EphemeralOwner == 0 {
 		t.Fatalf("mirrored ephemeral lost on A across the reconnect: %+v %v", st, err)
+	}
+}
+
+// TestContinuousCopiesAChangeItsWriterServerHasNotSeenYet puts the
+// replicator's writer session on B on a follower that lags a second behind
+// its leader (its quorum link runs through a faultnet hop with that delay,
+// as a follower in a long GC pause or on a stalled disk falls behind) and
+// its watcher session on another server, which reports a creation at once.
+// The round that decides the event must read the change the watch
+// reported, not the lagging server's old state; with the periodic
+// reconcile off, nothing else would copy it. Before, the round read the
+// stale state, found nothing to do, and the change waited for the next
+// full reconcile (30 s by default: TestContinuousSurvivesServerLoss's
+// ephemeral took more than 10 s once under load).
+func TestContinuousCopiesAChangeItsWriterServerHasNotSeenYet(t *testing.T) {
+	ctx := context.Background()
+	root := testRoot(t)
+	build(t, dial(t, ensA), []zkclient.MultiOp{create(root, nil, nil, 0)})
+	var lagging, ahead *zktest.Server
+	for _, s := range ensB.Servers {
+		if mode, err := s.Mode(); err == nil && mode == "follower" && lagging == nil {
+			lagging = s
+		} else if ahead == nil {
+			ahead = s
+		}
+	}
+	if lagging == nil || ahead == nil {
+		t.Fatal("B has no follower to slow down")
+	}
+	via := map[int]string{}
+	for _, s := range ensB.Servers {
+		if s == lagging {
+			continue
+		}
+		hop, err := faultnet.Listen("127.0.0.1:0", ensB.QuorumAddr(s.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { hop.Close() }) // after the server is back on direct links
+		hop.SetDelay(time.Second)
+		via[s.ID] = hop.Addr()
+	}
+	if err := ensB.RestartVia(ctx, lagging.ID, via); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // after the replicator stops (runContinuous's cleanup)
+		if err := ensB.RestartVia(ctx, lagging.ID, nil); err != nil {
+			t.Errorf("restart server %d with direct quorum links: %v", lagging.ID, err)
+		}
+	})
+	// The restarted follower serves once it has joined its leader.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if w, err := zkclient.Dial(ctx, []string{lagging.Addr()}, zkclient.Options{}); err == nil {
+			err = w.Sync(ctx, "/")
+			w.Close()
+			if err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lagging follower %s does not serve", lagging.Addr())
+		}
+	}
+	// runSession dials each side's writer (resuming it after the first),
+	// then its watcher.
+	var watcherNext atomic.Bool
+	dialer := func(ctx context.Context, side Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
+		if side == SideA {
+			return dialSide(ctx, side, resume)
+		}
+		addr := lagging.Addr()
+		if resume == nil && watcherNext.Load() {
+			addr = ahead.Addr()
+		}
+		opts := zkclient.Options{Auth: replAuth}
+		if resume != nil {
+			opts.SessionID, opts.Passwd = resume.SessionID(), resume.Passwd()
+		}
+		conn, err := zkclient.Dial(ctx, []string{addr}, opts)
+		watcherNext.Store(addr == lagging.Addr() && err == nil)
+		return conn, err
+	}
+	c, err := NewContinuous(ContinuousConfig{Dial: dialer, Roots: []string{root}, InitialSync: true, Heartbeat: -1,
+		ReconcileEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	ep := endpoints(t, 1)
+	waitEqual(t, ep, root, 30*time.Second)
+	c.mu.Lock()
+	writer := c.conns[SideB].Addr()
+	c.mu.Unlock()
+	if writer != lagging.Addr() {
+		t.Fatalf("the writer on B is on %s, want the lagging follower %s", writer, lagging.Addr())
+	}
+	b, err := zkclient.Dial(ctx, []string{ahead.Addr()}, zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.Create(ctx, root+"/late", []byte("b"), zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := ep.Source[0].Exists(ctx, root+"/late"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a znode created on B never reached A while the writer's server lagged (the periodic reconcile is off)")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestContinuousRecoversFromAnExpiredWriterSession cuts the replicator off
+// A (a faultnet partition) until A expires its writer session, with a copy
+// on A of a client's ephemeral on B. Resuming that session can never
+// succeed again: the replicator must open a new one, copy the ephemeral to
+// A again and go on syncing, and never take the copy that went with the
+// session for a deletion to copy to B. Before, it retried the resume every
+// 5 s forever (seen under load in TestContinuousSurvivesServerLoss, when A
+// had no quorum for longer than the session timeout).
+func TestContinuousRecoversFromAnExpiredWriterSession(t *testing.T) {
+	ctx := context.Background()
+	root := testRoot(t)
+	build(t, dial(t, ensA), []zkclient.MultiOp{create(root, nil, nil, 0)})
+	hop, err := faultnet.Listen("127.0.0.1:0", ensA.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hop.Close() })
+	dialer := func(ctx context.Context, side Side, resume *zkclient.Conn) (*zkclient.Conn, error) {
+		addrs := ensB.Addrs()
+		if side == SideA {
+			addrs = []string{hop.Addr()}
+		}
+		opts := zkclient.Options{Auth: replAuth, SessionTimeout: 2 * time.Second, DialTimeout: time.Second}
+		if resume != nil {
+			opts.SessionID, opts.Passwd = resume.SessionID(), resume.Passwd()
+		}
+		return zkclient.Dial(ctx, addrs, opts)
+	}
+	c, err := NewContinuous(ContinuousConfig{Dial: dialer, Roots: []string{root}, InitialSync: true, Heartbeat: -1,
+		ReconcileEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runContinuous(t, c)
+	ep := endpoints(t, 1)
+	waitEqual(t, ep, root, 30*time.Second)
+	owner, err := zkclient.Dial(ctx, ensB.Addrs(), zkclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	eph, err := owner.Create(ctx, root+"/eph", []byte("b"), zkclient.OpenACL, jute.FlagEphemeral)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, ep, root, 30*time.Second)
+	a := ep.Source[0]
+	hop.Partition(true)
+	// A expires the writer session: its copy of the ephemeral goes.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := a.Exists(ctx, eph); jute.CodeOf(err) == jute.CodeNoNode {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("A kept the copy of the ephemeral 30 s after its writer session was cut off (2 s timeout)")
+		}
+	}
+	hop.Partition(false)
+	if _, err := owner.Create(ctx, root+"/after", []byte("b"), zkclient.OpenACL, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitEqual(t, ep, root, 30*time.Second) // the copy made again, the new node copied
+	if st, err := ep.Target[0].Exists(ctx, eph); err != nil || st.EphemeralOwner != owner.SessionID() {
+		t.Fatalf("the client's ephemeral on B after the replicator's session expired: %+v %v", st, err)
 	}
 }
 

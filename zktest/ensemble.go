@@ -24,6 +24,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,6 +112,9 @@ type Server struct {
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
+	// quorumVia: where this server's quorum connections to server k go
+	// instead of k's quorum port (RestartVia).
+	quorumVia map[int]string
 }
 
 // Addr is the server's client address, "127.0.0.1:port".
@@ -255,6 +259,14 @@ func (e *Ensemble) writeConfig(s *Server) error {
 	fmt.Fprintf(&b, "maxSessionTimeout=%d\nautopurge.purgeInterval=0\n", e.cfg.MaxSessionTimeout)
 	if len(e.Servers) > 1 {
 		for _, p := range e.Servers {
+			if via, ok := s.quorumVia[p.ID]; ok && p != s {
+				host, port, err := net.SplitHostPort(via)
+				if err != nil {
+					return fmt.Errorf("zktest: quorum address of server %d for server %d: %w", p.ID, s.ID, err)
+				}
+				fmt.Fprintf(&b, "server.%d=%s:%s:%d\n", p.ID, host, port, p.electPort)
+				continue
+			}
 			fmt.Fprintf(&b, "server.%d=127.0.0.1:%d:%d\n", p.ID, p.peerPort, p.electPort)
 		}
 	}
@@ -380,6 +392,31 @@ func (e *Ensemble) Restart(ctx context.Context, id int) error {
 		return err
 	}
 	return e.WaitServing(ctx, e.cfg.StartTimeout)
+}
+
+// QuorumAddr is server id's quorum address: where followers connect to it
+// when it leads.
+func (e *Ensemble) QuorumAddr(id int) string {
+	return fmt.Sprintf("127.0.0.1:%d", e.Server(id).peerPort)
+}
+
+// RestartVia kills server id and starts it again with its quorum
+// connections to each server k going to via[k] instead of k's quorum port
+// (a faultnet hop to QuorumAddr(k) makes the server lag behind its leader:
+// it applies every transaction that much later); nil restores direct
+// connections. It waits until the server serves.
+func (e *Ensemble) RestartVia(ctx context.Context, id int, via map[int]string) error {
+	if err := e.Kill(id); err != nil {
+		return err
+	}
+	s := e.Server(id)
+	s.mu.Lock()
+	s.quorumVia = via
+	s.mu.Unlock()
+	if err := e.writeConfig(s); err != nil {
+		return err
+	}
+	return e.Restart(ctx, id)
 }
 
 // ServerByPort finds the server listening on a client port, or nil.

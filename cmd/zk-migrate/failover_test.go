@@ -327,8 +327,12 @@ func TestSyncFollowsTheControlLeader(t *testing.T) {
 	within(t, 10*time.Second, "writes cross both ways", func() bool {
 		return exists(c.zb, "/mesos/after-kill-on-a") && exists(c.za, "/mesos/after-kill-on-b")
 	})
-	if !c.auditHas(second, "sync-stopped", fmt.Sprintf("node=c%d", first+1)) ||
-		!c.auditHas(second, "sync-started", fmt.Sprintf("node=c%d", second+1), "resumed") {
+	// Recorded through Raft right after the start, which the writes
+	// crossing need not wait for: wait for the records too.
+	if !eventually(10*time.Second, func() bool {
+		return c.auditHas(second, "sync-stopped", fmt.Sprintf("node=c%d", first+1)) &&
+			c.auditHas(second, "sync-started", fmt.Sprintf("node=c%d", second+1), "resumed")
+	}) {
 		out, _ := c.cli(second, "audit")
 		t.Fatalf("the gap is not in the audit trail:\n%s", out)
 	}

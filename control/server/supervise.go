@@ -91,16 +91,7 @@ func (s *Syncer) supervise(ctx context.Context, m *control.Migration) error {
 		return nil // the executor's first start follows phase 1's pre-flight
 	case want && r == nil:
 		if m.Sync.Running {
-			why := fmt.Sprintf("%s stopped running it (leadership moved to %s)", m.Sync.Node, s.NodeID)
-			if m.Sync.Node == s.NodeID {
-				why = s.NodeID + "'s replicator stopped"
-			}
-			// Alert first: a record whose outcome is unknown (leadership
-			// lost while committing) is retried, and the alert deduplicated.
-			s.notify(m, alert.Alert{Kind: "sync_stopped", Severity: alert.Critical, Migration: m.ID,
-				Summary:  "sync A<->B stopped: " + why + "; restarting it on " + s.NodeID,
-				DedupKey: fmt.Sprintf("sync_stopped/%s/%s/%s", m.ID, m.Sync.Node, m.Sync.Since.Format(time.RFC3339Nano))})
-			if err := s.Apply(ctx, s.syncCmd(control.CmdSyncStopped, m, m.Sync.Node, why)); err != nil {
+			if err := s.recordStopped(ctx, m); err != nil {
 				return err
 			}
 		}
@@ -140,6 +131,14 @@ func (s *Syncer) note(ctx context.Context, id string, r *syncRun) error {
 	if m == nil {
 		return nil
 	}
+	if m.Sync.Running && m.Sync.Node != s.NodeID {
+		// Started here by phase 1's runner (a new leader's executor)
+		// before the supervisor saw the old run: its stop first, so the
+		// audit trail shows the gap.
+		if err := s.recordStopped(ctx, m); err != nil {
+			return err
+		}
+	}
 	if !m.Sync.Running || m.Sync.Node != s.NodeID {
 		c := s.syncCmd(control.CmdSyncStarted, m, s.NodeID, "")
 		c.Detail = "resumed: continuous sync reconciles both sides, no copy"
@@ -167,6 +166,21 @@ func (s *Syncer) note(ctx context.Context, id string, r *syncRun) error {
 		return s.Apply(ctx, c)
 	}
 	return nil
+}
+
+// recordStopped raises the sync_stopped alert for the run m records and
+// records its stop (sync-stopped), as this node takes the sync over.
+func (s *Syncer) recordStopped(ctx context.Context, m *control.Migration) error {
+	why := fmt.Sprintf("%s stopped running it (leadership moved to %s)", m.Sync.Node, s.NodeID)
+	if m.Sync.Node == s.NodeID {
+		why = s.NodeID + "'s replicator stopped"
+	}
+	// Alert first: a record whose outcome is unknown (leadership lost
+	// while committing) is retried, and the alert deduplicated.
+	s.notify(m, alert.Alert{Kind: "sync_stopped", Severity: alert.Critical, Migration: m.ID,
+		Summary:  "sync A<->B stopped: " + why + "; restarting it on " + s.NodeID,
+		DedupKey: fmt.Sprintf("sync_stopped/%s/%s/%s", m.ID, m.Sync.Node, m.Sync.Since.Format(time.RFC3339Nano))})
+	return s.Apply(ctx, s.syncCmd(control.CmdSyncStopped, m, m.Sync.Node, why))
 }
 
 func (s *Syncer) notify(m *control.Migration, a alert.Alert) {
