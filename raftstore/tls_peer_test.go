@@ -56,6 +56,11 @@ func TestRaftRefusesCertificatesThatAreNotControlNodes(t *testing.T) {
 	if err := n.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// A new leader appends its no-op entry after it is known as leader:
+	// wait for it, or it counts as a forged entry ("log grew 1->2").
+	if err := n.Barrier(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	caFile := filepath.Join(dir, "ca.pem")
 	if err := ca.WriteCA(caFile); err != nil {
 		t.Fatal(err)
