@@ -80,6 +80,7 @@ func (cc *clientConn) serve() {
 		return
 	}
 	if cc.srv.TwoEnsembles() {
+		sess.markRelayLocked(sess.serving().up.Load()) // first on the session: before any client request
 		sess.attachShadow()
 	}
 	// Its goroutines run before a flip can see it: a flip moves a running

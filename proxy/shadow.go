@@ -331,6 +331,13 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	sh.lost = false
 	sh.authsSent = len(opts.Auth)
 	sh.mu.Unlock()
+	if !resumed || !l.marked.Load() {
+		// First on a new session (before the ephemerals it mirrors);
+		// again on a resumed one whose marker is not known.
+		mctx, cancel := context.WithTimeout(ctx, sh.timeout)
+		sh.srv.markConn(c, l, sh.log)(mctx)
+		cancel()
+	}
 	if !sh.repair {
 		sh.srv.saveShadow(sh.key, c.SessionID(), c.Passwd(), l.name)
 	}

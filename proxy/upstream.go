@@ -158,6 +158,8 @@ func (s *session) readUpstream(up *upstream) error {
 			owned <- multiCode(code, d) // the owner check before closing a silent client's session
 		} else if listed, ok := p.arg.(chan ephemeralsReply); ok {
 			listed <- decodeEphemerals(code, d) // a flip's list of the session's ephemerals (flip_expired.go)
+		} else if mk, ok := p.arg.(*markerCreate); ok {
+			s.srv.markerAnswered(s.log, mk, code) // session_marker.go
 		} else if reg, ok := p.arg.(chan int64); ok && code == jute.CodeOK {
 			reg <- h.Zxid // the replayed watches are registered at this zxid
 		} else if code != jute.CodeOK && p.op != jute.OpPing {
@@ -401,6 +403,7 @@ type outgoing struct {
 // upstream connection. Callers hold wmu. registered, if not nil, receives
 // the zxid at which the last SetWatches2 was applied.
 func (s *session) replayLocked(up *upstream, registered chan int64) {
+	s.markRelayLocked(up) // if the session's marker is not known to be there
 	var reqs []outgoing
 	s.omu.Lock()
 	for _, a := range s.auths {
