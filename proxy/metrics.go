@@ -70,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "sessions", Help: "Client sessions established through the proxy."}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "upstream_reconnects_total", Help: "Upstream server losses handled, by result: ok (moved, invisible to the client), client_reconnect (a write was in flight: the client reconnects), expired, failed."}, []string{"result"}),
+			Name: "upstream_reconnects_total", Help: "Upstream server losses handled, by result: ok (moved, invisible to the client), client_reconnect (a write was in flight: the client reconnects), expired, failed, close_retried (the session's closeSession was lost with its server: closed again from another server)."}, []string{"result"}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "sessions_expired_total", Help: "Sessions the proxy closed upstream because nothing was heard from the client (connected or not) for the session timeout, as ZooKeeper expires them."}),
 		backpressure: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -119,7 +119,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}
 	}
 	m.unknown = &opMetrics{requests: m.requests.WithLabelValues("unknown"), duration: m.duration.WithLabelValues("unknown")}
-	for _, r := range []string{"ok", "client_reconnect", "expired", "failed"} {
+	for _, r := range []string{"ok", "client_reconnect", "expired", "failed", "close_retried"} {
 		m.reconnects.WithLabelValues(r)
 	}
 	for _, r := range []string{"backlog_full", "noauth", "noauth_acl_applied", "noauth_acl_open", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "fenced", "stranded", "flip_conflict", "flip_ambiguous", "session_unmarked", "error"} {

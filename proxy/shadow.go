@@ -362,7 +362,7 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 			closing := sh.closing
 			sh.mu.Unlock()
 			if closing {
-				if err := c.Close(); err != nil { // closeSession: the client's ephemerals go from the secondary
+				if err := closeAcked(c, sh.timeout/2); err != nil { // closeSession: the client's ephemerals go from the secondary
 					sh.closeLater(err) // not acknowledged (connection lost): retried on its own
 				}
 				sh.mu.Lock()

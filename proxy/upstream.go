@@ -125,6 +125,9 @@ func (s *session) readUpstream(up *upstream) error {
 			_ = h.Decode(d)
 		}
 		code := jute.Code(h.Err)
+		if p.op == jute.OpCloseSession && code == jute.CodeOK {
+			s.closeAck.Store(true) // the client's close or the proxy's own (session_close.go)
+		}
 		s.watches.learn(&p, code)
 		if p.track == trackAuth && code == jute.CodeOK && p.kind == pendingClient {
 			if a := p.arg.(*jute.AuthPacket); !s.holdsCredentialLocked(a) {
@@ -210,6 +213,7 @@ func (s *session) supervise() {
 				continue // replaced by a flip
 			}
 			if s.closing.Load() {
+				s.closeLost(err0(up.err, "the server closed the connection")) // unless acknowledged
 				s.shutdown("session closed")
 				return
 			}
@@ -239,6 +243,7 @@ func (s *session) supervise() {
 				if closingSince.IsZero() {
 					closingSince = now
 				} else if now.Sub(closingSince) > s.timeout {
+					s.closeLost(errors.New("no answer to closeSession within the session timeout")) // unless acknowledged
 					s.shutdown("upstream did not end the closed session")
 					return
 				}
