@@ -126,7 +126,7 @@ func (s *session) closeLost(why error) {
 		"hint", "until it is closed or expired the client's ephemerals stay on that ensemble")
 	lc := lostClose{log: s.log, what: "session", addrs: l.addrs, name: l.name.Flag(), id: l.id, passwd: append([]byte(nil), l.passwd...),
 		auths: auths, timeout: s.timeout, closeBy: time.Now().Add(s.timeout)}
-	srv.wg.Add(1) // the relay, whose server is still open, counts in srv's lifetime
+	srv.wg.Add(1) // the relay's connection goroutine, counted in wg, still runs: no race with Wait
 	go func() {
 		defer srv.wg.Done()
 		srv.closeUntil(lc)
