@@ -108,7 +108,9 @@ func (s *session) reopenExpired(sh *shadow, nl *leg, next *roles, owned int64, d
 	if err != nil {
 		return nil, 0, fmt.Errorf("shadow session 0x%x expired on %s and no new session could be opened there (the client will find its session expired): %w", nl.id, next.primary.Flag(), err)
 	}
+	marked := srv.markConn(c, nl, s.log) // first on the new session: session_marker.go
 	failed = append(failed, s.createEphemerals(ctx, c, next, nodes, prevOff)...)
+	marked(ctx)
 	// The new session serves from here: the mapping the flip records names
 	// it (nl), and the mirror's owner check uses it.
 	oldID := nl.id

@@ -33,6 +33,7 @@ type leg struct {
 	passwd  []byte
 	timeout time.Duration
 
+	marked   atomic.Bool              // the session's marker is on its ensemble (session_marker.go)
 	lastZxid atomic.Int64             // highest zxid any reply carried
 	lastSend atomic.Int64             // unix nanos of the last upstream write
 	up       atomic.Pointer[upstream] // relay connection; stored under the session's wmu

@@ -70,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "sessions", Help: "Client sessions established through the proxy."}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "upstream_reconnects_total", Help: "Upstream server losses handled, by result: ok (moved, invisible to the client), client_reconnect (a write was in flight: the client reconnects), expired, failed."}, []string{"result"}),
+			Name: "upstream_reconnects_total", Help: "Upstream server losses handled, by result: ok (moved, invisible to the client), client_reconnect (a write was in flight: the client reconnects), expired, failed, close_retried (the session's closeSession was lost with its server: closed again from another server)."}, []string{"result"}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "sessions_expired_total", Help: "Sessions the proxy closed upstream because nothing was heard from the client (connected or not) for the session timeout, as ZooKeeper expires them."}),
 		backpressure: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -94,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		mirrorLag: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "mirror_lag_seconds", Help: "Age of the oldest write not yet mirrored to the secondary (0: the secondary is the primary's state)."}),
 		mirrorFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "mirror_failures_total", Help: "Writes the proxy could not mirror to the secondary and left to the replicator, by reason: backlog_full, noauth, noauth_acl_applied (the writer cannot read the primary back; the ACL it requested was applied to the secondary), noauth_acl_open (that ACL could not be applied: the secondary may be more permissive than the primary, act now), acl_hidden, not_converged, session_ended, shadow_expired (the secondary expired a shadow session; its ephemerals are re-created), fenced (the secondary's fence refused the mirror's write: this proxy missed a flip; no longer counted: see stranded), stranded (such a write, kept and repaired onto the new primary once the proxy has caught up), flip_conflict (a stranded write whose znode the new primary's clients changed after the flip: their state is kept, alert on it), flip_ambiguous (a stranded write the proxy cannot judge: ephemeral, ACL, or more than one flip since; left on both ensembles for the operator), shadow_close_retried (closing a shadow session on the secondary failed: retried until the secondary answers, so its ephemerals do not outlive the client's session there), error."}, []string{"reason"}),
+			Name: "mirror_failures_total", Help: "Writes the proxy could not mirror to the secondary and left to the replicator, by reason: backlog_full, noauth, noauth_acl_applied (the writer cannot read the primary back; the ACL it requested was applied to the secondary), noauth_acl_open (that ACL could not be applied: the secondary may be more permissive than the primary, act now), acl_hidden, not_converged, session_ended, shadow_expired (the secondary expired a shadow session; its ephemerals are re-created), fenced (the secondary's fence refused the mirror's write: this proxy missed a flip; no longer counted: see stranded), stranded (such a write, kept and repaired onto the new primary once the proxy has caught up), flip_conflict (a stranded write whose znode the new primary's clients changed after the flip: their state is kept, alert on it), flip_ambiguous (a stranded write the proxy cannot judge: ephemeral, ACL, or more than one flip since; left on both ensembles for the operator), shadow_close_retried (closing a shadow session on the secondary failed: retried until the secondary answers, so its ephemerals do not outlive the client's session there), session_unmarked (an upstream session's marker could not be created on its ensemble: a replicator may take its ephemerals for a bypassing client's; look at the WARN), error."}, []string{"reason"}),
 		mirrored: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "mirrored_paths_total", Help: "Znode paths whose state was mirrored to the secondary and verified equal."}),
 		mirrorReattach: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -119,10 +119,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.byOp[op] = &opMetrics{requests: m.requests.WithLabelValues(op.String()), duration: m.duration.WithLabelValues(op.String())}
 	}
 	m.unknown = &opMetrics{requests: m.requests.WithLabelValues("unknown"), duration: m.duration.WithLabelValues("unknown")}
-	for _, r := range []string{"ok", "client_reconnect", "expired", "failed"} {
+	for _, r := range []string{"ok", "client_reconnect", "expired", "failed", "close_retried"} {
 		m.reconnects.WithLabelValues(r)
 	}
-	for _, r := range []string{"backlog_full", "noauth", "noauth_acl_applied", "noauth_acl_open", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "fenced", "stranded", "flip_conflict", "flip_ambiguous", "error"} {
+	for _, r := range []string{"backlog_full", "noauth", "noauth_acl_applied", "noauth_acl_open", "acl_hidden", "not_converged", "session_ended", "shadow_expired", "fenced", "stranded", "flip_conflict", "flip_ambiguous", "session_unmarked", "error"} {
 		m.mirrorFailures.WithLabelValues(r)
 	}
 	for _, r := range []string{"not_moved_deadline", "not_moved_error", "shadow_reopened", "ephemeral_not_moved"} {

@@ -256,7 +256,8 @@ type Server struct {
 	closed     bool
 
 	readers       primaryReaders
-	mirrorBacklog atomic.Int64 // paths queued on every shadow
+	markerParents [2]atomic.Bool // replicator.SessionMarkers seen on each ensemble (session_marker.go)
+	mirrorBacklog atomic.Int64   // paths queued on every shadow
 	wg            sync.WaitGroup
 
 	roles      atomic.Pointer[roles] // which ensemble serves, and the epoch (flip.go)

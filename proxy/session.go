@@ -80,6 +80,7 @@ func (cc *clientConn) serve() {
 		return
 	}
 	if cc.srv.TwoEnsembles() {
+		sess.markRelayLocked(sess.serving().up.Load()) // first on the session: before any client request
 		sess.attachShadow()
 	}
 	// Its goroutines run before a flip can see it: a flip moves a running
@@ -149,6 +150,7 @@ type session struct {
 
 	lastHeard atomic.Int64 // unix nanos of the last frame from the client
 	closing   atomic.Bool  // closeSession sent: upstream EOF ends the session
+	closeAck  atomic.Bool  // the server acknowledged closeSession (else closeLost retries it)
 	detached  atomic.Bool  // the client connection has ended; the session waits for it
 	sasl      atomic.Bool  // SASL used: cannot re-attach transparently
 

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -166,54 +165,9 @@ func (sh *shadow) closeLater(why error) {
 	s.wg.Add(1) // run, counted in wg, is still running: no race with Wait
 	go func() {
 		defer s.wg.Done()
-		sh.closeUntil(l.addrs, l.name.Flag(), id, passwd, auths, closeBy)
+		s.closeUntil(lostClose{log: sh.log, what: "shadow session", addrs: l.addrs, name: l.name.Flag(), id: id, passwd: passwd,
+			auths: auths, timeout: sh.timeout, closeBy: closeBy})
 	}()
-}
-
-// closeUntil is closeLater's goroutine.
-func (sh *shadow) closeUntil(addrs []string, name string, id int64, passwd []byte, auths []zkclient.Auth, closeBy time.Time) {
-	s := sh.srv
-	hardStop := closeBy.Add(shadowCloseCap * sh.timeout)
-	deadline := closeBy
-	backoff := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		now := time.Now()
-		if now.After(deadline) || now.After(hardStop) {
-			sh.log.Warn("gave up closing the shadow session: it has expired on the secondary by now, or does within its timeout",
-				"shadow", fmt.Sprintf("0x%x", id), "secondary", name, "attempts", attempt-1)
-			return
-		}
-		ctx, cancel := context.WithTimeout(s.ctx, sh.timeout)
-		c, err := zkclient.Dial(ctx, addrs, zkclient.Options{SessionTimeout: sh.timeout, DialTimeout: s.cfg.DialTimeout, Dial: s.cfg.Dial,
-			SessionID: id, Passwd: passwd, Auth: auths, BufferSize: 4 << 10, EventBuffer: 16})
-		cancel()
-		if errors.Is(err, zkclient.ErrExpired) {
-			sh.log.Info("shadow session already gone from the secondary", "shadow", fmt.Sprintf("0x%x", id), "attempts", attempt)
-			return
-		}
-		if err == nil {
-			if err = c.Close(); err == nil {
-				sh.log.Info("shadow session closed on the secondary after its return: the client's ephemerals are gone from it",
-					"shadow", fmt.Sprintf("0x%x", id), "secondary", name, "attempts", attempt)
-				return
-			}
-		}
-		if s.ctx.Err() != nil {
-			return // the proxy stops: the session expires after its timeout
-		}
-		// No server of the secondary answered (or the close was not
-		// acknowledged): the session may live on there for a timeout
-		// from now (a secondary that lost its quorum restarts its
-		// sessions' clocks when it regains it).
-		deadline = maxTime(deadline, time.Now().Add(sh.timeout))
-		sh.log.Debug("closing the shadow session: secondary not answering yet", "shadow", fmt.Sprintf("0x%x", id), "err", err)
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
-	}
 }
 
 func maxTime(a, b time.Time) time.Time {

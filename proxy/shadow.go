@@ -331,6 +331,13 @@ func (sh *shadow) connect(ctx context.Context) (*zkclient.Conn, error) {
 	sh.lost = false
 	sh.authsSent = len(opts.Auth)
 	sh.mu.Unlock()
+	if !resumed || !l.marked.Load() {
+		// First on a new session (before the ephemerals it mirrors);
+		// again on a resumed one whose marker is not known.
+		mctx, cancel := context.WithTimeout(ctx, sh.timeout)
+		sh.srv.markConn(c, l, sh.log)(mctx)
+		cancel()
+	}
 	if !sh.repair {
 		sh.srv.saveShadow(sh.key, c.SessionID(), c.Passwd(), l.name)
 	}
@@ -355,7 +362,7 @@ func (sh *shadow) serve(ctx context.Context, c *zkclient.Conn) bool {
 			closing := sh.closing
 			sh.mu.Unlock()
 			if closing {
-				if err := c.Close(); err != nil { // closeSession: the client's ephemerals go from the secondary
+				if err := closeAcked(c, sh.timeout/2); err != nil { // closeSession: the client's ephemerals go from the secondary
 					sh.closeLater(err) // not acknowledged (connection lost): retried on its own
 				}
 				sh.mu.Lock()

@@ -125,6 +125,9 @@ func (s *session) readUpstream(up *upstream) error {
 			_ = h.Decode(d)
 		}
 		code := jute.Code(h.Err)
+		if p.op == jute.OpCloseSession && code == jute.CodeOK {
+			s.closeAck.Store(true) // the client's close or the proxy's own (session_close.go)
+		}
 		s.watches.learn(&p, code)
 		if p.track == trackAuth && code == jute.CodeOK && p.kind == pendingClient {
 			if a := p.arg.(*jute.AuthPacket); !s.holdsCredentialLocked(a) {
@@ -158,6 +161,8 @@ func (s *session) readUpstream(up *upstream) error {
 			owned <- multiCode(code, d) // the owner check before closing a silent client's session
 		} else if listed, ok := p.arg.(chan ephemeralsReply); ok {
 			listed <- decodeEphemerals(code, d) // a flip's list of the session's ephemerals (flip_expired.go)
+		} else if mk, ok := p.arg.(*markerCreate); ok {
+			s.srv.markerAnswered(s.log, mk, code) // session_marker.go
 		} else if reg, ok := p.arg.(chan int64); ok && code == jute.CodeOK {
 			reg <- h.Zxid // the replayed watches are registered at this zxid
 		} else if code != jute.CodeOK && p.op != jute.OpPing {
@@ -208,7 +213,8 @@ func (s *session) supervise() {
 				continue // replaced by a flip
 			}
 			if s.closing.Load() {
-				s.out.drain(time.Second) // the closeSession's reply first, as ZooKeeper sends it
+				s.closeLost(err0(up.err, "the server closed the connection")) // unless acknowledged
+				s.out.drain(time.Second)                                      // the closeSession's reply first, as ZooKeeper sends it
 				s.shutdown("session closed")
 				return
 			}
@@ -238,6 +244,7 @@ func (s *session) supervise() {
 				if closingSince.IsZero() {
 					closingSince = now
 				} else if now.Sub(closingSince) > s.timeout {
+					s.closeLost(errors.New("no answer to closeSession within the session timeout")) // unless acknowledged
 					s.shutdown("upstream did not end the closed session")
 					return
 				}
@@ -402,6 +409,7 @@ type outgoing struct {
 // upstream connection. Callers hold wmu. registered, if not nil, receives
 // the zxid at which the last SetWatches2 was applied.
 func (s *session) replayLocked(up *upstream, registered chan int64) {
+	s.markRelayLocked(up) // if the session's marker is not known to be there
 	var reqs []outgoing
 	s.omu.Lock()
 	for _, a := range s.auths {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -184,6 +185,12 @@ type Continuous struct {
 	// checkpoint is the last moment both sides were verified equal (given
 	// at start or taken since): see inferLocked.
 	checkpoint *Checkpoint
+	// marked caches, per side, the sessions found marked as a proxy's
+	// (sessions.go); leftToProxy the secondary's proxied ephemerals left
+	// to their proxy, by path, with their owner (logged once each). Both
+	// are cleared at every full reconcile.
+	marked      [2]map[int64]bool
+	leftToProxy map[string]int64
 
 	conns [2]*zkclient.Conn // writers (and readers); replaced on reconnect
 	// watchers and oneShot are the current session's watcher connections
@@ -238,7 +245,7 @@ func NewContinuous(cfg ContinuousConfig) (*Continuous, error) {
 	c := &Continuous{cfg: cfg, log: cfg.Logger, synced: map[string][2]version{}, conflicts: map[string]Conflict{},
 		forced: map[string]Side{}, kick: make(chan string, 1024), digestEqual: map[string]bool{},
 		unreadable: map[sidePath]UnreadableACL{}, inherited: map[string]bool{},
-		deferred: map[string]deferral{}}
+		deferred: map[string]deferral{}, marked: [2]map[int64]bool{{}, {}}, leftToProxy: map[string]int64{}}
 	if err := c.SetPrimary(cfg.Primary); err != nil {
 		return nil, err
 	}
@@ -463,6 +470,11 @@ func (c *Continuous) runSession(ctx context.Context) error {
 			}
 		}
 	}
+	for _, side := range []Side{SideA, SideB} {
+		if err := c.ensureSessionMarkers(ctx, side); err != nil {
+			return err
+		}
+	}
 	var oneShot [2]bool
 	for _, side := range []Side{SideA, SideB} {
 		oneShot[side] = c.cfg.OneShotWatches
@@ -508,6 +520,9 @@ func (c *Continuous) runSession(ctx context.Context) error {
 					}
 				}
 				for _, p := range paths {
+					if isSessionMarker(p) {
+						continue // the proxies' session markers: never synced
+					}
 					select {
 					case events <- event{side, p}:
 					case <-sctx.Done():
@@ -662,6 +677,10 @@ func (c *Continuous) heartbeatPath(side Side) string {
 // newest change uncopied at every verification read, and phase 1's
 // check of equal digests waited for minutes.
 func (c *Continuous) reconcileAll(ctx context.Context, pending chan event) error {
+	c.mu.Lock()
+	c.marked = [2]map[int64]bool{{}, {}}
+	clear(c.leftToProxy)
+	c.mu.Unlock()
 	seen := map[string]struct{}{}
 	trees, err := c.readTrees(ctx, seen)
 	if err != nil {
@@ -915,11 +934,21 @@ type action struct {
 
 // round decides and applies the given paths.
 func (c *Continuous) round(ctx context.Context, paths []string) error {
+	paths = slices.DeleteFunc(slices.Clone(paths), isSessionMarker) // never synced
+	if len(paths) == 0 {
+		return nil
+	}
 	reads, err := c.readBoth(ctx, paths)
 	if err != nil {
 		return err
 	}
 	skip, err := c.readMovedACLs(ctx, paths, &reads)
+	if err != nil {
+		return err
+	}
+	// After the reads, on the same connections: a proxy session's marker
+	// is committed before its ephemerals (sessions.go).
+	proxied, err := c.proxiedOwners(ctx, &reads)
 	if err != nil {
 		return err
 	}
@@ -995,7 +1024,9 @@ func (c *Continuous) round(ctx context.Context, paths []string) error {
 			c.inherited[p] = true
 		}
 		if c.primary != nil && !isHeartbeat(p) {
-			if act, ok := c.decideMirroredLocked(p, [2]read{a, b}, cur, changed, known, now); ok {
+			S := c.primary.other()
+			proxiedOnS := proxied[S][[2]read{a, b}[S].stat.EphemeralOwner] && [2]read{a, b}[S].exists
+			if act, ok := c.decideMirroredLocked(p, [2]read{a, b}, cur, changed, known, proxiedOnS, now); ok {
 				acts = append(acts, act)
 			}
 			continue

@@ -70,7 +70,13 @@ func (c *Continuous) foreignEphemeralLocked(side Side, r *read) bool {
 //     verifies each write it makes by reading S then P, in milliseconds,
 //     so a state it left on S is gone by then); what persists is a write
 //     that bypassed the proxies on S, copied to P.
-func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, changed [2]bool, known bool, now time.Time) (action, bool) {
+//   - Except an ephemeral on S whose owner is marked as a proxy's session
+//     (proxiedOnS, sessions.go): the mirror's business (its shadow's
+//     node, or one whose session's close is pending), never a bypass
+//     write, never copied to P. Left alone; found on both sides with
+//     nothing agreed, P's state is copied to it after the grace (no
+//     conflict: S's state is the mirror's).
+func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, changed [2]bool, known, proxiedOnS bool, now time.Time) (action, bool) {
 	P := *c.primary
 	S := P.other()
 	pr, sr := &r[P], &r[S]
@@ -97,7 +103,7 @@ func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, c
 		c.deferred[p] = deferral{since: now, primary: cur[P], recheck: true}
 		return action{p, P, *pr, *sr}, true
 	}
-	bypass := !changed[P] && !foreignOnP && !unknownOnBoth
+	bypass := !changed[P] && !foreignOnP && !unknownOnBoth && !proxiedOnS
 	d, ok := c.deferred[p]
 	if !ok || d.primary != cur[P] || d.recheck {
 		c.deferred[p] = deferral{since: now, primary: cur[P], bypass: bypass}
@@ -109,6 +115,18 @@ func (c *Continuous) decideMirroredLocked(p string, r [2]read, cur [2]version, c
 		return action{}, false // dueDeferred brings it back
 	}
 	delete(c.deferred, p)
+	if proxiedOnS {
+		owner := sr.stat.EphemeralOwner
+		if c.leftToProxy[p] != owner {
+			c.leftToProxy[p] = owner
+			c.log.Info("an ephemeral of a proxy's session on the secondary differs from the primary after the mirror's grace: never copied to the primary (the proxy's mirror, or the session's close, ends the difference)",
+				"path", p, "secondary", S, "owner", fmt.Sprintf("0x%x", owner), "on_primary", pr.exists)
+		}
+		if unknownOnBoth {
+			return action{p, P, *pr, *sr}, true
+		}
+		return action{}, false
+	}
 	if foreignOnP {
 		c.log.Info("a client's ephemeral on the primary is still missing on the secondary after the mirror's grace: copying it (the owner's proxy, if any, replaces it with its shadow session's)",
 			"path", p, "primary", P, "grace", c.cfg.MirrorGrace)

@@ -101,6 +101,7 @@ func ReadTree(ctx context.Context, conns []*zkclient.Conn, root string, opt Read
 					return
 				}
 				nodes, noRead, err := readNodes(ctx, c, ps)
+				nodes = withoutMarkers(nodes) // the proxies' session markers: never copied nor compared
 				if err != nil {
 					mu.Lock()
 					if firstErr == nil {
