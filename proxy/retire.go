@@ -169,7 +169,10 @@ func (sh *shadow) closeRetired() {
 		sh.log.Warn("retired ensemble: could not close the shadow session; it expires there after its timeout", "err", err, "timeout", sh.timeout)
 		return
 	}
-	_ = c.Close()
+	if err := closeAcked(c, sh.timeout/2); err != nil {
+		sh.log.Warn("retired ensemble: the shadow session's close was not acknowledged; it expires there after its timeout",
+			"err", err, "timeout", sh.timeout)
+	}
 	if !sh.repair {
 		sh.srv.dropShadowFile(sh.key)
 	}
