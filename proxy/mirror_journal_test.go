@@ -2,11 +2,13 @@ package proxy_test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -117,6 +119,7 @@ func TestBacklogFileHoldsAWriteInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	var hold atomic.Bool
+	var heldSession atomic.Int64 // only this session's connection is held
 	isA := map[string]bool{}
 	for _, a := range ens.Addrs() {
 		isA[a] = true
@@ -126,7 +129,7 @@ func TestBacklogFileHoldsAWriteInFlight(t *testing.T) {
 		if err != nil || !isA[addr] {
 			return c, err
 		}
-		return &replyHeldConn{Conn: c, hold: &hold}, nil
+		return &replyHeldConn{Conn: c, hold: &hold, only: &heldSession}, nil
 	}
 	dir := t.TempDir()
 	p, err := proxytest.Start(proxy.Config{FencePath: testFence(t), Upstream: ens.Addrs(), Secondary: b.Addrs(), StateDir: dir, Logger: testLogger(t), Dial: dial})
@@ -140,7 +143,8 @@ func TestBacklogFileHoldsAWriteInFlight(t *testing.T) {
 	}
 	waitMirrored(t, p)
 	n := root + "/in-flight"
-	hold.Store(true) // replies from A wait in the proxy's sockets
+	heldSession.Store(c.SessionID())
+	hold.Store(true) // replies from A to c's session wait in the proxy's socket
 	t.Cleanup(func() { hold.Store(false) })
 	go func() { _, _ = c.Create(n, []byte("x"), 0, zk.WorldACL(zk.PermAll)) }()
 	a := directConn(t)
@@ -158,20 +162,52 @@ func TestBacklogFileHoldsAWriteInFlight(t *testing.T) {
 	if err != nil || !strings.Contains(string(got), n+"\n") {
 		t.Fatalf("A committed %s, its reply not yet read by the proxy, and the backlog file does not name it: a SIGKILL now leaves it off B for good (%v):\n%s", n, err, got)
 	}
+	// The lag watcher rewrites the file (compacts it to what still
+	// waits) after another session's write is mirrored; the rewrite must
+	// keep the write whose reply is still held. Before, it kept only
+	// queued paths, and a path is queued when its reply arrives.
+	c2, _ := connect(t, []string{p.Addr}, 10*time.Second)
+	other := root + "/other"
+	if _, err := c2.Create(other, nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		got, err = os.ReadFile(filepath.Join(dir, "mirror-backlog"))
+		lines := strings.Split(string(got), "\n")
+		if onB, _, _ := cb.Exists(other); err == nil && onB && !slices.Contains(lines, other) && !slices.Contains(lines, "-"+other) {
+			break // mirrored, and the file rewritten since
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the backlog file was not rewritten after %s was mirrored (%v):\n%s", other, err, got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !slices.Contains(strings.Split(string(got), "\n"), n) {
+		onB, _, _ := cb.Exists(n)
+		t.Fatalf("a rewrite of the backlog file dropped %s, committed on A with its reply still held (on B: %v): a SIGKILL now leaves it off B for good:\n%s", n, onB, got)
+	}
 	hold.Store(false)
 	waitMirrored(t, p)
 }
 
 // replyHeldConn is a connection whose reads return nothing while hold
-// is set.
+// is set (and, with only, if its session is *only: the session id is read
+// from the handshake's reply, the connection's first frame).
 type replyHeldConn struct {
 	net.Conn
-	hold *atomic.Bool
+	hold    *atomic.Bool
+	only    *atomic.Int64
+	session atomic.Int64
 }
 
 func (c *replyHeldConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	for c.hold.Load() { // a reader already waiting in Read is held too
+	if c.only != nil && c.session.Load() == 0 && n >= 20 {
+		// length, protocolVersion, timeOut, sessionId (ConnectResponse)
+		c.session.Store(int64(binary.BigEndian.Uint64(b[12:20])))
+	}
+	for c.hold.Load() && (c.only == nil || c.only.Load() == c.session.Load()) { // a reader already waiting in Read is held too
 		time.Sleep(2 * time.Millisecond)
 	}
 	return n, err

@@ -57,6 +57,11 @@ func (s *Server) pendingPaths() map[origin][]string {
 		for p := range sh.queue.since {
 			out[o] = append(out[o], p)
 		}
+		for p := range sh.intents { // sent, reply not processed: the primary may have committed it
+			if _, queued := sh.queue.since[p]; !queued {
+				out[o] = append(out[o], p)
+			}
+		}
 		sh.mu.Unlock()
 	}
 	for o, ps := range s.strandedByOrigin() {

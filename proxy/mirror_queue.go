@@ -260,11 +260,45 @@ func (sh *shadow) origin() origin {
 // outcome) then mirrors the path after its restart, as any recorded path
 // (its state is compared: nothing is written if the write did not
 // happen).
+//
+// The paths stay intended until the reply is processed (releaseIntent): a
+// rewrite of the file (saveBacklog) keeps them, or a rewrite between the
+// send and the reply dropped the only record of a write the primary may
+// have committed (TestBacklogFileHoldsAWriteInFlight).
 func (sh *shadow) intend(body jute.Record) {
 	if sh.srv.cfg.StateDir == "" || sh.srv.secondaryRetired() {
 		return
 	}
-	sh.srv.journalAppend(sh.origin(), requestPaths(body))
+	paths := requestPaths(body)
+	sh.mu.Lock()
+	if sh.intents == nil {
+		sh.intents = map[string]int{}
+	}
+	for _, p := range paths {
+		sh.intents[p]++
+	}
+	sh.mu.Unlock()
+	sh.srv.journalAppend(sh.origin(), paths)
+}
+
+// releaseIntent ends intend's record of a request whose reply was processed
+// (its written paths are queued by then) or that was never sent.
+func (sh *shadow) releaseIntent(body jute.Record) {
+	if body == nil {
+		return
+	}
+	paths := requestPaths(body)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for _, p := range paths {
+		if n, ok := sh.intents[p]; ok {
+			if n <= 1 {
+				delete(sh.intents, p)
+			} else {
+				sh.intents[p] = n - 1
+			}
+		}
+	}
 }
 
 // requestPaths lists the paths a write request names: those it changes
@@ -307,5 +341,10 @@ func (sh *shadow) markInFlight(q *pendingQueue) {
 	}
 	if len(paths) > 0 {
 		sh.mark(paths...)
+	}
+	for i := q.head; i < len(q.items); i++ {
+		if p := &q.items[i]; p.kind == pendingClient && mirrored(p.op) {
+			sh.releaseIntent(p.body)
+		}
 	}
 }

@@ -558,6 +558,9 @@ func (s *session) handleRequest(frame []byte) error {
 	}
 	// The fence (fence.go): every write checks the primary's fence version.
 	if frame, p.wrapped, err = s.guardWrite(req.Header, op, req.Body, frame); err != nil {
+		if s.shadow != nil && mirrored(op) {
+			s.shadow.releaseIntent(p.body) // never sent
+		}
 		if errors.Is(err, errAnswered) {
 			return nil
 		}

@@ -44,19 +44,20 @@ type shadow struct {
 	authsSent  int                 // auths presented on conn
 	ephemerals map[string]struct{} // the client's ephemerals, seen on the primary
 	queue      mirrorQueue
-	failPath   string        // the path whose mirror last failed for a lost connection
-	fails      int           // its consecutive failures
-	relays     int           // relays (client connections) serving the session
-	unrelayed  time.Time     // when relays last dropped to 0
-	closing    bool          // the client's session ended: drain, then close
-	retiring   bool          // the secondary is retired (retire.go): close, keep the client's flip records
-	gone       bool          // run is ending: a relay arriving now needs a new shadow
-	closeBy    time.Time     // give up draining at this time
-	repair     bool          // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
-	from       *origin       // a repair shadow's paths' origin when not the proxy's roles (restored from --state-dir: mirror_stranded.go)
-	handoff    *handoff      // a flip asks for the open connection (session_shadow.go)
-	lost       bool          // the secondary expired the session while a flip held: the swap opens a new one (flip_expired.go)
-	gate       chan struct{} // closed once a flip moving the session is done with its old serving connection (flipTo)
+	intents    map[string]int // paths of client writes sent to the primary whose reply is not processed yet (intend, releaseIntent)
+	failPath   string         // the path whose mirror last failed for a lost connection
+	fails      int            // its consecutive failures
+	relays     int            // relays (client connections) serving the session
+	unrelayed  time.Time      // when relays last dropped to 0
+	closing    bool           // the client's session ended: drain, then close
+	retiring   bool           // the secondary is retired (retire.go): close, keep the client's flip records
+	gone       bool           // run is ending: a relay arriving now needs a new shadow
+	closeBy    time.Time      // give up draining at this time
+	repair     bool           // a repair shadow (mirror_repair.go): mirrors an ended session's leftover paths
+	from       *origin        // a repair shadow's paths' origin when not the proxy's roles (restored from --state-dir: mirror_stranded.go)
+	handoff    *handoff       // a flip asks for the open connection (session_shadow.go)
+	lost       bool           // the secondary expired the session while a flip held: the swap opens a new one (flip_expired.go)
+	gate       chan struct{}  // closed once a flip moving the session is done with its old serving connection (flipTo)
 	wake       chan struct{}
 	done       chan struct{} // closed when run has ended
 }

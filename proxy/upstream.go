@@ -150,6 +150,9 @@ func (s *session) readUpstream(up *upstream) error {
 				s.srv.seqParents.note(w)
 			}
 		}
+		if s.shadow != nil && p.kind == pendingClient && mirrored(p.op) {
+			s.shadow.releaseIntent(p.body) // queued above if it wrote anything
+		}
 		if p.kind == pendingClient {
 			m.observeReply(p.op, code, p.start)
 			if code == jute.CodeOK || p.op == jute.OpMulti {
