@@ -336,7 +336,7 @@ func advertisePrimary(ctx context.Context, agent *membership.Agent, state func()
 // session on A.
 func retiredOf(st *control.State, epoch int64) ensemble.Name {
 	for _, m := range st.Migrations {
-		if m.Epoch == epoch && m.ARetired {
+		if servingEpoch(m) == epoch && m.ARetired {
 			return ensemble.Source
 		}
 	}
@@ -344,7 +344,18 @@ func retiredOf(st *control.State, epoch int64) ensemble.Name {
 }
 
 // recordedPrimaryOf is the primary of the migration with the highest flip
-// epoch ("" before any migration exists).
+// epoch ("" before any migration exists), with the epoch it serves under.
+//
+// While a forward flip's barrier is open the migration is already at the
+// flip's epoch E but its primary is still the old one until the flip is
+// done: the pair (E, old primary) is no state any proxy is ever in, and a
+// proxy that started with it took E as its own, so the barrier's raised
+// fence (E, new primary) did not look like a flip it missed and it served
+// the old primary beside its peers on the new one (the chaos demo, a proxy
+// restarted while the control leader was dead). So the epoch advertised
+// with the old primary is E-1: a proxy starting then is at an epoch below
+// the barrier's, holds itself while the barrier is announced, and
+// follows the raised fence as a flip it missed.
 func recordedPrimaryOf(st *control.State) (ensemble.Name, int64) {
 	var primary ensemble.Name
 	var epoch int64 = -1
@@ -353,12 +364,22 @@ func recordedPrimaryOf(st *control.State) (ensemble.Name, int64) {
 		if err != nil {
 			continue
 		}
-		if m.Epoch > epoch {
-			primary, epoch = name, m.Epoch
+		if e := servingEpoch(m); e > epoch {
+			primary, epoch = name, e
 		}
 	}
 	if epoch < 0 {
 		return "", 0
 	}
 	return primary, epoch
+}
+
+// servingEpoch is the epoch m's recorded primary serves under: m.Epoch,
+// less one while a forward flip to that epoch is not done yet (see
+// recordedPrimaryOf).
+func servingEpoch(m *control.Migration) int64 {
+	if f := m.Flip; f != nil && !f.Done && f.Epoch == m.Epoch && m.Epoch > 0 {
+		return m.Epoch - 1
+	}
+	return m.Epoch
 }
