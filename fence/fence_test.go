@@ -93,3 +93,59 @@ func TestRaiseIfLosesToAProxyThatResumedFirst(t *testing.T) {
 		t.Fatalf("repeated raise: lapsed=%v err=%v, want nothing to do", lapsed, err)
 	}
 }
+
+// The barrier's announcement: written before the holds, read by a proxy,
+// deleted by the raise in the multi that raises the fence (never one
+// without the other), and withdrawn only for its own epoch.
+func TestRaiseIfClosesTheAnnouncedBarrier(t *testing.T) {
+	c, ctx := dial(t)
+	path := "/fence-" + t.Name()
+	b1, err := fence.Announce(ctx, c, path, 1, ensemble.Target) // creates the fence too
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := fence.ReadBarrier(ctx, c, path)
+	if err != nil || !ok || got.Epoch != 1 || got.Primary != ensemble.Target || got.Round != b1.Round {
+		t.Fatalf("read the announcement: %+v %v %v, want %+v", got, ok, err, b1)
+	}
+	b2, err := fence.Announce(ctx, c, path, 1, ensemble.Target) // a new round
+	if err != nil || b2.Round == b1.Round {
+		t.Fatalf("announced again: round %d (was %d), %v", b2.Round, b1.Round, err)
+	}
+	if err := fence.Withdraw(ctx, c, path, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := fence.ReadBarrier(ctx, c, path); !ok {
+		t.Fatal("withdrawing another epoch removed the announcement")
+	}
+	m, err := fence.Arm(ctx, c, fence.MarkerPath(path, "p1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A lapsed marker: nothing raised, the barrier stays announced.
+	if _, _, err := fence.Resume(ctx, c, path, m.Path, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, lapsed, err := fence.RaiseIf(ctx, c, path, 1, ensemble.Target, []fence.Marker{m}); err != nil || len(lapsed) != 1 {
+		t.Fatalf("raise over a lapsed marker: %v %v", lapsed, err)
+	}
+	if _, ok, _ := fence.ReadBarrier(ctx, c, path); !ok {
+		t.Fatal("a raise that failed removed the announcement")
+	}
+	if rec, lapsed, err := fence.RaiseIf(ctx, c, path, 1, ensemble.Target, nil); err != nil || len(lapsed) > 0 || rec.Epoch != 1 {
+		t.Fatalf("raise: %+v %v %v", rec, lapsed, err)
+	}
+	if _, ok, err := fence.ReadBarrier(ctx, c, path); ok || err != nil {
+		t.Fatalf("the raise left the announcement (%v, %v)", ok, err)
+	}
+	// Withdrawn without a flip.
+	if _, err := fence.Announce(ctx, c, path, 2, ensemble.Source); err != nil {
+		t.Fatal(err)
+	}
+	if err := fence.Withdraw(ctx, c, path, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := fence.ReadBarrier(ctx, c, path); ok || err != nil {
+		t.Fatalf("withdrawn, the announcement is still there (%v, %v)", ok, err)
+	}
+}

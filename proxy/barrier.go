@@ -39,6 +39,10 @@ type holding struct {
 	marker      fence.Marker
 	markerConn  *zkclient.Conn
 	markerOwned bool // markerConn was dialled for the hold (else the fence watcher's)
+	// self: the proxy holds itself for an announced barrier that did not
+	// hold it (barrier_self.go); the versions it reads at its swap are
+	// its own until an agreed peer's settle them.
+	self bool
 }
 
 // Hold holds client requests and drains for a barrier at epoch towards
@@ -46,6 +50,13 @@ type holding struct {
 // again for the same barrier, it answers with what is left. A proxy that
 // already holds epoch with primary has nothing to hold (0, nil).
 func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (time.Duration, error) {
+	return s.holdFor(ctx, epoch, primary, false, nil)
+}
+
+// holdFor is Hold; self when the proxy holds itself for an announced
+// barrier (then a hold already in place for epoch is left as it is), and
+// taken, if not nil, is closed once client requests are held.
+func (s *Server) holdFor(ctx context.Context, epoch int64, primary ensemble.Name, self bool, taken chan<- struct{}) (time.Duration, error) {
 	s.heldMu.Lock()
 	h := s.held
 	var left time.Duration
@@ -55,6 +66,9 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 	s.heldMu.Unlock()
 	if h != nil {
 		if h.epoch == epoch && h.primary == primary {
+			if self {
+				return 0, nil // held already (asked by the control plane)
+			}
 			return left, nil
 		}
 		if epoch < h.epoch {
@@ -86,6 +100,9 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 		(<-armed).close()
 		return 0, fmt.Errorf("hold for epoch %d: %w (nothing held)", epoch, err)
 	}
+	if taken != nil {
+		close(taken)
+	}
 	if err := s.drainForFlip(bctx); err != nil {
 		s.hold.Unlock()
 		s.flipMu.Unlock()
@@ -97,7 +114,7 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 		s.log.Warn("flip barrier: could not arm this proxy's hold marker; holding without it (the control plane raises the fence unconditionally: if this hold ends first, writes fail until the proxy catches up)",
 			"epoch", epoch, "err", arm.err, "hint", "check that the proxy reaches its primary and may write under the fence znode "+s.cfg.FencePath)
 	}
-	h = &holding{epoch: epoch, primary: primary, cur: cur, start: start, until: start.Add(budget),
+	h = &holding{epoch: epoch, primary: primary, cur: cur, start: start, until: start.Add(budget), self: self,
 		release: make(chan struct{}), done: make(chan struct{}), marker: arm.marker, markerConn: arm.conn, markerOwned: arm.owned}
 	left = max(time.Until(h.until), 0)
 	s.heldMu.Lock()
@@ -108,7 +125,7 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 		defer s.wg.Done()
 		s.keepHold(h)
 	}()
-	s.log.Info("flip barrier: holding client requests", "epoch", epoch, "primary", primary.Flag(), "drained_after", time.Since(start).Round(time.Microsecond), "budget", budget)
+	s.log.Info("flip barrier: holding client requests", "epoch", epoch, "primary", primary.Flag(), "drained_after", time.Since(start).Round(time.Microsecond), "budget", budget, "self", self)
 	return left, nil
 }
 
@@ -185,7 +202,7 @@ func (s *Server) Swap(ctx context.Context, epoch int64, primary ensemble.Name) e
 		}
 		sctx, cancel := context.WithDeadline(ctx, h.until)
 		defer cancel()
-		if err := s.swapLocked(sctx, epoch, primary, h.cur, h.start); err != nil {
+		if err := s.swapWith(sctx, epoch, primary, h.cur, h.start, nil, !h.self); err != nil {
 			return err
 		}
 		h.swapped = true
@@ -310,7 +327,7 @@ func (s *Server) settleHold(h *holding, mayExtend bool) string {
 	}
 	sctx, cancel := context.WithTimeout(s.ctx, max(time.Until(h.until.Add(s.pauseBudget())), s.settleTimeout()))
 	defer cancel()
-	if err := s.swapLocked(sctx, h.epoch, h.primary, h.cur, h.start); err != nil {
+	if err := s.swapWith(sctx, h.epoch, h.primary, h.cur, h.start, nil, !h.self); err != nil {
 		s.log.Warn("flip barrier: the fence was raised as this proxy's hold ran out, but the swap failed; the fence watcher retries",
 			"epoch", h.epoch, "err", err)
 		return "swap failed: " + err.Error()

@@ -277,8 +277,9 @@ type Server struct {
 	watcherMu   sync.Mutex
 	watcherConn *zkclient.Conn
 	watcherFor  ensemble.Name
-	heldMu      sync.Mutex // guards held
-	held        *holding   // a flip barrier's hold in place (barrier.go)
+	heldMu      sync.Mutex   // guards held
+	held        *holding     // a flip barrier's hold in place (barrier.go)
+	selfRound   atomic.Int64 // the announced barrier's round last held for (barrier_self.go)
 
 	retired atomic.Pointer[ensemble.Name] // the secondary, once retired (retire.go); stored under mu
 	standby standbyConn                   // a connection to the secondary for the next swap (flip_conns.go)
