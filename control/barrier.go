@@ -48,10 +48,10 @@ type Fencer interface {
 // Announcer is a Fencer that also announces an open barrier on the old
 // primary (fence.Announce, SPEC.md 4.10 "A proxy the barrier did not
 // hold"): written before the first proxy is asked to hold, withdrawn
-// before the holds are released without a flip, and deleted by the raise
-// itself (fence.RaiseIf). A proxy at an older epoch that finds it holds
-// itself: one restarted inside the barrier, or one the control plane did
-// not list, never serves writes on the old primary while its peers hold.
+// once the holds are released (after the swaps, or without a flip). A
+// proxy at an older epoch that finds it holds itself: one restarted
+// inside the barrier, or one the control plane did not list, never
+// serves writes on the old primary while its peers hold.
 type Announcer interface {
 	Announce(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name) error
 	Withdraw(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name) error
@@ -71,18 +71,20 @@ func (e *Executor) announce(ctx context.Context, m *Migration, epoch int64, prim
 	return nil
 }
 
-// release withdraws the barrier's announcement, then releases the
-// proxies' holds: no proxy holds itself for a barrier that ends without a
-// flip. A withdrawal that fails is logged: a proxy holding itself then
-// ends its hold after its budget.
+// release ends the barrier's pass: it releases the proxies' holds, then
+// withdraws the announcement, so a proxy holding itself resumes with its
+// peers (after its swap, when the fence was raised). A withdrawal that
+// fails is logged: a proxy holding itself then ends its hold after its
+// budget, and one that restarts holds itself once for the stale
+// announcement unless the fence records its epoch.
 func (e *Executor) release(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name, bf BarrierFleet, proxies []string) {
+	bf.Release(ctx, m.ID, epoch, proxies)
 	if a, ok := e.Fencer.(Announcer); ok {
 		if err := a.Withdraw(ctx, m, epoch, primary); err != nil {
 			e.Logger.Warn("flip barrier: could not withdraw the barrier's announcement; a proxy holding itself for it resumes after its pause budget",
 				"migration", m.ID, "epoch", epoch, "err", err, "hint", "check that the control node reaches the old primary "+string(primary.Other()))
 		}
 	}
-	bf.Release(ctx, m.ID, epoch, proxies)
 }
 
 // barrierOf returns the two-phase fleet when the executor can run the
@@ -201,7 +203,7 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 	if err != nil {
 		return err
 	}
-	bf.Release(ctx, m.ID, f.Epoch, f.Expected)
+	e.release(ctx, m, f.Epoch, f.Primary, bf, f.Expected)
 	for _, p := range waiting {
 		if slices.Contains(swapped, p) {
 			c := e.cmd(CmdFlipAck, m)
@@ -352,7 +354,7 @@ func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64
 	if err != nil {
 		return err
 	}
-	bf.Release(ctx, m.ID, epoch, live)
+	e.release(ctx, m, epoch, ensemble.Source, bf, live)
 	if len(swapped) < len(live) {
 		e.Logger.Warn("reverse flip: proxies did not swap; their writes are fenced and they move by themselves when they read the fence",
 			"swapped", swapped, "live", live, "refused", describeRefusals(refused))

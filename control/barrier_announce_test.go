@@ -44,9 +44,8 @@ func startAnnouncingExecutor(t *testing.T, b *barrierFleet, g FlipGuard) *localP
 // TestBarrierAnnouncesItselfBeforeTheFirstHold (SPEC.md 4.10, "A proxy
 // the barrier did not hold"): the announcement is written before any
 // proxy is asked to hold, so a proxy restarted inside the barrier finds
-// it; a barrier that flips leaves its removal to the raise (one multi
-// with the fence); one released without a flip withdraws it before the
-// release, so no proxy holds itself for a barrier that ended.
+// it, and withdrawn once the holds are released, after the swaps or
+// without a flip, so a proxy holding itself resumes with its peers.
 func TestBarrierAnnouncesItselfBeforeTheFirstHold(t *testing.T) {
 	b := &barrierFleet{fleet: fleet{proxies: []string{"p1", "p2"}}}
 	p := startAnnouncingExecutor(t, b, &guard{})
@@ -55,7 +54,7 @@ func TestBarrierAnnouncesItselfBeforeTheFirstHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStatus(t, p, StepFlip, StatusSucceeded)
-	if got, want := b.calls(), "announce 1 B; hold 1 B [p1 p2]; fence 1 B; swap 1 B [p1 p2]; release 1 [p1 p2]"; got != want {
+	if got, want := b.calls(), "announce 1 B; hold 1 B [p1 p2]; fence 1 B; swap 1 B [p1 p2]; release 1 [p1 p2]; withdraw 1"; got != want {
 		t.Fatalf("barrier calls:\n got %s\nwant %s", got, want)
 	}
 
@@ -68,7 +67,7 @@ func TestBarrierAnnouncesItselfBeforeTheFirstHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStatus(t, p, StepFlip, StatusFailed)
-	if got, want := b.calls(), "announce 1 B; hold 1 B [p1 p2]; withdraw 1; release 1 [p1 p2]"; got != want {
+	if got, want := b.calls(), "announce 1 B; hold 1 B [p1 p2]; release 1 [p1 p2]; withdraw 1"; got != want {
 		t.Fatalf("barrier calls of an aborted flip:\n got %s\nwant %s", got, want)
 	}
 }

@@ -14,15 +14,16 @@ import (
 // hold"). Before the control plane asks the first proxy to hold for a flip,
 // it writes the announcement, a child of the old primary's fence znode
 // beside the hold markers (BarrierPath), naming the flip's epoch and new
-// primary. It deletes it when the barrier ends: in the same multi that
-// raises the old primary's fence (RaiseIf), so "fence raised" and
-// "announcement gone" are one ZooKeeper transaction, or when it releases
-// the holds without a flip (Withdraw: aborted, or released to hold again).
-// A proxy at an older epoch that reads the announcement on its primary
-// (at start, before it serves, and at every lease renewal) and holds for
-// no barrier holds itself as if the control plane had asked it, so a
-// proxy restarted inside the barrier (or one the control plane did not
-// know) never serves writes on the old primary while its peers hold.
+// primary. It withdraws it (Withdraw) when the barrier ends: once it has
+// released the proxies, after their swaps (the flip is done) or without
+// a flip (aborted, or released to hold again). A proxy at an older epoch
+// that reads the announcement on its primary (at start, before it
+// serves, and at every lease renewal) and holds for no barrier holds
+// itself as if the control plane had asked it, so a proxy restarted
+// inside the barrier (or one the control plane did not know) never
+// serves writes on the old primary while its peers hold. It swaps once
+// the fence records the epoch, and resumes once the announcement is
+// gone: with its peers, whose versions it then agrees with.
 //
 // Each write of the announcement is a round (its mzxid): a proxy holds
 // itself at most once per round, for its pause budget, like a hold the
@@ -113,15 +114,4 @@ func Withdraw(ctx context.Context, c *zkclient.Conn, path string, epoch int64) e
 		}
 		return nil
 	}
-}
-
-// closeOp is the delete of the announcement that goes in the raise's
-// multi, when a barrier at epoch or an older one is announced (nil ok
-// when none is).
-func closeOp(ctx context.Context, c *zkclient.Conn, path string, epoch int64) (zkclient.MultiOp, bool, error) {
-	b, ok, err := ReadBarrier(ctx, c, path)
-	if err != nil || !ok || b.Epoch > epoch {
-		return zkclient.MultiOp{}, false, err
-	}
-	return zkclient.MultiOp{Op: jute.OpDelete, Req: &jute.DeleteRequest{Path: BarrierPath(path), Version: b.Version}}, true, nil
 }

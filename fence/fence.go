@@ -172,35 +172,26 @@ func Arm(ctx context.Context, c *zkclient.Conn, marker string) (Marker, error) {
 // fence could be raised, and raising it now would make its clients'
 // writes fail. Then nothing is raised and lapsed lists the indexes of the
 // markers that changed (or vanished). A fence already at epoch or later is
-// left alone, whatever the markers. The barrier's announcement
-// (BarrierPath) for epoch or an older one is deleted in the same multi
-// that raises the fence: a proxy that finds it gone finds the fence
-// raised, or the barrier released.
+// left alone, whatever the markers.
 func RaiseIf(ctx context.Context, c *zkclient.Conn, path string, epoch int64, primary ensemble.Name, markers []Marker) (rec Record, lapsed []int, err error) {
+	if len(markers) == 0 {
+		rec, err = Raise(ctx, c, path, epoch, primary)
+		return rec, nil, err
+	}
 	for {
 		r, err := Read(ctx, c, path)
 		if err != nil {
 			return Record{}, nil, err
 		}
-		closing, announced, err := closeOp(ctx, c, path, epoch)
-		if err != nil {
-			return Record{}, nil, fmt.Errorf("raise %s to epoch %d: %w", path, epoch, err)
-		}
 		if r.Epoch >= epoch {
-			if announced { // left by a raise that did not close it: stale
-				_ = c.Delete(ctx, BarrierPath(path), closing.Req.(*jute.DeleteRequest).Version)
-			}
 			return r, nil, nil
 		}
 		body, _ := json.Marshal(Record{Epoch: epoch, Primary: primary})
-		ops := make([]zkclient.MultiOp, 0, len(markers)+2)
+		ops := make([]zkclient.MultiOp, 0, len(markers)+1)
 		for _, m := range markers {
 			ops = append(ops, zkclient.MultiOp{Op: jute.OpCheck, Req: &jute.CheckVersionRequest{Path: m.Path, Version: m.Version}})
 		}
 		ops = append(ops, zkclient.MultiOp{Op: jute.OpSetData, Req: &jute.SetDataRequest{Path: path, Data: body, Version: r.Version}})
-		if announced {
-			ops = append(ops, closing)
-		}
 		call := c.GoMulti(ops)
 		select {
 		case <-call.Done:
@@ -220,8 +211,6 @@ func RaiseIf(ctx context.Context, c *zkclient.Conn, path string, epoch int64, pr
 			return Record{Epoch: epoch, Primary: primary, Version: v}, nil, nil
 		case i == len(markers) && jute.CodeOf(err) == jute.CodeBadVersion:
 			continue // raised meanwhile: read again
-		case i == len(markers)+1 && (jute.CodeOf(err) == jute.CodeBadVersion || jute.CodeOf(err) == jute.CodeNoNode):
-			continue // announced again, or withdrawn, meanwhile: read again
 		case i >= 0 && i < len(markers):
 			lapsed, lerr := changedMarkers(ctx, c, markers)
 			if lerr != nil {

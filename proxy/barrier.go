@@ -57,15 +57,9 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 // barrier (then a hold already in place for epoch is left as it is), and
 // taken, if not nil, is closed once client requests are held.
 func (s *Server) holdFor(ctx context.Context, epoch int64, primary ensemble.Name, self bool, taken chan<- struct{}) (time.Duration, error) {
-	s.heldMu.Lock()
-	h := s.held
-	var left time.Duration
+	h, left, same := s.sameHold(epoch, primary, self)
 	if h != nil {
-		left = max(time.Until(h.until), 0) // extended under heldMu (keepHold)
-	}
-	s.heldMu.Unlock()
-	if h != nil {
-		if h.epoch == epoch && h.primary == primary {
+		if same {
 			if self {
 				return 0, nil // held already (asked by the control plane)
 			}
@@ -80,8 +74,18 @@ func (s *Server) holdFor(ctx context.Context, epoch int64, primary ensemble.Name
 	budget := s.pauseBudget()
 	bctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
+	s.holdAsked.Store(epoch) // a hold being taken: the proxy does not hold itself besides (barrier_self.go)
+	defer s.holdAsked.CompareAndSwap(epoch, 0)
 	// flipMu stays locked for the whole hold: no other flip meanwhile.
 	for !s.flipMu.TryLock() {
+		// The proxy held itself for this barrier (or the control plane
+		// asked first): that hold is this one.
+		if _, left, same := s.sameHold(epoch, primary, self); same {
+			if self {
+				return 0, nil
+			}
+			return left, nil
+		}
 		select {
 		case <-bctx.Done():
 			return 0, fmt.Errorf("hold for epoch %d: another flip is under way: %w", epoch, bctx.Err())
@@ -114,6 +118,9 @@ func (s *Server) holdFor(ctx context.Context, epoch int64, primary ensemble.Name
 		s.log.Warn("flip barrier: could not arm this proxy's hold marker; holding without it (the control plane raises the fence unconditionally: if this hold ends first, writes fail until the proxy catches up)",
 			"epoch", epoch, "err", arm.err, "hint", "check that the proxy reaches its primary and may write under the fence znode "+s.cfg.FencePath)
 	}
+	if !self {
+		s.askedHold.Store(epoch)
+	}
 	h = &holding{epoch: epoch, primary: primary, cur: cur, start: start, until: start.Add(budget), self: self,
 		release: make(chan struct{}), done: make(chan struct{}), marker: arm.marker, markerConn: arm.conn, markerOwned: arm.owned}
 	left = max(time.Until(h.until), 0)
@@ -127,6 +134,25 @@ func (s *Server) holdFor(ctx context.Context, epoch int64, primary ensemble.Name
 	}()
 	s.log.Info("flip barrier: holding client requests", "epoch", epoch, "primary", primary.Flag(), "drained_after", time.Since(start).Round(time.Microsecond), "budget", budget, "self", self)
 	return left, nil
+}
+
+// sameHold returns the hold in place, what is left of it and whether it
+// is for epoch and primary; a hold the proxy took itself becomes the
+// control plane's when it asks for the same one (!self): its swap's
+// versions are then the barrier's.
+func (s *Server) sameHold(epoch int64, primary ensemble.Name, self bool) (h *holding, left time.Duration, same bool) {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	h = s.held
+	if h == nil {
+		return nil, 0, false
+	}
+	same = h.epoch == epoch && h.primary == primary
+	if same && !self {
+		h.self = false
+		s.askedHold.Store(epoch)
+	}
+	return h, max(time.Until(h.until), 0), same // until is extended under heldMu (keepHold)
 }
 
 // keepHold owns a hold: it ends it at Release, at its budget, or when the
