@@ -188,7 +188,7 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
 	prevOff := s.view.offsets() // what a znode re-created at the swap is offset from (flip_expired.go)
-	vers, fenced, err := s.readForSwap(ctx, cur, oc, nc, epoch, primary, peer)
+	vers, fenced, err := s.readForSwap(ctx, cur, oc, nc, epoch, primary, peer, agreed && peer == nil)
 	if err != nil {
 		// If a fence records the epoch now (raised by the control plane or
 		// here), the old primary refuses this proxy's writes until the flip
