@@ -219,10 +219,21 @@ func (s *Server) keepHold(h *holding) {
 // itself, or the proxy restarted) it is a one-shot flip: the fences
 // already record epoch, so every other proxy is held, swapped or fenced.
 func (s *Server) Swap(ctx context.Context, epoch int64, primary ensemble.Name) error {
+	return s.swap(ctx, epoch, primary, true)
+}
+
+// swap is Swap; asked when the control plane asks it, which makes a hold
+// the proxy took itself for the barrier the control plane's
+// (barrier_self.go): the swap is then the barrier's.
+func (s *Server) swap(ctx context.Context, epoch int64, primary ensemble.Name, asked bool) error {
 	s.heldMu.Lock()
 	h := s.held
 	if h != nil && h.epoch == epoch && h.primary == primary && !h.closed {
 		defer s.heldMu.Unlock() // keepHold waits for the swap to end
+		if asked && h.self {
+			h.self = false
+			s.askedHold.Store(epoch)
+		}
 		if h.swapped {
 			return nil
 		}

@@ -17,7 +17,9 @@ import (
 // control plane had asked it (Hold: drain, hold marker, budget), and
 // watches the fence and the announcement: the fence raised to the
 // barrier's epoch, it swaps (its versions are its own until an agreed
-// peer's settle them) and holds on; the announcement gone, it resumes
+// peer's settle them) and holds on (a hold or swap request of the control
+// plane makes the hold the barrier's: its swap and release are then the
+// control plane's); the announcement gone, it resumes
 // with its peers (on the new primary after the swap, on the old one if
 // the barrier ended without a flip). Its hold ends by itself after its
 // budget like any hold (the marker settles it against the raise). It
@@ -159,7 +161,7 @@ func (s *Server) holdItself(b fence.Barrier, taken chan<- struct{}) {
 		raised, over := s.barrierState(ctx, c, b)
 		cancel()
 		if raised && !swapped {
-			if err := s.Swap(s.ctx, b.Epoch, b.Primary); err != nil {
+			if err := s.swap(s.ctx, b.Epoch, b.Primary, false); err != nil {
 				s.log.Warn("flip barrier: the fence was raised while this proxy held itself, but its swap failed; the fence watcher moves it", "epoch", b.Epoch, "err", err)
 				over = true
 			} else {
