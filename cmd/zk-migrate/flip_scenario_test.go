@@ -855,7 +855,7 @@ func proxyMetric(t *testing.T, addr, name string) float64 {
 // its own version reading, no agreed peer answering yet), acknowledged a
 // blind setData of a register with the version a peer's client was given
 // for another write about a second later (v6 twice: Illegal; 1 run of
-// the last 4). The restarted proxy's clients keep their sessions (a
+// the last 5). The restarted proxy's clients keep their sessions (a
 // record names the ensemble each session lives on:
 // proxy/session_resume.go).
 func TestFlipScenarioUnderFaults(t *testing.T) {
