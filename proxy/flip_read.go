@@ -109,6 +109,19 @@ func (s *Server) readForSwap(ctx context.Context, cur *roles, oc, nc *zkclient.C
 	if err != nil {
 		return vers, 0, err
 	}
+	if !converge && peer == nil {
+		// A flip after the barrier (caught up late, no agreed peer): a
+		// znode created on the new primary since its fence was raised is
+		// shown by its own versions through every proxy that swapped in
+		// the barrier (an offset belongs to the incarnation it was read
+		// for); its own reading would be the copies' drift, the mirror
+		// lagging behind the new primary's clients.
+		for i, p := range paths {
+			if n.stats[i].err == nil && n.stats[i].st.Czxid > n.mzxid {
+				delete(next, p)
+			}
+		}
+	}
 	s.view.rebaseTo(next, peer)
 	vers[cur.primary.Index()], vers[cur.primary.Other().Index()] = o.rec.Version, n.rec.Version
 	return vers, sent, nil
