@@ -45,6 +45,48 @@ type Fencer interface {
 	Fence(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name, markers map[string]fence.Marker) (lapsed []string, err error)
 }
 
+// Announcer is a Fencer that also announces an open barrier on the old
+// primary (fence.Announce, SPEC.md 4.10 "A proxy the barrier did not
+// hold"): written before the first proxy is asked to hold, withdrawn
+// once the holds are released (after the swaps, or without a flip). A
+// proxy at an older epoch that finds it holds itself: one restarted
+// inside the barrier, or one the control plane did not list, never
+// serves writes on the old primary while its peers hold.
+type Announcer interface {
+	Announce(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name) error
+	Withdraw(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name) error
+}
+
+// announce announces the barrier at epoch towards primary, when the
+// Fencer can: a failure stops the barrier before any hold (the next pass
+// tries again), since a proxy restarted meanwhile would not hold.
+func (e *Executor) announce(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name) error {
+	a, ok := e.Fencer.(Announcer)
+	if !ok {
+		return nil
+	}
+	if err := a.Announce(ctx, m, epoch, primary); err != nil {
+		return fmt.Errorf("flip barrier at epoch %d: announce it on the old primary %s: %w (nothing held; retrying)", epoch, primary.Other(), err)
+	}
+	return nil
+}
+
+// release ends the barrier's pass: it releases the proxies' holds, then
+// withdraws the announcement, so a proxy holding itself resumes with its
+// peers (after its swap, when the fence was raised). A withdrawal that
+// fails is logged: a proxy holding itself then ends its hold after its
+// budget, and one that restarts holds itself once for the stale
+// announcement unless the fence records its epoch.
+func (e *Executor) release(ctx context.Context, m *Migration, epoch int64, primary ensemble.Name, bf BarrierFleet, proxies []string) {
+	bf.Release(ctx, m.ID, epoch, proxies)
+	if a, ok := e.Fencer.(Announcer); ok {
+		if err := a.Withdraw(ctx, m, epoch, primary); err != nil {
+			e.Logger.Warn("flip barrier: could not withdraw the barrier's announcement; a proxy holding itself for it resumes after its pause budget",
+				"migration", m.ID, "epoch", epoch, "err", err, "hint", "check that the control node reaches the old primary "+string(primary.Other()))
+		}
+	}
+}
+
 // barrierOf returns the two-phase fleet when the executor can run the
 // two-phase barrier.
 func (e *Executor) barrierOf() (BarrierFleet, bool) {
@@ -80,6 +122,9 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 	var markers map[string]fence.Marker
 	if !f.Committed {
 		waiting := pending(f)
+		if err := e.announce(ctx, m, f.Epoch, f.Primary); err != nil {
+			return err
+		}
 		sent := time.Now()
 		hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
 		held, budget, holdMarkers, err := bf.Hold(hctx, m.ID, f.Epoch, f.Primary, waiting)
@@ -100,7 +145,7 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 			// Alive but not holding: a fence raised now would refuse its
 			// clients' next writes. Nothing is fenced yet: release every
 			// hold and hold them all again, or abort.
-			bf.Release(ctx, m.ID, f.Epoch, slices.Sorted(maps.Keys(refusedAndHeld(held, refused))))
+			e.release(ctx, m, f.Epoch, f.Primary, bf, slices.Sorted(maps.Keys(refusedAndHeld(held, refused))))
 			if e.retryRefused(m.ID, f.Epoch, "hold", refused) {
 				return errHoldAgain
 			}
@@ -124,7 +169,7 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 		}
 		if gerr != nil {
 			// Nothing is fenced yet: the old primary stays.
-			bf.Release(ctx, m.ID, f.Epoch, held)
+			e.release(ctx, m, f.Epoch, f.Primary, bf, held)
 			if e.retryHold(m.ID, f.Epoch, gerr) {
 				return errHoldAgain
 			}
@@ -133,7 +178,7 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 		c := e.cmd(CmdFlipCommit, m)
 		c.Epoch = f.Epoch
 		if err := e.P.Apply(ctx, c); err != nil {
-			bf.Release(ctx, m.ID, f.Epoch, held)
+			e.release(ctx, m, f.Epoch, f.Primary, bf, held)
 			return err
 		}
 		m = e.P.State().Migrations[m.ID]
@@ -143,7 +188,10 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 	waiting := pending(f)
 	if markers == nil {
 		// Committed in an earlier pass (a new leader): the holds may have
-		// run out; hold again, which also tells the markers.
+		// run out; announce and hold again, which also tells the markers.
+		if err := e.announce(ctx, m, f.Epoch, f.Primary); err != nil {
+			return err
+		}
 		hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
 		_, _, markers, _ = bf.Hold(hctx, m.ID, f.Epoch, f.Primary, waiting)
 		cancel()
@@ -155,7 +203,7 @@ func (e *Executor) barrier(ctx context.Context, m *Migration, f *Flip, bf Barrie
 	if err != nil {
 		return err
 	}
-	bf.Release(ctx, m.ID, f.Epoch, f.Expected)
+	e.release(ctx, m, f.Epoch, f.Primary, bf, f.Expected)
 	for _, p := range waiting {
 		if slices.Contains(swapped, p) {
 			c := e.cmd(CmdFlipAck, m)
@@ -200,6 +248,11 @@ func (e *Executor) raiseFences(ctx context.Context, m *Migration, epoch int64, p
 		}
 		e.Logger.Warn("flip barrier: proxies resumed their clients before the fence was raised (their hold ran out); holding them again before raising it",
 			"migration", m.ID, "epoch", epoch, "proxies", lapsed, "try", try, "of", maxFenceTries)
+		// A new round of the announcement: a proxy that held itself for
+		// the last one and ran out holds itself again.
+		if err := e.announce(ctx, m, epoch, primary); err != nil {
+			return err
+		}
 		hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
 		_, _, again, _ := bf.Hold(hctx, m.ID, epoch, primary, lapsed)
 		cancel()
@@ -274,6 +327,9 @@ func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64
 	if err != nil {
 		return fmt.Errorf("reverse flip: list proxies: %w", err)
 	}
+	if err := e.announce(ctx, m, epoch, ensemble.Source); err != nil {
+		return err
+	}
 	hctx, cancel := context.WithTimeout(ctx, e.FlipTimeout)
 	held, _, markers, err := bf.Hold(hctx, m.ID, epoch, ensemble.Source, live)
 	cancel()
@@ -281,7 +337,7 @@ func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64
 		return err
 	}
 	if refused := refusedBy(err); len(refused) > 0 {
-		bf.Release(ctx, m.ID, epoch, slices.Sorted(maps.Keys(refusedAndHeld(held, refused))))
+		e.release(ctx, m, epoch, ensemble.Source, bf, slices.Sorted(maps.Keys(refusedAndHeld(held, refused))))
 		if e.retryRefused(m.ID, epoch, "reverse", refused) {
 			return errHoldAgain
 		}
@@ -291,14 +347,14 @@ func (e *Executor) reverseBarrier(ctx context.Context, m *Migration, epoch int64
 		return e.holdRollback(ctx, m, why)
 	}
 	if err := e.raiseFences(ctx, m, epoch, ensemble.Source, bf, markers); err != nil {
-		bf.Release(ctx, m.ID, epoch, held)
+		e.release(ctx, m, epoch, ensemble.Source, bf, held)
 		return fmt.Errorf("reverse flip at epoch %d: raise the fences: %w (retrying)", epoch, err)
 	}
 	swapped, refused, err := e.swapAll(ctx, m.ID, epoch, ensemble.Source, bf, live)
 	if err != nil {
 		return err
 	}
-	bf.Release(ctx, m.ID, epoch, live)
+	e.release(ctx, m, epoch, ensemble.Source, bf, live)
 	if len(swapped) < len(live) {
 		e.Logger.Warn("reverse flip: proxies did not swap; their writes are fenced and they move by themselves when they read the fence",
 			"swapped", swapped, "live", live, "refused", describeRefusals(refused))

@@ -284,3 +284,29 @@ func direct(t *testing.T, e *zktest.Ensemble) *zk.Conn {
 	t.Cleanup(c.Close)
 	return c
 }
+
+// Announce and Withdraw make zkFencer an Announcer, as the control node's
+// Syncer: the barrier's announcement on the old primary.
+func (f *zkFencer) Announce(ctx context.Context, _ *Migration, epoch int64, primary ensemble.Name) error {
+	return f.onOld(ctx, primary, func(c *zkclient.Conn) error {
+		_, err := fence.Announce(ctx, c, fence.Path, epoch, primary)
+		return err
+	})
+}
+
+func (f *zkFencer) Withdraw(ctx context.Context, _ *Migration, epoch int64, primary ensemble.Name) error {
+	return f.onOld(ctx, primary, func(c *zkclient.Conn) error { return fence.Withdraw(ctx, c, fence.Path, epoch) })
+}
+
+func (f *zkFencer) onOld(ctx context.Context, primary ensemble.Name, do func(*zkclient.Conn) error) error {
+	old := f.a
+	if primary == ensemble.Source {
+		old = f.b
+	}
+	zc, err := zkclient.Dial(ctx, old, zkclient.Options{})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = zc.Close() }()
+	return do(zc)
+}

@@ -93,3 +93,42 @@ func TestRaiseIfLosesToAProxyThatResumedFirst(t *testing.T) {
 		t.Fatalf("repeated raise: lapsed=%v err=%v, want nothing to do", lapsed, err)
 	}
 }
+
+// The barrier's announcement: written before the holds (creating the
+// fence), read by a proxy, a new round at each write, left by the raise
+// (a proxy holding itself swaps on the raise and resumes only when the
+// barrier is over), and withdrawn only for its own epoch.
+func TestBarrierAnnouncement(t *testing.T) {
+	c, ctx := dial(t)
+	path := "/fence-" + t.Name()
+	b1, err := fence.Announce(ctx, c, path, 1, ensemble.Target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := fence.ReadBarrier(ctx, c, path)
+	if err != nil || !ok || got.Epoch != 1 || got.Primary != ensemble.Target || got.Round != b1.Round {
+		t.Fatalf("read the announcement: %+v %v %v, want %+v", got, ok, err, b1)
+	}
+	b2, err := fence.Announce(ctx, c, path, 1, ensemble.Target)
+	if err != nil || b2.Round == b1.Round {
+		t.Fatalf("announced again: round %d (was %d), %v", b2.Round, b1.Round, err)
+	}
+	if err := fence.Withdraw(ctx, c, path, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := fence.ReadBarrier(ctx, c, path); !ok {
+		t.Fatal("withdrawing another epoch removed the announcement")
+	}
+	if rec, err := fence.Raise(ctx, c, path, 1, ensemble.Target); err != nil || rec.Epoch != 1 {
+		t.Fatalf("raise: %+v %v", rec, err)
+	}
+	if _, ok, _ := fence.ReadBarrier(ctx, c, path); !ok {
+		t.Fatal("the raise removed the announcement")
+	}
+	if err := fence.Withdraw(ctx, c, path, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := fence.ReadBarrier(ctx, c, path); ok || err != nil {
+		t.Fatalf("withdrawn, the announcement is still there (%v, %v)", ok, err)
+	}
+}

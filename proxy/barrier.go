@@ -39,6 +39,10 @@ type holding struct {
 	marker      fence.Marker
 	markerConn  *zkclient.Conn
 	markerOwned bool // markerConn was dialled for the hold (else the fence watcher's)
+	// self: the proxy holds itself for an announced barrier that did not
+	// hold it (barrier_self.go); the versions it reads at its swap are
+	// its own until an agreed peer's settle them.
+	self bool
 }
 
 // Hold holds client requests and drains for a barrier at epoch towards
@@ -46,15 +50,19 @@ type holding struct {
 // again for the same barrier, it answers with what is left. A proxy that
 // already holds epoch with primary has nothing to hold (0, nil).
 func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (time.Duration, error) {
-	s.heldMu.Lock()
-	h := s.held
-	var left time.Duration
+	return s.holdFor(ctx, epoch, primary, false, nil)
+}
+
+// holdFor is Hold; self when the proxy holds itself for an announced
+// barrier (then a hold already in place for epoch is left as it is), and
+// taken, if not nil, is closed once client requests are held.
+func (s *Server) holdFor(ctx context.Context, epoch int64, primary ensemble.Name, self bool, taken chan<- struct{}) (time.Duration, error) {
+	h, left, same := s.sameHold(epoch, primary, self)
 	if h != nil {
-		left = max(time.Until(h.until), 0) // extended under heldMu (keepHold)
-	}
-	s.heldMu.Unlock()
-	if h != nil {
-		if h.epoch == epoch && h.primary == primary {
+		if same {
+			if self {
+				return 0, nil // held already (asked by the control plane)
+			}
 			return left, nil
 		}
 		if epoch < h.epoch {
@@ -66,8 +74,18 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 	budget := s.pauseBudget()
 	bctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
+	s.holdAsked.Store(epoch) // a hold being taken: the proxy does not hold itself besides (barrier_self.go)
+	defer s.holdAsked.CompareAndSwap(epoch, 0)
 	// flipMu stays locked for the whole hold: no other flip meanwhile.
 	for !s.flipMu.TryLock() {
+		// The proxy held itself for this barrier (or the control plane
+		// asked first): that hold is this one.
+		if _, left, same := s.sameHold(epoch, primary, self); same {
+			if self {
+				return 0, nil
+			}
+			return left, nil
+		}
 		select {
 		case <-bctx.Done():
 			return 0, fmt.Errorf("hold for epoch %d: another flip is under way: %w", epoch, bctx.Err())
@@ -86,6 +104,9 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 		(<-armed).close()
 		return 0, fmt.Errorf("hold for epoch %d: %w (nothing held)", epoch, err)
 	}
+	if taken != nil {
+		close(taken)
+	}
 	if err := s.drainForFlip(bctx); err != nil {
 		s.hold.Unlock()
 		s.flipMu.Unlock()
@@ -97,7 +118,10 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 		s.log.Warn("flip barrier: could not arm this proxy's hold marker; holding without it (the control plane raises the fence unconditionally: if this hold ends first, writes fail until the proxy catches up)",
 			"epoch", epoch, "err", arm.err, "hint", "check that the proxy reaches its primary and may write under the fence znode "+s.cfg.FencePath)
 	}
-	h = &holding{epoch: epoch, primary: primary, cur: cur, start: start, until: start.Add(budget),
+	if !self {
+		s.askedHold.Store(epoch)
+	}
+	h = &holding{epoch: epoch, primary: primary, cur: cur, start: start, until: start.Add(budget), self: self,
 		release: make(chan struct{}), done: make(chan struct{}), marker: arm.marker, markerConn: arm.conn, markerOwned: arm.owned}
 	left = max(time.Until(h.until), 0)
 	s.heldMu.Lock()
@@ -108,8 +132,27 @@ func (s *Server) Hold(ctx context.Context, epoch int64, primary ensemble.Name) (
 		defer s.wg.Done()
 		s.keepHold(h)
 	}()
-	s.log.Info("flip barrier: holding client requests", "epoch", epoch, "primary", primary.Flag(), "drained_after", time.Since(start).Round(time.Microsecond), "budget", budget)
+	s.log.Info("flip barrier: holding client requests", "epoch", epoch, "primary", primary.Flag(), "drained_after", time.Since(start).Round(time.Microsecond), "budget", budget, "self", self)
 	return left, nil
+}
+
+// sameHold returns the hold in place, what is left of it and whether it
+// is for epoch and primary; a hold the proxy took itself becomes the
+// control plane's when it asks for the same one (!self): its swap's
+// versions are then the barrier's.
+func (s *Server) sameHold(epoch int64, primary ensemble.Name, self bool) (h *holding, left time.Duration, same bool) {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	h = s.held
+	if h == nil {
+		return nil, 0, false
+	}
+	same = h.epoch == epoch && h.primary == primary
+	if same && !self {
+		h.self = false
+		s.askedHold.Store(epoch)
+	}
+	return h, max(time.Until(h.until), 0), same // until is extended under heldMu (keepHold)
 }
 
 // keepHold owns a hold: it ends it at Release, at its budget, or when the
@@ -176,16 +219,27 @@ func (s *Server) keepHold(h *holding) {
 // itself, or the proxy restarted) it is a one-shot flip: the fences
 // already record epoch, so every other proxy is held, swapped or fenced.
 func (s *Server) Swap(ctx context.Context, epoch int64, primary ensemble.Name) error {
+	return s.swap(ctx, epoch, primary, true)
+}
+
+// swap is Swap; asked when the control plane asks it, which makes a hold
+// the proxy took itself for the barrier the control plane's
+// (barrier_self.go): the swap is then the barrier's.
+func (s *Server) swap(ctx context.Context, epoch int64, primary ensemble.Name, asked bool) error {
 	s.heldMu.Lock()
 	h := s.held
 	if h != nil && h.epoch == epoch && h.primary == primary && !h.closed {
 		defer s.heldMu.Unlock() // keepHold waits for the swap to end
+		if asked && h.self {
+			h.self = false
+			s.askedHold.Store(epoch)
+		}
 		if h.swapped {
 			return nil
 		}
 		sctx, cancel := context.WithDeadline(ctx, h.until)
 		defer cancel()
-		if err := s.swapLocked(sctx, epoch, primary, h.cur, h.start); err != nil {
+		if err := s.swapWith(sctx, epoch, primary, h.cur, h.start, nil, !h.self); err != nil {
 			return err
 		}
 		h.swapped = true
@@ -310,7 +364,7 @@ func (s *Server) settleHold(h *holding, mayExtend bool) string {
 	}
 	sctx, cancel := context.WithTimeout(s.ctx, max(time.Until(h.until.Add(s.pauseBudget())), s.settleTimeout()))
 	defer cancel()
-	if err := s.swapLocked(sctx, h.epoch, h.primary, h.cur, h.start); err != nil {
+	if err := s.swapWith(sctx, h.epoch, h.primary, h.cur, h.start, nil, !h.self); err != nil {
 		s.log.Warn("flip barrier: the fence was raised as this proxy's hold ran out, but the swap failed; the fence watcher retries",
 			"epoch", h.epoch, "err", err)
 		return "swap failed: " + err.Error()

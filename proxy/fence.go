@@ -186,6 +186,9 @@ func (s *Server) checkFence(c *zkclient.Conn, r *roles) error {
 			return nil // the roles changed meanwhile: the next round reads again
 		}
 	}
+	// A barrier announced beside the fence that does not hold this proxy:
+	// it holds itself before the lease lets requests through (barrier_self.go).
+	s.noticeBarrier(ctx, c, r, rec)
 	s.grantLease(t0)
 	return nil
 }

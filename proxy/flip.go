@@ -157,17 +157,12 @@ func (s *Server) takeHold(ctx context.Context) error {
 	return nil
 }
 
-// swapLocked makes primary the serving ensemble at epoch, with the hold
+// swapWith makes primary the serving ensemble at epoch, with the hold
 // taken and the proxy drained: the fences are raised (a no-op when the
 // control plane raised them), versions read, roles switched and every
 // session moved. start is when the flip (or the hold) was asked; the
-// phases' times since then are logged.
-func (s *Server) swapLocked(ctx context.Context, epoch int64, primary ensemble.Name, cur *roles, start time.Time) error {
-	return s.swapWith(ctx, epoch, primary, cur, start, nil, true)
-}
-
-// swapWith is swapLocked taking peer's version offsets (nil: none) where
-// it has them (rebase). agreed says the offsets it reads are the
+// phases' times since then are logged. It takes peer's version offsets
+// (nil: none) where it has them (rebase). agreed says the offsets it reads are the
 // barrier's numbering (read under the barrier's hold, or a peer's):
 // otherwise the proxy takes an agreed peer's once one answers
 // (settleOffsets).
@@ -193,7 +188,7 @@ func (s *Server) swapWith(ctx context.Context, epoch int64, primary ensemble.Nam
 		return fmt.Errorf("flip to %s at epoch %d: %w (nothing swapped; serving from %s)", primary.Flag(), epoch, err, cur.primary.Flag())
 	}
 	prevOff := s.view.offsets() // what a znode re-created at the swap is offset from (flip_expired.go)
-	vers, fenced, err := s.readForSwap(ctx, cur, oc, nc, epoch, primary, peer)
+	vers, fenced, err := s.readForSwap(ctx, cur, oc, nc, epoch, primary, peer, agreed && peer == nil)
 	if err != nil {
 		// If a fence records the epoch now (raised by the control plane or
 		// here), the old primary refuses this proxy's writes until the flip

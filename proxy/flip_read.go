@@ -23,7 +23,8 @@ import (
 // sideRead is what one ensemble showed.
 type sideRead struct {
 	rec   fence.Record
-	ok    bool // the fence exists and holds a record
+	ok    bool  // the fence exists and holds a record
+	mzxid int64 // the fence's last change (its raise)
 	stats []statRead
 	err   error
 }
@@ -56,14 +57,17 @@ func (s *Server) readSide(ctx context.Context, c *zkclient.Conn, paths []string)
 		return sideRead{stats: stats} // the slow path says what is wrong
 	}
 	rec.Version = fr.Stat.Version
-	return sideRead{rec: rec, ok: true, stats: stats}
+	return sideRead{rec: rec, ok: true, mzxid: fr.Stat.Mzxid, stats: stats}
 }
 
 // readForSwap learns the fences' versions for a swap to primary at epoch
 // and puts the version offsets of the flip in force (a peer's, where peer
 // has them: rebase); sent is the
-// monotonic time before the fences were read.
-func (s *Server) readForSwap(ctx context.Context, cur *roles, oc, nc *zkclient.Conn, epoch int64, primary ensemble.Name, peer map[string]PathOffset) (vers [2]int32, sent int64, err error) {
+// monotonic time before the fences were read. converge (a swap under the
+// control plane's barrier, every live proxy held) first makes the new
+// primary like the old for paths shown to clients that exist on one side
+// only (flip_converge.go).
+func (s *Server) readForSwap(ctx context.Context, cur *roles, oc, nc *zkclient.Conn, epoch int64, primary ensemble.Name, peer map[string]PathOffset, converge bool) (vers [2]int32, sent int64, err error) {
 	paths, prev := s.view.shown()
 	sent = s.mono()
 	var o, n sideRead
@@ -98,9 +102,25 @@ func (s *Server) readForSwap(ctx context.Context, cur *roles, oc, nc *zkclient.C
 			return vers, 0, fmt.Errorf("%w: the fence of %s records epoch %d, asked %d", ErrStaleEpoch, side.name.Flag(), side.rec.Epoch, epoch)
 		}
 	}
+	if converge {
+		s.convergeForSwap(ctx, oc, nc, paths, o.stats, n.stats, n.rec.Version, n.mzxid)
+	}
 	next, err := rebased(paths, prev, o.stats, n.stats, peer)
 	if err != nil {
 		return vers, 0, err
+	}
+	if !converge && peer == nil {
+		// A flip after the barrier (caught up late, no agreed peer): a
+		// znode created on the new primary since its fence was raised is
+		// shown by its own versions through every proxy that swapped in
+		// the barrier (an offset belongs to the incarnation it was read
+		// for); its own reading would be the copies' drift, the mirror
+		// lagging behind the new primary's clients.
+		for i, p := range paths {
+			if n.stats[i].err == nil && n.stats[i].st.Czxid > n.mzxid {
+				delete(next, p)
+			}
+		}
 	}
 	s.view.rebaseTo(next, peer)
 	vers[cur.primary.Index()], vers[cur.primary.Other().Index()] = o.rec.Version, n.rec.Version

@@ -278,8 +278,11 @@ type Server struct {
 	watcherMu   sync.Mutex
 	watcherConn *zkclient.Conn
 	watcherFor  ensemble.Name
-	heldMu      sync.Mutex // guards held
-	held        *holding   // a flip barrier's hold in place (barrier.go)
+	heldMu      sync.Mutex   // guards held
+	held        *holding     // a flip barrier's hold in place (barrier.go)
+	selfRound   atomic.Int64 // the announced barrier's round last held for (barrier_self.go)
+	holdAsked   atomic.Int64 // the epoch of a hold being taken (barrier.go), 0 for none
+	askedHold   atomic.Int64 // the epoch of the last hold the control plane asked (barrier.go)
 
 	retired atomic.Pointer[ensemble.Name] // the secondary, once retired (retire.go); stored under mu
 	standby standbyConn                   // a connection to the secondary for the next swap (flip_conns.go)
