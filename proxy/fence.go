@@ -179,6 +179,8 @@ func (s *Server) checkFence(c *zkclient.Conn, r *roles) error {
 		return nil // the barrier raised it while this proxy holds: its swap follows
 	case rec.Epoch > r.epoch:
 		return s.missedFlip(rec)
+	case onWrongSide(r, rec):
+		return s.wrongSide(r, rec)
 	case !r.fenceKnown[r.primary.Index()] || rec.Version != r.fence[r.primary.Index()]:
 		// First read, or raised to an epoch not above ours (a rollback that
 		// found the proxy there): learn the version.
@@ -191,6 +193,32 @@ func (s *Server) checkFence(c *zkclient.Conn, r *roles) error {
 	s.noticeBarrier(ctx, c, r, rec)
 	s.grantLease(t0)
 	return nil
+}
+
+// onWrongSide reports whether a fence record names, for the proxy's own
+// epoch, another primary than the proxy's: the flip to that epoch made
+// the other ensemble primary, and the proxy took the epoch without the
+// flip (started with an epoch and primary that never went together).
+func onWrongSide(r *roles, rec fence.Record) bool {
+	return rec.Epoch == r.epoch && rec.Primary.Valid() && rec.Primary != r.primary
+}
+
+// wrongSide moves a proxy onWrongSide to the primary the fence records, as
+// a flip it missed: it must not learn the raised fence's version (its
+// writes would pass the check on the old primary beside its peers on the
+// new one). Its epoch is taken back to the one before, which the flip it
+// missed went above.
+func (s *Server) wrongSide(r *roles, rec fence.Record) error {
+	s.log.Error("this proxy holds the flip epoch of its primary's fence with another primary than the fence records; moving its sessions to the recorded primary",
+		"epoch", r.epoch, "primary", r.primary.Flag(), "recorded_primary", rec.Primary.Flag(),
+		"hint", "the epoch came from the control plane's gossip or --state-dir while a flip was under way; nothing to do, but report it if it repeats")
+	next := *r
+	next.epoch = rec.Epoch - 1
+	next.fenceKnown = [2]bool{}
+	if !s.roles.CompareAndSwap(r, &next) {
+		return nil // a flip changed the roles meanwhile: the next round reads again
+	}
+	return s.missedFlip(rec)
 }
 
 // holdingFor reports whether the proxy holds for a barrier at epoch.
@@ -268,7 +296,7 @@ func (sh *shadow) secondaryFence(ctx context.Context, c *zkclient.Conn) (int32, 
 		if err != nil {
 			return 0, err
 		}
-		if rec.Epoch > r.epoch {
+		if rec.Epoch > r.epoch || onWrongSide(r, rec) {
 			s.pokeFence()
 			return 0, errFenced
 		}
