@@ -48,7 +48,7 @@ CHAOS_AT_ROLLBACK ?= flip,2,3,rollback
 chaos: deps build ## the demo under faults (CHAOS=zk,proxy,partition,delay[,control]) at every step (CHAOS_AT, CHAOS_AT_ROLLBACK), migrating to the end and then rolled back at phase 3
 	@$(BIN) demo --chaos $(CHAOS) --chaos-at $(CHAOS_AT)
 	@$(BIN) demo --chaos $(CHAOS) --chaos-at $(CHAOS_AT_ROLLBACK) --rollback 3
-	ZKM_FLIP_FAULTS=1 $(GO) test -race -count=1 -run 'TestFlipScenario' ./cmd/zk-migrate/
+	$(GO) test -race -count=1 -run 'TestFlipScenario' ./cmd/zk-migrate/
 
 sandbox: build ## the load sandbox: real ensembles A and B, proxies, Mesos-shaped Go load, servers killed
 	$(BIN) sandbox
