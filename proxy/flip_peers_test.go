@@ -60,7 +60,13 @@ func TestLateFlipTakesThePeersVersions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, st, err := c2.Get(r); err != nil || st.Version != 3 { // both proxies' clients are shown it
+	// Both proxies' clients are shown it; the second's server may be a
+	// follower behind the first's: sync first, as a client that must see
+	// another client's write does.
+	if _, err := c2.Sync(r); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, err := c2.Get(r); err != nil || st.Version != 3 {
 		t.Fatalf("read through the second proxy: version %d %v", st.Version, err)
 	}
 	waitMirrored(t, p1)
