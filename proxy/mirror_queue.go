@@ -284,8 +284,8 @@ func (sh *shadow) intend(body jute.Record) {
 // releaseIntent ends intend's record of a request whose reply was processed
 // (its written paths are queued by then) or that was never sent.
 func (sh *shadow) releaseIntent(body jute.Record) {
-	if body == nil {
-		return
+	if body == nil || sh.srv.cfg.StateDir == "" {
+		return // nothing was intended (intend records only with --state-dir)
 	}
 	paths := requestPaths(body)
 	sh.mu.Lock()
